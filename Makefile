@@ -1,0 +1,26 @@
+# Two commands for a fresh machine (see README): `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/stage1 prepare --synthetic --force --out demo/data
+
+lint: setup
+	$(BIN)/ruff check stage1_ds tests scripts
+	$(BIN)/ruff format --check stage1_ds tests scripts
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest

@@ -1,0 +1,95 @@
+"""Data pipeline benchmark: prepare time, windows served per second on one core, peak RSS while serving.
+
+Usage: python scripts/bench_data.py [--histdata ../shared/data/histdata] [--json OUT.json]
+
+Targets (issue 2): prepare one HistData year < 10 s; >= 20,000 windows/s on one core (batches of 256, all
+six timeframes, 128 bars each, memory-mapped); serving two instruments x one year < 500 MB RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def serve(data_dir: str, batches: int) -> dict[str, float]:
+    """Serve ``batches`` batches of 256 on one core; report windows/s and peak RSS of this process."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    import torch
+
+    torch.set_num_threads(1)
+    from stage1_ds.config import DataConfig
+    from stage1_ds.data.windows import WindowDataset, WindowSampler
+
+    dataset = WindowDataset(data_dir, "train", DataConfig(), seed=0)
+    sampler = WindowSampler(len(dataset), 256, seed=0)
+    dataset.batch(sampler.batch_ids(0))  # warm the page cache and code paths
+    start = time.perf_counter()
+    served = 0
+    for b in range(1, batches + 1):
+        served += dataset.batch(sampler.batch_ids(b)).size
+    seconds = time.perf_counter() - start
+    return {
+        "anchors": len(dataset),
+        "windows_per_s": served / seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--histdata", type=Path, default=REPO.parent / "shared" / "data" / "histdata")
+    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--serve", help=argparse.SUPPRESS)  # internal: run `serve` in a fresh process
+    args = parser.parse_args()
+    if args.serve:
+        print(json.dumps(serve(args.serve, args.batches)))
+        return 0
+
+    from stage1_ds.data.prepare import prepare_files
+
+    year = args.histdata / "HISTDATA_COM_ASCII_EURUSD_M12019.zip"
+    pair = [
+        args.histdata / "HISTDATA_COM_ASCII_EURUSD_M12018.zip",
+        args.histdata / "HISTDATA_COM_ASCII_GBPUSD_M12018.zip",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        timings = []
+        for i in range(3):
+            start = time.perf_counter()
+            prepare_files([year], Path(tmp) / f"one{i}")
+            timings.append(time.perf_counter() - start)
+        prepare_files(pair, Path(tmp) / "two")
+        child = subprocess.run(
+            [sys.executable, __file__, "--serve", str(Path(tmp) / "two"), "--batches", str(args.batches)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        served = json.loads(child.stdout.strip().splitlines()[-1])
+    results = {
+        "prepare_one_year_s": min(timings),
+        "prepare_one_year_runs_s": timings,
+        **{f"serve_{k}": v for k, v in served.items()},
+        "cpu_count": os.cpu_count(),
+    }
+    print(f"prepare EURUSD 2019 (372k rows): {results['prepare_one_year_s']:.2f} s best of 3 (target < 10 s)")
+    print(f"windows served on one core:      {served['windows_per_s']:,.0f} /s (target >= 20,000)")
+    print(f"peak RSS, 2 instruments x 1 year: {served['peak_rss_mb']:.0f} MB (target < 500 MB)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

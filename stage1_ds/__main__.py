@@ -1,0 +1,5 @@
+"""`python -m stage1_ds` is the same as the `stage1` command."""
+
+from stage1_ds.cli import main
+
+raise SystemExit(main())

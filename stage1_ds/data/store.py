@@ -1,0 +1,133 @@
+"""The prepared data folder: bars of every timeframe as memory-mappable arrays, plus JSON metadata.
+
+Layout of DATA_DIR::
+
+    manifest.json        instruments, splits, row counts, sources with hashes, cleaning report
+    stats.json           per instrument and timeframe: feature scale fitted on the training split
+    bars/<tf>_start.npy  (N,) int64 bucket start, seconds; all instruments one after another
+    bars/<tf>_ohlc.npy   (N, 4) float64
+    bars/<tf>_volume.npy (N,) float64
+    bars/<tf>_count.npy  (N,) int32, 1-minute bars per bar
+    bars/<tf>_log_ohlc.npy (N, 4) float64 log of ohlc: serving windows then needs no log
+
+Each instrument owns the rows ``[begin, end)`` of every timeframe, as recorded in the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stage1_ds.data.timeframes import Bars, Timeframe
+from stage1_ds.errors import DataError
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+_FIELDS = ("start", "ohlc", "volume", "count")
+_STORED = (*_FIELDS, "log_ohlc")
+
+
+@dataclass(frozen=True)
+class SplitRange:
+    """Times (seconds) of one split of one instrument.
+
+    Windows of the split use only bars whose bucket lies in ``[history_start, end)``; their anchors lie in
+    ``[anchor_start, end]``. ``anchor_start - history_start`` is the gap: history for the first windows,
+    seen by no other split.
+    """
+
+    history_start: int
+    anchor_start: int
+    end: int
+
+
+def write_bars(data_dir: Path, per_instrument: dict[str, dict[Timeframe, Bars]]) -> dict[str, dict]:
+    """Write all instruments' bars; return ``{instrument: {tf: [begin, end)}}`` row offsets."""
+    bars_dir = data_dir / "bars"
+    bars_dir.mkdir(parents=True, exist_ok=True)
+    offsets: dict[str, dict] = {name: {} for name in per_instrument}
+    timeframes = next(iter(per_instrument.values())).keys()
+    for tf in timeframes:
+        begin = 0
+        for name, by_tf in per_instrument.items():
+            offsets[name][tf.value] = [begin, begin + len(by_tf[tf])]
+            begin += len(by_tf[tf])
+        for field_name in _FIELDS:
+            array = np.concatenate([getattr(by_tf[tf], field_name) for by_tf in per_instrument.values()])
+            np.save(bars_dir / f"{tf.value}_{field_name}.npy", array)
+            if field_name == "ohlc":
+                np.save(bars_dir / f"{tf.value}_log_ohlc.npy", np.log(array))
+    return offsets
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+def split_to_json(split: SplitRange) -> dict[str, Any]:
+    out: dict[str, Any] = asdict(split)
+    for key in ("history_start", "anchor_start", "end"):
+        out[f"{key}_utc"] = str(np.datetime64(out[key], "s"))
+    return out
+
+
+@dataclass
+class PreparedData:
+    """A prepared data folder opened read-only; bar arrays are memory-mapped."""
+
+    root: Path
+    manifest: dict[str, Any]
+    stats: dict[str, Any]
+    bars: dict[Timeframe, Bars]
+
+    @property
+    def instruments(self) -> list[str]:
+        return list(self.manifest["instruments"])
+
+    def rows(self, instrument: str, tf: Timeframe) -> tuple[int, int]:
+        begin, end = self.manifest["instruments"][instrument]["offsets"][tf.value]
+        return int(begin), int(end)
+
+    def split(self, instrument: str, split: str) -> SplitRange:
+        record = self.manifest["instruments"][instrument]["splits"][split]
+        return SplitRange(record["history_start"], record["anchor_start"], record["end"])
+
+    def scale(self, instrument: str, tf: Timeframe) -> float:
+        return float(self.stats["instruments"][instrument]["scale"][tf.value])
+
+
+def load_prepared(data_dir: Path | str) -> PreparedData:
+    """Open DATA_DIR written by ``stage1 prepare``.
+
+    Raises:
+        DataError: the folder, its manifest, stats or arrays are missing or of another format version.
+    """
+    root = Path(data_dir)
+    manifest_path, stats_path = root / "manifest.json", root / "stats.json"
+    for path in (manifest_path, stats_path):
+        if not path.is_file():
+            raise DataError(f"{path}: not found; is {root} a folder written by 'stage1 prepare'?")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DataError(
+            f"{manifest_path}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}; "
+            "prepare the data again with this version of stage1"
+        )
+    stats = json.loads(stats_path.read_text())
+    bars = {}
+    for name in manifest["timeframes"]:
+        tf = Timeframe(name)
+        arrays = {}
+        for field_name in _STORED:
+            path = root / "bars" / f"{name}_{field_name}.npy"
+            if not path.is_file():
+                raise DataError(f"{path}: missing; the prepared folder is incomplete, prepare it again")
+            arrays[field_name] = np.load(path, mmap_mode="r")
+        bars[tf] = Bars(**arrays)
+    return PreparedData(root=root, manifest=manifest, stats=stats, bars=bars)

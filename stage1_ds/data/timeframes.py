@@ -1,0 +1,99 @@
+"""Timeframes and the bucket aggregation that derives coarser bars from 1-minute bars.
+
+A bar of timeframe k covers the bucket ``[floor(t, k), floor(t, k) + k)`` of the data clock (seconds since
+the epoch of the file's own naive clock). Buckets nest: every bucket of a coarser timeframe in
+``TIMEFRAMES`` is a union of whole buckets of each finer one, which is what makes the cross-timeframe
+consistency loss exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+
+class Timeframe(StrEnum):
+    M1 = "m1"
+    M5 = "m5"
+    M15 = "m15"
+    M30 = "m30"
+    H1 = "h1"
+    H4 = "h4"
+
+    @property
+    def minutes(self) -> int:
+        return _MINUTES[self]
+
+    @property
+    def seconds(self) -> int:
+        return _MINUTES[self] * 60
+
+
+_MINUTES = {
+    Timeframe.M1: 1,
+    Timeframe.M5: 5,
+    Timeframe.M15: 15,
+    Timeframe.M30: 30,
+    Timeframe.H1: 60,
+    Timeframe.H4: 240,
+}
+
+#: Every timeframe, finest first. m1 is the base every other one is derived from.
+TIMEFRAMES: tuple[Timeframe, ...] = tuple(Timeframe)
+BASE = Timeframe.M1
+
+
+def sort_timeframes(names: list[str] | tuple[str, ...]) -> list[Timeframe]:
+    """Return the given timeframe names as `Timeframe`s, finest first."""
+    return sorted((Timeframe(n) for n in names), key=lambda tf: tf.minutes)
+
+
+@dataclass(frozen=True)
+class Bars:
+    """Bars of one timeframe of one instrument, sorted by start time.
+
+    Attributes:
+        start: (N,) int64 bucket start, seconds of the data clock.
+        ohlc: (N, 4) float64 open, high, low, close.
+        volume: (N,) float64 summed volume (all zeros when the source has none).
+        count: (N,) int32 number of 1-minute bars that built each bar.
+        log_ohlc: (N, 4) float64 natural log of ``ohlc``, stored by `prepare` so serving needs no log;
+            None until written.
+    """
+
+    start: np.ndarray
+    ohlc: np.ndarray
+    volume: np.ndarray
+    count: np.ndarray
+    log_ohlc: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.start.shape[0])
+
+
+def aggregate(m1: Bars, timeframe: Timeframe) -> Bars:
+    """Derive the bars of ``timeframe`` from sorted, duplicate-free 1-minute bars.
+
+    Open is the first open of the bucket, high the max of highs, low the min of lows, close the last close,
+    volume the sum. A bucket without any 1-minute bar yields no bar (gaps stay gaps).
+    """
+    if timeframe == BASE:
+        return m1
+    if len(m1) == 0:
+        return Bars(m1.start[:0], m1.ohlc[:0], m1.volume[:0], m1.count[:0])
+    key = m1.start // timeframe.seconds
+    firsts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    lasts = np.r_[firsts[1:], len(key)] - 1
+    ohlc = np.empty((len(firsts), 4), dtype=np.float64)
+    ohlc[:, 0] = m1.ohlc[firsts, 0]
+    ohlc[:, 1] = np.maximum.reduceat(m1.ohlc[:, 1], firsts)
+    ohlc[:, 2] = np.minimum.reduceat(m1.ohlc[:, 2], firsts)
+    ohlc[:, 3] = m1.ohlc[lasts, 3]
+    return Bars(
+        start=key[firsts] * timeframe.seconds,
+        ohlc=ohlc,
+        volume=np.add.reduceat(m1.volume, firsts),
+        count=np.add.reduceat(m1.count, firsts).astype(np.int32),
+    )

@@ -1,0 +1,40 @@
+"""Shared fixtures: real HistData files from ../shared/data, prepared folders built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stage1_ds.data.prepare import PrepareOptions, prepare_files, prepare_synthetic
+
+REPO = Path(__file__).resolve().parent.parent
+HISTDATA = REPO.parent / "shared" / "data" / "histdata"
+EURUSD_2019 = HISTDATA / "HISTDATA_COM_ASCII_EURUSD_M12019.zip"
+
+
+def require_histdata() -> Path:
+    if not EURUSD_2019.is_file():
+        pytest.skip(
+            f"real HistData files not found at {HISTDATA} (they live in ../shared/data beside the repo)"
+        )
+    return HISTDATA
+
+
+@pytest.fixture(scope="session")
+def eurusd_2019(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """EURUSD 2019 prepared with the default options."""
+    require_histdata()
+    out = tmp_path_factory.mktemp("eurusd2019")
+    prepare_files([EURUSD_2019], out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """90 days of the synthetic market, prepared for windows of up to 32 bars."""
+    out = tmp_path_factory.mktemp("synthetic")
+    prepare_synthetic(
+        out, days=90, seed=7, options=PrepareOptions(window_bars=32, split_fractions=(0.6, 0.2, 0.2))
+    )
+    return out

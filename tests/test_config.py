@@ -1,0 +1,44 @@
+"""The typed config: YAML, dotted overrides, every problem reported at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stage1_ds.config import config_to_dict, load_config
+from stage1_ds.errors import ConfigError
+
+
+def test_defaults_validate() -> None:
+    config = load_config()
+    assert config.data.timeframes == ["m1", "m5", "m15", "m30", "h1", "h4"]
+    assert config.data.bars("h4") == 128
+
+
+def test_overrides_parse_yaml_values(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  window_bars: 64\n")
+    config = load_config(path, ["data.timeframes=[m1, h1]", "data.keep_probability.h1=0.5", "seed=3"])
+    assert config.data.window_bars == 64 and config.data.timeframes == ["m1", "h1"]
+    assert config.data.keep("h1") == 0.5 and config.seed == 3
+    assert load_config(None, [f"{k}={v}" for k, v in [("seed", 3)]]).seed == 3
+    assert config_to_dict(config)["data"]["window_bars"] == 64
+
+
+def test_every_problem_is_reported_together_with_choices(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  windw_bars: 64\n  timeframes: [m1, m7]\n  keep_probability: {h1: 1.5}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "data.windw_bars: unknown key" in message and "window_bars" in message
+    assert "data.timeframes: unknown ['m7']" in message and "h4" in message
+    assert "data.keep_probability.h1" in message
+
+
+def test_wrong_types_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"data\.window_bars: expected an integer, got 'many'"):
+        load_config(None, ["data.window_bars=many"])
+    with pytest.raises(ConfigError, match=r"expected key\.sub=value"):
+        load_config(None, ["seed"])

@@ -1,0 +1,220 @@
+"""Aligned multi-timeframe windows: timing, the coarser-bar maps, splits, scale invariance, determinism."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+from torch.utils.data import BatchSampler, DistributedSampler
+
+from stage1_ds.config import DataConfig
+from stage1_ds.data.features import to_prices
+from stage1_ds.data.ingest import InputFormat
+from stage1_ds.data.prepare import PrepareOptions, prepare_files
+from stage1_ds.data.store import SPLITS, load_prepared
+from stage1_ds.data.synthetic import generate_synthetic_m1
+from stage1_ds.data.timeframes import Timeframe, sort_timeframes
+from stage1_ds.data.windows import WindowDataset, WindowSampler, build_loader
+
+SMALL = DataConfig(window_bars=32)
+
+
+def _ids(dataset: WindowDataset, n: int = 64, seed: int = 0) -> np.ndarray:
+    return WindowSampler(len(dataset), n, seed=seed).batch_ids(0)
+
+
+def _aggregate_by_map(fine: np.ndarray, parent: np.ndarray, coarse_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """First open, max high, min low, last close of the finer bars mapped to each coarser position."""
+    out = np.full((coarse_len, 4), np.nan)
+    for j in np.flatnonzero(parent >= 0):
+        p = parent[j]
+        if np.isnan(out[p, 0]):
+            out[p] = fine[j]
+        else:
+            out[p, 1] = max(out[p, 1], fine[j, 1])
+            out[p, 2] = min(out[p, 2], fine[j, 2])
+            out[p, 3] = fine[j, 3]
+    return out, ~np.isnan(out[:, 0])
+
+
+def test_aggregating_true_bars_by_the_map_reproduces_coarser_bars(eurusd_2019: Path) -> None:
+    dataset = WindowDataset(eurusd_2019, "train", DataConfig())
+    ids = _ids(dataset, 32)
+    batch = dataset.batch(ids)
+    tfs = sort_timeframes(list(batch.windows))
+    mapped_total = 0
+    for fine, coarse in itertools.pairwise(tfs):
+        fine_true, coarse_true = dataset.true_ohlc(ids, fine), dataset.true_ohlc(ids, coarse)
+        parent = batch.windows[fine.value].parent_index.numpy()
+        for b in range(len(ids)):
+            agg, hit = _aggregate_by_map(fine_true[b], parent[b], coarse_true.shape[1])
+            np.testing.assert_array_equal(agg[hit], coarse_true[b][hit])
+            mapped_total += hit.sum()
+            # Every coarser bar that is mapped to at all collects its whole bucket of finer bars.
+            counts = np.bincount(parent[b][parent[b] >= 0], minlength=coarse_true.shape[1])
+            start = batch.windows[fine.value].start_time[b].numpy()
+            for p in np.flatnonzero(counts):
+                c_start = batch.windows[coarse.value].start_time[b, p].item()
+                in_bucket = (start >= c_start) & (start < c_start + coarse.seconds)
+                assert counts[p] == in_bucket.sum()
+        # In feature space too: undoing the power-of-two scale gives the exact aggregation.
+        f = (
+            batch.windows[fine.value].features.numpy()
+            * batch.windows[fine.value].scale.numpy()[:, None, None]
+        )
+        c = (
+            batch.windows[coarse.value].features.numpy()
+            * batch.windows[coarse.value].scale.numpy()[:, None, None]
+        )
+        for b in range(len(ids)):
+            agg, hit = _aggregate_by_map(f[b], parent[b], c.shape[1])
+            np.testing.assert_array_equal(agg[hit], c[b][hit])
+    assert mapped_total > 0
+
+
+def test_every_window_ends_at_the_latest_complete_bar_before_the_anchor(eurusd_2019: Path) -> None:
+    dataset = WindowDataset(eurusd_2019, "val", DataConfig())
+    data = load_prepared(eurusd_2019)
+    ids = _ids(dataset, 64, seed=3)
+    batch = dataset.batch(ids)
+    anchor = batch.anchor_time.numpy()
+    m1_last = batch.windows["m1"].start_time[:, -1].numpy()
+    np.testing.assert_array_equal(m1_last + 60, anchor)
+    for name, window in batch.windows.items():
+        tf = Timeframe(name)
+        start = window.start_time.numpy()
+        assert np.all(np.diff(start, axis=1) > 0)
+        assert np.all(start[:, -1] + tf.seconds <= anchor)
+        all_starts = np.asarray(data.bars[tf].start)
+        for b in range(len(ids)):
+            complete = all_starts[all_starts + tf.seconds <= anchor[b]]
+            assert start[b, -1] == complete[-1]
+
+
+def test_anchor_price_is_the_anchor_close_and_features_invert(eurusd_2019: Path) -> None:
+    dataset = WindowDataset(eurusd_2019, "test", DataConfig())
+    ids = _ids(dataset, 16)
+    batch = dataset.batch(ids)
+    m1 = dataset.true_ohlc(ids, Timeframe.M1)
+    np.testing.assert_array_equal(batch.anchor_price.numpy(), m1[:, -1, 3])
+    for name, window in batch.windows.items():
+        prices = to_prices(window.features.numpy(), batch.anchor_price.numpy(), window.scale.numpy())
+        np.testing.assert_allclose(prices, dataset.true_ohlc(ids, Timeframe(name)), rtol=1e-6)
+
+
+def test_no_window_of_one_split_touches_bars_of_another(eurusd_2019: Path) -> None:
+    used: dict[str, dict[Timeframe, tuple[int, int]]] = {}
+    for split in SPLITS:
+        dataset = WindowDataset(eurusd_2019, split, DataConfig())
+        used[split] = {
+            tf: (int(dataset._last[tf].min()) - dataset.window_bars[tf] + 1, int(dataset._last[tf].max()))
+            for tf in dataset.timeframes
+        }
+    for tf in used["train"]:
+        assert used["train"][tf][1] < used["val"][tf][0]
+        assert used["val"][tf][1] < used["test"][tf][0]
+
+
+def test_features_do_not_depend_on_the_price_level(tmp_path: Path) -> None:
+    bars = generate_synthetic_m1(40, seed=11)
+    folders = {}
+    for factor in (1.0, 2.0, 3.7):
+        path = tmp_path / f"x{factor}.csv"
+        with path.open("w") as handle:
+            handle.write("timestamp,open,high,low,close\n")
+            for t, row in zip(bars.start, bars.ohlc * factor, strict=True):
+                handle.write(f"{t}," + ",".join(repr(float(v)) for v in row) + "\n")
+        folders[factor] = tmp_path / f"prepared{factor}"
+        prepare_files(
+            [path],
+            folders[factor],
+            InputFormat.CSV,
+            "X",
+            PrepareOptions(window_bars=16, split_fractions=(0.6, 0.2, 0.2)),
+        )
+    config = DataConfig(window_bars=16)
+    base = WindowDataset(folders[1.0], "train", config)
+    ids = _ids(base, 64)
+    reference = base.batch(ids)
+    for factor in (2.0, 3.7):
+        other = WindowDataset(folders[factor], "train", config).batch(ids)
+        for name, window in reference.windows.items():
+            # Equal up to float64 rounding of log(factor * p) - log(factor * P), then float32 rounding.
+            np.testing.assert_allclose(
+                other.windows[name].features.numpy(), window.features.numpy(), atol=1e-6
+            )
+
+
+def test_same_seed_same_batches_and_restored_sampler_continues(synthetic_small: Path) -> None:
+    config = DataConfig(window_bars=32, keep_probability={"h4": 0.5, "m5": 0.7})
+    dataset = WindowDataset(synthetic_small, "train", config, seed=5)
+    first = WindowSampler(len(dataset), 8, seed=1, num_batches=6)
+    reference = [dataset.batch(np.array(ids)) for ids in first]
+    again = [dataset.batch(np.array(ids)) for ids in WindowSampler(len(dataset), 8, seed=1, num_batches=6)]
+    resumed = list(WindowSampler(len(dataset), 8, seed=1, start_batch=4, num_batches=2))
+    for a, b in zip(reference, again, strict=True):
+        for name in a.windows:
+            assert a.windows[name].features.equal(b.windows[name].features)
+            assert a.windows[name].present.equal(b.windows[name].present)
+    assert [r.sample_id.tolist() for r in reference[4:]] == resumed
+    other_seed = next(iter(WindowSampler(len(dataset), 8, seed=2, num_batches=1)))
+    assert other_seed != reference[0].sample_id.tolist()
+
+
+def test_workers_serve_the_same_batches(synthetic_small: Path) -> None:
+    dataset = WindowDataset(synthetic_small, "train", SMALL, seed=5)
+    direct = [dataset.batch(np.array(ids)) for ids in WindowSampler(len(dataset), 8, seed=1, num_batches=4)]
+    loader = build_loader(dataset, WindowSampler(len(dataset), 8, seed=1, num_batches=4), num_workers=2)
+    for a, b in zip(direct, loader, strict=True):
+        assert a.windows["m15"].features.equal(b.windows["m15"].features)
+
+
+def test_ranks_get_disjoint_shares(synthetic_small: Path) -> None:
+    dataset = WindowDataset(synthetic_small, "train", SMALL)
+    per_rank = []
+    for rank in range(3):
+        sampler = WindowSampler(len(dataset), 16, seed=0, rank=rank, world_size=3)
+        per_rank.append(np.concatenate([sampler.batch_ids(b) for b in range(sampler.batches_per_epoch)]))
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert not set(per_rank[i]) & set(per_rank[j])
+    # torch's own DistributedSampler works too, through the batched fetch.
+    shares = [list(BatchSampler(DistributedSampler(dataset, 2, r, shuffle=False), 4, True)) for r in range(2)]
+    assert not {i for b in shares[0] for i in b} & {i for b in shares[1] for i in b}
+    assert dataset.__getitems__(shares[1][0]).size == 4
+
+
+def test_dropped_timeframes_are_masked_not_nan(synthetic_small: Path) -> None:
+    config = DataConfig(window_bars=32, keep_probability={"m1": 0.0, "m30": 0.3, "h4": 0.0})
+    dataset = WindowDataset(synthetic_small, "train", config, seed=9)
+    batch = dataset.batch(_ids(dataset, 256))
+    m30 = batch.windows["m30"]
+    assert 0.1 < m30.present.float().mean() < 0.5
+    assert not m30.valid[~m30.present].any() and (m30.features[~m30.present] == 0).all()
+    assert (batch.windows["h4"].present == 0).all()
+    assert (batch.windows["h1"].parent_index == -1).all(), "no map into a dropped timeframe"
+    assert (batch.windows["m15"].parent_index[~m30.present] == -1).all()
+    for window in batch.windows.values():
+        assert window.features.isfinite().all()
+
+
+def test_a_sample_never_drops_every_timeframe(synthetic_small: Path) -> None:
+    config = DataConfig(timeframes=["m1", "h1"], window_bars=32, keep_probability={"m1": 0.0, "h1": 0.0})
+    batch = WindowDataset(synthetic_small, "train", config).batch(np.arange(32))
+    assert batch.windows["m1"].present.all() and not batch.windows["h1"].present.any()
+
+
+def test_per_timeframe_window_lengths(synthetic_small: Path) -> None:
+    config = DataConfig(timeframes=["m1", "m15", "h4"], window_bars=32, window_bars_per_timeframe={"h4": 8})
+    batch = WindowDataset(synthetic_small, "val", config).batch(np.arange(4))
+    assert batch.windows["h4"].features.shape == (4, 8, 4)
+    assert batch.windows["m15"].parent_index.shape == (4, 32)
+
+
+def test_windows_longer_than_the_split_allows_are_an_error(synthetic_small: Path) -> None:
+    from stage1_ds.errors import DataError
+
+    with pytest.raises(DataError, match=r"lower data\.window_bars"):
+        WindowDataset(synthetic_small, "val", DataConfig(window_bars=400))
