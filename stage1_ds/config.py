@@ -11,7 +11,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -78,11 +78,170 @@ class DataConfig:
         return problems
 
 
+class Phase(StrEnum):
+    """What trains: ``frozen`` (T5 frozen), ``lora`` (LoRA adapters on a frozen T5), ``full`` (every weight,
+    LoRA merged in first). Stems, embeddings and heads train in every phase."""
+
+    FROZEN = "frozen"
+    LORA = "lora"
+    FULL = "full"
+
+
+class EncoderPreset(StrEnum):
+    TINY = "tiny"
+    MINI = "mini"
+    T5_SMALL = "t5-small"
+    T5_BASE = "t5-base"
+    T5_LARGE = "t5-large"
+
+
+class Fusion(StrEnum):
+    JOINT = "joint"
+    PER_TIMEFRAME = "per_timeframe"
+
+
+class LossKind(StrEnum):
+    MSE = "mse"
+    HUBER = "huber"
+
+
+@dataclass
+class EncoderConfig:
+    """The shared T5 encoder.
+
+    Attributes:
+        preset: layout built from `T5Config` (tiny and mini for tests and CPU demos; the published
+            t5-small, t5-base and t5-large layouts).
+        pretrained_path: a local folder written by ``save_pretrained`` whose weights to load (its own
+            config decides the layout; ``preset`` is then ignored). None: random init from the preset.
+        dropout: dropout rate inside the encoder.
+    """
+
+    preset: EncoderPreset = EncoderPreset.MINI
+    pretrained_path: str | None = None
+    dropout: float = 0.1
+
+    def validate(self, prefix: str) -> list[str]:
+        if not 0.0 <= self.dropout < 1.0:
+            return [f"{prefix}.dropout: {self.dropout}, expected a number in [0, 1)"]
+        return []
+
+
+@dataclass
+class MaskingConfig:
+    """Span masking at patch granularity.
+
+    Attributes:
+        ratio: share of each timeframe's patches that are masked (rounded, at least one).
+        mean_span_patches: mean length of a masked span, in patches.
+        sync_across_timeframes: a masked patch of a coarser timeframe also masks every finer patch that
+            overlaps its time span, so a masked stretch cannot be read off a finer timeframe.
+    """
+
+    ratio: float = 0.3
+    mean_span_patches: float = 2.0
+    sync_across_timeframes: bool = False
+
+    def validate(self, prefix: str) -> list[str]:
+        problems = []
+        if not 0.0 < self.ratio < 1.0:
+            problems.append(f"{prefix}.ratio: {self.ratio}, expected a number in (0, 1)")
+        if self.mean_span_patches < 1.0:
+            problems.append(f"{prefix}.mean_span_patches: {self.mean_span_patches}, expected at least 1")
+        return problems
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters on the shared encoder (peft).
+
+    Attributes:
+        rank: adapter rank r.
+        alpha: scaling numerator; the update is ``B @ A * alpha / rank``.
+        dropout: dropout on the adapter input.
+        target_modules: names of the encoder's linear layers to adapt (T5: q k v o wi wo).
+    """
+
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q", "v"])
+
+    def validate(self, prefix: str) -> list[str]:
+        problems = []
+        if self.rank < 1:
+            problems.append(f"{prefix}.rank: {self.rank}, expected at least 1")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"{prefix}.dropout: {self.dropout}, expected a number in [0, 1)")
+        if not self.target_modules:
+            problems.append(f"{prefix}.target_modules: empty, expected names such as [q, v]")
+        return problems
+
+
+@dataclass
+class LossConfig:
+    """Masked reconstruction plus cross-timeframe consistency.
+
+    Attributes:
+        kind: mse or huber, on masked bars only.
+        huber_delta: the Huber loss's delta, in feature units.
+        timeframe_weights: per-timeframe weight of the reconstruction term (default 1.0 each).
+        cross_timeframe_weight: weight of the consistency term against the reconstruction term.
+    """
+
+    kind: LossKind = LossKind.MSE
+    huber_delta: float = 1.0
+    timeframe_weights: dict[str, float] = field(default_factory=dict)
+    cross_timeframe_weight: float = 0.1
+
+    def validate(self, prefix: str) -> list[str]:
+        problems = []
+        if self.huber_delta <= 0:
+            problems.append(f"{prefix}.huber_delta: {self.huber_delta}, expected a positive number")
+        for key, weight in self.timeframe_weights.items():
+            if key not in _ALL_TIMEFRAMES or weight < 0:
+                problems.append(
+                    f"{prefix}.timeframe_weights.{key}: expected a timeframe of {_ALL_TIMEFRAMES} "
+                    "with a weight >= 0"
+                )
+        if self.cross_timeframe_weight < 0:
+            problems.append(f"{prefix}.cross_timeframe_weight: {self.cross_timeframe_weight}, expected >= 0")
+        return problems
+
+
+@dataclass
+class ModelConfig:
+    """The Stage-1 model: per-timeframe stems and heads around one shared T5 encoder.
+
+    Attributes:
+        encoder: the shared T5 encoder.
+        patch_len: bars per patch token.
+        fusion: joint (all timeframes' tokens in one sequence) or per_timeframe (timeframes folded into the
+            batch); one encoder call either way.
+        masking: span masking of input patches.
+        lora: LoRA adapters, used in the lora phase.
+        loss: the training objective.
+    """
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    patch_len: int = 8
+    fusion: Fusion = Fusion.JOINT
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def validate(self, prefix: str) -> list[str]:
+        if self.patch_len < 1:
+            return [f"{prefix}.patch_len: {self.patch_len}, expected at least 1"]
+        return []
+
+
 @dataclass
 class Config:
     """The root of the config tree."""
 
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     seed: int = 0
 
     def validate(self, prefix: str = "") -> list[str]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from stage1_ds.config import EncoderConfig, EncoderPreset, ModelConfig
 from stage1_ds.data.prepare import PrepareOptions, prepare_files, prepare_synthetic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,3 +39,11 @@ def synthetic_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
         out, days=90, seed=7, options=PrepareOptions(window_bars=32, split_fractions=(0.6, 0.2, 0.2))
     )
     return out
+
+
+def tiny_model_config(**overrides: object) -> ModelConfig:
+    """The tiny T5 preset without dropout, so outputs are deterministic."""
+    config = ModelConfig(encoder=EncoderConfig(preset=EncoderPreset.TINY, dropout=0.0))
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config

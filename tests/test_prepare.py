@@ -11,8 +11,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from conftest import EURUSD_2019, require_histdata
 
+from conftest import EURUSD_2019, require_histdata
 from stage1_ds.data.store import load_prepared
 from stage1_ds.data.timeframes import TIMEFRAMES, Timeframe
 

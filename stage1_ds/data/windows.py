@@ -40,6 +40,8 @@ class TimeframeWindow:
             this window, or either timeframe is dropped. None for the coarsest timeframe.
         present: (B,) bool, the sample keeps this timeframe.
         scale: (B,) float32 the feature scale of the sample's instrument for this timeframe.
+        mask: (B, L) bool, bars hidden from the encoder and reconstructed; None until masking adds it
+            (`stage1_ds.model.masking`).
     """
 
     features: torch.Tensor
@@ -48,6 +50,7 @@ class TimeframeWindow:
     parent_index: torch.Tensor | None
     present: torch.Tensor
     scale: torch.Tensor
+    mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -82,6 +85,7 @@ class Batch:
                 parent_index=None if parent is None else parent.to(device),
                 present=window.present.to(device),
                 scale=window.scale.to(device),
+                mask=None if window.mask is None else window.mask.to(device),
             )
 
         return Batch(
@@ -93,7 +97,7 @@ class Batch:
         )
 
 
-def _uniform_hash(seed: int, ids: np.ndarray, stream: int) -> np.ndarray:
+def uniform_hash(seed: int, ids: np.ndarray, stream: int) -> np.ndarray:
     """Uniform floats in [0, 1) from (seed, id, stream) with the splitmix64 finaliser."""
     x = ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     x ^= np.uint64((seed * 1_000_003 + stream * 7919) & 0xFFFFFFFFFFFFFFFF)
@@ -217,7 +221,7 @@ class WindowDataset(Dataset):
         instrument = self._anchor_instrument[anchors]
         log_price = self._anchor_log_close[anchors]
         keep = {
-            tf: _uniform_hash(self.seed, ids, stream=i) < self.keep_probability[tf]
+            tf: uniform_hash(self.seed, ids, stream=i) < self.keep_probability[tf]
             for i, tf in enumerate(self.timeframes)
         }
         none_kept = ~np.any(np.stack(list(keep.values())), axis=0)

@@ -1,0 +1,97 @@
+"""Model benchmark: forward+backward of the shared encoder called once per batch (fusion joint and
+per_timeframe) against a loop that calls the encoder once per timeframe (the design this project replaces).
+
+Usage: python scripts/bench_model.py [--preset mini] [--batch-size 32] [--repeats 10]
+
+Same model weights, same batch, same masks; figures are medians and ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stage1_ds.config import DataConfig, EncoderConfig, EncoderPreset, Fusion, MaskingConfig, ModelConfig
+from stage1_ds.data.prepare import PrepareOptions, prepare_synthetic
+from stage1_ds.data.windows import Batch, WindowDataset
+from stage1_ds.model import t5
+from stage1_ds.model.masking import MaskedWindows
+from stage1_ds.model.stage1 import Stage1Model
+
+
+def loop_forward(model: Stage1Model, batch: Batch) -> dict[str, torch.Tensor]:
+    """The replaced design: one encoder call per timeframe, no attention across timeframes."""
+    out = {}
+    for tf, window in batch.windows.items():
+        assert window.mask is not None
+        tokens, _, valid = model.embed(tf, window.features, window.mask, window.valid)
+        hidden = t5.encode(model.encoder, tokens, valid.long())
+        out[tf] = model.heads(tf, hidden, window.features.shape[1])
+    return out
+
+
+def time_step(step: Callable[[], dict[str, torch.Tensor]], repeats: int) -> float:
+    """Median seconds of forward + backward, after two warm-up steps."""
+    timings = []
+    for i in range(repeats + 2):
+        start = time.perf_counter()
+        loss = sum(v.square().mean() for v in step().values())
+        assert isinstance(loss, torch.Tensor)
+        loss.backward()
+        if i >= 2:
+            timings.append(time.perf_counter() - start)
+    return statistics.median(timings)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="mini", choices=[p.value for p in EncoderPreset])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--window-bars", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    data = DataConfig(window_bars=args.window_bars)
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare_synthetic(Path(tmp), days=365, seed=0, options=PrepareOptions(window_bars=args.window_bars))
+        windows = WindowDataset(tmp, "train", data)
+        batch = MaskedWindows(windows, MaskingConfig(), 8, seed=0).batch(np.arange(args.batch_size) * 997)
+    results: dict[str, float] = {}
+    model = Stage1Model(
+        ModelConfig(encoder=EncoderConfig(preset=EncoderPreset(args.preset), dropout=0.0)), data
+    )
+    results["joint_s"] = time_step(lambda: model(batch).reconstruction, args.repeats)
+    model.config.fusion = Fusion.PER_TIMEFRAME
+    results["per_timeframe_s"] = time_step(lambda: model(batch).reconstruction, args.repeats)
+    results["loop_s"] = time_step(lambda: loop_forward(model, batch), args.repeats)
+    results["loop_over_joint"] = results["loop_s"] / results["joint_s"]
+    results["loop_over_per_timeframe"] = results["loop_s"] / results["per_timeframe_s"]
+    tokens = sum(-(-w.features.shape[1] // 8) for w in batch.windows.values())
+    print(
+        f"preset {args.preset}, batch {args.batch_size}, six timeframes x {args.window_bars} bars "
+        f"({tokens} patch tokens per sample), torch threads {torch.get_num_threads()}"
+    )
+    print(f"forward+backward, fusion joint:          {results['joint_s'] * 1000:8.1f} ms")
+    print(f"forward+backward, fusion per_timeframe:  {results['per_timeframe_s'] * 1000:8.1f} ms")
+    print(f"forward+backward, encoder loop per tf:   {results['loop_s'] * 1000:8.1f} ms")
+    print(
+        f"loop / joint = {results['loop_over_joint']:.2f}x, loop / per_timeframe = "
+        f"{results['loop_over_per_timeframe']:.2f}x"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

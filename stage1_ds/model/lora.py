@@ -1,0 +1,70 @@
+"""LoRA adapters on the shared encoder (peft), and the pure merge of adapters into base weights."""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
+from torch import nn
+
+from stage1_ds.config import LoraConfig
+from stage1_ds.errors import ConfigError
+from stage1_ds.model import t5
+
+# peft's naming: the wrapper adds this prefix; an adapted layer keeps its weight under `.base_layer`.
+_PEFT_PREFIX = "base_model.model."
+_LORA_A, _LORA_B = ".lora_A.default.weight", ".lora_B.default.weight"
+
+
+def wrap_with_lora(encoder: nn.Module, config: LoraConfig) -> PeftModel:
+    """Add LoRA adapters to the encoder's target layers; the base weights are left as they are.
+
+    Raises:
+        ConfigError: a target module name matches no linear layer (the message lists the valid names).
+    """
+    available = t5.linear_layer_names(encoder)
+    unknown = [name for name in config.target_modules if name not in available]
+    if unknown:
+        raise ConfigError(f"model.lora.target_modules: {unknown} match no layer; valid names: {available}")
+    peft_config = PeftLoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=list(config.target_modules),
+    )
+    return get_peft_model(encoder, peft_config)
+
+
+def has_lora(encoder: nn.Module) -> bool:
+    return isinstance(encoder, PeftModel)
+
+
+def merge_lora(encoder: nn.Module) -> nn.Module:
+    """Fold the adapters into the base weights; return the plain encoder."""
+    if not isinstance(encoder, PeftModel):
+        return encoder
+    return encoder.merge_and_unload()
+
+
+def lora_scaling(config: LoraConfig) -> float:
+    return config.alpha / config.rank
+
+
+def merge_lora_state_dict(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
+    """A state dict with LoRA adapters folded in: ``W + B @ A * scaling``, keys named as without peft.
+
+    Pure: the input is not modified. Keys without adapters are renamed only (peft's prefix and
+    ``.base_layer`` removed).
+    """
+    merged: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.endswith((_LORA_A, _LORA_B)):
+            continue
+        name = key.replace(_PEFT_PREFIX, "").replace(".base_layer.", ".")
+        if key.endswith(".base_layer.weight"):
+            stem = key[: -len(".base_layer.weight")]
+            a, b = state[stem + _LORA_A], state[stem + _LORA_B]
+            delta = (b.double() @ a.double()) * scaling
+            value = (value.double() + delta).to(value.dtype)
+        merged[name] = value
+    return merged

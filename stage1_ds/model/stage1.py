@@ -1,0 +1,150 @@
+"""`Stage1Model`: per-timeframe stems and heads around ONE shared T5 encoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from stage1_ds.config import DataConfig, Fusion, LoraConfig, ModelConfig, Phase
+from stage1_ds.data.features import NUM_FEATURES
+from stage1_ds.data.timeframes import sort_timeframes
+from stage1_ds.data.windows import Batch
+from stage1_ds.model import t5
+from stage1_ds.model.embed import PatchEmbedding
+from stage1_ds.model.heads import ReconstructionHeads
+from stage1_ds.model.lora import has_lora, merge_lora, wrap_with_lora
+from stage1_ds.model.masking import num_patches
+
+
+@dataclass
+class Stage1Output:
+    """reconstruction: per timeframe (B, L_tf, F); hidden: per timeframe (B, P_tf, d_model) encoder states;
+    patch_valid: per timeframe (B, P_tf) bool, tokens the encoder attended to."""
+
+    reconstruction: dict[str, torch.Tensor]
+    hidden: dict[str, torch.Tensor]
+    patch_valid: dict[str, torch.Tensor]
+
+
+class Stage1Model(nn.Module):
+    """Masked multi-timeframe reconstruction with one shared T5 encoder.
+
+    Every timeframe's patches are embedded by its own stem, the encoder is called once per batch for all
+    timeframes (``fusion: joint`` puts all tokens in one sequence so attention crosses timeframes;
+    ``per_timeframe`` folds timeframes into the batch), and per-timeframe heads reconstruct the bars.
+    """
+
+    def __init__(self, config: ModelConfig, data: DataConfig, num_features: int = NUM_FEATURES):
+        super().__init__()
+        self.config = config
+        self.timeframes = [tf.value for tf in sort_timeframes(data.timeframes)]
+        self.window_bars = {tf: data.bars(tf) for tf in self.timeframes}
+        self.encoder: nn.Module = t5.build_encoder(config.encoder)
+        d_model = t5.d_model(self.encoder)
+        max_patches = max(num_patches(n, config.patch_len) for n in self.window_bars.values())
+        self.embed = PatchEmbedding(self.timeframes, max_patches, config.patch_len, num_features, d_model)
+        self.heads = ReconstructionHeads(self.timeframes, config.patch_len, num_features, d_model)
+
+    def forward(self, batch: Batch) -> Stage1Output:
+        names = [tf for tf in batch.windows if tf in self.embed.stems]
+        tokens, valid, lengths = [], [], []
+        for tf in names:
+            window = batch.windows[tf]
+            mask = window.mask if window.mask is not None else torch.zeros_like(window.valid)
+            tok, _, patch_valid = self.embed(tf, window.features, mask, window.valid)
+            tokens.append(tok)
+            valid.append(patch_valid)
+            lengths.append(tok.shape[1])
+        hidden = self._encode(tokens, valid)
+        reconstruction = {
+            tf: self.heads(tf, h, batch.windows[tf].features.shape[1])
+            for tf, h in zip(names, hidden, strict=True)
+        }
+        return Stage1Output(
+            reconstruction=reconstruction,
+            hidden=dict(zip(names, hidden, strict=True)),
+            patch_valid=dict(zip(names, valid, strict=True)),
+        )
+
+    def _encode(self, tokens: list[torch.Tensor], valid: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One encoder call for every timeframe; returns per-timeframe hidden states (B, P_tf, d)."""
+        lengths = [t.shape[1] for t in tokens]
+        if self.config.fusion == Fusion.JOINT:
+            hidden = t5.encode(self.encoder, torch.cat(tokens, dim=1), torch.cat(valid, dim=1).long())
+            return list(hidden.split(lengths, dim=1))
+        longest = max(lengths)
+        b = tokens[0].shape[0]
+        padded = torch.stack([nn.functional.pad(t, (0, 0, 0, longest - t.shape[1])) for t in tokens])
+        mask = torch.stack([nn.functional.pad(v, (0, longest - v.shape[1])) for v in valid])
+        hidden = t5.encode(self.encoder, padded.flatten(0, 1), mask.flatten(0, 1).long())  # (n_tf * B, P, d)
+        hidden = hidden.reshape(len(tokens), b, longest, -1)
+        return [hidden[i, :, :n] for i, n in enumerate(lengths)]
+
+    # -- trainability -----------------------------------------------------------------------------------
+
+    def add_lora(self, config: LoraConfig) -> None:
+        if not has_lora(self.encoder):
+            self.encoder = wrap_with_lora(self.encoder, config)
+
+    def merge_lora(self) -> None:
+        self.encoder = merge_lora(self.encoder)
+
+    def set_phase(self, phase: Phase, lora: LoraConfig | None = None) -> None:
+        """Set ``requires_grad`` for a phase: stems, embeddings and heads always train; the encoder is frozen
+        (``frozen``), adapters only (``lora``, added if missing), or every weight (``full``, adapters merged
+        first). The unused token embedding never trains."""
+        if phase == Phase.LORA:
+            self.add_lora(lora or self.config.lora)
+        elif phase == Phase.FULL:
+            self.merge_lora()
+        for name, param in self.named_parameters():
+            if not name.startswith("encoder."):
+                param.requires_grad_(True)
+                continue
+            inner = name.removeprefix("encoder.")
+            if t5.is_token_embedding(inner) or phase == Phase.FROZEN:
+                param.requires_grad_(False)
+            elif phase == Phase.LORA:
+                param.requires_grad_("lora_" in inner)
+            else:
+                param.requires_grad_(True)
+
+
+COMPONENTS = ("stems", "embeddings", "encoder", "lora", "heads")
+
+
+def component_of(name: str) -> str | None:
+    """Which report component a parameter belongs to (None for the unused token embedding)."""
+    if name.startswith("embed.stems."):
+        return "stems"
+    if name.startswith("embed."):
+        return "embeddings"
+    if name.startswith("heads."):
+        return "heads"
+    inner = name.removeprefix("encoder.")
+    if t5.is_token_embedding(inner):
+        return None
+    return "lora" if "lora_" in inner else "encoder"
+
+
+def parameter_report(model: nn.Module) -> dict[str, dict[str, int]]:
+    """Per component (stems, embeddings, encoder, lora, heads) and in total: parameters and trainable ones.
+    The unused token embedding is not model capacity and is left out."""
+    report = {c: {"total": 0, "trainable": 0} for c in (*COMPONENTS, "all")}
+    for name, param in model.named_parameters():
+        component = component_of(name)
+        if component is None:
+            continue
+        for key in (component, "all"):
+            report[key]["total"] += param.numel()
+            report[key]["trainable"] += param.numel() if param.requires_grad else 0
+    return report
+
+
+def format_parameter_report(report: dict[str, dict[str, int]]) -> str:
+    lines = [f"{'component':<12}{'parameters':>16}{'trainable':>16}"]
+    for component, counts in report.items():
+        lines.append(f"{component:<12}{counts['total']:>16,}{counts['trainable']:>16,}")
+    return "\n".join(lines)

@@ -1,0 +1,146 @@
+"""Everything this project knows about T5's internals, in one place.
+
+Presets, loading from a local folder, the block list, projection names, default LoRA targets, and which
+weights are the unused token embedding. Parameter grouping, LoRA, unfreezing and conversion ask this
+module instead of probing the model.
+
+The token embedding: the encoder is always fed ``inputs_embeds``, so T5's 32128-row token embedding is
+never used. After building or loading, it is replaced by a single frozen row (`drop_token_embedding`):
+it costs no memory, never trains, is not counted as capacity, and a pretrained folder's token embedding
+is discarded on load.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import T5Config, T5EncoderModel
+
+from stage1_ds.config import EncoderConfig, EncoderPreset
+from stage1_ds.errors import ConfigError
+
+#: d_model, d_ff, num_layers, num_heads, d_kv. t5-small/base/large are the published layouts.
+PRESET_LAYOUTS: dict[EncoderPreset, tuple[int, int, int, int, int]] = {
+    EncoderPreset.TINY: (32, 64, 2, 2, 16),
+    EncoderPreset.MINI: (128, 512, 4, 4, 32),
+    EncoderPreset.T5_SMALL: (512, 2048, 6, 8, 64),
+    EncoderPreset.T5_BASE: (768, 3072, 12, 12, 64),
+    EncoderPreset.T5_LARGE: (1024, 4096, 24, 16, 64),
+}
+PUBLISHED_VOCAB_SIZE = 32128
+
+#: Parameter-name prefix of the encoder's blocks inside `T5EncoderModel`; the index follows it.
+_BLOCK_PATTERN = re.compile(r"(?:^|\.)encoder\.block\.(\d+)\.")
+#: Linear layers of a T5 block: self-attention, then the feed-forward (``wi_0``/``wi_1`` when gated).
+ATTENTION_PROJECTIONS = ("q", "k", "v", "o")
+FEED_FORWARD_PROJECTIONS = ("wi", "wi_0", "wi_1", "wo")
+DEFAULT_LORA_TARGETS = ("q", "v")
+#: The token embedding: ``shared`` and its alias ``encoder.embed_tokens`` (tied; one tensor).
+TOKEN_EMBEDDING_NAMES = ("shared.weight", "encoder.embed_tokens.weight")
+#: Weights that take no weight decay: layer norms (T5 has no biases).
+NO_DECAY_PATTERN = re.compile(r"layer_norm")
+
+
+def preset_config(preset: EncoderPreset, dropout: float = 0.1) -> T5Config:
+    d_model, d_ff, layers, heads, d_kv = PRESET_LAYOUTS[preset]
+    return T5Config(
+        d_model=d_model,
+        d_ff=d_ff,
+        num_layers=layers,
+        num_heads=heads,
+        d_kv=d_kv,
+        vocab_size=PUBLISHED_VOCAB_SIZE,
+        feed_forward_proj="relu",
+        dropout_rate=dropout,
+        is_encoder_decoder=False,
+        use_cache=False,
+    )
+
+
+def build_encoder(config: EncoderConfig) -> T5EncoderModel:
+    """Random init from the preset, or the weights of a local ``save_pretrained`` folder.
+
+    Raises:
+        ConfigError: ``pretrained_path`` is missing or is not a T5 checkpoint.
+    """
+    if config.pretrained_path is None:
+        encoder = T5EncoderModel(preset_config(config.preset, config.dropout))
+    else:
+        encoder = load_pretrained_encoder(Path(config.pretrained_path), config.dropout)
+    drop_token_embedding(encoder)
+    return encoder
+
+
+def load_pretrained_encoder(path: Path, dropout: float) -> T5EncoderModel:
+    config_file = path / "config.json"
+    if not path.is_dir():
+        raise ConfigError(
+            f"model.encoder.pretrained_path: {path} is not a folder (expected save_pretrained output)"
+        )
+    if not config_file.is_file():
+        raise ConfigError(f"model.encoder.pretrained_path: {path} has no config.json; is it a T5 checkpoint?")
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type != "t5":
+        raise ConfigError(
+            f"model.encoder.pretrained_path: {config_file} has model_type {model_type!r}, expected 't5'"
+        )
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise ConfigError(f"model.encoder.pretrained_path: {path} holds no weights (*.safetensors or *.bin)")
+    return T5EncoderModel.from_pretrained(path, local_files_only=True, dropout_rate=dropout)
+
+
+def drop_token_embedding(encoder: T5EncoderModel) -> None:
+    """Replace the unused token embedding with one frozen row (inputs always come as ``inputs_embeds``)."""
+    embedding = nn.Embedding(1, encoder.config.d_model, device=encoder.shared.weight.device)
+    embedding.weight.requires_grad_(False)
+    encoder.set_input_embeddings(embedding)
+    encoder.config.vocab_size = 1
+
+
+def encoder_config(encoder: nn.Module) -> T5Config:
+    """The T5 config of an encoder (plain or wrapped by peft, which forwards ``config``)."""
+    config = encoder.config
+    assert isinstance(config, T5Config)
+    return config
+
+
+def d_model(encoder: nn.Module) -> int:
+    return int(encoder_config(encoder).d_model)
+
+
+def num_blocks(encoder: nn.Module) -> int:
+    return int(encoder_config(encoder).num_layers)
+
+
+def block_index(parameter_name: str) -> int | None:
+    """The T5 block a parameter belongs to, from its name (works through peft's wrapper names too)."""
+    match = _BLOCK_PATTERN.search(parameter_name)
+    return int(match.group(1)) if match else None
+
+
+def is_token_embedding(parameter_name: str) -> bool:
+    return parameter_name.removeprefix("base_model.model.") in TOKEN_EMBEDDING_NAMES
+
+
+def linear_layer_names(encoder: nn.Module) -> list[str]:
+    """Leaf names of the encoder's linear layers, the valid LoRA targets."""
+    return sorted(
+        {name.rsplit(".", 1)[-1] for name, m in encoder.named_modules() if isinstance(m, nn.Linear)}
+    )
+
+
+def encode(encoder: nn.Module, embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Run the encoder on embeddings.
+
+    Args:
+        embeddings: (B, T, d_model).
+        attention_mask: (B, T) 1 for tokens to attend to, 0 for padding.
+
+    Returns:
+        (B, T, d_model) last hidden states.
+    """
+    return encoder(inputs_embeds=embeddings, attention_mask=attention_mask).last_hidden_state

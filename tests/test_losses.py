@@ -1,0 +1,105 @@
+"""The two losses: masked reconstruction and cross-timeframe consistency."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stage1_ds.config import DataConfig, LossConfig, LossKind, MaskingConfig
+from stage1_ds.data.windows import Batch, WindowDataset
+from stage1_ds.model.losses import aggregate_to_parent, cross_timeframe_terms, stage1_loss, unscaled
+from stage1_ds.model.masking import MaskedWindows
+
+
+def _batch(folder: Path, data: DataConfig, size: int = 16) -> Batch:
+    windows = WindowDataset(folder, "train", data, seed=0)
+    return MaskedWindows(windows, MaskingConfig(), 8, seed=0).batch(np.arange(size) * 101)
+
+
+def _truth(batch: Batch) -> dict[str, torch.Tensor]:
+    return {tf: w.features.clone() for tf, w in batch.windows.items()}
+
+
+def _consistent(batch: Batch, seed: int) -> dict[str, torch.Tensor]:
+    """Random finest predictions; each coarser one aggregates the finer where mapped, random elsewhere."""
+    generator = torch.Generator().manual_seed(seed)
+    names = list(batch.windows)
+    preds = {names[0]: torch.randn(batch.windows[names[0]].features.shape, generator=generator)}
+    for fine, coarse in itertools.pairwise(names):
+        window = batch.windows[coarse]
+        aggregated, has = aggregate_to_parent(
+            unscaled(preds[fine], batch.windows[fine]),
+            batch.windows[fine].parent_index,
+            window.features.shape[1],
+        )
+        scale = window.scale[:, None, None]
+        random = torch.randn(window.features.shape, generator=generator)
+        preds[coarse] = torch.where(has.unsqueeze(-1), aggregated / scale, random)
+    return preds
+
+
+def test_cross_timeframe_loss_is_exactly_zero_on_true_bars_of_a_real_sample(eurusd_2019: Path) -> None:
+    batch = _batch(eurusd_2019, DataConfig(), size=32)
+    terms = cross_timeframe_terms(_truth(batch), batch)
+    assert set(terms) == {"m5", "m15", "m30", "h1", "h4"}
+    for tf, value in terms.items():
+        assert value.item() == 0.0, tf
+
+
+def test_cross_timeframe_loss_is_zero_on_consistent_predictions(synthetic_small: Path) -> None:
+    batch = _batch(synthetic_small, DataConfig(window_bars=32))
+    for value in cross_timeframe_terms(_consistent(batch, seed=1), batch).values():
+        assert value.item() == 0.0
+
+
+def test_cross_timeframe_loss_is_positive_with_gradients_to_both_sides(synthetic_small: Path) -> None:
+    batch = _batch(synthetic_small, DataConfig(window_bars=32))
+    preds = {
+        tf: (w.features + 0.1 * torch.randn_like(w.features)).requires_grad_()
+        for tf, w in batch.windows.items()
+    }
+    terms = cross_timeframe_terms(preds, batch)
+    assert all(v.item() > 0 for v in terms.values())
+    terms["m5"].backward()
+    mapped_m1 = batch.windows["m1"].parent_index >= 0
+    assert preds["m1"].grad is not None and preds["m1"].grad[mapped_m1].abs().sum() > 0
+    assert preds["m5"].grad is not None and preds["m5"].grad.abs().sum() > 0
+    assert (preds["m1"].grad[~mapped_m1] == 0).all(), "bars whose map is -1 take no part"
+
+
+def test_cross_timeframe_loss_ignores_bars_whose_map_is_minus_one(synthetic_small: Path) -> None:
+    batch = _batch(synthetic_small, DataConfig(window_bars=32))
+    preds = _consistent(batch, seed=2)
+    unmapped = batch.windows["m1"].parent_index < 0
+    assert unmapped.any()
+    preds["m1"][unmapped] += 5.0
+    assert cross_timeframe_terms(preds, batch)["m5"].item() == 0.0
+
+
+def test_reconstruction_counts_masked_bars_only(synthetic_small: Path) -> None:
+    batch = _batch(synthetic_small, DataConfig(window_bars=32))
+    config = LossConfig(cross_timeframe_weight=0.0)
+    preds = _truth(batch)
+    assert stage1_loss(preds, batch, config).total.item() == 0.0
+    for tf, window in batch.windows.items():
+        assert window.mask is not None
+        preds[tf][~window.mask] += 3.0  # visible bars: not part of the loss
+    assert stage1_loss(preds, batch, config).total.item() == 0.0
+    preds["m15"][batch.windows["m15"].mask] += 1.0
+    out = stage1_loss(preds, batch, config)
+    assert out.components["reconstruction/m15"].item() == 1.0
+    assert abs(out.total.item() - 1.0 / 6) < 1e-6  # equal weights over six timeframes
+
+
+def test_huber_and_weights_and_component_names(synthetic_small: Path) -> None:
+    batch = _batch(synthetic_small, DataConfig(window_bars=32))
+    preds = {tf: w.features + 4.0 for tf, w in batch.windows.items()}
+    config = LossConfig(kind=LossKind.HUBER, huber_delta=1.0, timeframe_weights={"m1": 3.0})
+    out = stage1_loss(preds, batch, config)
+    assert abs(out.components["reconstruction/m1"].item() - 3.5) < 1e-6  # delta * (|e| - delta / 2)
+    assert {"reconstruction", "cross", "cross/h4", "reconstruction/h4"} <= set(out.components)
+    expected = out.components["reconstruction"] + 0.1 * out.components["cross"]
+    assert torch.allclose(out.total, expected)
