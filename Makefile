@@ -15,7 +15,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/stage1 prepare --synthetic --force --out demo/data
+	$(BIN)/stage1 demo --out demo
 
 lint: setup
 	$(BIN)/ruff check stage1_ds tests scripts
@@ -23,4 +23,5 @@ lint: setup
 	$(BIN)/mypy
 
 test: lint
+	$(BIN)/python scripts/warm_ds_ops.py
 	$(BIN)/python -m pytest

@@ -87,10 +87,79 @@ def _run_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of `stage1 train` and scripts/train_stage1.py (which any launcher runs)."""
+    p.add_argument("--config", type=Path, required=True, help="experiment YAML (see configs/)")
+    p.add_argument("--data", "--data_dir", dest="data", type=Path, required=True, help="prepared data folder")
+    p.add_argument("--out", type=Path, help="run folder (default: runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.add_argument(
+        "--stop-at-step", type=int, help="save and stop after this step (run a long job in pieces)"
+    )
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # set by launchers
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_steps=50"
+    )
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("train", help="train the Stage-1 model under DeepSpeed")
+    add_train_arguments(p)
+    p.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from stage1_ds.config import load_config
+    from stage1_ds.train.loop import train
+
+    config = load_config(args.config, args.overrides)
+    out = args.out or Path("runs") / args.config.stem
+    result = train(config, args.data, out, resume=args.resume, stop_at_step=args.stop_at_step)
+    log.info(
+        "training finished at step %d; checkpoint %s; TensorBoard: tensorboard --logdir %s",
+        result.global_step,
+        result.checkpoint_tag,
+        out / "tensorboard",
+    )
+    return 0
+
+
+def _add_demo(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "demo", help="synthetic data, then train configs/demo_cpu.yaml through every phase"
+    )
+    p.add_argument("--out", type=Path, default=Path("demo"), help="folder for data/ and run/ (default: demo)")
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    import shutil
+
+    from stage1_ds.config import load_config
+    from stage1_ds.train.engine import resolve_path
+    from stage1_ds.train.loop import train
+
+    data, run = args.out / "data", args.out / "run"
+    if not (data / "manifest.json").exists():
+        options = PrepareOptions(split_fractions=(0.6, 0.2, 0.2), window_bars=32)
+        print(summary_table(prepare_synthetic(data, days=120, seed=0, options=options)))
+    shutil.rmtree(run, ignore_errors=True)  # the demo always trains from scratch
+    config = load_config(resolve_path("configs/demo_cpu.yaml"))
+    result = train(config, data, run)
+    train_loss = result.last_losses.get("loss/total", float("nan"))
+    val_loss = result.val_losses.get("val/loss/total", float("nan"))
+    print(f"demo finished at step {result.global_step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}")
+    print(f"checkpoints: {run / 'checkpoints'}")
+    print(f"TensorBoard: .venv/bin/tensorboard --logdir {run / 'tensorboard'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stage1", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_prepare(commands)
+    _add_train(commands)
+    _add_demo(commands)
     return parser
 
 

@@ -236,12 +236,164 @@ class ModelConfig:
         return []
 
 
+class Precision(StrEnum):
+    AUTO = "auto"  # bf16 on a GPU that supports it, else fp32
+    BF16 = "bf16"
+    FP32 = "fp32"
+
+
+@dataclass
+class PhaseConfig:
+    """One phase of trainability.
+
+    Attributes:
+        name: frozen, lora or full.
+        until_step: the global step at which the next phase begins; None for the last phase (it runs to
+            ``train.max_steps``).
+        rewarmup_steps: linear re-warmup of every learning rate over this many steps at the phase start.
+    """
+
+    name: Phase = Phase.FULL
+    until_step: int | None = None
+    rewarmup_steps: int = 0
+
+
+@dataclass
+class OptimizerConfig:
+    """Learning rates per named parameter group, weight decay, and the warmup + cosine schedule.
+
+    Attributes:
+        lr_heads: reconstruction heads.
+        lr_stems: stems and the timeframe, position and mask embeddings.
+        lr_lora: LoRA adapters.
+        lr_encoder_top: the top T5 block; block i gets ``lr_encoder_top * layer_decay ** (n - 1 - i)``.
+            Other T5 weights (the final layer norm) get ``lr_encoder_top``.
+        layer_decay: layer-wise decay factor from the top block down.
+        weight_decay: applied to weight matrices; never to norms, biases or embeddings.
+        warmup_steps: linear warmup from 0 at the start of the run.
+        min_lr_ratio: the cosine decays every lr to this fraction of its base lr at ``train.max_steps``.
+    """
+
+    lr_heads: float = 1e-3
+    lr_stems: float = 1e-3
+    lr_lora: float = 5e-4
+    lr_encoder_top: float = 1e-4
+    layer_decay: float = 0.9
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+
+    def validate(self, prefix: str) -> list[str]:
+        problems = []
+        for key in ("lr_heads", "lr_stems", "lr_lora", "lr_encoder_top"):
+            if getattr(self, key) < 0:
+                problems.append(f"{prefix}.{key}: {getattr(self, key)}, expected >= 0")
+        if not 0.0 < self.layer_decay <= 1.0:
+            problems.append(f"{prefix}.layer_decay: {self.layer_decay}, expected a number in (0, 1]")
+        if self.weight_decay < 0:
+            problems.append(f"{prefix}.weight_decay: {self.weight_decay}, expected >= 0")
+        if self.warmup_steps < 0:
+            problems.append(f"{prefix}.warmup_steps: {self.warmup_steps}, expected >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            problems.append(f"{prefix}.min_lr_ratio: {self.min_lr_ratio}, expected a number in [0, 1]")
+        return problems
+
+
+@dataclass
+class TrainConfig:
+    """The training run.
+
+    Attributes:
+        max_steps: optimizer steps in the whole run, over all phases.
+        micro_batch_size: samples per rank per forward.
+        gradient_accumulation_steps: micro batches per optimizer step.
+        gradient_clipping: max global gradient norm (0 disables).
+        precision: auto, bf16 or fp32.
+        ds_config: the DeepSpeed-only JSON (ZeRO stage, offload, communication), relative to the repository
+            or absolute.
+        phases: phases of trainability in order.
+        optimizer: learning rates, weight decay and schedule.
+        log_every_steps, eval_every_steps, save_every_steps, image_every_steps: periods in optimizer steps.
+        eval_batches: validation batches per rank at each evaluation.
+        keep_checkpoints: how many of the newest checkpoints to keep.
+        max_bad_steps: steps with a non-finite loss that may be skipped before the run stops.
+        peak_flops_per_device: for the MFU estimate; None: looked up from the GPU name (H100/H200/A100).
+    """
+
+    max_steps: int = 1000
+    micro_batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    gradient_clipping: float = 1.0
+    precision: Precision = Precision.AUTO
+    ds_config: str = "ds_configs/zero2.json"
+    phases: list[PhaseConfig] = field(
+        default_factory=lambda: [
+            PhaseConfig(Phase.FROZEN, until_step=200),
+            PhaseConfig(Phase.LORA, until_step=600),
+            PhaseConfig(Phase.FULL),
+        ]
+    )
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    log_every_steps: int = 10
+    eval_every_steps: int = 100
+    eval_batches: int = 4
+    save_every_steps: int = 200
+    image_every_steps: int = 200
+    keep_checkpoints: int = 3
+    max_bad_steps: int = 0
+    peak_flops_per_device: float | None = None
+
+    def validate(self, prefix: str) -> list[str]:
+        problems = []
+        for key in (
+            "max_steps",
+            "micro_batch_size",
+            "gradient_accumulation_steps",
+            "log_every_steps",
+            "eval_every_steps",
+            "eval_batches",
+            "save_every_steps",
+            "image_every_steps",
+            "keep_checkpoints",
+        ):
+            if getattr(self, key) < 1:
+                problems.append(f"{prefix}.{key}: {getattr(self, key)}, expected at least 1")
+        if self.gradient_clipping < 0:
+            problems.append(f"{prefix}.gradient_clipping: {self.gradient_clipping}, expected >= 0")
+        if self.max_bad_steps < 0:
+            problems.append(f"{prefix}.max_bad_steps: {self.max_bad_steps}, expected >= 0")
+        if not self.phases:
+            problems.append(f"{prefix}.phases: empty, expected at least one of {[p.value for p in Phase]}")
+            return problems
+        previous = 0
+        for i, phase in enumerate(self.phases):
+            last = i == len(self.phases) - 1
+            if last and phase.until_step is not None and phase.until_step != self.max_steps:
+                problems.append(
+                    f"{prefix}.phases[{i}].until_step: the last phase runs to max_steps; leave it out"
+                )
+            if not last:
+                if phase.until_step is None:
+                    problems.append(f"{prefix}.phases[{i}].until_step: required for every phase but the last")
+                elif not previous < phase.until_step < self.max_steps:
+                    problems.append(
+                        f"{prefix}.phases[{i}].until_step: {phase.until_step}, expected increasing steps "
+                        f"between {previous} and max_steps {self.max_steps}"
+                    )
+                else:
+                    previous = phase.until_step
+            if phase.rewarmup_steps < 0:
+                problems.append(f"{prefix}.phases[{i}].rewarmup_steps: {phase.rewarmup_steps}, expected >= 0")
+        return problems
+
+
 @dataclass
 class Config:
     """The root of the config tree."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
 
     def validate(self, prefix: str = "") -> list[str]:

@@ -15,3 +15,5 @@ def setup_logging(level: int = logging.INFO) -> None:
         datefmt="%H:%M:%S",
         force=True,
     )
+    # DeepSpeed logs its whole config and every op load at INFO; its warnings still show.
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)

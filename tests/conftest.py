@@ -6,7 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from stage1_ds.config import EncoderConfig, EncoderPreset, ModelConfig
+from stage1_ds.config import (
+    Config,
+    DataConfig,
+    EncoderConfig,
+    EncoderPreset,
+    LoraConfig,
+    ModelConfig,
+    OptimizerConfig,
+    Phase,
+    PhaseConfig,
+    Precision,
+    TrainConfig,
+)
 from stage1_ds.data.prepare import PrepareOptions, prepare_files, prepare_synthetic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,4 +58,29 @@ def tiny_model_config(**overrides: object) -> ModelConfig:
     config = ModelConfig(encoder=EncoderConfig(preset=EncoderPreset.TINY, dropout=0.0))
     for key, value in overrides.items():
         setattr(config, key, value)
+    return config
+
+
+def tiny_train_config(ds_config: str = "ds_configs/zero2.json", **train: object) -> Config:
+    """A tiny model on 16-bar windows with a config that trains in seconds on CPU."""
+    config = Config(
+        data=DataConfig(window_bars=16),
+        model=tiny_model_config(),
+        train=TrainConfig(
+            max_steps=6,
+            micro_batch_size=4,
+            precision=Precision.FP32,
+            ds_config=ds_config,
+            phases=[PhaseConfig(Phase.FULL)],
+            optimizer=OptimizerConfig(warmup_steps=0, lr_encoder_top=1e-3),
+            log_every_steps=1,
+            eval_every_steps=3,
+            eval_batches=1,
+            save_every_steps=3,
+            image_every_steps=3,
+        ),
+    )
+    config.model.lora = LoraConfig(rank=2, alpha=4, dropout=0.0)
+    for key, value in train.items():
+        setattr(config.train, key, value)
     return config

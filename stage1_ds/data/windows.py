@@ -340,7 +340,7 @@ def _unwrap(batch: Any) -> Any:
     return batch
 
 
-def build_loader(dataset: WindowDataset, sampler: WindowSampler, num_workers: int = 0) -> DataLoader:
+def build_loader(dataset: Dataset, sampler: WindowSampler, num_workers: int = 0) -> DataLoader:
     """A DataLoader that asks the dataset for whole batches; ``num_workers`` processes build them."""
     return DataLoader(
         dataset,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
@@ -32,7 +34,10 @@ def wrap_with_lora(encoder: nn.Module, config: LoraConfig) -> PeftModel:
         lora_dropout=config.dropout,
         target_modules=list(config.target_modules),
     )
-    return get_peft_model(encoder, peft_config)
+    with warnings.catch_warnings():
+        # peft asks transformers for `is_gradient_checkpointing`, deprecated in transformers 5.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(encoder, peft_config)
 
 
 def has_lora(encoder: nn.Module) -> bool:

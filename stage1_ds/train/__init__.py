@@ -1,0 +1,1 @@
+"""Training under DeepSpeed: parameter groups, schedules, engines, checkpoints, metrics, the loop."""

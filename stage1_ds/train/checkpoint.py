@@ -1,0 +1,175 @@
+"""Complete, self-describing checkpoints and resume.
+
+Layout of RUN_DIR/checkpoints::
+
+    latest                    the tag of the newest COMPLETE checkpoint (written last, atomically)
+    step00001200/             DeepSpeed's files (model states, one optimizer shard per rank)
+        meta.json             phase, global step, data position, config snapshot, parameter shapes
+        rng_rank<r>.pt        each rank's RNG states
+
+DeepSpeed's own ``latest`` is written by rank 0 before every rank has finished its shard, so it is not
+used: after a barrier, rank 0 writes ``latest`` itself. A crash or kill mid-save leaves ``latest`` on the
+previous complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stage1_ds.config import Config, config_from_dict, config_to_dict
+from stage1_ds.errors import CheckpointError
+from stage1_ds.version import code_version
+
+log = logging.getLogger(__name__)
+LATEST = "latest"
+META = "meta.json"
+
+
+@dataclass
+class TrainState:
+    """What the loop carries across steps, phases and restarts."""
+
+    global_step: int = 0
+    phase_index: int = 0
+    batches_consumed: int = 0
+    bad_steps: int = 0
+
+
+def tag_for(step: int) -> str:
+    return f"step{step:08d}"
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def parameter_shapes(model: torch.nn.Module) -> dict[str, list[int]]:
+    return {name: list(p.shape) for name, p in model.named_parameters()}
+
+
+def save_checkpoint(
+    engine: Any, run_dir: Path, state: TrainState, config: Config, phase: str, keep: int
+) -> str:
+    """Save on every rank; rank 0 then marks it complete in ``latest`` and prunes to ``keep`` checkpoints."""
+    root = checkpoint_dir(run_dir)
+    tag = tag_for(state.global_step)
+    meta = {
+        "phase": phase,
+        "phase_index": state.phase_index,
+        "global_step": state.global_step,
+        "batches_consumed": state.batches_consumed,
+        "bad_steps": state.bad_steps,
+        "world_size": torch.distributed.get_world_size(),
+        "code_version": code_version(),
+        "config": config_to_dict(config),
+        "parameter_shapes": parameter_shapes(engine.module),
+    }
+    engine.save_checkpoint(str(root), tag=tag, client_state={"stage1": meta}, save_latest=False)
+    rank = torch.distributed.get_rank()
+    rng = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    torch.save(rng, root / tag / f"rng_rank{rank}.pt")
+    if rank == 0:
+        (root / tag / META).write_text(json.dumps(meta, indent=2) + "\n")
+    torch.distributed.barrier()  # every rank's shard and RNG file is on disk before `latest` moves
+    if rank == 0:
+        tmp = root / f"{LATEST}.tmp"
+        tmp.write_text(tag)
+        os.replace(tmp, root / LATEST)
+        _prune(root, keep)
+    torch.distributed.barrier()
+    return tag
+
+
+def _prune(root: Path, keep: int) -> None:
+    tags = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step"))
+    latest = (root / LATEST).read_text().strip()
+    for old in tags[:-keep]:
+        if old.name != latest:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_tag(run_dir: Path) -> str | None:
+    path = checkpoint_dir(run_dir) / LATEST
+    return path.read_text().strip() if path.is_file() else None
+
+
+def read_meta(run_dir: Path, tag: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The tag (default: ``latest``) and its meta.json.
+
+    Raises:
+        CheckpointError: no checkpoint, a missing tag, or a checkpoint folder without its meta.json.
+    """
+    root = checkpoint_dir(run_dir)
+    tag = tag or latest_tag(run_dir)
+    if tag is None:
+        raise CheckpointError(f"{root}: no complete checkpoint ('{LATEST}' is missing)")
+    folder = root / tag
+    if not folder.is_dir():
+        available = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        raise CheckpointError(f"{folder}: no such checkpoint; available tags: {available}")
+    meta_path = folder / META
+    if not meta_path.is_file():
+        raise CheckpointError(f"{meta_path}: missing; {folder} is not a complete stage1 checkpoint")
+    return tag, json.loads(meta_path.read_text())
+
+
+def check_compatible(meta: dict[str, Any], config: Config, shapes: dict[str, list[int]]) -> None:
+    """An architecture change against the checkpoint is an error; other config differences are warnings.
+
+    Args:
+        meta: the checkpoint's meta.json.
+        config: this run's config.
+        shapes: parameter shapes of this run's model built for the checkpoint's phase.
+
+    Raises:
+        CheckpointError: the parameters' names or shapes differ (naming the config keys that changed).
+    """
+    saved = meta["config"]
+    changed = _diff(saved, config_to_dict(config))
+    if shapes != meta["parameter_shapes"]:
+        missing = sorted(set(meta["parameter_shapes"]) - set(shapes))[:5]
+        extra = sorted(set(shapes) - set(meta["parameter_shapes"]))[:5]
+        raise CheckpointError(
+            "the model's architecture differs from the checkpoint's "
+            f"(config keys changed: {changed or 'none'}; parameters only in the checkpoint: {missing}; "
+            f"only in this model: {extra}); start a new run directory instead of resuming"
+        )
+    for key in changed:
+        log.warning("config differs from the checkpoint's at %s; continuing with this run's value", key)
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) | set(b))
+        return [d for k in keys for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def restore_rng(run_dir: Path, tag: str, rank: int) -> None:
+    path = checkpoint_dir(run_dir) / tag / f"rng_rank{rank}.pt"
+    if not path.is_file():
+        log.warning("%s: missing; this rank's random state starts fresh", path)
+        return
+    rng = torch.load(path, weights_only=False)
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+
+
+def config_of(meta: dict[str, Any]) -> Config:
+    """The config snapshot stored in a checkpoint's meta."""
+    return config_from_dict(meta["config"], source="checkpoint config snapshot")

@@ -1,0 +1,464 @@
+"""The training loop, top to bottom: setup, a fail-fast evaluation, then steps with periodic actions.
+
+A phase of trainability is a stretch of global steps with one DeepSpeed engine; at a phase boundary the
+run checkpoints, releases the engine, changes the model (adds or merges LoRA, sets requires_grad) and
+builds the next engine. The global step, the data position and the lr schedule carry on across engines
+and across restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from deepspeed.accelerator import get_accelerator
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from stage1_ds.config import Config, config_to_dict
+from stage1_ds.data.windows import Batch, WindowDataset, WindowSampler, build_loader
+from stage1_ds.errors import Stage1Error
+from stage1_ds.model.losses import stage1_loss
+from stage1_ds.model.masking import MaskedWindows, num_patches
+from stage1_ds.model.stage1 import Stage1Model, format_parameter_report, parameter_report
+from stage1_ds.plots import masked_window_figure
+from stage1_ds.train.checkpoint import (
+    TrainState,
+    check_compatible,
+    checkpoint_dir,
+    latest_tag,
+    parameter_shapes,
+    read_meta,
+    restore_rng,
+    save_checkpoint,
+)
+from stage1_ds.train.engine import (
+    EngineBundle,
+    build_ds_config,
+    build_engine,
+    device,
+    init_distributed,
+    release_engine,
+)
+from stage1_ds.train.param_groups import format_group_table
+from stage1_ds.train.schedule import phase_index
+
+log = logging.getLogger(__name__)
+
+#: Dense bf16 peak of one device, for the MFU estimate.
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
+
+
+class TrainingError(Stage1Error):
+    """The run cannot go on (a non-finite loss beyond the allowed number of bad steps)."""
+
+
+@dataclass
+class TrainResult:
+    global_step: int
+    last_losses: dict[str, float]
+    val_losses: dict[str, float]
+    checkpoint_tag: str | None
+
+
+def train(
+    config: Config, data_dir: Path, run_dir: Path, resume: bool = False, stop_at_step: int | None = None
+) -> TrainResult:
+    """Train the Stage-1 model; see the module docstring.
+
+    Args:
+        resume: continue from the newest complete checkpoint (an existing checkpoint in ``run_dir`` also
+            resumes).
+        stop_at_step: save and stop after this global step, as a preempted job would (the schedule still
+            runs to ``train.max_steps``); for time-limited jobs that run a long training in pieces.
+    """
+    # -- setup ---------------------------------------------------------------------------------------
+    rank, world = init_distributed()
+    dev = device()
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    train_cfg = config.train
+    phases = train_cfg.phases
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+    patch_len = config.model.patch_len
+    train_data = MaskedWindows(
+        WindowDataset(data_dir, "train", config.data, seed=config.seed),
+        config.model.masking,
+        patch_len,
+        seed=config.seed,
+    )
+    val_data = MaskedWindows(
+        WindowDataset(data_dir, "val", config.data, seed=config.seed + 1),
+        config.model.masking,
+        patch_len,
+        seed=config.seed + 1,
+    )
+    tokens_per_sample = sum(num_patches(config.data.bars(tf), patch_len) for tf in config.data.timeframes)
+
+    model = Stage1Model(config.model, config.data)
+    state = TrainState()
+    tag = latest_tag(run_dir)
+    meta: dict[str, Any] | None = None
+    if tag is not None or resume:
+        tag, meta = read_meta(run_dir)
+        state = TrainState(
+            meta["global_step"], meta["phase_index"], meta["batches_consumed"], meta["bad_steps"]
+        )
+        for index in range(state.phase_index + 1):  # replay phases: LoRA added or merged as it was
+            model.set_phase(phases[index].name, config.model.lora)
+        check_compatible(meta, config, parameter_shapes(model))
+        log.info("resuming from %s at step %d (phase %s)", tag, state.global_step, meta["phase"])
+    else:
+        model.set_phase(phases[0].name, config.model.lora)
+    torch.manual_seed(config.seed + 1000 * (rank + 1))  # dropout differs between ranks
+
+    ds_config = build_ds_config(config, run_dir / "tensorboard")
+    metrics = MetricsLog(run_dir, rank == 0)
+    bundle = build_engine(model, config, ds_config, state.global_step)
+    if tag is not None and meta is not None:
+        same_world = meta["world_size"] == world
+        if not same_world:
+            log.warning(
+                "checkpoint was written by %d ranks, this run has %d: optimizer state starts fresh",
+                meta["world_size"],
+                world,
+            )
+        bundle.engine.load_checkpoint(
+            str(checkpoint_dir(run_dir)),
+            tag=tag,
+            load_optimizer_states=same_world,
+            load_lr_scheduler_states=False,
+        )
+        restore_rng(run_dir, tag, rank)
+    _log_phase(bundle, model, phases[state.phase_index].name, state.global_step)
+
+    val_sampler = dict(
+        num_anchors=len(val_data),
+        batch_size=train_cfg.micro_batch_size,
+        seed=config.seed + 1,
+        rank=rank,
+        world_size=world,
+    )
+    first_val = evaluate(bundle.engine, val_data, WindowSampler(**val_sampler, num_batches=2), config, dev)
+    log.info("evaluation before training works: val loss %.4f", first_val["val/loss/total"])
+
+    sampler = WindowSampler(
+        len(train_data),
+        train_cfg.micro_batch_size,
+        seed=config.seed,
+        rank=rank,
+        world_size=world,
+        start_batch=state.batches_consumed,
+    )
+    batches = iter(build_loader(train_data, sampler, config.data.num_workers))
+    stop = StopFlag()
+    last_losses: dict[str, float] = {}
+    val_losses: dict[str, float] = first_val
+    last_saved = state.global_step if tag is not None else -1
+    window_start, window_steps = time.perf_counter(), 0
+
+    # -- the loop --------------------------------------------------------------------------------------
+    with (
+        logging_redirect_tqdm(),
+        tqdm(
+            total=train_cfg.max_steps,
+            initial=state.global_step,
+            unit="step",
+            disable=rank != 0 or None,
+            dynamic_ncols=True,
+        ) as progress,
+    ):
+        while state.global_step < train_cfg.max_steps:
+            is_phase_boundary = phase_index(state.global_step, phases) != state.phase_index
+            if is_phase_boundary:
+                if last_saved != state.global_step:
+                    save_checkpoint(
+                        bundle.engine,
+                        run_dir,
+                        state,
+                        config,
+                        phases[state.phase_index].name,
+                        train_cfg.keep_checkpoints,
+                    )
+                release_engine(bundle, model)
+                state.phase_index = phase_index(state.global_step, phases)
+                model.set_phase(phases[state.phase_index].name, config.model.lora)
+                bundle = build_engine(model, config, ds_config, state.global_step)
+                _log_phase(bundle, model, phases[state.phase_index].name, state.global_step)
+
+            step_losses = train_step(bundle.engine, batches, config, dev, state, run_dir)
+            state.global_step += 1
+            window_steps += 1
+            progress.update(1)
+
+            step = state.global_step
+            is_log_step = step % train_cfg.log_every_steps == 0 or step == train_cfg.max_steps
+            is_eval_step = step % train_cfg.eval_every_steps == 0 or step == train_cfg.max_steps
+            is_image_step = step % train_cfg.image_every_steps == 0
+            stop.raised |= step == stop_at_step
+            is_save_step = (
+                step % train_cfg.save_every_steps == 0 or step == train_cfg.max_steps or stop.raised
+            )
+
+            if is_log_step and step_losses:  # empty when every micro batch of the step was skipped
+                elapsed = time.perf_counter() - window_start
+                last_losses = step_losses
+                samples = (
+                    window_steps * train_cfg.micro_batch_size * train_cfg.gradient_accumulation_steps * world
+                )
+                metrics.training(
+                    bundle,
+                    model,
+                    step_losses,
+                    phase=state.phase_index,
+                    step=step,
+                    samples_per_s=samples / elapsed,
+                    tokens_per_sample=tokens_per_sample,
+                    peak_flops=_peak_flops(train_cfg.peak_flops_per_device),
+                )
+                log.info(
+                    "step %d/%d | phase %s | loss %.4f | recon %.4f | cross %.4f | lr %.2e (%s) | %.1f samples/s",
+                    step,
+                    train_cfg.max_steps,
+                    phases[state.phase_index].name,
+                    step_losses["loss/total"],
+                    step_losses["loss/reconstruction"],
+                    step_losses["loss/cross"],
+                    bundle.engine.optimizer.param_groups[0]["lr"],
+                    bundle.groups[0].name,
+                    samples / elapsed,
+                )
+                window_start, window_steps = time.perf_counter(), 0
+            if is_eval_step:
+                val_losses = evaluate(
+                    bundle.engine,
+                    val_data,
+                    WindowSampler(**val_sampler, num_batches=train_cfg.eval_batches),
+                    config,
+                    dev,
+                )
+                metrics.scalars(val_losses, step)
+                log.info("step %d | val loss %.4f", step, val_losses["val/loss/total"])
+            if is_image_step:
+                metrics.masked_window(bundle.engine, val_data, config, dev, step)
+            if is_save_step:
+                tag = save_checkpoint(
+                    bundle.engine,
+                    run_dir,
+                    state,
+                    config,
+                    phases[state.phase_index].name,
+                    train_cfg.keep_checkpoints,
+                )
+                last_saved = step
+                log.info("checkpoint %s saved", checkpoint_dir(run_dir) / tag)
+            if stop.raised:
+                log.warning("stopped at step %d after saving a checkpoint; resume with --resume", step)
+                break
+
+    metrics.close()
+    release_engine(bundle, model)
+    return TrainResult(state.global_step, last_losses, val_losses, latest_tag(run_dir))
+
+
+def train_step(
+    engine: Any, batches: Any, config: Config, dev: torch.device, state: TrainState, run_dir: Path
+) -> dict[str, float]:
+    """One optimizer step: gradient accumulation over micro batches, forward, ``engine.backward``,
+    ``engine.step``. Returns the step's losses averaged over micro batches and ranks."""
+    totals: dict[str, torch.Tensor] = {}
+    for _ in range(config.train.gradient_accumulation_steps):
+        batch: Batch = next(batches).to(dev)
+        state.batches_consumed += 1
+        output = engine(batch)
+        losses = stage1_loss(
+            {tf: r.float() for tf, r in output.reconstruction.items()}, batch, config.model.loss
+        )
+        if not _finite_on_every_rank(losses.total):
+            state.bad_steps += 1
+            last = latest_tag(run_dir)
+            where = checkpoint_dir(run_dir) / last if last else "none yet"
+            if state.bad_steps > config.train.max_bad_steps:
+                raise TrainingError(
+                    f"step {state.global_step + 1}: the loss is {losses.total.item()} (not finite) after "
+                    f"{state.bad_steps - 1} skipped bad steps "
+                    f"(train.max_bad_steps {config.train.max_bad_steps}); "
+                    f"last good checkpoint: {where}"
+                )
+            log.warning(
+                "step %d: non-finite loss, skipped (%d of %d allowed)",
+                state.global_step + 1,
+                state.bad_steps,
+                config.train.max_bad_steps,
+            )
+            # A zero-gradient backward keeps DeepSpeed's micro-step accounting (and every rank) in step.
+            loss = sum(p.sum() for p in engine.module.parameters() if p.requires_grad) * 0.0
+        else:
+            loss = losses.total
+            for key, value in losses.components.items():
+                totals.setdefault(key, torch.zeros(2, device=dev))
+                totals[key] += torch.stack([value.detach(), torch.ones((), device=dev)])
+            totals.setdefault("total", torch.zeros(2, device=dev))
+            totals["total"] += torch.stack([losses.total.detach(), torch.ones((), device=dev)])
+        engine.backward(loss)
+        engine.step()
+    return _mean_over_ranks(totals, config)
+
+
+def _loss_keys(config: Config) -> list[str]:
+    tfs = sorted(config.data.timeframes, key=lambda tf: config.data.timeframes.index(tf))
+    return (
+        ["total", "reconstruction", "cross"]
+        + [f"reconstruction/{tf}" for tf in tfs]
+        + [f"cross/{tf}" for tf in tfs]
+    )
+
+
+def _mean_over_ranks(
+    totals: dict[str, torch.Tensor], config: Config, prefix: str = "loss/"
+) -> dict[str, float]:
+    """Average (sum, count) pairs over ranks with one all-reduce; every rank passes the same key list."""
+    keys = _loss_keys(config)
+    dev = next(iter(totals.values())).device if totals else torch.device("cpu")
+    stacked = torch.stack([totals.get(k, torch.zeros(2, device=dev)) for k in keys]).double()
+    torch.distributed.all_reduce(stacked)
+    return {f"{prefix}{k}": s / c for k, (s, c) in zip(keys, stacked.tolist(), strict=True) if c > 0}
+
+
+def _finite_on_every_rank(value: torch.Tensor) -> bool:
+    flag = torch.tensor([float(torch.isfinite(value).all())], device=value.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item() == 1.0)
+
+
+@torch.no_grad()
+def evaluate(
+    engine: Any, data: MaskedWindows, sampler: WindowSampler, config: Config, dev: torch.device
+) -> dict[str, float]:
+    """Mean validation losses over the sampler's batches, averaged over ranks."""
+    engine.eval()
+    totals: dict[str, torch.Tensor] = {}
+    for ids in sampler:
+        batch = data.batch(np.asarray(ids)).to(dev)
+        output = engine(batch)
+        losses = stage1_loss(
+            {tf: r.float() for tf, r in output.reconstruction.items()}, batch, config.model.loss
+        )
+        for key, value in {**losses.components, "total": losses.total}.items():
+            totals.setdefault(key, torch.zeros(2, device=dev))
+            totals[key] += torch.stack([value, torch.ones((), device=dev)])
+    engine.train()
+    return _mean_over_ranks(totals, config, prefix="val/loss/")
+
+
+def _peak_flops(configured: float | None) -> float | None:
+    if configured is not None:
+        return configured
+    accelerator = get_accelerator()
+    if accelerator.device_name() == "cpu":
+        return None
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+
+
+def _log_phase(bundle: EngineBundle, model: Stage1Model, phase: str, step: int) -> None:
+    log.info("phase %s from step %d; parameter groups:\n%s", phase, step, format_group_table(bundle.groups))
+    log.info("parameters:\n%s", format_parameter_report(parameter_report(model)))
+
+
+class StopFlag:
+    """SIGTERM/SIGINT (preemption) ask the loop to save a checkpoint and stop after the current step."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        for signum in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.raised = True
+
+
+class MetricsLog:
+    """What the loop writes to TensorBoard (rank 0 only; a no-op elsewhere)."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        from stage1_ds.train.metrics import MetricsWriter
+
+        self.writer = MetricsWriter(run_dir / "tensorboard", enabled)
+        self.enabled = enabled
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        self.writer.scalars(values, step)
+
+    def training(
+        self,
+        bundle: EngineBundle,
+        model: Stage1Model,
+        losses: dict[str, float],
+        phase: int,
+        step: int,
+        samples_per_s: float,
+        tokens_per_sample: int,
+        peak_flops: float | None,
+    ) -> None:
+        if not self.enabled:
+            return
+        engine = bundle.engine
+        values = dict(losses)
+        for group, param_group in zip(bundle.groups, engine.optimizer.param_groups, strict=True):
+            values[f"lr/{group.name}"] = param_group["lr"]
+        grad_norm = engine.get_global_grad_norm()
+        if grad_norm is not None and math.isfinite(float(grad_norm)):
+            values["grad_norm"] = float(grad_norm)
+        report = parameter_report(model)["all"]
+        values["phase"] = phase
+        values["params/trainable"] = report["trainable"]
+        values["perf/samples_per_s"] = samples_per_s
+        values["perf/tokens_per_s"] = samples_per_s * tokens_per_sample
+        if peak_flops is not None:
+            frozen = report["total"] - report["trainable"]
+            flops_per_token = 6 * report["trainable"] + 4 * frozen
+            values["perf/mfu"] = samples_per_s * tokens_per_sample * flops_per_token / (peak_flops * _world())
+        if torch.cuda.is_available():
+            values["memory/peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        else:
+            values["memory/peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        self.writer.scalars(values, step)
+
+    @torch.no_grad()
+    def masked_window(
+        self, engine: Any, data: MaskedWindows, config: Config, dev: torch.device, step: int
+    ) -> None:
+        if not self.enabled:
+            return
+        engine.eval()
+        batch = data.batch(np.asarray([0])).to(dev)
+        output = engine(batch)
+        engine.train()
+        names = list(batch.windows)
+        figure = masked_window_figure(
+            names,
+            {tf: batch.windows[tf].features[0].float().cpu().numpy() for tf in names},
+            {tf: output.reconstruction[tf][0].float().cpu().numpy() for tf in names},
+            {tf: batch.windows[tf].mask[0].cpu().numpy() for tf in names},  # type: ignore[index]
+            {tf: batch.windows[tf].valid[0].cpu().numpy() for tf in names},
+        )
+        self.writer.figure("val/masked_window", figure, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _world() -> int:
+    return torch.distributed.get_world_size()

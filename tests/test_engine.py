@@ -1,0 +1,190 @@
+"""Real DeepSpeed ZeRO-2 engines on CPU: learning, phases of trainability, rebuilds, learning rates."""
+
+from __future__ import annotations
+
+import gc
+import resource
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_train_config
+from stage1_ds.config import Config, EncoderPreset, Phase, PhaseConfig
+from stage1_ds.data.windows import Batch, WindowDataset
+from stage1_ds.errors import ConfigError
+from stage1_ds.model.losses import stage1_loss
+from stage1_ds.model.masking import MaskedWindows
+from stage1_ds.model.stage1 import Stage1Model
+from stage1_ds.train.engine import (
+    EngineBundle,
+    build_ds_config,
+    build_engine,
+    init_distributed,
+    release_engine,
+)
+from stage1_ds.train.schedule import lr_multiplier
+
+
+def _batches(folder: Path, config: Config, count: int) -> list[Batch]:
+    windows = WindowDataset(folder, "train", config.data, seed=0)
+    data = MaskedWindows(windows, config.model.masking, config.model.patch_len, seed=0)
+    size = config.train.micro_batch_size
+    return [data.batch(np.arange(size) * 53 + i * 7) for i in range(count)]
+
+
+def _engine(model: Stage1Model, config: Config, phase: Phase, first_step: int = 0) -> EngineBundle:
+    init_distributed()
+    model.set_phase(phase, config.model.lora)
+    return build_engine(model, config, build_ds_config(config, None), first_step)
+
+
+def _step(bundle: EngineBundle, batch: Batch, config: Config) -> float:
+    out = bundle.engine(batch)
+    loss = stage1_loss(out.reconstruction, batch, config.model.loss).total
+    bundle.engine.backward(loss)
+    bundle.engine.step()
+    return loss.item()
+
+
+def _encoder_state(model: Stage1Model) -> dict[str, torch.Tensor]:
+    """Base encoder weights by their names without peft's wrapper (adapters left out)."""
+    return {
+        n.replace("base_model.model.", "").replace(".base_layer", ""): p.detach().clone()
+        for n, p in model.named_parameters()
+        if n.startswith("encoder.") and "lora_" not in n
+    }
+
+
+@pytest.mark.parametrize("ds_config", ["ds_configs/zero2.json", "ds_configs/zero2_offload.json"])
+def test_one_rank_zero2_loss_decreases(synthetic_small: Path, ds_config: str) -> None:
+    config = tiny_train_config(ds_config=ds_config, max_steps=30)
+    config.train.optimizer.lr_heads = config.train.optimizer.lr_stems = 3e-3
+    batches = _batches(synthetic_small, config, 4)
+    torch.manual_seed(0)
+    model = Stage1Model(config.model, config.data)
+    bundle = _engine(model, config, Phase.FULL)
+    optimizer_name = type(bundle.engine.optimizer.optimizer).__name__
+    assert optimizer_name == ("DeepSpeedCPUAdam" if "offload" in ds_config else "FusedAdam")
+    losses = [_step(bundle, batches[i % 4], config) for i in range(30)]
+    release_engine(bundle, model)
+    assert np.mean(losses[-4:]) < 0.7 * np.mean(losses[:4]), losses
+
+
+def test_phases_freeze_adapt_and_train_the_encoder(synthetic_small: Path) -> None:
+    config = tiny_train_config()
+    batches = _batches(synthetic_small, config, 3)
+    model = Stage1Model(config.model, config.data)
+
+    before = _encoder_state(model)
+    stems_before = model.embed.stems["m1"].weight.detach().clone()
+    bundle = _engine(model, config, Phase.FROZEN)
+    for batch in batches:
+        _step(bundle, batch, config)
+    release_engine(bundle, model)
+    assert all(torch.equal(before[n], p) for n, p in _encoder_state(model).items()), (
+        "frozen: T5 bit-identical"
+    )
+    assert not torch.equal(stems_before, model.embed.stems["m1"].weight)
+
+    bundle = _engine(model, config, Phase.LORA, first_step=3)
+    lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    for batch in batches:
+        _step(bundle, batch, config)
+    release_engine(bundle, model)
+    after_lora = _encoder_state(model)
+    assert set(after_lora) == set(before)
+    assert all(torch.equal(before[n], p) for n, p in after_lora.items()), "lora: base bit-identical"
+    assert any(not torch.equal(lora_before[n], p) for n, p in model.named_parameters() if "lora_B" in n)
+
+    bundle = _engine(model, config, Phase.FULL, first_step=6)
+    merged = _encoder_state(model)
+    for batch in batches:
+        _step(bundle, batch, config)
+    release_engine(bundle, model)
+    moved = [
+        n for n, p in _encoder_state(model).items() if not torch.equal(merged[n], p) and "shared" not in n
+    ]
+    assert len(moved) > 10, "full: the T5 base weights train"
+    assert torch.equal(merged["encoder.shared.weight"], model.encoder.shared.weight), (
+        "token embedding never trains"
+    )
+
+
+def test_engine_rebuilds_release_everything(synthetic_small: Path) -> None:
+    config = tiny_train_config()
+    config.model.encoder.preset = EncoderPreset.MINI  # large enough for a leaked optimizer to show in RSS
+    batch = _batches(synthetic_small, config, 1)[0]
+    model = Stage1Model(config.model, config.data)
+    rss, engines = [], []
+    for i in range(6):
+        bundle = _engine(model, config, Phase.FULL if i % 2 else Phase.LORA)
+        _step(bundle, batch, config)
+        engines.append(weakref.ref(bundle.engine))
+        release_engine(bundle, model)
+        gc.collect()
+        rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    assert all(ref() is None for ref in engines), "a released engine is still reachable"
+    assert rss[-1] - rss[1] < 40, f"peak RSS grew over rebuilds: {rss} MB"
+
+
+def test_group_lrs_follow_the_schedule_and_layer_decay(synthetic_small: Path) -> None:
+    config = tiny_train_config(max_steps=20)
+    opt = config.train.optimizer
+    opt.warmup_steps, opt.weight_decay, opt.layer_decay = 4, 0.0, 0.5
+    opt.lr_heads, opt.lr_stems, opt.lr_encoder_top = 2e-3, 1e-3, 4e-4
+    batches = _batches(synthetic_small, config, 2)
+    model = Stage1Model(config.model, config.data)
+    bundle = _engine(model, config, Phase.FULL)
+    groups = {g.name: g for g in bundle.groups}
+    assert groups["encoder_block_01"].lr == pytest.approx(4e-4)  # the top of two blocks
+    assert groups["encoder_block_00"].lr == pytest.approx(2e-4)
+    assert groups["heads"].lr == pytest.approx(2e-3) and groups["stems"].lr == pytest.approx(1e-3)
+    assert groups["heads/no_decay"].weight_decay == 0.0
+
+    # The first Adam update of every weight is lr * g / (|g| + eps): about lr in size, where g is not tiny.
+    names = {id(p): n for n, p in model.named_parameters()}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _step(bundle, batches[0], config)
+    first_lr = lr_multiplier(0, opt, config.train.phases, config.train.max_steps)
+    for group in bundle.groups:
+        steps = [(p.detach() - before[names[id(p)]]).abs().max().item() for p in group.params]
+        assert max(steps) == pytest.approx(group.lr * first_lr, rel=1e-3), group.name
+    for k in range(1, 7):
+        _step(bundle, batches[k % 2], config)
+        multiplier = lr_multiplier(k + 1, opt, config.train.phases, config.train.max_steps)
+        for group, live in zip(bundle.groups, bundle.engine.optimizer.param_groups, strict=True):
+            assert live["lr"] == pytest.approx(group.lr * multiplier, rel=1e-9), (k, group.name)
+    release_engine(bundle, model)
+
+
+def test_ds_config_refuses_keys_the_project_owns(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(
+        '{"zero_optimization": {"stage": 2}, "train_batch_size": 64, "optimizer": {"params": {"lr": 1}}}'
+    )
+    config = tiny_train_config(ds_config=str(path))
+    with pytest.raises(ConfigError, match=r"sets \['train_batch_size', 'optimizer.params.lr'\]"):
+        build_ds_config(config, None)
+    merged = build_ds_config(tiny_train_config(gradient_accumulation_steps=3), tmp_path / "tb")
+    assert merged["gradient_accumulation_steps"] == 3 and merged["train_micro_batch_size_per_gpu"] == 4
+    assert merged["bf16"] == {"enabled": False} and merged["tensorboard"]["output_path"] == str(
+        tmp_path / "tb"
+    )
+    assert merged["zero_optimization"]["stage"] == 2
+
+
+def test_phase_list_rewarmup_in_schedule() -> None:
+    config = tiny_train_config(max_steps=100)
+    config.train.phases = [
+        PhaseConfig(Phase.FROZEN, until_step=50),
+        PhaseConfig(Phase.FULL, rewarmup_steps=10),
+    ]
+    opt = config.train.optimizer
+    without = lr_multiplier(50, opt, [PhaseConfig(Phase.FROZEN, until_step=50), PhaseConfig(Phase.FULL)], 100)
+    assert lr_multiplier(50, opt, config.train.phases, 100) == pytest.approx(without / 10)
+    assert lr_multiplier(60, opt, config.train.phases, 100) == pytest.approx(
+        lr_multiplier(60, opt, [PhaseConfig(Phase.FROZEN, until_step=50), PhaseConfig(Phase.FULL)], 100)
+    )

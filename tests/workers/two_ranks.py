@@ -1,0 +1,55 @@
+"""Run by tests/test_two_ranks.py under the deepspeed launcher: three ZeRO-2 steps, one JSON per rank."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from conftest import tiny_train_config
+from stage1_ds.config import Phase
+from stage1_ds.data.windows import WindowDataset, WindowSampler
+from stage1_ds.model.losses import stage1_loss
+from stage1_ds.model.masking import MaskedWindows
+from stage1_ds.model.stage1 import Stage1Model
+from stage1_ds.train.engine import build_ds_config, build_engine, init_distributed
+
+
+def main(data_dir: str, out_dir: str, ds_config: str) -> None:
+    rank, world = init_distributed()
+    config = tiny_train_config(ds_config=ds_config)
+    torch.manual_seed(0)
+    model = Stage1Model(config.model, config.data)
+    model.set_phase(Phase.FULL)
+    bundle = build_engine(model, config, build_ds_config(config, None), 0)
+    data = MaskedWindows(WindowDataset(data_dir, "train", config.data), config.model.masking, 8, seed=0)
+    sampler = WindowSampler(len(data), config.train.micro_batch_size, seed=0, rank=rank, world_size=world)
+    losses, ids = [], []
+    for b in range(3):
+        batch_ids = sampler.batch_ids(b)
+        ids.extend(batch_ids.tolist())
+        batch = data.batch(batch_ids)
+        loss = stage1_loss(bundle.engine(batch).reconstruction, batch, config.model.loss).total
+        bundle.engine.backward(loss)
+        bundle.engine.step()
+        losses.append(loss.item())
+    partition = sum(p.numel() for p in bundle.engine.optimizer.single_partition_of_fp32_groups)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    checksum = sum(p.detach().double().sum().item() for p in model.parameters())
+    result = {
+        "rank": rank,
+        "world": world,
+        "losses": losses,
+        "sample_ids": ids,
+        "partition_numel": partition,
+        "trainable_numel": trainable,
+        "param_checksum": checksum,
+    }
+    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
+    main(*args)
