@@ -20,23 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stage1_ds.benchmark import loop_forward
 from stage1_ds.config import DataConfig, EncoderConfig, EncoderPreset, Fusion, MaskingConfig, ModelConfig
 from stage1_ds.data.prepare import PrepareOptions, prepare_synthetic
-from stage1_ds.data.windows import Batch, WindowDataset
-from stage1_ds.model import t5
+from stage1_ds.data.windows import WindowDataset
 from stage1_ds.model.masking import MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model
-
-
-def loop_forward(model: Stage1Model, batch: Batch) -> dict[str, torch.Tensor]:
-    """The replaced design: one encoder call per timeframe, no attention across timeframes."""
-    out = {}
-    for tf, window in batch.windows.items():
-        assert window.mask is not None
-        tokens, _, valid = model.embed(tf, window.features, window.mask, window.valid)
-        hidden = t5.encode(model.encoder, tokens, valid.long())
-        out[tf] = model.heads(tf, hidden, window.features.shape[1])
-    return out
 
 
 def time_step(step: Callable[[], dict[str, torch.Tensor]], repeats: int) -> float:

@@ -15,7 +15,14 @@ from stage1_ds.data.windows import Batch
 from stage1_ds.model import t5
 from stage1_ds.model.losses import stage1_loss
 from stage1_ds.model.stage1 import Stage1Model
-from stage1_ds.train.engine import build_ds_config, build_engine, device, init_distributed, release_engine
+from stage1_ds.train.engine import (
+    build_ds_config,
+    build_engine,
+    device,
+    init_distributed,
+    release_engine,
+    use_bf16,
+)
 from stage1_ds.train.param_groups import build_param_groups
 
 
@@ -51,6 +58,17 @@ def time_steps(step: Callable[[int], None], warmup: int, windows: int, steps_per
     return StepTiming(median_s=median, steps_per_s=1.0 / median, peak_memory_gb=peak)
 
 
+def loop_forward(model: Stage1Model, batch: Batch) -> dict[str, torch.Tensor]:
+    """The design this project replaces: one encoder call per timeframe, no attention across timeframes."""
+    out = {}
+    for tf, window in batch.windows.items():
+        mask = window.mask if window.mask is not None else torch.zeros_like(window.valid)
+        tokens, _, valid = model.embed(tf, window.features, mask, window.valid)
+        hidden = t5.encode(model.encoder, tokens, valid.long())
+        out[tf] = model.heads(tf, hidden, window.features.shape[1])
+    return out
+
+
 def build_model(config: Config, phase: Phase, seed: int = 0) -> Stage1Model:
     torch.manual_seed(seed)
     model = Stage1Model(config.model, config.data)
@@ -72,9 +90,7 @@ def time_engine(
     def step(i: int) -> None:
         batch = moved[i % len(moved)]
         out = engine(batch)
-        loss = stage1_loss(
-            {k: v.float() for k, v in out.reconstruction.items()}, batch, config.model.loss
-        ).total
+        loss = stage1_loss(out.reconstruction, batch, config.model.loss).total
         engine.backward(loss)
         engine.step()
 
@@ -90,22 +106,26 @@ def time_plain(
     warmup: int,
     windows: int,
     steps_per_window: int,
-    dtype: torch.dtype = torch.float32,
+    forward: Callable[[Stage1Model, Batch], dict[str, torch.Tensor]] | None = None,
 ) -> StepTiming:
-    """The same model, groups and batches with ``torch.optim.AdamW`` and ``clip_grad_norm_``: the baseline."""
+    """The same model, groups and batches with ``torch.optim.AdamW`` and ``clip_grad_norm_``: the baseline.
+
+    fp32 weights, with bf16 autocast when the config asks for bf16 (plain PyTorch's mixed precision).
+    ``forward`` replaces the model's own forward (e.g. `loop_forward`).
+    """
     model = build_model(config, phase)
     dev = device()
-    model.to(device=dev, dtype=dtype)
+    model.to(device=dev)
+    autocast = use_bf16(config.train.precision)
     groups = build_param_groups(model, config.train.optimizer, t5.num_blocks(model.encoder))
     optimizer = torch.optim.AdamW([g.to_optimizer_group() for g in groups], fused=dev.type == "cuda")
     moved = [b.to(dev) for b in batches]
 
     def step(i: int) -> None:
         batch = moved[i % len(moved)]
-        out = model(batch)
-        loss = stage1_loss(
-            {k: v.float() for k, v in out.reconstruction.items()}, batch, config.model.loss
-        ).total
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+            out = forward(model, batch) if forward is not None else model(batch).reconstruction
+        loss = stage1_loss(out, batch, config.model.loss).total
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.gradient_clipping)
         optimizer.step()

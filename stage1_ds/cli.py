@@ -154,11 +154,92 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_convert(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("convert", help="ZeRO checkpoint of a run to one fp32 model folder")
+    p.add_argument("run_dir", type=Path, help="the run folder (holds checkpoints/)")
+    p.add_argument("--out", type=Path, required=True, help="the export folder to write")
+    p.add_argument("--tag", help="checkpoint tag (default: latest)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing export")
+    p.set_defaults(run=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from stage1_ds.export import convert
+
+    info = convert(args.run_dir, args.out, tag=args.tag, force=args.force)
+    print(
+        f"exported {info['tag']} (phase {info['phase']}, step {info['global_step']}, "
+        f"{info['parameters']['all']:,} parameters, fp32) to {args.out}"
+    )
+    return 0
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("evaluate", help="masked-bar reconstruction against naive baselines")
+    p.add_argument("--model", type=Path, required=True, help="an export folder (stage1 convert)")
+    p.add_argument("--data", type=Path, required=True, help="a prepared data folder")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument("--batches", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--json", type=Path, help="write the report here (default: <model>/eval_<split>.json)")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from stage1_ds.evaluate import evaluate, export_config, format_report, write_report
+    from stage1_ds.model.stage1 import Stage1Model
+
+    device = "cuda" if torch_cuda_available() else "cpu"
+    model = Stage1Model.from_pretrained(args.model, device)
+    report = evaluate(model, args.data, export_config(args.model), args.split, args.batches, args.batch_size)
+    json_path = args.json or args.model / f"eval_{args.split}.json"
+    figure_path = json_path.with_suffix(".png")
+    write_report(report, json_path, figure_path)
+    print(format_report(report))
+    print(f"report: {json_path}; figures: {figure_path} and {figure_path.stem}_example.png")
+    return 0
+
+
+def _add_encode(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("encode", help="per-timeframe embeddings of a prepared split, as .npy files")
+    p.add_argument("--model", type=Path, required=True, help="an export folder (stage1 convert)")
+    p.add_argument("--data", type=Path, required=True, help="a prepared data folder")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument("--out", type=Path, required=True, help="folder for <tf>_pooled.npy, <tf>_tokens.npy, ...")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--max-batches", type=int, help="encode only this many batches")
+    p.set_defaults(run=_run_encode)
+
+
+def _run_encode(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from stage1_ds.encoding import encode
+    from stage1_ds.model.stage1 import Stage1Model
+
+    model = Stage1Model.from_pretrained(args.model, "cuda" if torch_cuda_available() else "cpu")
+    arrays = encode(model, args.data, args.split, batch_size=args.batch_size, max_batches=args.max_batches)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, array in arrays.items():
+        np.save(args.out / f"{name}.npy", array)
+    print(f"wrote {len(arrays)} arrays for {len(arrays['sample_id'])} windows to {args.out}")
+    return 0
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stage1", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_prepare(commands)
     _add_train(commands)
+    _add_convert(commands)
+    _add_evaluate(commands)
+    _add_encode(commands)
     _add_demo(commands)
     return parser
 

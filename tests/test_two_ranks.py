@@ -12,6 +12,11 @@ import pytest
 import torch
 
 from conftest import REPO
+from stage1_ds.data.windows import WindowDataset
+from stage1_ds.evaluate import export_config
+from stage1_ds.export import convert
+from stage1_ds.model.masking import MaskedWindows
+from stage1_ds.model.stage1 import Stage1Model
 from stage1_ds.train.checkpoint import checkpoint_dir, read_meta
 
 
@@ -43,6 +48,18 @@ def test_two_ranks_agree_and_partition_the_optimizer(
     total = ranks[0]["trainable_numel"]
     for r in ranks:
         assert total / 2 <= r["partition_numel"] < total / 2 + 64, "each rank holds half the optimizer state"
+    # The two-rank checkpoint converts to one fp32 model that reproduces the live module.
+    convert(tmp_path / "run", tmp_path / "export")
+    live = torch.load(tmp_path / "live_outputs.pt", weights_only=False)
+    exported = Stage1Model.from_pretrained(tmp_path / "export")
+    config = export_config(tmp_path / "export")
+    probe = MaskedWindows(
+        WindowDataset(synthetic_small, "train", config.data), config.model.masking, 8, seed=0
+    )
+    with torch.no_grad():
+        got = exported(probe.batch(live["ids"].numpy())).reconstruction
+    for tf, expected in live["outputs"].items():
+        torch.testing.assert_close(got[tf], expected, atol=1e-5, rtol=1e-5)
 
 
 def test_train_script_runs_under_the_deepspeed_launcher(synthetic_small: Path, tmp_path: Path) -> None:

@@ -109,7 +109,8 @@ def cross_timeframe_terms(predictions: dict[str, torch.Tensor], batch: Batch) ->
 
 
 def stage1_loss(predictions: dict[str, torch.Tensor], batch: Batch, config: LossConfig) -> LossOutput:
-    """The total loss and its components (see the module docstring)."""
+    """The total loss and its components (see the module docstring), in fp32 whatever the model's dtype."""
+    predictions = {tf: pred.float() for tf, pred in predictions.items()}
     components: dict[str, torch.Tensor] = {}
     weighted, weight_sum = [], 0.0
     for tf, pred in predictions.items():

@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+import yaml
+from safetensors.torch import load_file
 from torch import nn
+from transformers import T5Config
 
-from stage1_ds.config import DataConfig, Fusion, LoraConfig, ModelConfig, Phase
+from stage1_ds.config import DataConfig, Fusion, LoraConfig, ModelConfig, Phase, config_from_dict
 from stage1_ds.data.features import NUM_FEATURES
 from stage1_ds.data.timeframes import sort_timeframes
 from stage1_ds.data.windows import Batch
+from stage1_ds.errors import CheckpointError
 from stage1_ds.model import t5
 from stage1_ds.model.embed import PatchEmbedding
 from stage1_ds.model.heads import ReconstructionHeads
 from stage1_ds.model.lora import has_lora, merge_lora, wrap_with_lora
 from stage1_ds.model.masking import num_patches
+
+#: Files of an export folder (written by `stage1_ds.export`).
+EXPORT_WEIGHTS = "model.safetensors"
+EXPORT_CONFIG = "config.yaml"
+EXPORT_ENCODER_CONFIG = "encoder_config.json"
+EXPORT_STATS = "stats.json"
+EXPORT_INFO = "export_info.json"
 
 
 @dataclass
@@ -36,12 +49,19 @@ class Stage1Model(nn.Module):
     ``per_timeframe`` folds timeframes into the batch), and per-timeframe heads reconstruct the bars.
     """
 
-    def __init__(self, config: ModelConfig, data: DataConfig, num_features: int = NUM_FEATURES):
+    def __init__(
+        self,
+        config: ModelConfig,
+        data: DataConfig,
+        num_features: int = NUM_FEATURES,
+        layout: T5Config | None = None,
+    ):
+        """Build stems, heads and the encoder (``layout``: an exact T5 config, used when loading an export)."""
         super().__init__()
         self.config = config
         self.timeframes = [tf.value for tf in sort_timeframes(data.timeframes)]
         self.window_bars = {tf: data.bars(tf) for tf in self.timeframes}
-        self.encoder: nn.Module = t5.build_encoder(config.encoder)
+        self.encoder: nn.Module = t5.build_encoder(config.encoder, layout)
         d_model = t5.d_model(self.encoder)
         max_patches = max(num_patches(n, config.patch_len) for n in self.window_bars.values())
         self.embed = PatchEmbedding(self.timeframes, max_patches, config.patch_len, num_features, d_model)
@@ -81,6 +101,36 @@ class Stage1Model(nn.Module):
         hidden = t5.encode(self.encoder, padded.flatten(0, 1), mask.flatten(0, 1).long())  # (n_tf * B, P, d)
         hidden = hidden.reshape(len(tokens), b, longest, -1)
         return [hidden[i, :, :n] for i, n in enumerate(lengths)]
+
+    @classmethod
+    def from_pretrained(cls, export_dir: Path | str, device: torch.device | str = "cpu") -> Stage1Model:
+        """Load a folder written by ``stage1 convert``, strictly, without DeepSpeed.
+
+        Raises:
+            CheckpointError: the folder or one of its files is missing, or the weights do not fit.
+        """
+        root = Path(export_dir)
+        for name in (EXPORT_WEIGHTS, EXPORT_CONFIG, EXPORT_ENCODER_CONFIG):
+            if not (root / name).is_file():
+                raise CheckpointError(
+                    f"{root / name}: missing; is {root} a folder written by 'stage1 convert'?"
+                )
+        config = config_from_dict(
+            yaml.safe_load((root / EXPORT_CONFIG).read_text()), source=str(root / EXPORT_CONFIG)
+        )
+        layout = T5Config.from_dict(json.loads((root / EXPORT_ENCODER_CONFIG).read_text()))
+        model = cls(config.model, config.data, layout=layout)
+        state = load_file(str(root / EXPORT_WEIGHTS))
+        state[f"encoder.{t5.TOKEN_EMBEDDING_ALIAS}"] = state[
+            f"encoder.{t5.TOKEN_EMBEDDING}"
+        ]  # the tied alias
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            raise CheckpointError(
+                f"{root / EXPORT_WEIGHTS}: does not fit the model in {EXPORT_CONFIG}: {error}"
+            ) from None
+        return model.to(device).eval()
 
     # -- trainability -----------------------------------------------------------------------------------
 

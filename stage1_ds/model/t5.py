@@ -41,6 +41,7 @@ FEED_FORWARD_PROJECTIONS = ("wi", "wi_0", "wi_1", "wo")
 DEFAULT_LORA_TARGETS = ("q", "v")
 #: The token embedding: ``shared`` and its alias ``encoder.embed_tokens`` (tied; one tensor).
 TOKEN_EMBEDDING_NAMES = ("shared.weight", "encoder.embed_tokens.weight")
+TOKEN_EMBEDDING, TOKEN_EMBEDDING_ALIAS = TOKEN_EMBEDDING_NAMES
 #: Weights that take no weight decay: layer norms (T5 has no biases).
 NO_DECAY_PATTERN = re.compile(r"layer_norm")
 
@@ -61,13 +62,16 @@ def preset_config(preset: EncoderPreset, dropout: float = 0.1) -> T5Config:
     )
 
 
-def build_encoder(config: EncoderConfig) -> T5EncoderModel:
-    """Random init from the preset, or the weights of a local ``save_pretrained`` folder.
+def build_encoder(config: EncoderConfig, layout: T5Config | None = None) -> T5EncoderModel:
+    """Random init from the preset, or the weights of a local ``save_pretrained`` folder; with ``layout``
+    (an export's own T5 config), random init of exactly that layout, whatever the preset or path say.
 
     Raises:
         ConfigError: ``pretrained_path`` is missing or is not a T5 checkpoint.
     """
-    if config.pretrained_path is None:
+    if layout is not None:
+        encoder = T5EncoderModel(layout)
+    elif config.pretrained_path is None:
         encoder = T5EncoderModel(preset_config(config.preset, config.dropout))
     else:
         encoder = load_pretrained_encoder(Path(config.pretrained_path), config.dropout)
@@ -99,6 +103,7 @@ def drop_token_embedding(encoder: T5EncoderModel) -> None:
     embedding.weight.requires_grad_(False)
     encoder.set_input_embeddings(embedding)
     encoder.config.vocab_size = 1
+    encoder.config.eos_token_id = None  # token ids mean nothing without the vocabulary
 
 
 def encoder_config(encoder: nn.Module) -> T5Config:

@@ -28,6 +28,8 @@ import torch
 
 from stage1_ds.config import Config, config_from_dict, config_to_dict
 from stage1_ds.errors import CheckpointError
+from stage1_ds.model import t5
+from stage1_ds.model.stage1 import EXPORT_ENCODER_CONFIG, EXPORT_STATS, Stage1Model
 from stage1_ds.version import code_version
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,13 @@ class TrainState:
     phase_index: int = 0
     batches_consumed: int = 0
     bad_steps: int = 0
+
+
+def write_run_files(run_dir: Path, model: Stage1Model, data_dir: Path) -> None:
+    """What `stage1 convert` needs besides the weights: the exact T5 layout and the data statistics."""
+    layout = t5.encoder_config(model.encoder).to_dict()
+    (run_dir / EXPORT_ENCODER_CONFIG).write_text(json.dumps(layout, indent=2) + "\n")
+    shutil.copyfile(Path(data_dir) / "stats.json", run_dir / EXPORT_STATS)
 
 
 def tag_for(step: int) -> str:

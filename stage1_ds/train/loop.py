@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from deepspeed.accelerator import get_accelerator
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -29,7 +28,11 @@ from stage1_ds.data.windows import Batch, WindowDataset, WindowSampler, build_lo
 from stage1_ds.errors import Stage1Error
 from stage1_ds.model.losses import stage1_loss
 from stage1_ds.model.masking import MaskedWindows, num_patches
-from stage1_ds.model.stage1 import Stage1Model, format_parameter_report, parameter_report
+from stage1_ds.model.stage1 import (
+    Stage1Model,
+    format_parameter_report,
+    parameter_report,
+)
 from stage1_ds.plots import masked_window_figure
 from stage1_ds.train.checkpoint import (
     TrainState,
@@ -40,6 +43,7 @@ from stage1_ds.train.checkpoint import (
     read_meta,
     restore_rng,
     save_checkpoint,
+    write_run_files,
 )
 from stage1_ds.train.engine import (
     EngineBundle,
@@ -49,13 +53,11 @@ from stage1_ds.train.engine import (
     init_distributed,
     release_engine,
 )
+from stage1_ds.train.metrics import MetricsWriter, flops_per_token, peak_flops
 from stage1_ds.train.param_groups import format_group_table
 from stage1_ds.train.schedule import phase_index
 
 log = logging.getLogger(__name__)
-
-#: Dense bf16 peak of one device, for the MFU estimate.
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
 
 
 class TrainingError(Stage1Error):
@@ -107,6 +109,8 @@ def train(
     tokens_per_sample = sum(num_patches(config.data.bars(tf), patch_len) for tf in config.data.timeframes)
 
     model = Stage1Model(config.model, config.data)
+    if rank == 0:
+        write_run_files(run_dir, model, data_dir)
     state = TrainState()
     tag = latest_tag(run_dir)
     meta: dict[str, Any] | None = None
@@ -225,7 +229,7 @@ def train(
                     step=step,
                     samples_per_s=samples / elapsed,
                     tokens_per_sample=tokens_per_sample,
-                    peak_flops=_peak_flops(train_cfg.peak_flops_per_device),
+                    device_peak_flops=train_cfg.peak_flops_per_device or peak_flops(),
                 )
                 log.info(
                     "step %d/%d | phase %s | loss %.4f | recon %.4f | cross %.4f | lr %.2e (%s) | %.1f samples/s",
@@ -282,9 +286,7 @@ def train_step(
         batch: Batch = next(batches).to(dev)
         state.batches_consumed += 1
         output = engine(batch)
-        losses = stage1_loss(
-            {tf: r.float() for tf, r in output.reconstruction.items()}, batch, config.model.loss
-        )
+        losses = stage1_loss(output.reconstruction, batch, config.model.loss)
         if not _finite_on_every_rank(losses.total):
             state.bad_steps += 1
             last = latest_tag(run_dir)
@@ -352,24 +354,12 @@ def evaluate(
     for ids in sampler:
         batch = data.batch(np.asarray(ids)).to(dev)
         output = engine(batch)
-        losses = stage1_loss(
-            {tf: r.float() for tf, r in output.reconstruction.items()}, batch, config.model.loss
-        )
+        losses = stage1_loss(output.reconstruction, batch, config.model.loss)
         for key, value in {**losses.components, "total": losses.total}.items():
             totals.setdefault(key, torch.zeros(2, device=dev))
             totals[key] += torch.stack([value, torch.ones((), device=dev)])
     engine.train()
     return _mean_over_ranks(totals, config, prefix="val/loss/")
-
-
-def _peak_flops(configured: float | None) -> float | None:
-    if configured is not None:
-        return configured
-    accelerator = get_accelerator()
-    if accelerator.device_name() == "cpu":
-        return None
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
-    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
 
 
 def _log_phase(bundle: EngineBundle, model: Stage1Model, phase: str, step: int) -> None:
@@ -393,8 +383,6 @@ class MetricsLog:
     """What the loop writes to TensorBoard (rank 0 only; a no-op elsewhere)."""
 
     def __init__(self, run_dir: Path, enabled: bool):
-        from stage1_ds.train.metrics import MetricsWriter
-
         self.writer = MetricsWriter(run_dir / "tensorboard", enabled)
         self.enabled = enabled
 
@@ -410,7 +398,7 @@ class MetricsLog:
         step: int,
         samples_per_s: float,
         tokens_per_sample: int,
-        peak_flops: float | None,
+        device_peak_flops: float | None,
     ) -> None:
         if not self.enabled:
             return
@@ -426,10 +414,9 @@ class MetricsLog:
         values["params/trainable"] = report["trainable"]
         values["perf/samples_per_s"] = samples_per_s
         values["perf/tokens_per_s"] = samples_per_s * tokens_per_sample
-        if peak_flops is not None:
-            frozen = report["total"] - report["trainable"]
-            flops_per_token = 6 * report["trainable"] + 4 * frozen
-            values["perf/mfu"] = samples_per_s * tokens_per_sample * flops_per_token / (peak_flops * _world())
+        if device_peak_flops is not None:
+            flops = samples_per_s * tokens_per_sample * flops_per_token(model)
+            values["perf/mfu"] = flops / (device_peak_flops * torch.distributed.get_world_size())
         if torch.cuda.is_available():
             values["memory/peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
         else:
@@ -458,7 +445,3 @@ class MetricsLog:
 
     def close(self) -> None:
         self.writer.close()
-
-
-def _world() -> int:
-    return torch.distributed.get_world_size()

@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -14,6 +15,7 @@ from stage1_ds.data.windows import WindowDataset, WindowSampler
 from stage1_ds.model.losses import stage1_loss
 from stage1_ds.model.masking import MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model
+from stage1_ds.train.checkpoint import TrainState, save_checkpoint, write_run_files
 from stage1_ds.train.engine import build_ds_config, build_engine, init_distributed
 
 
@@ -35,6 +37,17 @@ def main(data_dir: str, out_dir: str, ds_config: str) -> None:
         bundle.engine.backward(loss)
         bundle.engine.step()
         losses.append(loss.item())
+    run_dir = Path(out_dir) / "run"
+    if rank == 0:
+        run_dir.mkdir()
+        write_run_files(run_dir, model, Path(data_dir))
+    save_checkpoint(bundle.engine, run_dir, TrainState(global_step=3, batches_consumed=3), config, "full", 1)
+    if rank == 0:
+        probe = data.batch(np.arange(4) * 97)
+        bundle.engine.module.eval()
+        with torch.no_grad():
+            outputs = bundle.engine.module(probe).reconstruction
+        torch.save({"ids": probe.sample_id, "outputs": outputs}, Path(out_dir) / "live_outputs.pt")
     partition = sum(p.numel() for p in bundle.engine.optimizer.single_partition_of_fp32_groups)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     checksum = sum(p.detach().double().sum().item() for p in model.parameters())

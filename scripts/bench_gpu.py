@@ -1,0 +1,188 @@
+"""What a user asks before renting a node: Stage-1 training throughput, MFU and memory per phase.
+
+    python scripts/bench_gpu.py                                 # GPU: t5-large, bf16, batch 64
+    python scripts/bench_gpu.py --preset mini --batch-size 4 --windows 1 --steps 1   # CPU smoke run (CI)
+
+For each phase (frozen, lora, full) and ZeRO-2 without and with CPU offload, under the DeepSpeed engine:
+samples/s, patch-tokens/s, MFU, peak accelerator memory and (on a GPU) the largest micro-batch that fits.
+In the same run, for the full phase: the engine against a plain PyTorch AdamW loop, and the shared encoder
+called once against a loop that calls it once per timeframe. MFU counts forward + backward as
+(6 x trainable + 4 x frozen parameters) x patch tokens, against the GPU's dense bf16 peak (989 TFLOP/s for
+H100/H200). Six timeframes x 128 bars, patch 8: 96 patch tokens per sample. Prints a table, writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import numpy as np
+import torch
+import transformers
+
+from stage1_ds.benchmark import build_model, loop_forward, time_engine, time_plain
+from stage1_ds.config import (
+    Config,
+    DataConfig,
+    EncoderConfig,
+    EncoderPreset,
+    ModelConfig,
+    Phase,
+    PhaseConfig,
+    Precision,
+    TrainConfig,
+)
+from stage1_ds.data.prepare import PrepareOptions, prepare_synthetic
+from stage1_ds.data.windows import Batch, WindowDataset
+from stage1_ds.logs import setup_logging
+from stage1_ds.model.masking import MaskedWindows
+from stage1_ds.train.metrics import flops_per_token, peak_flops
+
+WINDOW_BARS = 128
+
+
+def make_config(preset: str, batch_size: int, ds_config: str, phase: Phase) -> Config:
+    config = Config(
+        data=DataConfig(window_bars=WINDOW_BARS),
+        model=ModelConfig(encoder=EncoderConfig(preset=EncoderPreset(preset), dropout=0.0)),
+        train=TrainConfig(
+            micro_batch_size=batch_size,
+            precision=Precision.AUTO,
+            ds_config=ds_config,
+            phases=[PhaseConfig(phase)],
+        ),
+    )
+    config.train.optimizer.warmup_steps = 0
+    return config
+
+
+def make_batches(data_dir: str, config: Config, batch_size: int, count: int = 4) -> list[Batch]:
+    data = MaskedWindows(WindowDataset(data_dir, "train", config.data), config.model.masking, 8, seed=0)
+    return [data.batch(np.arange(batch_size) * 13 + 7919 * i) for i in range(count)]
+
+
+def largest_batch(
+    preset: str, ds_config: str, phase: Phase, data_dir: str, start: int, cap: int
+) -> int | None:
+    """Double the micro-batch from ``start`` until a step runs out of GPU memory (or ``cap``)."""
+    if not torch.cuda.is_available():
+        return None
+    fits, size = None, start
+    while size <= cap:
+        config = make_config(preset, size, ds_config, phase)
+        try:
+            time_engine(
+                config,
+                phase,
+                make_batches(data_dir, config, size, 1),
+                warmup=1,
+                windows=1,
+                steps_per_window=1,
+            )
+            fits = size
+        except torch.cuda.OutOfMemoryError:
+            break
+        finally:
+            torch.cuda.empty_cache()
+        size *= 2
+    return fits
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="t5-large", choices=[p.value for p in EncoderPreset])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--windows", type=int, default=5, help="timed windows; the median is reported")
+    parser.add_argument("--steps", type=int, default=5, help="steps per timed window")
+    parser.add_argument("--max-batch-cap", type=int, default=1024, help="stop the largest-batch search here")
+    parser.add_argument("--skip-largest-batch", action="store_true")
+    parser.add_argument("--json", type=Path, default=Path("bench_gpu.json"))
+    args = parser.parse_args()
+    setup_logging()
+    timing = dict(warmup=args.warmup, windows=args.windows, steps_per_window=args.steps)
+    peak = peak_flops()
+    results: dict[str, Any] = {
+        "device": torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else platform.processor() or "cpu",
+        "versions": {
+            "torch": torch.__version__,
+            "deepspeed": deepspeed.__version__,
+            "transformers": transformers.__version__,
+            "cuda": torch.version.cuda,
+        },
+        "preset": args.preset,
+        "batch_size": args.batch_size,
+        "peak_flops": peak,
+        "runs": [],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare_synthetic(Path(tmp), days=365, seed=0, options=PrepareOptions(window_bars=WINDOW_BARS))
+        probe = make_config(args.preset, args.batch_size, "ds_configs/zero2.json", Phase.FULL)
+        batches = make_batches(tmp, probe, args.batch_size)
+        tokens = sum(-(-w.features.shape[1] // probe.model.patch_len) for w in batches[0].windows.values())
+        results["tokens_per_sample"] = tokens
+        for phase in (Phase.FROZEN, Phase.LORA, Phase.FULL):
+            per_token = flops_per_token(build_model(probe, phase))
+            for offload in (False, True):
+                ds_config = "ds_configs/zero2_offload.json" if offload else "ds_configs/zero2.json"
+                config = make_config(args.preset, args.batch_size, ds_config, phase)
+                measured = time_engine(config, phase, batches, **timing)
+                samples = args.batch_size * measured.steps_per_s
+                run = {
+                    "phase": phase.value,
+                    "offload": offload,
+                    "step_s": measured.median_s,
+                    "samples_per_s": samples,
+                    "tokens_per_s": samples * tokens,
+                    "mfu": samples * tokens * per_token / peak if peak else None,
+                    "peak_memory_gb": measured.peak_memory_gb,
+                    "largest_micro_batch": None
+                    if args.skip_largest_batch
+                    else largest_batch(
+                        args.preset, ds_config, phase, tmp, args.batch_size, args.max_batch_cap
+                    ),
+                }
+                results["runs"].append(run)
+        full = make_config(args.preset, args.batch_size, "ds_configs/zero2.json", Phase.FULL)
+        plain = time_plain(full, Phase.FULL, batches, **timing).median_s
+        loop = time_plain(full, Phase.FULL, batches, forward=loop_forward, **timing).median_s
+    by = {(r["phase"], r["offload"]): r for r in results["runs"]}
+    engine_full = by[("full", False)]["step_s"]
+    results["ratios"] = {
+        "engine_over_plain_full": engine_full / plain,
+        "loop_per_timeframe_over_shared_plain_full": loop / plain,
+        "frozen_over_full_samples_per_s": by[("frozen", False)]["samples_per_s"]
+        / by[("full", False)]["samples_per_s"],
+        "offload_over_no_offload_step_full": by[("full", True)]["step_s"] / engine_full,
+    }
+    results["plain_full_step_s"], results["loop_full_step_s"] = plain, loop
+    print(
+        f"{results['device']}, preset {args.preset}, micro-batch {args.batch_size}, {tokens} patch tokens/sample"
+    )
+    print(
+        f"{'phase':<8}{'offload':<9}{'ms/step':>9}{'samples/s':>11}{'tokens/s':>12}{'MFU':>7}{'peak GB':>9}{'max batch':>10}"
+    )
+    for r in results["runs"]:
+        mfu = f"{r['mfu'] * 100:.1f}%" if r["mfu"] is not None else "-"
+        memory = f"{r['peak_memory_gb']:.1f}" if r["peak_memory_gb"] is not None else "-"
+        print(
+            f"{r['phase']:<8}{'yes' if r['offload'] else 'no':<9}{r['step_s'] * 1000:>9.1f}{r['samples_per_s']:>11.1f}"
+            f"{r['tokens_per_s']:>12.0f}{mfu:>7}{memory:>9}{r['largest_micro_batch'] or '-'!s:>10}"
+        )
+    for name, value in results["ratios"].items():
+        print(f"{name}: {value:.2f}x")
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Embeddings for downstream stages: per-timeframe encoder states of unmasked windows, per token and pooled."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stage1_ds.config import DataConfig
+from stage1_ds.data.windows import Batch, TimeframeWindow, WindowDataset
+from stage1_ds.model.stage1 import Stage1Model
+
+
+@torch.no_grad()
+def encode_batch(model: Stage1Model, batch: Batch) -> dict[str, dict[str, torch.Tensor]]:
+    """Per timeframe: ``tokens`` (B, P, d_model) and ``pooled`` (B, d_model), the mean over attended tokens.
+
+    The batch is encoded as it is: windows without masks are seen whole.
+    """
+    device = next(model.parameters()).device
+    out = model(batch.to(device))
+    result = {}
+    for tf, hidden in out.hidden.items():
+        valid = out.patch_valid[tf].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * valid).sum(1) / valid.sum(1).clamp(min=1.0)
+        result[tf] = {"tokens": hidden.float().cpu(), "pooled": pooled.float().cpu()}
+    return result
+
+
+def batch_from_arrays(features: dict[str, np.ndarray]) -> Batch:
+    """A batch of raw feature arrays ``{tf: (N, L, 4)}`` (already in the scale-free feature space), all bars
+    valid, no masks and no coarser-bar maps."""
+    n = next(iter(features.values())).shape[0]
+    windows = {}
+    for tf, values in features.items():
+        tensor = torch.as_tensor(values, dtype=torch.float32)
+        windows[tf] = TimeframeWindow(
+            features=tensor,
+            valid=torch.ones(tensor.shape[:2], dtype=torch.bool),
+            start_time=torch.zeros(tensor.shape[:2], dtype=torch.int64),
+            parent_index=None,
+            present=torch.ones(n, dtype=torch.bool),
+            scale=torch.ones(n),
+        )
+    zeros = torch.zeros(n, dtype=torch.int64)
+    return Batch(
+        windows=windows,
+        anchor_price=torch.ones(n, dtype=torch.float64),
+        anchor_time=zeros,
+        instrument=zeros,
+        sample_id=torch.arange(n),
+    )
+
+
+def encode(
+    model: Stage1Model,
+    data_dir: Path | str | None = None,
+    split: str = "test",
+    features: dict[str, np.ndarray] | None = None,
+    batch_size: int = 256,
+    max_batches: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Embeddings of a prepared split (every anchor in order, or ``max_batches`` batches) or of raw arrays.
+
+    Returns:
+        ``{tf}_pooled`` (N, d_model) and ``{tf}_tokens`` (N, P, d_model) per timeframe, plus
+        ``sample_id``, ``anchor_time`` and ``instrument`` (N,) for a prepared split.
+    """
+    model.eval()
+    batches: Iterable[Batch]
+    if features is not None:
+        batches = [
+            batch_from_arrays({tf: v[i : i + batch_size] for tf, v in features.items()})
+            for i in range(0, next(iter(features.values())).shape[0], batch_size)
+        ]
+    else:
+        if data_dir is None:
+            raise ValueError("encode needs data_dir or features")
+        windows = WindowDataset(data_dir, split, model_data_config(model), seed=0)
+        total = len(windows) if max_batches is None else min(len(windows), max_batches * batch_size)
+        batches = (
+            windows.batch(np.arange(i, min(i + batch_size, total))) for i in range(0, total, batch_size)
+        )
+    parts: dict[str, list[np.ndarray]] = {}
+    for batch in batches:
+        for tf, values in encode_batch(model, batch).items():
+            parts.setdefault(f"{tf}_pooled", []).append(values["pooled"].numpy())
+            parts.setdefault(f"{tf}_tokens", []).append(values["tokens"].numpy())
+        if features is None:
+            parts.setdefault("sample_id", []).append(batch.sample_id.numpy())
+            parts.setdefault("anchor_time", []).append(batch.anchor_time.numpy())
+            parts.setdefault("instrument", []).append(batch.instrument.numpy())
+    return {key: np.concatenate(values) for key, values in parts.items()}
+
+
+def model_data_config(model: Stage1Model) -> DataConfig:
+    """The windows a model was built for (every timeframe kept)."""
+    return DataConfig(
+        timeframes=list(model.timeframes),
+        window_bars=max(model.window_bars.values()),
+        window_bars_per_timeframe=dict(model.window_bars),
+    )

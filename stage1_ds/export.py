@@ -1,0 +1,119 @@
+"""`stage1 convert`: a ZeRO-2 checkpoint (any number of ranks, any phase, fp32 or bf16) to one fp32 model.
+
+DeepSpeed's own `get_fp32_state_dict_from_zero_checkpoint` consolidates the optimizer partitions; this
+module then folds LoRA adapters into the base weights (`merge_lora_state_dict`), keeps one copy of the
+tied token embedding (safetensors refuses shared tensors; `Stage1Model.from_pretrained` restores the
+alias), casts every tensor to fp32, checks that the result loads strictly into the model the checkpoint's
+config describes, and writes the export folder:
+
+    model.safetensors    fp32 weights
+    config.yaml          the run's config
+    encoder_config.json  the exact T5 layout
+    stats.json           the data statistics (feature scales) the model was trained with
+    export_info.json     source run, tag, phase, step, code version, parameter counts
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+from safetensors.torch import save_file
+from transformers import T5Config
+
+from stage1_ds.config import config_to_dict
+from stage1_ds.errors import CheckpointError
+from stage1_ds.model import t5
+from stage1_ds.model.lora import merge_lora_state_dict
+from stage1_ds.model.stage1 import (
+    EXPORT_CONFIG,
+    EXPORT_ENCODER_CONFIG,
+    EXPORT_INFO,
+    EXPORT_STATS,
+    EXPORT_WEIGHTS,
+    Stage1Model,
+    parameter_report,
+)
+from stage1_ds.train.checkpoint import checkpoint_dir, config_of, read_meta
+from stage1_ds.version import code_version
+
+
+def consolidate(run_dir: Path, tag: str, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The checkpoint as one fp32 state dict named like a plain `Stage1Model` (adapters merged)."""
+    folder = checkpoint_dir(run_dir) / tag
+    if not (folder / "mp_rank_00_model_states.pt").is_file() or not any(folder.glob("*optim_states.pt")):
+        raise CheckpointError(
+            f"{folder}: DeepSpeed's model or optimizer states are missing (a half-written checkpoint?)"
+        )
+    try:
+        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir(run_dir)), tag=tag)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as error:
+        raise CheckpointError(f"{folder}: DeepSpeed could not consolidate this checkpoint: {error}") from None
+    config = config_of(meta)
+    state = {name: tensor.float() for name, tensor in state.items()}
+    if any(".lora_A." in name for name in state):
+        state = merge_lora_state_dict(state, config.model.lora.alpha / config.model.lora.rank)
+    state.pop(f"encoder.{t5.TOKEN_EMBEDDING_ALIAS}", None)  # tied to encoder.shared.weight
+    return state
+
+
+def convert(run_dir: Path, out: Path, tag: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Write the export folder of ``run_dir``'s checkpoint ``tag`` (default: latest).
+
+    Returns:
+        The export info written to export_info.json.
+
+    Raises:
+        CheckpointError: no such checkpoint, an incomplete one, one from another model, or ``out`` exists
+            and ``force`` is not set.
+    """
+    if out.exists() and any(out.iterdir()) and not force:
+        raise CheckpointError(f"{out}: already exists; pass --force to overwrite it")
+    tag, meta = read_meta(run_dir, tag)
+    for name in (EXPORT_ENCODER_CONFIG, EXPORT_STATS):
+        if not (run_dir / name).is_file():
+            raise CheckpointError(f"{run_dir / name}: missing; is {run_dir} a stage1 run folder?")
+    state = consolidate(run_dir, tag, meta)
+    config = config_of(meta)
+    layout = T5Config.from_dict(json.loads((run_dir / EXPORT_ENCODER_CONFIG).read_text()))
+    model = Stage1Model(config.model, config.data, layout=layout)
+    check = dict(state)
+    check[f"encoder.{t5.TOKEN_EMBEDDING_ALIAS}"] = check[f"encoder.{t5.TOKEN_EMBEDDING}"]
+    try:
+        model.load_state_dict(check, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"{checkpoint_dir(run_dir) / tag}: its weights do not fit the model its config describes "
+            f"(a checkpoint of another model?): {str(error)[:500]}"
+        ) from None
+    report = parameter_report(model)
+    info = {
+        "source_run": str(run_dir.resolve()),
+        "tag": tag,
+        "phase": meta["phase"],
+        "global_step": meta["global_step"],
+        "trained_world_size": meta["world_size"],
+        "trained_code_version": meta["code_version"],
+        "code_version": code_version(),
+        "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "lora_merged": any("lora_" in name for name in meta["parameter_shapes"]),
+        "parameters": {k: v["total"] for k, v in report.items()},
+        "dtype": "float32",
+    }
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(staging / EXPORT_WEIGHTS))
+    (staging / EXPORT_CONFIG).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    shutil.copyfile(run_dir / EXPORT_ENCODER_CONFIG, staging / EXPORT_ENCODER_CONFIG)
+    shutil.copyfile(run_dir / EXPORT_STATS, staging / EXPORT_STATS)
+    (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)  # the export appears whole or not at all
+    return info

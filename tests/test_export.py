@@ -1,0 +1,208 @@
+"""ZeRO checkpoint -> one fp32 model, strict loading without DeepSpeed, evaluation, embeddings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_train_config
+from stage1_ds.config import Config, Phase, PhaseConfig, Precision
+from stage1_ds.data.windows import Batch, WindowDataset
+from stage1_ds.encoding import encode
+from stage1_ds.errors import CheckpointError
+from stage1_ds.evaluate import (
+    BASELINES,
+    evaluate,
+    export_config,
+    format_report,
+    linear_interpolation,
+    write_report,
+)
+from stage1_ds.export import convert
+from stage1_ds.model.lora import lora_scaling
+from stage1_ds.model.losses import stage1_loss
+from stage1_ds.model.masking import MaskedWindows
+from stage1_ds.model.stage1 import Stage1Model
+from stage1_ds.train import loop
+from stage1_ds.train.checkpoint import TrainState, checkpoint_dir, save_checkpoint, write_run_files
+from stage1_ds.train.engine import build_ds_config, build_engine, init_distributed, release_engine
+
+
+def _batch(folder: Path, config: Config, offset: int = 0) -> Batch:
+    data = MaskedWindows(WindowDataset(folder, "train", config.data), config.model.masking, 8, seed=0)
+    return data.batch(np.arange(4) * 41 + offset)
+
+
+def _train_and_save(folder: Path, run_dir: Path, phase: Phase, precision: Precision, ds_config: str):
+    """Three steps of a real engine in ``phase``, a checkpoint, and the live module kept for comparison."""
+    config = tiny_train_config(ds_config=ds_config, precision=precision, phases=[PhaseConfig(phase)])
+    init_distributed()
+    torch.manual_seed(0)
+    model = Stage1Model(config.model, config.data)
+    model.set_phase(phase, config.model.lora)
+    run_dir.mkdir(parents=True)
+    write_run_files(run_dir, model, folder)
+    bundle = build_engine(model, config, build_ds_config(config, None), 0)
+    if phase == Phase.LORA:
+        with torch.no_grad():  # peft starts B at zero; make the adapters matter before training moves them
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.3)
+    for i in range(3):
+        batch = _batch(folder, config, offset=i)
+        loss = stage1_loss(bundle.engine(batch).reconstruction, batch, config.model.loss).total
+        bundle.engine.backward(loss)
+        bundle.engine.step()
+    save_checkpoint(
+        bundle.engine, run_dir, TrainState(global_step=3, batches_consumed=3), config, phase.value, 2
+    )
+    return config, bundle, model
+
+
+@pytest.mark.parametrize(
+    ("phase", "precision", "ds_config"),
+    [
+        (Phase.FROZEN, Precision.FP32, "ds_configs/zero2.json"),
+        (Phase.LORA, Precision.FP32, "ds_configs/zero2_offload.json"),
+        (Phase.FULL, Precision.FP32, "ds_configs/zero2_offload.json"),
+        (Phase.FULL, Precision.BF16, "ds_configs/zero2.json"),
+        (Phase.LORA, Precision.BF16, "ds_configs/zero2_offload.json"),
+    ],
+)
+def test_export_reproduces_the_live_engine(
+    synthetic_small: Path, tmp_path: Path, phase: Phase, precision: Precision, ds_config: str
+) -> None:
+    config, bundle, model = _train_and_save(synthetic_small, tmp_path / "run", phase, precision, ds_config)
+    batch = _batch(synthetic_small, config, offset=99)
+    module = bundle.engine.module.eval()
+    with torch.no_grad():
+        live = {tf: v.float() for tf, v in module(batch).reconstruction.items()}
+    live_raw = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    live_state = {k: v.float() for k, v in live_raw.items()}
+    release_engine(bundle, model)
+
+    info = convert(tmp_path / "run", tmp_path / "export")
+    assert info["phase"] == phase.value and info["global_step"] == 3 and info["dtype"] == "float32"
+    exported = Stage1Model.from_pretrained(tmp_path / "export")
+    state = exported.state_dict()
+    assert all(v.dtype == torch.float32 for v in state.values())
+    assert not any("lora" in k for k in state)
+    if precision == Precision.BF16:
+        exported = exported.to(torch.bfloat16)
+        if phase == Phase.FULL:  # the fp32 masters, rounded to bf16, are exactly the live weights
+            assert all(torch.equal(v, live_raw[k]) for k, v in exported.state_dict().items())
+    with torch.no_grad():
+        got = {tf: v.float() for tf, v in exported(batch).reconstruction.items()}
+    tolerance = 1e-5 if precision == Precision.FP32 else 2e-2
+    for tf in live:
+        torch.testing.assert_close(got[tf], live[tf], atol=tolerance, rtol=tolerance)
+    if phase == Phase.LORA:  # base + B @ A * alpha / r, from the live module's own tensors
+        scaling = lora_scaling(config.model.lora)
+        prefix = "encoder.base_model.model.encoder.block.1.layer.0.SelfAttention.v"
+        expected = (
+            live_state[f"{prefix}.base_layer.weight"]
+            + (live_state[f"{prefix}.lora_B.default.weight"] @ live_state[f"{prefix}.lora_A.default.weight"])
+            * scaling
+        )
+        merged = state["encoder.encoder.block.1.layer.0.SelfAttention.v.weight"]
+        torch.testing.assert_close(
+            merged.to(expected.dtype), expected, atol=1e-2 if precision == Precision.BF16 else 1e-6, rtol=1e-2
+        )
+        assert not torch.equal(merged, live_state[f"{prefix}.base_layer.weight"])
+
+
+def test_convert_refuses_to_overwrite_and_names_bad_checkpoints(
+    synthetic_small: Path, tmp_path: Path
+) -> None:
+    _, bundle, model = _train_and_save(
+        synthetic_small, tmp_path / "run", Phase.FULL, Precision.FP32, "ds_configs/zero2.json"
+    )
+    release_engine(bundle, model)
+    run = tmp_path / "run"
+    convert(run, tmp_path / "export")
+    with pytest.raises(CheckpointError, match="already exists; pass --force"):
+        convert(run, tmp_path / "export")
+    with pytest.raises(
+        CheckpointError, match=r"step00000099: no such checkpoint; available tags: \['step00000003'\]"
+    ):
+        convert(run, tmp_path / "other", tag="step00000099")
+    (checkpoint_dir(run) / "step00000005").mkdir()
+    with pytest.raises(CheckpointError, match=r"meta\.json: missing"):
+        convert(run, tmp_path / "other", tag="step00000005")
+    half = checkpoint_dir(run) / "step00000004"
+    shutil.copytree(checkpoint_dir(run) / "step00000003", half)
+    for shard in half.glob("*optim_states.pt"):
+        shard.unlink()
+    with pytest.raises(CheckpointError, match="half-written"):
+        convert(run, tmp_path / "other", tag="step00000004")
+    meta_path = checkpoint_dir(run) / "step00000003" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["model"]["patch_len"] = 4
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="do not fit the model its config describes"):
+        convert(run, tmp_path / "other")
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        convert(empty, tmp_path / "other")
+
+
+@pytest.fixture(scope="module")
+def trained_export(synthetic_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("eval_run")
+    config = tiny_train_config(
+        max_steps=12, phases=[PhaseConfig(Phase.FROZEN, until_step=4), PhaseConfig(Phase.FULL)]
+    )
+    loop.train(config, synthetic_small, run)
+    convert(run, run / "export")
+    return run / "export"
+
+
+def test_evaluate_reports_every_timeframe_and_baseline(
+    synthetic_small: Path, trained_export: Path, tmp_path: Path
+) -> None:
+    model = Stage1Model.from_pretrained(trained_export)
+    config = export_config(trained_export)
+    report = evaluate(model, synthetic_small, config, split="test", batches=3, batch_size=16)
+    assert set(report["timeframes"]) == {"m1", "m5", "m15", "m30", "h1", "h4"}
+    for entry in [*report["timeframes"].values(), report["overall"]]:
+        for method in ("model", *BASELINES):
+            assert (
+                entry[method]["masked_values"] > 0
+                and entry[method]["mse"] > 0
+                and entry[method]["rmse_bps"] > 0
+            )
+        assert entry["best_baseline"] in BASELINES and entry["ratio_to_best_baseline"] > 0
+    assert set(report["cross_timeframe_inconsistency"]) == {"m5", "m15", "m30", "h1", "h4"}
+    write_report(report, tmp_path / "r.json", tmp_path / "r.png")
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["overall"]["model"]["mse"] == report["overall"]["model"]["mse"]
+    assert (tmp_path / "r.png").stat().st_size > 0 and (tmp_path / "r_example.png").stat().st_size > 0
+    assert "overall" in format_report(report)
+
+
+def test_a_model_predicting_the_interpolation_scores_ratio_one(
+    synthetic_small: Path, trained_export: Path
+) -> None:
+    report = evaluate(
+        linear_interpolation, synthetic_small, export_config(trained_export), batches=2, batch_size=16
+    )
+    for entry in [*report["timeframes"].values(), report["overall"]]:
+        assert entry["ratio_to"]["linear_interpolation"] == 1.0
+        assert entry["model"]["rmse_bps"] == entry["linear_interpolation"]["rmse_bps"]
+
+
+def test_encode_gives_pooled_and_token_embeddings(synthetic_small: Path, trained_export: Path) -> None:
+    model = Stage1Model.from_pretrained(trained_export)
+    arrays = encode(model, synthetic_small, split="val", batch_size=8, max_batches=2)
+    assert arrays["m1_pooled"].shape == (16, 32) and arrays["h4_tokens"].shape == (16, 2, 32)
+    np.testing.assert_allclose(arrays["m1_pooled"], arrays["m1_tokens"].mean(1), rtol=1e-5, atol=1e-6)
+    assert len(set(arrays["sample_id"].tolist())) == 16
+    raw = {tf: np.random.default_rng(0).normal(size=(5, 16, 4)) for tf in model.timeframes}
+    from_arrays = encode(model, features=raw, batch_size=2)
+    assert from_arrays["h1_pooled"].shape == (5, 32) and np.isfinite(from_arrays["h1_pooled"]).all()
