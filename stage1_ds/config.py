@@ -159,13 +159,14 @@ class LoraConfig:
         rank: adapter rank r.
         alpha: scaling numerator; the update is ``B @ A * alpha / rank``.
         dropout: dropout on the adapter input.
-        target_modules: names of the encoder's linear layers to adapt (T5: q k v o wi wo).
+        target_modules: names of the encoder's linear layers to adapt (T5: q k v o wi wo); unset: T5's
+            default targets, q and v (`stage1_ds.model.t5.DEFAULT_LORA_TARGETS`).
     """
 
     rank: int = 8
     alpha: int = 16
     dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q", "v"])
+    target_modules: list[str] | None = None
 
     def validate(self, prefix: str) -> list[str]:
         problems = []
@@ -173,8 +174,10 @@ class LoraConfig:
             problems.append(f"{prefix}.rank: {self.rank}, expected at least 1")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"{prefix}.dropout: {self.dropout}, expected a number in [0, 1)")
-        if not self.target_modules:
-            problems.append(f"{prefix}.target_modules: empty, expected names such as [q, v]")
+        if self.target_modules is not None and not self.target_modules:
+            problems.append(
+                f"{prefix}.target_modules: empty, expected names such as [q, v] (or leave it out)"
+            )
         return problems
 
 
@@ -395,9 +398,6 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
-
-    def validate(self, prefix: str = "") -> list[str]:
-        return []
 
 
 # ---------------------------------------------------------------------------------------------------------

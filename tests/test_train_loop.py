@@ -20,6 +20,7 @@ from stage1_ds.model.stage1 import Stage1Model
 from stage1_ds.train import loop
 from stage1_ds.train.checkpoint import checkpoint_dir, latest_tag, read_meta
 from stage1_ds.train.engine import build_ds_config, build_engine, init_distributed, release_engine
+from stage1_ds.train.schedule import lr_multiplier
 
 STAGED = [
     PhaseConfig(Phase.FROZEN, until_step=3),
@@ -79,6 +80,10 @@ def test_tensorboard_has_the_curves_users_watch(staged_run: Path) -> None:
     trainable = [e.value for e in events.Scalars("params/trainable")]
     assert trainable[0] < trainable[4] < trainable[-1], "frozen < lora < full"
     assert "val/masked_window" in events.Tags()["images"]
+    config = _staged(9)  # the lr a step used: base lr times the schedule at that step
+    for event in events.Scalars("lr/heads"):
+        multiplier = lr_multiplier(event.step - 1, config.train.optimizer, config.train.phases, 9)
+        assert event.value == pytest.approx(config.train.optimizer.lr_heads * multiplier, rel=1e-6)
 
 
 def test_checkpoints_are_complete_and_pruned(staged_run: Path) -> None:

@@ -24,15 +24,16 @@ def wrap_with_lora(encoder: nn.Module, config: LoraConfig) -> PeftModel:
     Raises:
         ConfigError: a target module name matches no linear layer (the message lists the valid names).
     """
-    available = t5.linear_layer_names(encoder)
-    unknown = [name for name in config.target_modules if name not in available]
+    available = t5.lora_target_names(encoder)
+    targets = list(config.target_modules or t5.DEFAULT_LORA_TARGETS)
+    unknown = [name for name in targets if name not in available]
     if unknown:
         raise ConfigError(f"model.lora.target_modules: {unknown} match no layer; valid names: {available}")
     peft_config = PeftLoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,
         lora_dropout=config.dropout,
-        target_modules=list(config.target_modules),
+        target_modules=targets,
     )
     with warnings.catch_warnings():
         # peft asks transformers for `is_gradient_checkpointing`, deprecated in transformers 5.

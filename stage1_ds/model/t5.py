@@ -38,6 +38,7 @@ _BLOCK_PATTERN = re.compile(r"(?:^|\.)encoder\.block\.(\d+)\.")
 #: Linear layers of a T5 block: self-attention, then the feed-forward (``wi_0``/``wi_1`` when gated).
 ATTENTION_PROJECTIONS = ("q", "k", "v", "o")
 FEED_FORWARD_PROJECTIONS = ("wi", "wi_0", "wi_1", "wo")
+#: LoRA targets when ``model.lora.target_modules`` is not set: the query and value projections.
 DEFAULT_LORA_TARGETS = ("q", "v")
 #: The token embedding: ``shared`` and its alias ``encoder.embed_tokens`` (tied; one tensor).
 TOKEN_EMBEDDING_NAMES = ("shared.weight", "encoder.embed_tokens.weight")
@@ -131,11 +132,14 @@ def is_token_embedding(parameter_name: str) -> bool:
     return parameter_name.removeprefix("base_model.model.") in TOKEN_EMBEDDING_NAMES
 
 
-def linear_layer_names(encoder: nn.Module) -> list[str]:
-    """Leaf names of the encoder's linear layers, the valid LoRA targets."""
-    return sorted(
-        {name.rsplit(".", 1)[-1] for name, m in encoder.named_modules() if isinstance(m, nn.Linear)}
-    )
+def lora_target_names(encoder: nn.Module) -> list[str]:
+    """Names of the encoder's linear layers, the valid LoRA targets: the attention projections and the
+    feed-forward's (``wi_0`` and ``wi_1`` in the gated variants, else ``wi``; then ``wo``)."""
+    gated = encoder_config(encoder).is_gated_act
+    feed_forward = [
+        name for name in FEED_FORWARD_PROJECTIONS if name.startswith("wi_") == gated or name == "wo"
+    ]
+    return sorted([*ATTENTION_PROJECTIONS, *feed_forward])
 
 
 def encode(encoder: nn.Module, embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

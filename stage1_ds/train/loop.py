@@ -14,6 +14,7 @@ import resource
 import signal
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from stage1_ds.config import Config, config_to_dict
+from stage1_ds.data.timeframes import sort_timeframes
 from stage1_ds.data.windows import Batch, WindowDataset, WindowSampler, build_loader
 from stage1_ds.errors import Stage1Error
 from stage1_ds.model.losses import stage1_loss
@@ -55,7 +57,7 @@ from stage1_ds.train.engine import (
 )
 from stage1_ds.train.metrics import MetricsWriter, flops_per_token, peak_flops
 from stage1_ds.train.param_groups import format_group_table
-from stage1_ds.train.schedule import phase_index
+from stage1_ds.train.schedule import lr_multiplier, phase_index
 
 log = logging.getLogger(__name__)
 
@@ -147,14 +149,11 @@ def train(
         restore_rng(run_dir, tag, rank)
     _log_phase(bundle, model, phases[state.phase_index].name, state.global_step)
 
-    val_sampler = dict(
-        num_anchors=len(val_data),
-        batch_size=train_cfg.micro_batch_size,
-        seed=config.seed + 1,
-        rank=rank,
-        world_size=world,
+    # The same validation batches every time: a fixed seed, always from the start.
+    val_batches = partial(
+        WindowSampler, len(val_data), train_cfg.micro_batch_size, config.seed + 1, rank, world
     )
-    first_val = evaluate(bundle.engine, val_data, WindowSampler(**val_sampler, num_batches=2), config, dev)
+    first_val = evaluate(bundle.engine, val_data, val_batches(num_batches=2), config, dev)
     log.info("evaluation before training works: val loss %.4f", first_val["val/loss/total"])
 
     sampler = WindowSampler(
@@ -221,6 +220,7 @@ def train(
                 samples = (
                     window_steps * train_cfg.micro_batch_size * train_cfg.gradient_accumulation_steps * world
                 )
+                lr_factor = lr_multiplier(step - 1, train_cfg.optimizer, phases, train_cfg.max_steps)
                 metrics.training(
                     bundle,
                     model,
@@ -230,6 +230,7 @@ def train(
                     samples_per_s=samples / elapsed,
                     tokens_per_sample=tokens_per_sample,
                     device_peak_flops=train_cfg.peak_flops_per_device or peak_flops(),
+                    lr_factor=lr_factor,
                 )
                 log.info(
                     "step %d/%d | phase %s | loss %.4f | recon %.4f | cross %.4f | lr %.2e (%s) | %.1f samples/s",
@@ -239,7 +240,7 @@ def train(
                     step_losses["loss/total"],
                     step_losses["loss/reconstruction"],
                     step_losses["loss/cross"],
-                    bundle.engine.optimizer.param_groups[0]["lr"],
+                    bundle.groups[0].lr * lr_factor,
                     bundle.groups[0].name,
                     samples / elapsed,
                 )
@@ -248,7 +249,7 @@ def train(
                 val_losses = evaluate(
                     bundle.engine,
                     val_data,
-                    WindowSampler(**val_sampler, num_batches=train_cfg.eval_batches),
+                    val_batches(num_batches=train_cfg.eval_batches),
                     config,
                     dev,
                 )
@@ -271,6 +272,7 @@ def train(
                 log.warning("stopped at step %d after saving a checkpoint; resume with --resume", step)
                 break
 
+    stop.restore()
     metrics.close()
     release_engine(bundle, model)
     return TrainResult(state.global_step, last_losses, val_losses, latest_tag(run_dir))
@@ -319,7 +321,7 @@ def train_step(
 
 
 def _loss_keys(config: Config) -> list[str]:
-    tfs = sorted(config.data.timeframes, key=lambda tf: config.data.timeframes.index(tf))
+    tfs = [tf.value for tf in sort_timeframes(config.data.timeframes)]
     return (
         ["total", "reconstruction", "cross"]
         + [f"reconstruction/{tf}" for tf in tfs]
@@ -368,15 +370,21 @@ def _log_phase(bundle: EngineBundle, model: Stage1Model, phase: str, step: int) 
 
 
 class StopFlag:
-    """SIGTERM/SIGINT (preemption) ask the loop to save a checkpoint and stop after the current step."""
+    """SIGTERM or SIGUSR1 (preemption notices) ask the loop to save a checkpoint and stop after the current
+    step; `restore` puts the previous handlers back."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
     def __init__(self) -> None:
         self.raised = False
-        for signum in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(signum, self._handle)
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.raised = True
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 class MetricsLog:
@@ -399,13 +407,16 @@ class MetricsLog:
         samples_per_s: float,
         tokens_per_sample: int,
         device_peak_flops: float | None,
+        lr_factor: float,
     ) -> None:
+        """Scalars of a training step; ``lr_factor`` is the schedule's multiplier the step used (DeepSpeed's
+        param groups already hold the next step's lr)."""
         if not self.enabled:
             return
         engine = bundle.engine
         values = dict(losses)
-        for group, param_group in zip(bundle.groups, engine.optimizer.param_groups, strict=True):
-            values[f"lr/{group.name}"] = param_group["lr"]
+        for group in bundle.groups:
+            values[f"lr/{group.name}"] = group.lr * lr_factor
         grad_norm = engine.get_global_grad_norm()
         if grad_norm is not None and math.isfinite(float(grad_norm)):
             values["grad_norm"] = float(grad_norm)
