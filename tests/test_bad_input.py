@@ -102,3 +102,11 @@ def test_too_little_data_for_a_window_is_an_error(tmp_path: Path) -> None:
         prepare_files(
             [_csv(tmp_path, GOOD)], tmp_path / "out", InputFormat.CSV, "TEST", PrepareOptions(window_bars=8)
         )
+
+
+def test_the_first_bad_line_is_named_even_after_blank_lines(tmp_path: Path) -> None:
+    bad_late = "2024-01-02 bad,1.1,1.2,1.0,1.1,1"
+    bad_early = "2024-01-02T10:03:00,-1.1,1.2,1.0,1.1,1"
+    path = _csv(tmp_path, [GOOD[0], "", GOOD[1], bad_early, GOOD[2], bad_late])
+    with pytest.raises(DataError, match=r"bars\.csv, line 4: non-positive price: '2024-01-02T10:03:00,-1\.1"):
+        _read(path)

@@ -188,3 +188,29 @@ def test_phase_list_rewarmup_in_schedule() -> None:
     assert lr_multiplier(60, opt, config.train.phases, 100) == pytest.approx(
         lr_multiplier(60, opt, [PhaseConfig(Phase.FROZEN, until_step=50), PhaseConfig(Phase.FULL)], 100)
     )
+
+
+def test_bf16_phase_rebuilds_keep_the_fp32_master_weights(synthetic_small: Path) -> None:
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    from stage1_ds.config import Precision
+    from stage1_ds.train.engine import fp32_masters, restore_fp32_masters
+
+    config = tiny_train_config(precision=Precision.BF16)
+    batches = _batches(synthetic_small, config, 3)
+    model = Stage1Model(config.model, config.data)
+    bundle = _engine(model, config, Phase.FROZEN)
+    for batch in batches:
+        _step(bundle, batch, config)
+    masters = fp32_masters(model)
+    stem = masters["embed.stems.m1.weight"]
+    assert not torch.equal(stem, stem.bfloat16().float()), "the masters hold more than bf16 precision"
+    release_engine(bundle, model)
+    bundle = _engine(model, config, Phase.LORA, first_step=3)
+    rebuilt = safe_get_full_fp32_param(model.embed.stems["m1"].weight)
+    assert torch.equal(rebuilt.cpu(), stem.bfloat16().float()), "a new engine starts from the bf16 weights"
+    assert restore_fp32_masters(model, masters) == len(
+        [p for p in model.parameters() if p.requires_grad]
+    ) - len([n for n, p in model.named_parameters() if "lora_" in n])
+    assert torch.equal(safe_get_full_fp32_param(model.embed.stems["m1"].weight).cpu(), stem)
+    release_engine(bundle, model)

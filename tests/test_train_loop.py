@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -228,3 +229,11 @@ def test_a_config_typo_fails_naming_the_key(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"train\.micro_bach_size: unknown key"):
         load_config(path)
+
+
+def test_a_bf16_run_crosses_every_phase_boundary(synthetic_small: Path, tmp_path: Path) -> None:
+    from stage1_ds.config import Precision
+
+    result = loop.train(_staged(8, precision=Precision.BF16), synthetic_small, tmp_path)
+    assert result.global_step == 8 and math.isfinite(result.last_losses["loss/total"])
+    assert read_meta(tmp_path)[1]["phase"] == "full"

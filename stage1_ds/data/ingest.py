@@ -169,17 +169,16 @@ def read_source(
     bad = np.zeros(len(table), dtype=bool)
     for reason, mask in reasons.items():
         mask &= ~bad  # count each row under its first reason only
-        if not mask.any():
-            continue
-        if on_bad_rows == OnBadRows.ERROR:
-            row = int(np.flatnonzero(mask)[0])
-            line = row + first_line
-            raise DataError(
-                f"{display}, line {line}: {reason}: {_raw_line(raw, line)!r} "
-                f"(use --on-bad-rows drop to drop such rows)"
-            )
-        report.bad_rows_dropped[reason] = int(mask.sum())
-        bad |= mask
+        if mask.any():
+            report.bad_rows_dropped[reason] = int(mask.sum())
+            bad |= mask
+    if on_bad_rows == OnBadRows.ERROR and bad.any():
+        row = int(np.flatnonzero(bad)[0])  # the first bad line of the file, whatever its reason
+        reason = next(r for r, mask in reasons.items() if mask[row])
+        line, text = _source_line(raw, row, header_lines=first_line - 1)
+        raise DataError(
+            f"{display}, line {line}: {reason}: {text!r} (use --on-bad-rows drop to drop such rows)"
+        )
     keep = ~bad
     report.rows_kept = int(keep.sum())
     rows = M1Rows(start=stamps[keep], ohlc=prices[keep], volume=volume[keep])
@@ -274,9 +273,16 @@ def _bad_row_reasons(stamps: np.ndarray, prices: np.ndarray, volume: np.ndarray)
     }
 
 
-def _raw_line(raw: bytes, line: int) -> str:
-    lines = raw.split(b"\n", line)
-    return lines[line - 1].decode("utf-8", errors="replace").rstrip("\r") if len(lines) >= line else ""
+def _source_line(raw: bytes, row: int, header_lines: int) -> tuple[int, str]:
+    """The 1-based line number and text of data row ``row`` (the parser skips blank lines, so count them)."""
+    seen = -header_lines
+    for number, text in enumerate(raw.split(b"\n"), start=1):
+        if not text.strip():
+            continue
+        if seen == row:
+            return number, text.decode("utf-8", errors="replace").rstrip("\r")
+        seen += 1
+    return row + header_lines + 1, ""
 
 
 @dataclass(frozen=True)

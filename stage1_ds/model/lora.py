@@ -56,6 +56,11 @@ def lora_scaling(config: LoraConfig) -> float:
     return config.alpha / config.rank
 
 
+def plain_name(parameter_name: str) -> str:
+    """A parameter's name as it is without peft (the wrapper's prefix and ``.base_layer`` removed)."""
+    return parameter_name.replace(_PEFT_PREFIX, "").replace(".base_layer.", ".")
+
+
 def merge_lora_state_dict(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
     """A state dict with LoRA adapters folded in: ``W + B @ A * scaling``, keys named as without peft.
 
@@ -66,7 +71,7 @@ def merge_lora_state_dict(state: dict[str, torch.Tensor], scaling: float) -> dic
     for key, value in state.items():
         if key.endswith((_LORA_A, _LORA_B)):
             continue
-        name = key.replace(_PEFT_PREFIX, "").replace(".base_layer.", ".")
+        name = plain_name(key)
         if key.endswith(".base_layer.weight"):
             stem = key[: -len(".base_layer.weight")]
             a, b = state[stem + _LORA_A], state[stem + _LORA_B]

@@ -19,11 +19,13 @@ from typing import Any
 import deepspeed
 import torch
 from deepspeed.accelerator import get_accelerator
+from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
 from torch import nn
 
 from stage1_ds.config import Config, Precision
 from stage1_ds.errors import ConfigError
 from stage1_ds.model import t5
+from stage1_ds.model.lora import plain_name
 from stage1_ds.model.stage1 import Stage1Model
 from stage1_ds.train.param_groups import ParamGroup, build_param_groups
 from stage1_ds.train.schedule import lr_multiplier
@@ -126,10 +128,10 @@ def init_distributed() -> tuple[int, int]:
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if get_accelerator().device_name() != "cpu":
+        get_accelerator().set_device(int(os.environ["LOCAL_RANK"]))  # before NCCL binds to a device
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
-    if get_accelerator().device_name() != "cpu":
-        get_accelerator().set_device(int(os.environ["LOCAL_RANK"]))
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
@@ -174,6 +176,32 @@ def build_engine(
         lr_scheduler=scheduler,
     )
     return EngineBundle(engine=engine, groups=groups, first_step=first_step)
+
+
+def fp32_masters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The optimizer's fp32 master weights of every trainable parameter, by name without peft's wrapper.
+
+    In bf16 runs the module holds bf16 copies; a new engine would rebuild its masters from those, rounding
+    every weight once per phase boundary. Collective under ZeRO: every rank calls it.
+    """
+    masters = {}
+    for name, param in model.named_parameters():
+        value = safe_get_full_fp32_param(param)
+        if value is not None:
+            masters[plain_name(name)] = value.detach().cpu()
+    return masters
+
+
+def restore_fp32_masters(model: nn.Module, masters: dict[str, torch.Tensor]) -> int:
+    """Put saved fp32 masters into a new engine for the parameters it trains that kept their shape; returns
+    how many were restored. Collective under ZeRO: every rank calls it."""
+    restored = 0
+    for name, param in model.named_parameters():
+        value = masters.get(plain_name(name))
+        if value is not None and param.requires_grad and value.shape == param.shape:
+            safe_set_full_fp32_param(param, value.to(param.device))
+            restored += 1
+    return restored
 
 
 def release_engine(bundle: EngineBundle, model: nn.Module) -> None:

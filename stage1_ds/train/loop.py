@@ -52,8 +52,10 @@ from stage1_ds.train.engine import (
     build_ds_config,
     build_engine,
     device,
+    fp32_masters,
     init_distributed,
     release_engine,
+    restore_fp32_masters,
 )
 from stage1_ds.train.metrics import MetricsWriter, flops_per_token, peak_flops
 from stage1_ds.train.param_groups import format_group_table
@@ -194,10 +196,12 @@ def train(
                         phases[state.phase_index].name,
                         train_cfg.keep_checkpoints,
                     )
+                masters = fp32_masters(model) if ds_config["bf16"]["enabled"] else {}
                 release_engine(bundle, model)
                 state.phase_index = phase_index(state.global_step, phases)
                 model.set_phase(phases[state.phase_index].name, config.model.lora)
                 bundle = build_engine(model, config, ds_config, state.global_step)
+                restore_fp32_masters(model, masters)
                 _log_phase(bundle, model, phases[state.phase_index].name, state.global_step)
 
             step_losses = train_step(bundle.engine, batches, config, dev, state, run_dir)
