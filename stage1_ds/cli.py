@@ -9,6 +9,7 @@ from pathlib import Path
 
 from stage1_ds.data.ingest import CsvColumns, InputFormat, OnBadRows
 from stage1_ds.data.prepare import PrepareOptions, prepare_files, prepare_synthetic, summary_table
+from stage1_ds.data.store import SPLITS
 from stage1_ds.errors import Stage1Error
 from stage1_ds.logs import setup_logging
 
@@ -178,7 +179,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("evaluate", help="masked-bar reconstruction against naive baselines")
     p.add_argument("--model", type=Path, required=True, help="an export folder (stage1 convert)")
     p.add_argument("--data", type=Path, required=True, help="a prepared data folder")
-    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument("--split", choices=list(SPLITS), default="test")
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", type=Path, help="write the report here (default: <model>/eval_<split>.json)")
@@ -204,7 +205,7 @@ def _add_encode(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("encode", help="per-timeframe embeddings of a prepared split, as .npy files")
     p.add_argument("--model", type=Path, required=True, help="an export folder (stage1 convert)")
     p.add_argument("--data", type=Path, required=True, help="a prepared data folder")
-    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument("--split", choices=list(SPLITS), default="test")
     p.add_argument("--out", type=Path, required=True, help="folder for <tf>_pooled.npy, <tf>_tokens.npy, ...")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--max-batches", type=int, help="encode only this many batches")

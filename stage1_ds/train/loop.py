@@ -168,6 +168,12 @@ def train(
     )
     batches = iter(build_loader(train_data, sampler, config.data.num_workers))
     stop = StopFlag()
+
+    def save() -> str:
+        """Checkpoint the current engine (every rank); returns the tag."""
+        phase = phases[state.phase_index].name
+        return save_checkpoint(bundle.engine, run_dir, state, config, phase, train_cfg.keep_checkpoints)
+
     last_losses: dict[str, float] = {}
     val_losses: dict[str, float] = first_val
     last_saved = state.global_step if tag is not None else -1
@@ -188,14 +194,7 @@ def train(
             is_phase_boundary = phase_index(state.global_step, phases) != state.phase_index
             if is_phase_boundary:
                 if last_saved != state.global_step:
-                    save_checkpoint(
-                        bundle.engine,
-                        run_dir,
-                        state,
-                        config,
-                        phases[state.phase_index].name,
-                        train_cfg.keep_checkpoints,
-                    )
+                    save()
                 masters = fp32_masters(model) if ds_config["bf16"]["enabled"] else {}
                 release_engine(bundle, model)
                 state.phase_index = phase_index(state.global_step, phases)
@@ -262,14 +261,7 @@ def train(
             if is_image_step:
                 metrics.masked_window(bundle.engine, val_data, config, dev, step)
             if is_save_step:
-                tag = save_checkpoint(
-                    bundle.engine,
-                    run_dir,
-                    state,
-                    config,
-                    phases[state.phase_index].name,
-                    train_cfg.keep_checkpoints,
-                )
+                tag = save()
                 last_saved = step
                 log.info("checkpoint %s saved", checkpoint_dir(run_dir) / tag)
             if stop.raised:
