@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from stage1_ds.data.features import power_of_two_scale
+from stage1_ds.data.features import FEATURE_NAMES, power_of_two_scale
 from stage1_ds.data.ingest import (
     CsvColumns,
     FileReport,
@@ -200,7 +200,7 @@ def _write_prepared(
         "synthetic": synthetic is not None,
         "synthetic_params": synthetic,
         "timeframes": [tf.value for tf in TIMEFRAMES],
-        "features": ["open", "high", "low", "close"],
+        "features": list(FEATURE_NAMES),
         "split_fractions": list(options.split_fractions),
         "window_bars": options.window_bars,
         "on_bad_rows": options.on_bad_rows.value,

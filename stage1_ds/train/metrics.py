@@ -28,14 +28,6 @@ class MetricsWriter:
         if self._writer is not None:
             self._writer.add_figure(tag, figure, step, close=True)
 
-    def text(self, tag: str, text: str, step: int) -> None:
-        if self._writer is not None:
-            self._writer.add_text(tag, text, step)
-
-    def flush(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
-
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
