@@ -22,49 +22,24 @@ from pathlib import Path
 from typing import Any
 
 import deepspeed
-import numpy as np
 import torch
 import transformers
 
-from stage1_ds.benchmark import build_model, loop_forward, time_engine, time_plain
-from stage1_ds.config import (
-    Config,
-    DataConfig,
-    EncoderConfig,
-    EncoderPreset,
-    ModelConfig,
-    Phase,
-    PhaseConfig,
-    Precision,
-    TrainConfig,
+from stage1_ds.benchmark import (
+    bench_config,
+    build_model,
+    loop_forward,
+    masked_batches,
+    time_engine,
+    time_plain,
 )
+from stage1_ds.config import EncoderPreset, Phase
 from stage1_ds.data.prepare import PrepareOptions, prepare_synthetic
-from stage1_ds.data.windows import Batch, WindowDataset
 from stage1_ds.logs import setup_logging
-from stage1_ds.model.masking import MaskedWindows
+from stage1_ds.model.masking import num_patches
 from stage1_ds.train.metrics import flops_per_token, peak_flops
 
 WINDOW_BARS = 128
-
-
-def make_config(preset: str, batch_size: int, ds_config: str, phase: Phase) -> Config:
-    config = Config(
-        data=DataConfig(window_bars=WINDOW_BARS),
-        model=ModelConfig(encoder=EncoderConfig(preset=EncoderPreset(preset), dropout=0.0)),
-        train=TrainConfig(
-            micro_batch_size=batch_size,
-            precision=Precision.AUTO,
-            ds_config=ds_config,
-            phases=[PhaseConfig(phase)],
-        ),
-    )
-    config.train.optimizer.warmup_steps = 0
-    return config
-
-
-def make_batches(data_dir: str, config: Config, batch_size: int, count: int = 4) -> list[Batch]:
-    data = MaskedWindows(WindowDataset(data_dir, "train", config.data), config.model.masking, 8, seed=0)
-    return [data.batch(np.arange(batch_size) * 13 + 7919 * i) for i in range(count)]
 
 
 def largest_batch(
@@ -75,12 +50,12 @@ def largest_batch(
         return None
     fits, size = None, start
     while size <= cap:
-        config = make_config(preset, size, ds_config, phase)
+        config = bench_config(preset, WINDOW_BARS, size, ds_config=ds_config, phase=phase)
         try:
             time_engine(
                 config,
                 phase,
-                make_batches(data_dir, config, size, 1),
+                masked_batches(data_dir, config, 1),
                 warmup=1,
                 windows=1,
                 steps_per_window=1,
@@ -125,15 +100,19 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory() as tmp:
         prepare_synthetic(Path(tmp), days=365, seed=0, options=PrepareOptions(window_bars=WINDOW_BARS))
-        probe = make_config(args.preset, args.batch_size, "ds_configs/zero2.json", Phase.FULL)
-        batches = make_batches(tmp, probe, args.batch_size)
-        tokens = sum(-(-w.features.shape[1] // probe.model.patch_len) for w in batches[0].windows.values())
+        probe = bench_config(args.preset, WINDOW_BARS, args.batch_size)
+        batches = masked_batches(tmp, probe, 4)
+        tokens = sum(
+            num_patches(w.features.shape[1], probe.model.patch_len) for w in batches[0].windows.values()
+        )
         results["tokens_per_sample"] = tokens
         for phase in (Phase.FROZEN, Phase.LORA, Phase.FULL):
             per_token = flops_per_token(build_model(probe, phase))
             for offload in (False, True):
                 ds_config = "ds_configs/zero2_offload.json" if offload else "ds_configs/zero2.json"
-                config = make_config(args.preset, args.batch_size, ds_config, phase)
+                config = bench_config(
+                    args.preset, WINDOW_BARS, args.batch_size, ds_config=ds_config, phase=phase
+                )
                 measured = time_engine(config, phase, batches, **timing)
                 samples = args.batch_size * measured.steps_per_s
                 run = {
@@ -151,7 +130,7 @@ def main() -> int:
                     ),
                 }
                 results["runs"].append(run)
-        full = make_config(args.preset, args.batch_size, "ds_configs/zero2.json", Phase.FULL)
+        full = bench_config(args.preset, WINDOW_BARS, args.batch_size)
         plain = time_plain(full, Phase.FULL, batches, **timing).median_s
         loop = time_plain(full, Phase.FULL, batches, forward=loop_forward, **timing).median_s
     by = {(r["phase"], r["offload"]): r for r in results["runs"]}

@@ -10,35 +10,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from stage1_ds.benchmark import loop_forward
-from stage1_ds.config import DataConfig, EncoderConfig, EncoderPreset, Fusion, MaskingConfig, ModelConfig
+from stage1_ds.benchmark import bench_config, loop_forward, masked_batches, time_steps
+from stage1_ds.config import EncoderPreset, Fusion
 from stage1_ds.data.prepare import PrepareOptions, prepare_synthetic
-from stage1_ds.data.windows import WindowDataset
-from stage1_ds.model.masking import MaskedWindows
+from stage1_ds.model.masking import num_patches
 from stage1_ds.model.stage1 import Stage1Model
 
 
-def time_step(step: Callable[[], dict[str, torch.Tensor]], repeats: int) -> float:
-    """Median seconds of forward + backward, after two warm-up steps."""
-    timings = []
-    for i in range(repeats + 2):
-        start = time.perf_counter()
-        loss = sum(v.square().mean() for v in step().values())
-        assert isinstance(loss, torch.Tensor)
+def forward_backward_s(forward: Callable[[], dict[str, torch.Tensor]], repeats: int) -> float:
+    """Median seconds of forward + backward over ``repeats`` steps, after two warm-up steps."""
+
+    def step(_: int) -> None:
+        loss = torch.stack([v.square().mean() for v in forward().values()]).sum()
         loss.backward()
-        if i >= 2:
-            timings.append(time.perf_counter() - start)
-    return statistics.median(timings)
+
+    return time_steps(step, warmup=2, windows=repeats, steps_per_window=1).median_s
 
 
 def main() -> int:
@@ -50,22 +43,19 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.manual_seed(0)
-    data = DataConfig(window_bars=args.window_bars)
+    config = bench_config(args.preset, args.window_bars, args.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         prepare_synthetic(Path(tmp), days=365, seed=0, options=PrepareOptions(window_bars=args.window_bars))
-        windows = WindowDataset(tmp, "train", data)
-        batch = MaskedWindows(windows, MaskingConfig(), 8, seed=0).batch(np.arange(args.batch_size) * 997)
+        batch = masked_batches(tmp, config, 1)[0]
+    model = Stage1Model(config.model, config.data)
     results: dict[str, float] = {}
-    model = Stage1Model(
-        ModelConfig(encoder=EncoderConfig(preset=EncoderPreset(args.preset), dropout=0.0)), data
-    )
-    results["joint_s"] = time_step(lambda: model(batch).reconstruction, args.repeats)
+    results["joint_s"] = forward_backward_s(lambda: model(batch).reconstruction, args.repeats)
     model.config.fusion = Fusion.PER_TIMEFRAME
-    results["per_timeframe_s"] = time_step(lambda: model(batch).reconstruction, args.repeats)
-    results["loop_s"] = time_step(lambda: loop_forward(model, batch), args.repeats)
+    results["per_timeframe_s"] = forward_backward_s(lambda: model(batch).reconstruction, args.repeats)
+    results["loop_s"] = forward_backward_s(lambda: loop_forward(model, batch), args.repeats)
     results["loop_over_joint"] = results["loop_s"] / results["joint_s"]
     results["loop_over_per_timeframe"] = results["loop_s"] / results["per_timeframe_s"]
-    tokens = sum(-(-w.features.shape[1] // 8) for w in batch.windows.values())
+    tokens = sum(num_patches(w.features.shape[1], config.model.patch_len) for w in batch.windows.values())
     print(
         f"preset {args.preset}, batch {args.batch_size}, six timeframes x {args.window_bars} bars "
         f"({tokens} patch tokens per sample), torch threads {torch.get_num_threads()}"

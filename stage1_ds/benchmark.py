@@ -7,13 +7,26 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
-from stage1_ds.config import Config, Phase
-from stage1_ds.data.windows import Batch
+from stage1_ds.config import (
+    Config,
+    DataConfig,
+    EncoderConfig,
+    EncoderPreset,
+    ModelConfig,
+    Phase,
+    PhaseConfig,
+    Precision,
+    TrainConfig,
+)
+from stage1_ds.data.windows import Batch, WindowDataset
 from stage1_ds.model import t5
 from stage1_ds.model.losses import stage1_loss
+from stage1_ds.model.masking import MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model
 from stage1_ds.train.engine import (
     build_ds_config,
@@ -24,6 +37,35 @@ from stage1_ds.train.engine import (
     use_bf16,
 )
 from stage1_ds.train.param_groups import build_param_groups
+
+
+def bench_config(
+    preset: str,
+    window_bars: int,
+    batch_size: int,
+    precision: Precision = Precision.AUTO,
+    ds_config: str = "ds_configs/zero2.json",
+    phase: Phase = Phase.FULL,
+) -> Config:
+    """The config every benchmark measures: six timeframes of ``window_bars``, no dropout, one phase, no
+    warmup (a zero first lr would make the first steps unrepresentative)."""
+    config = Config(
+        data=DataConfig(window_bars=window_bars),
+        model=ModelConfig(encoder=EncoderConfig(preset=EncoderPreset(preset), dropout=0.0)),
+        train=TrainConfig(
+            micro_batch_size=batch_size, precision=precision, ds_config=ds_config, phases=[PhaseConfig(phase)]
+        ),
+    )
+    config.train.optimizer.warmup_steps = 0
+    return config
+
+
+def masked_batches(data_dir: Path | str, config: Config, count: int) -> list[Batch]:
+    """``count`` masked training batches of ``train.micro_batch_size`` windows, spread over the split."""
+    windows = WindowDataset(data_dir, "train", config.data)
+    data = MaskedWindows(windows, config.model.masking, config.model.patch_len, seed=0)
+    size = config.train.micro_batch_size
+    return [data.batch(np.arange(size) * 997 + 7919 * i) for i in range(count)]
 
 
 @dataclass

@@ -187,12 +187,14 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from stage1_ds.evaluate import evaluate, export_config, format_report, write_report
-    from stage1_ds.model.stage1 import Stage1Model
+    from stage1_ds.evaluate import evaluate, format_report, write_report
+    from stage1_ds.model.stage1 import Stage1Model, load_export_config
 
     device = "cuda" if torch_cuda_available() else "cpu"
     model = Stage1Model.from_pretrained(args.model, device)
-    report = evaluate(model, args.data, export_config(args.model), args.split, args.batches, args.batch_size)
+    report = evaluate(
+        model, args.data, load_export_config(args.model), args.split, args.batches, args.batch_size
+    )
     json_path = args.json or args.model / f"eval_{args.split}.json"
     figure_path = json_path.with_suffix(".png")
     write_report(report, json_path, figure_path)

@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from stage1_ds.config import Config, config_from_dict
+from stage1_ds.config import Config
 from stage1_ds.data.windows import Batch, WindowDataset, WindowSampler
 from stage1_ds.model.losses import cross_timeframe_terms
 from stage1_ds.model.masking import MaskedWindows
-from stage1_ds.model.stage1 import EXPORT_CONFIG, Stage1Model
+from stage1_ds.model.stage1 import Stage1Model
 from stage1_ds.plots import masked_window_figure
 
 BASELINES = ("linear_interpolation", "last_close", "train_mean")
@@ -266,9 +266,3 @@ def write_report(report: dict[str, Any], json_path: Path | None, figure_path: Pa
         )
         window_figure.savefig(figure_path.with_name(figure_path.stem + "_example.png"), dpi=110)
         plt.close(window_figure)
-
-
-def export_config(export_dir: Path) -> Config:
-    import yaml
-
-    return config_from_dict(yaml.safe_load((export_dir / EXPORT_CONFIG).read_text()), source=str(export_dir))

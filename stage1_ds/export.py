@@ -27,7 +27,7 @@ from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoin
 from safetensors.torch import save_file
 from transformers import T5Config
 
-from stage1_ds.config import config_to_dict
+from stage1_ds.config import Config, config_to_dict
 from stage1_ds.errors import CheckpointError
 from stage1_ds.model import t5
 from stage1_ds.model.lora import merge_lora_state_dict
@@ -44,7 +44,7 @@ from stage1_ds.train.checkpoint import checkpoint_dir, config_of, read_meta
 from stage1_ds.version import code_version
 
 
-def consolidate(run_dir: Path, tag: str, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+def consolidate(run_dir: Path, tag: str, config: Config) -> dict[str, torch.Tensor]:
     """The checkpoint as one fp32 state dict named like a plain `Stage1Model` (adapters merged)."""
     folder = checkpoint_dir(run_dir) / tag
     if not (folder / "mp_rank_00_model_states.pt").is_file() or not any(folder.glob("*optim_states.pt")):
@@ -55,7 +55,6 @@ def consolidate(run_dir: Path, tag: str, meta: dict[str, Any]) -> dict[str, torc
         state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir(run_dir)), tag=tag)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as error:
         raise CheckpointError(f"{folder}: DeepSpeed could not consolidate this checkpoint: {error}") from None
-    config = config_of(meta)
     state = {name: tensor.float() for name, tensor in state.items()}
     if any(".lora_A." in name for name in state):
         state = merge_lora_state_dict(state, config.model.lora.alpha / config.model.lora.rank)
@@ -79,8 +78,8 @@ def convert(run_dir: Path, out: Path, tag: str | None = None, force: bool = Fals
     for name in (EXPORT_ENCODER_CONFIG, EXPORT_STATS):
         if not (run_dir / name).is_file():
             raise CheckpointError(f"{run_dir / name}: missing; is {run_dir} a stage1 run folder?")
-    state = consolidate(run_dir, tag, meta)
     config = config_of(meta)
+    state = consolidate(run_dir, tag, config)
     layout = T5Config.from_dict(json.loads((run_dir / EXPORT_ENCODER_CONFIG).read_text()))
     model = Stage1Model(config.model, config.data, layout=layout)
     check = dict(state)

@@ -18,7 +18,6 @@ from stage1_ds.errors import CheckpointError
 from stage1_ds.evaluate import (
     BASELINES,
     evaluate,
-    export_config,
     format_report,
     linear_interpolation,
     write_report,
@@ -27,7 +26,7 @@ from stage1_ds.export import convert
 from stage1_ds.model.lora import lora_scaling
 from stage1_ds.model.losses import stage1_loss
 from stage1_ds.model.masking import MaskedWindows
-from stage1_ds.model.stage1 import Stage1Model
+from stage1_ds.model.stage1 import Stage1Model, load_export_config
 from stage1_ds.train import loop
 from stage1_ds.train.checkpoint import TrainState, checkpoint_dir, save_checkpoint, write_run_files
 from stage1_ds.train.engine import build_ds_config, build_engine, init_distributed, release_engine
@@ -167,7 +166,7 @@ def test_evaluate_reports_every_timeframe_and_baseline(
     synthetic_small: Path, trained_export: Path, tmp_path: Path
 ) -> None:
     model = Stage1Model.from_pretrained(trained_export)
-    config = export_config(trained_export)
+    config = load_export_config(trained_export)
     report = evaluate(model, synthetic_small, config, split="test", batches=3, batch_size=16)
     assert set(report["timeframes"]) == {"m1", "m5", "m15", "m30", "h1", "h4"}
     for entry in [*report["timeframes"].values(), report["overall"]]:
@@ -190,7 +189,7 @@ def test_a_model_predicting_the_interpolation_scores_ratio_one(
     synthetic_small: Path, trained_export: Path
 ) -> None:
     report = evaluate(
-        linear_interpolation, synthetic_small, export_config(trained_export), batches=2, batch_size=16
+        linear_interpolation, synthetic_small, load_export_config(trained_export), batches=2, batch_size=16
     )
     for entry in [*report["timeframes"].values(), report["overall"]]:
         assert entry["ratio_to"]["linear_interpolation"] == 1.0

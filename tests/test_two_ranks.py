@@ -13,10 +13,9 @@ import torch
 
 from conftest import REPO
 from stage1_ds.data.windows import WindowDataset
-from stage1_ds.evaluate import export_config
 from stage1_ds.export import convert
 from stage1_ds.model.masking import MaskedWindows
-from stage1_ds.model.stage1 import Stage1Model
+from stage1_ds.model.stage1 import Stage1Model, load_export_config
 from stage1_ds.train.checkpoint import checkpoint_dir, read_meta
 
 
@@ -52,7 +51,7 @@ def test_two_ranks_agree_and_partition_the_optimizer(
     convert(tmp_path / "run", tmp_path / "export")
     live = torch.load(tmp_path / "live_outputs.pt", weights_only=False)
     exported = Stage1Model.from_pretrained(tmp_path / "export")
-    config = export_config(tmp_path / "export")
+    config = load_export_config(tmp_path / "export")
     probe = MaskedWindows(
         WindowDataset(synthetic_small, "train", config.data), config.model.masking, 8, seed=0
     )

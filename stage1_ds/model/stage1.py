@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import T5Config
 
-from stage1_ds.config import DataConfig, Fusion, LoraConfig, ModelConfig, Phase, config_from_dict
+from stage1_ds.config import Config, DataConfig, Fusion, LoraConfig, ModelConfig, Phase, config_from_dict
 from stage1_ds.data.features import NUM_FEATURES
 from stage1_ds.data.timeframes import sort_timeframes
 from stage1_ds.data.windows import Batch
@@ -29,6 +29,14 @@ EXPORT_CONFIG = "config.yaml"
 EXPORT_ENCODER_CONFIG = "encoder_config.json"
 EXPORT_STATS = "stats.json"
 EXPORT_INFO = "export_info.json"
+
+
+def load_export_config(export_dir: Path | str) -> Config:
+    """The run config stored in an export folder (``config.yaml``), validated."""
+    path = Path(export_dir) / EXPORT_CONFIG
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; is {path.parent} a folder written by 'stage1 convert'?")
+    return config_from_dict(yaml.safe_load(path.read_text()), source=str(path))
 
 
 @dataclass
@@ -115,9 +123,7 @@ class Stage1Model(nn.Module):
                 raise CheckpointError(
                     f"{root / name}: missing; is {root} a folder written by 'stage1 convert'?"
                 )
-        config = config_from_dict(
-            yaml.safe_load((root / EXPORT_CONFIG).read_text()), source=str(root / EXPORT_CONFIG)
-        )
+        config = load_export_config(root)
         layout = T5Config.from_dict(json.loads((root / EXPORT_ENCODER_CONFIG).read_text()))
         model = cls(config.model, config.data, layout=layout)
         state = load_file(str(root / EXPORT_WEIGHTS))
