@@ -33,13 +33,11 @@ from stage1_ds.benchmark import (
     time_engine,
     time_plain,
 )
-from stage1_ds.config import EncoderPreset, Phase
+from stage1_ds.config import WINDOW_BARS, EncoderPreset, Phase
 from stage1_ds.data.prepare import PrepareOptions, prepare_synthetic
 from stage1_ds.logs import setup_logging
 from stage1_ds.model.masking import num_patches
 from stage1_ds.train.metrics import flops_per_token, peak_flops
-
-WINDOW_BARS = 128
 
 
 def largest_batch(

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from stage1_ds.benchmark import bench_config, loop_forward, masked_batches, time_steps
-from stage1_ds.config import EncoderPreset, Fusion
+from stage1_ds.config import WINDOW_BARS, EncoderPreset, Fusion
 from stage1_ds.data.prepare import PrepareOptions, prepare_synthetic
 from stage1_ds.model.masking import num_patches
 from stage1_ds.model.stage1 import Stage1Model
@@ -38,7 +38,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="mini", choices=[p.value for p in EncoderPreset])
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--window-bars", type=int, default=128)
+    parser.add_argument("--window-bars", type=int, default=WINDOW_BARS)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()

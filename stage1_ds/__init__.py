@@ -5,11 +5,11 @@ from typing import Any
 __version__ = "0.1.0"
 
 
-def encode(*args: Any, **kwargs: Any) -> Any:
-    """Per-timeframe embeddings of a prepared split or raw arrays; see `stage1_ds.encoding.encode`.
+def __getattr__(name: str) -> Any:
+    """``stage1_ds.encode`` is `stage1_ds.encoding.encode`, imported on first use so that ``import
+    stage1_ds`` stays light (no torch)."""
+    if name == "encode":
+        from stage1_ds.encoding import encode
 
-    Imported lazily so that ``import stage1_ds`` stays light.
-    """
-    from stage1_ds.encoding import encode as _encode
-
-    return _encode(*args, **kwargs)
+        return encode
+    raise AttributeError(f"module 'stage1_ds' has no attribute {name!r}")

@@ -23,7 +23,8 @@ from stage1_ds.config import (
     Precision,
     TrainConfig,
 )
-from stage1_ds.data.windows import Batch, WindowDataset
+from stage1_ds.data.batch import Batch
+from stage1_ds.data.windows import WindowDataset
 from stage1_ds.model import t5
 from stage1_ds.model.losses import stage1_loss
 from stage1_ds.model.masking import MaskedWindows
@@ -44,7 +45,7 @@ def bench_config(
     window_bars: int,
     batch_size: int,
     precision: Precision = Precision.AUTO,
-    ds_config: str = "ds_configs/zero2.json",
+    ds_config: str = TrainConfig.ds_config,
     phase: Phase = Phase.FULL,
 ) -> Config:
     """The config every benchmark measures: six timeframes of ``window_bars``, no dropout, one phase, no
@@ -57,7 +58,7 @@ def bench_config(
         ),
     )
     config.train.optimizer.warmup_steps = 0
-    return config
+    return config.validate()
 
 
 def masked_batches(data_dir: Path | str, config: Config, count: int) -> list[Batch]:
@@ -106,7 +107,7 @@ def loop_forward(model: Stage1Model, batch: Batch) -> dict[str, torch.Tensor]:
     for tf, window in batch.windows.items():
         mask = window.mask if window.mask is not None else torch.zeros_like(window.valid)
         tokens, _, valid = model.embed(tf, window.features, mask, window.valid)
-        hidden = t5.encode(model.encoder, tokens, valid.long())
+        hidden = t5.run_encoder(model.encoder, tokens, valid.long())
         out[tf] = model.heads(tf, hidden, window.features.shape[1])
     return out
 

@@ -1,4 +1,8 @@
-"""The ``stage1`` command: prepare data (and, as the project grows, train, convert, evaluate, demo)."""
+"""The ``stage1`` command: prepare data, train, convert checkpoints, evaluate, encode, and the demo.
+
+Each subcommand parses its arguments here and calls one library function; heavy imports (torch,
+DeepSpeed) happen inside the subcommands that need them, so ``stage1 prepare`` starts fast.
+"""
 
 from __future__ import annotations
 
@@ -27,18 +31,19 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=[f.value for f in InputFormat], default=InputFormat.HISTDATA.value)
     p.add_argument("--instrument", help="instrument name for every input (default: from the file name)")
     p.add_argument("--on-bad-rows", choices=[m.value for m in OnBadRows], default=OnBadRows.ERROR.value)
+    defaults = PrepareOptions()
     p.add_argument(
         "--split",
         nargs=3,
         type=float,
-        default=[0.7, 0.15, 0.15],
+        default=list(defaults.split_fractions),
         metavar=("TRAIN", "VAL", "TEST"),
         help="fractions of each instrument's 1-minute rows, in time order",
     )
     p.add_argument(
         "--window-bars",
         type=int,
-        default=128,
+        default=defaults.window_bars,
         help="longest window (bars per timeframe) to serve; sets the gap between splits",
     )
     p.add_argument("--force", action="store_true", help="replace an existing prepared folder")
@@ -48,14 +53,14 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--days", type=int, default=365, help="calendar days of synthetic data")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic market")
     csv = p.add_argument_group("generic CSV (--format csv)")
-    defaults = CsvColumns()
-    csv.add_argument("--timestamp-column", default=defaults.timestamp)
-    csv.add_argument("--open-column", default=defaults.open)
-    csv.add_argument("--high-column", default=defaults.high)
-    csv.add_argument("--low-column", default=defaults.low)
-    csv.add_argument("--close-column", default=defaults.close)
-    csv.add_argument("--volume-column", default=defaults.volume, help="optional; absent means no volume")
-    csv.add_argument("--delimiter", default=defaults.delimiter)
+    columns = defaults.csv_columns
+    csv.add_argument("--timestamp-column", default=columns.timestamp)
+    csv.add_argument("--open-column", default=columns.open)
+    csv.add_argument("--high-column", default=columns.high)
+    csv.add_argument("--low-column", default=columns.low)
+    csv.add_argument("--close-column", default=columns.close)
+    csv.add_argument("--volume-column", default=columns.volume, help="optional; absent means no volume")
+    csv.add_argument("--delimiter", default=columns.delimiter)
     p.set_defaults(run=_run_prepare)
 
 
@@ -130,14 +135,14 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         "demo", help="synthetic data, then train configs/demo_cpu.yaml through every phase"
     )
     p.add_argument("--out", type=Path, default=Path("demo"), help="folder for data/ and run/ (default: demo)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of configs/demo_cpu.yaml")
     p.set_defaults(run=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     import shutil
 
-    from stage1_ds.config import load_config
-    from stage1_ds.train.engine import resolve_path
+    from stage1_ds.config import load_config, resolve_path
     from stage1_ds.train.loop import train
 
     data, run = args.out / "data", args.out / "run"
@@ -145,7 +150,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         options = PrepareOptions(split_fractions=(0.6, 0.2, 0.2), window_bars=32)
         print(summary_table(prepare_synthetic(data, days=120, seed=0, options=options)))
     shutil.rmtree(run, ignore_errors=True)  # the demo always trains from scratch
-    config = load_config(resolve_path("configs/demo_cpu.yaml"))
+    config = load_config(resolve_path("configs/demo_cpu.yaml"), args.overrides)
     result = train(config, data, run)
     train_loss = result.last_losses.get("loss/total", float("nan"))
     val_loss = result.val_losses.get("val/loss/total", float("nan"))
@@ -175,11 +180,16 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_evaluate(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("evaluate", help="masked-bar reconstruction against naive baselines")
+def _add_model_data_split(p: argparse.ArgumentParser) -> None:
+    """``--model``, ``--data`` and ``--split``: what `evaluate` and `encode` read."""
     p.add_argument("--model", type=Path, required=True, help="an export folder (stage1 convert)")
     p.add_argument("--data", type=Path, required=True, help="a prepared data folder")
     p.add_argument("--split", choices=list(SPLITS), default="test")
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("evaluate", help="masked-bar reconstruction against naive baselines")
+    _add_model_data_split(p)
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", type=Path, help="write the report here (default: <model>/eval_<split>.json)")
@@ -205,9 +215,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 def _add_encode(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("encode", help="per-timeframe embeddings of a prepared split, as .npy files")
-    p.add_argument("--model", type=Path, required=True, help="an export folder (stage1 convert)")
-    p.add_argument("--data", type=Path, required=True, help="a prepared data folder")
-    p.add_argument("--split", choices=list(SPLITS), default="test")
+    _add_model_data_split(p)
     p.add_argument("--out", type=Path, required=True, help="folder for <tf>_pooled.npy, <tf>_tokens.npy, ...")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--max-batches", type=int, help="encode only this many batches")

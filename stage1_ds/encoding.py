@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from stage1_ds.config import DataConfig
-from stage1_ds.data.windows import Batch, TimeframeWindow, WindowDataset
+from stage1_ds.data.batch import Batch, TimeframeWindow
+from stage1_ds.data.windows import WindowDataset
 from stage1_ds.model.stage1 import Stage1Model
 
 
@@ -41,7 +42,6 @@ def batch_from_arrays(features: dict[str, np.ndarray]) -> Batch:
             valid=torch.ones(tensor.shape[:2], dtype=torch.bool),
             start_time=torch.zeros(tensor.shape[:2], dtype=torch.int64),
             parent_index=None,
-            present=torch.ones(n, dtype=torch.bool),
             scale=torch.ones(n),
         )
     zeros = torch.zeros(n, dtype=torch.int64)

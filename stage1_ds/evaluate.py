@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from stage1_ds.config import Config
-from stage1_ds.data.windows import Batch, WindowDataset, WindowSampler
+from stage1_ds.data.batch import Batch
+from stage1_ds.data.windows import WindowDataset, WindowSampler
 from stage1_ds.model.losses import cross_timeframe_terms
 from stage1_ds.model.masking import MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model
@@ -141,6 +142,7 @@ def evaluate(
         The report: per timeframe and overall, each method's errors, the model's ratio to each baseline
         and to the best one, and the model's cross-timeframe inconsistency.
     """
+    config.validate()
     windows = WindowDataset(data_dir, split, config.data, seed=seed)
     data = MaskedWindows(windows, config.model.masking, config.model.patch_len, seed=seed)
     size = min(batch_size, len(data))

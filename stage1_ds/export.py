@@ -25,13 +25,13 @@ import torch
 import yaml
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 from safetensors.torch import save_file
-from transformers import T5Config
 
 from stage1_ds.config import Config, config_to_dict
 from stage1_ds.errors import CheckpointError
 from stage1_ds.model import t5
-from stage1_ds.model.lora import merge_lora_state_dict
+from stage1_ds.model.lora import is_adapter, lora_scaling, merge_lora_state_dict
 from stage1_ds.model.stage1 import (
+    ENCODER_PREFIX,
     EXPORT_CONFIG,
     EXPORT_ENCODER_CONFIG,
     EXPORT_INFO,
@@ -56,10 +56,9 @@ def consolidate(run_dir: Path, tag: str, config: Config) -> dict[str, torch.Tens
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as error:
         raise CheckpointError(f"{folder}: DeepSpeed could not consolidate this checkpoint: {error}") from None
     state = {name: tensor.float() for name, tensor in state.items()}
-    if any(".lora_A." in name for name in state):
-        state = merge_lora_state_dict(state, config.model.lora.alpha / config.model.lora.rank)
-    state.pop(f"encoder.{t5.TOKEN_EMBEDDING_ALIAS}", None)  # tied to encoder.shared.weight
-    return state
+    if any(is_adapter(name) for name in state):
+        state = merge_lora_state_dict(state, lora_scaling(config.model.lora))
+    return t5.untie(state, ENCODER_PREFIX)
 
 
 def convert(run_dir: Path, out: Path, tag: str | None = None, force: bool = False) -> dict[str, Any]:
@@ -80,12 +79,9 @@ def convert(run_dir: Path, out: Path, tag: str | None = None, force: bool = Fals
             raise CheckpointError(f"{run_dir / name}: missing; is {run_dir} a stage1 run folder?")
     config = config_of(meta)
     state = consolidate(run_dir, tag, config)
-    layout = T5Config.from_dict(json.loads((run_dir / EXPORT_ENCODER_CONFIG).read_text()))
-    model = Stage1Model(config.model, config.data, layout=layout)
-    check = dict(state)
-    check[f"encoder.{t5.TOKEN_EMBEDDING_ALIAS}"] = check[f"encoder.{t5.TOKEN_EMBEDDING}"]
+    model = Stage1Model(config.model, config.data, layout=t5.read_layout(run_dir / EXPORT_ENCODER_CONFIG))
     try:
-        model.load_state_dict(check, strict=True)
+        model.load_state_dict(t5.retie(state, ENCODER_PREFIX), strict=True)
     except RuntimeError as error:
         raise CheckpointError(
             f"{checkpoint_dir(run_dir) / tag}: its weights do not fit the model its config describes "
@@ -101,7 +97,7 @@ def convert(run_dir: Path, out: Path, tag: str | None = None, force: bool = Fals
         "trained_code_version": meta["code_version"],
         "code_version": code_version(),
         "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "lora_merged": any("lora_" in name for name in meta["parameter_shapes"]),
+        "lora_merged": any(is_adapter(name) for name in meta["parameter_shapes"]),
         "parameters": {k: v["total"] for k, v in report.items()},
         "dtype": "float32",
     }

@@ -8,26 +8,23 @@ from pathlib import Path
 
 from stage1_ds import __version__
 
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _git(*args: str) -> str:
+    """Output of a git command in this checkout (raises when git or the checkout is missing)."""
+    run = subprocess.run(
+        ["git", "-C", str(_ROOT), *args], capture_output=True, text=True, timeout=5, check=True
+    )
+    return run.stdout.strip()
+
 
 @cache
 def code_version() -> str:
     """``<package version>+g<commit>`` inside a git checkout (``.dirty`` when modified), else the version."""
-    root = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
+        commit = _git("rev-parse", "--short", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return __version__
     return f"{__version__}+g{commit}{'.dirty' if dirty else ''}" if commit else __version__

@@ -53,6 +53,21 @@ def synthetic_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def trained_export(synthetic_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained 12 steps (frozen to 4, then full) and exported to ``<run>/export``."""
+    from stage1_ds.export import convert
+    from stage1_ds.train.loop import train
+
+    run = tmp_path_factory.mktemp("eval_run")
+    config = tiny_train_config(
+        max_steps=12, phases=[PhaseConfig(Phase.FROZEN, until_step=4), PhaseConfig(Phase.FULL)]
+    )
+    train(config, synthetic_small, run)
+    convert(run, run / "export")
+    return run / "export"
+
+
 def tiny_model_config(**overrides: object) -> ModelConfig:
     """The tiny T5 preset without dropout, so outputs are deterministic."""
     config = ModelConfig(encoder=EncoderConfig(preset=EncoderPreset.TINY, dropout=0.0))

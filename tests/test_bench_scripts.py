@@ -36,12 +36,12 @@ def test_bench_gpu_runs_on_cpu_with_the_mini_preset(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert report["tokens_per_sample"] == 96
+    assert report["tokens_per_sample"] == 6 * 128 // 8, "six timeframes of 128 bars in patches of 8"
     assert {(r["phase"], r["offload"]) for r in report["runs"]} == {
         (p, o) for p in ("frozen", "lora", "full") for o in (False, True)
     }
     for run in report["runs"]:
-        assert run["samples_per_s"] > 0 and run["tokens_per_s"] == run["samples_per_s"] * 96
+        assert run["samples_per_s"] > 0 and run["step_s"] > 0
         assert run["mfu"] is None and run["largest_micro_batch"] is None, "GPU-only figures stay empty on CPU"
     assert set(report["ratios"]) == {
         "engine_over_plain_full",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stage1_ds.config import config_to_dict, load_config
+from stage1_ds.config import Config, DataConfig, config_to_dict, load_config
 from stage1_ds.errors import ConfigError
 
 
@@ -22,7 +22,6 @@ def test_overrides_parse_yaml_values(tmp_path: Path) -> None:
     config = load_config(path, ["data.timeframes=[m1, h1]", "data.keep_probability.h1=0.5", "seed=3"])
     assert config.data.window_bars == 64 and config.data.timeframes == ["m1", "h1"]
     assert config.data.keep("h1") == 0.5 and config.seed == 3
-    assert load_config(None, [f"{k}={v}" for k, v in [("seed", 3)]]).seed == 3
     assert config_to_dict(config)["data"]["window_bars"] == 64
 
 
@@ -42,3 +41,22 @@ def test_wrong_types_are_named(tmp_path: Path) -> None:
         load_config(None, ["data.window_bars=many"])
     with pytest.raises(ConfigError, match=r"expected key\.sub=value"):
         load_config(None, ["seed"])
+
+
+def test_a_config_built_in_code_is_validated_before_training(tmp_path: Path) -> None:
+    from stage1_ds.train.loop import train
+
+    config = Config(data=DataConfig(window_bars=0, keep_probability={"h1": 1.5}))
+    with pytest.raises(ConfigError) as info:
+        train(config, tmp_path / "no_data_needed", tmp_path / "run")
+    assert "data.window_bars: 0" in str(info.value) and "data.keep_probability.h1: 1.5" in str(info.value)
+    assert not (tmp_path / "run").exists(), "nothing is started for an invalid config"
+
+
+def test_timeframe_weights_must_name_timeframes_the_model_sees() -> None:
+    with pytest.raises(ConfigError, match=r"model\.loss\.timeframe_weights\.h4: not one of data\.timeframes"):
+        load_config(None, ["data.timeframes=[m1, h1]", "model.loss.timeframe_weights.h4=2.0"])
+    config = load_config(None, ["data.timeframes=[m1, h1]", "model.loss.timeframe_weights.h1=2.0"])
+    config.model.loss.timeframe_weights["m5"] = 1.0  # changed in code after loading
+    with pytest.raises(ConfigError, match=r"timeframe_weights\.m5"):
+        config.validate()

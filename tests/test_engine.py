@@ -13,8 +13,10 @@ import torch
 
 from conftest import tiny_train_config
 from stage1_ds.config import Config, EncoderPreset, Phase, PhaseConfig
-from stage1_ds.data.windows import Batch, WindowDataset
+from stage1_ds.data.batch import Batch
+from stage1_ds.data.windows import WindowDataset
 from stage1_ds.errors import ConfigError
+from stage1_ds.model.lora import is_adapter, plain_name
 from stage1_ds.model.losses import stage1_loss
 from stage1_ds.model.masking import MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model
@@ -52,9 +54,9 @@ def _step(bundle: EngineBundle, batch: Batch, config: Config) -> float:
 def _encoder_state(model: Stage1Model) -> dict[str, torch.Tensor]:
     """Base encoder weights by their names without peft's wrapper (adapters left out)."""
     return {
-        n.replace("base_model.model.", "").replace(".base_layer", ""): p.detach().clone()
+        plain_name(n): p.detach().clone()
         for n, p in model.named_parameters()
-        if n.startswith("encoder.") and "lora_" not in n
+        if n.startswith("encoder.") and not is_adapter(n)
     }
 
 
@@ -211,6 +213,6 @@ def test_bf16_phase_rebuilds_keep_the_fp32_master_weights(synthetic_small: Path)
     assert torch.equal(rebuilt.cpu(), stem.bfloat16().float()), "a new engine starts from the bf16 weights"
     assert restore_fp32_masters(model, masters) == len(
         [p for p in model.parameters() if p.requires_grad]
-    ) - len([n for n, p in model.named_parameters() if "lora_" in n])
+    ) - len([n for n, p in model.named_parameters() if is_adapter(n)])
     assert torch.equal(safe_get_full_fp32_param(model.embed.stems["m1"].weight).cpu(), stem)
     release_engine(bundle, model)

@@ -12,7 +12,8 @@ import torch
 
 from conftest import tiny_train_config
 from stage1_ds.config import Config, Phase, PhaseConfig, Precision
-from stage1_ds.data.windows import Batch, WindowDataset
+from stage1_ds.data.batch import Batch
+from stage1_ds.data.windows import WindowDataset
 from stage1_ds.encoding import encode
 from stage1_ds.errors import CheckpointError
 from stage1_ds.evaluate import (
@@ -27,7 +28,6 @@ from stage1_ds.model.lora import lora_scaling
 from stage1_ds.model.losses import stage1_loss
 from stage1_ds.model.masking import MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model, load_export_config
-from stage1_ds.train import loop
 from stage1_ds.train.checkpoint import TrainState, checkpoint_dir, save_checkpoint, write_run_files
 from stage1_ds.train.engine import build_ds_config, build_engine, init_distributed, release_engine
 
@@ -149,17 +149,6 @@ def test_convert_refuses_to_overwrite_and_names_bad_checkpoints(
     empty.mkdir()
     with pytest.raises(CheckpointError, match="no complete checkpoint"):
         convert(empty, tmp_path / "other")
-
-
-@pytest.fixture(scope="module")
-def trained_export(synthetic_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("eval_run")
-    config = tiny_train_config(
-        max_steps=12, phases=[PhaseConfig(Phase.FROZEN, until_step=4), PhaseConfig(Phase.FULL)]
-    )
-    loop.train(config, synthetic_small, run)
-    convert(run, run / "export")
-    return run / "export"
 
 
 def test_evaluate_reports_every_timeframe_and_baseline(

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from stage1_ds.config import DataConfig, LossConfig, LossKind, MaskingConfig
-from stage1_ds.data.windows import Batch, WindowDataset
+from stage1_ds.data.batch import Batch
+from stage1_ds.data.windows import WindowDataset
 from stage1_ds.model.losses import aggregate_to_parent, cross_timeframe_terms, stage1_loss, unscaled
 from stage1_ds.model.masking import MaskedWindows
 

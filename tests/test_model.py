@@ -21,10 +21,11 @@ from stage1_ds.config import (
     ModelConfig,
     Phase,
 )
-from stage1_ds.data.windows import Batch, WindowDataset
+from stage1_ds.data.batch import Batch
+from stage1_ds.data.windows import WindowDataset
 from stage1_ds.errors import ConfigError
 from stage1_ds.model import t5
-from stage1_ds.model.lora import lora_scaling, merge_lora_state_dict
+from stage1_ds.model.lora import is_adapter, lora_scaling, merge_lora_state_dict
 from stage1_ds.model.masking import MaskedWindows, build_masks, span_mask
 from stage1_ds.model.stage1 import Stage1Model, parameter_report
 
@@ -141,7 +142,7 @@ def test_lora_phase_trains_only_adapters_in_the_encoder(synthetic_small: Path) -
     encoder_trainable = [
         n for n, p in model.named_parameters() if p.requires_grad and n.startswith("encoder.")
     ]
-    assert encoder_trainable and all("lora_" in n for n in encoder_trainable)
+    assert encoder_trainable and all(is_adapter(n) for n in encoder_trainable)
     assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith(("embed.", "heads.")))
     report = parameter_report(model)
     assert report["lora"]["trainable"] == report["lora"]["total"] > 0

@@ -11,6 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import EURUSD_2019, require_histdata
 from stage1_ds.data.store import load_prepared
@@ -119,10 +120,15 @@ def test_all_shared_histdata_files_prepare_as_four_instruments(tmp_path: Path) -
     assert "EURUSD" in result.stdout and "h4" in result.stdout
 
 
-def test_prepare_refuses_to_overwrite_without_force(synthetic_small: Path) -> None:
+def test_prepare_refuses_to_overwrite_without_force(
+    synthetic_small: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from stage1_ds.cli import main
 
-    assert main(["prepare", "--synthetic", "--out", str(synthetic_small)]) == 2
+    before = {p: p.stat().st_mtime_ns for p in synthetic_small.rglob("*")}
+    assert main(["prepare", "--synthetic", "--days", "30", "--out", str(synthetic_small)]) == 2
+    assert f"{synthetic_small}: already holds prepared data; pass --force" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in synthetic_small.rglob("*")} == before, "nothing was touched"
 
 
 def test_synthetic_market_is_deterministic_and_labelled(tmp_path: Path) -> None:

@@ -157,7 +157,7 @@ def test_same_seed_same_batches_and_restored_sampler_continues(synthetic_small: 
     for a, b in zip(reference, again, strict=True):
         for name in a.windows:
             assert a.windows[name].features.equal(b.windows[name].features)
-            assert a.windows[name].present.equal(b.windows[name].present)
+            assert a.windows[name].valid.equal(b.windows[name].valid)
     assert [r.sample_id.tolist() for r in reference[4:]] == resumed
     other_seed = next(iter(WindowSampler(len(dataset), 8, seed=2, num_batches=1)))
     assert other_seed != reference[0].sample_id.tolist()
@@ -191,11 +191,12 @@ def test_dropped_timeframes_are_masked_not_nan(synthetic_small: Path) -> None:
     dataset = WindowDataset(synthetic_small, "train", config, seed=9)
     batch = dataset.batch(_ids(dataset, 256))
     m30 = batch.windows["m30"]
-    assert 0.1 < m30.present.float().mean() < 0.5
-    assert not m30.valid[~m30.present].any() and (m30.features[~m30.present] == 0).all()
-    assert (batch.windows["h4"].present == 0).all()
+    kept = m30.valid.any(dim=1)
+    assert 0.1 < kept.float().mean() < 0.5
+    assert m30.valid[kept].all() and (m30.features[~kept] == 0).all()
+    assert not batch.windows["h4"].valid.any()
     assert (batch.windows["h1"].parent_index == -1).all(), "no map into a dropped timeframe"
-    assert (batch.windows["m15"].parent_index[~m30.present] == -1).all()
+    assert (batch.windows["m15"].parent_index[~kept] == -1).all()
     for window in batch.windows.values():
         assert window.features.isfinite().all()
 
@@ -203,7 +204,7 @@ def test_dropped_timeframes_are_masked_not_nan(synthetic_small: Path) -> None:
 def test_a_sample_never_drops_every_timeframe(synthetic_small: Path) -> None:
     config = DataConfig(timeframes=["m1", "h1"], window_bars=32, keep_probability={"m1": 0.0, "h1": 0.0})
     batch = WindowDataset(synthetic_small, "train", config).batch(np.arange(32))
-    assert batch.windows["m1"].present.all() and not batch.windows["h1"].present.any()
+    assert batch.windows["m1"].valid.all() and not batch.windows["h1"].valid.any()
 
 
 def test_per_timeframe_window_lengths(synthetic_small: Path) -> None:

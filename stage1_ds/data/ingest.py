@@ -114,11 +114,8 @@ def discover_inputs(paths: Iterable[Path], fmt: InputFormat, instrument: str | N
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _open_text(path: Path) -> tuple[bytes, str]:

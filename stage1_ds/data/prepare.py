@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from stage1_ds.config import SPLIT_FRACTIONS, WINDOW_BARS
 from stage1_ds.data.features import FEATURE_NAMES, power_of_two_scale
 from stage1_ds.data.ingest import (
     CsvColumns,
@@ -53,8 +55,8 @@ class PrepareOptions:
         force: replace an existing prepared folder.
     """
 
-    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    window_bars: int = 128
+    split_fractions: tuple[float, float, float] = SPLIT_FRACTIONS
+    window_bars: int = WINDOW_BARS
     on_bad_rows: OnBadRows = OnBadRows.ERROR
     csv_columns: CsvColumns = field(default_factory=CsvColumns)
     force: bool = False
@@ -106,7 +108,7 @@ def prepare_files(
             "sources": [asdict(r) for r in reports],
             "duplicates_dropped": cleaning.duplicates_dropped,
             "out_of_order_rows": cleaning.out_of_order_rows,
-            "bad_rows_dropped": _sum_counts(r.bad_rows_dropped for r in reports),
+            "bad_rows_dropped": dict(sum((Counter(r.bad_rows_dropped) for r in reports), Counter())),
             "has_volume": bool(np.any(bars.volume != 0)),
         }
         if cleaning.duplicates_dropped:
@@ -151,14 +153,6 @@ def _claim_output(out: Path, force: bool) -> None:
         (out / "manifest.json").unlink()
         shutil.rmtree(out / "bars", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-
-
-def _sum_counts(counts: Any) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for count in counts:
-        for key, value in count.items():
-            total[key] = total.get(key, 0) + value
-    return total
 
 
 def _write_prepared(

@@ -12,7 +12,6 @@ the same on any worker, after any restart, on any rank.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,80 +20,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from stage1_ds.config import DataConfig
+from stage1_ds.data.batch import Batch, TimeframeWindow
 from stage1_ds.data.features import to_features
 from stage1_ds.data.store import SPLITS, PreparedData, load_prepared
 from stage1_ds.data.timeframes import BASE, Timeframe, sort_timeframes
 from stage1_ds.errors import DataError
-
-
-@dataclass
-class TimeframeWindow:
-    """One timeframe of a batch.
-
-    Attributes:
-        features: (B, L, F) float32 scale-free features (zeros where the timeframe is dropped).
-        valid: (B, L) bool, the bar exists and the timeframe is kept.
-        start_time: (B, L) int64 bucket start, seconds of the data clock.
-        parent_index: (B, L) int64 position of the bar of the next coarser timeframe whose bucket holds
-            this bar, or -1 when that bar is not in the coarser window, its bucket is not wholly inside
-            this window, or either timeframe is dropped. None for the coarsest timeframe.
-        present: (B,) bool, the sample keeps this timeframe.
-        scale: (B,) float32 the feature scale of the sample's instrument for this timeframe.
-        mask: (B, L) bool, bars hidden from the encoder and reconstructed; None until masking adds it
-            (`stage1_ds.model.masking`).
-    """
-
-    features: torch.Tensor
-    valid: torch.Tensor
-    start_time: torch.Tensor
-    parent_index: torch.Tensor | None
-    present: torch.Tensor
-    scale: torch.Tensor
-    mask: torch.Tensor | None = None
-
-
-@dataclass
-class Batch:
-    """A batch of samples; ``windows`` is ordered finest timeframe first.
-
-    Attributes:
-        windows: per timeframe name, its `TimeframeWindow`.
-        anchor_price: (B,) float64 close of the anchor 1-minute bar (``P_ref``).
-        anchor_time: (B,) int64 end of the anchor bar, seconds.
-        instrument: (B,) int64 index into the data's instrument list.
-        sample_id: (B,) int64 sample ids.
-    """
-
-    windows: dict[str, TimeframeWindow]
-    anchor_price: torch.Tensor
-    anchor_time: torch.Tensor
-    instrument: torch.Tensor
-    sample_id: torch.Tensor
-
-    @property
-    def size(self) -> int:
-        return int(self.sample_id.shape[0])
-
-    def to(self, device: torch.device | str) -> Batch:
-        def move(window: TimeframeWindow) -> TimeframeWindow:
-            parent = window.parent_index
-            return TimeframeWindow(
-                features=window.features.to(device),
-                valid=window.valid.to(device),
-                start_time=window.start_time.to(device),
-                parent_index=None if parent is None else parent.to(device),
-                present=window.present.to(device),
-                scale=window.scale.to(device),
-                mask=None if window.mask is None else window.mask.to(device),
-            )
-
-        return Batch(
-            windows={tf: move(w) for tf, w in self.windows.items()},
-            anchor_price=self.anchor_price.to(device),
-            anchor_time=self.anchor_time.to(device),
-            instrument=self.instrument.to(device),
-            sample_id=self.sample_id.to(device),
-        )
 
 
 def uniform_hash(seed: int, ids: np.ndarray, stream: int) -> np.ndarray:
@@ -252,7 +182,6 @@ class WindowDataset(Dataset):
                 valid=torch.from_numpy(np.repeat(keep[tf][:, None], rows[tf].shape[1], axis=1)),
                 start_time=torch.from_numpy(self._start[tf][rows[tf]]),
                 parent_index=parent,
-                present=torch.from_numpy(keep[tf]),
                 scale=torch.from_numpy(scale),
             )
         return Batch(

@@ -1,4 +1,7 @@
-"""LoRA adapters on the shared encoder (peft), and the pure merge of adapters into base weights."""
+"""LoRA adapters on the shared encoder (peft), and the pure merge of adapters into base weights.
+
+The only module that knows peft's naming: the wrapper's prefix, ``.base_layer`` and the adapter weights.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ from stage1_ds.model import t5
 
 # peft's naming: the wrapper adds this prefix; an adapted layer keeps its weight under `.base_layer`.
 _PEFT_PREFIX = "base_model.model."
+_BASE_LAYER = ".base_layer.weight"
+_ADAPTER_MARK = "lora_"
 _LORA_A, _LORA_B = ".lora_A.default.weight", ".lora_B.default.weight"
 
 
@@ -53,7 +58,13 @@ def merge_lora(encoder: nn.Module) -> nn.Module:
 
 
 def lora_scaling(config: LoraConfig) -> float:
+    """The factor of the update ``B @ A``: alpha / rank."""
     return config.alpha / config.rank
+
+
+def is_adapter(parameter_name: str) -> bool:
+    """Whether a parameter (or state-dict key) is a LoRA adapter weight."""
+    return _ADAPTER_MARK in parameter_name
 
 
 def plain_name(parameter_name: str) -> str:
@@ -72,8 +83,8 @@ def merge_lora_state_dict(state: dict[str, torch.Tensor], scaling: float) -> dic
         if key.endswith((_LORA_A, _LORA_B)):
             continue
         name = plain_name(key)
-        if key.endswith(".base_layer.weight"):
-            stem = key[: -len(".base_layer.weight")]
+        if key.endswith(_BASE_LAYER):
+            stem = key[: -len(_BASE_LAYER)]
             a, b = state[stem + _LORA_A], state[stem + _LORA_B]
             delta = (b.double() @ a.double()) * scaling
             value = (value.double() + delta).to(value.dtype)

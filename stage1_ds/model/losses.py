@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from stage1_ds.config import LossConfig, LossKind
-from stage1_ds.data.windows import Batch, TimeframeWindow
+from stage1_ds.data.batch import Batch, TimeframeWindow
 
 
 @dataclass

@@ -15,8 +15,9 @@ import torch
 from torch.utils.data import Dataset
 
 from stage1_ds.config import MaskingConfig
+from stage1_ds.data.batch import Batch
 from stage1_ds.data.timeframes import Timeframe
-from stage1_ds.data.windows import Batch, WindowDataset, uniform_hash
+from stage1_ds.data.windows import WindowDataset, uniform_hash
 
 
 def num_patches(window_bars: int, patch_len: int) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,17 +9,16 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from torch import nn
-from transformers import T5Config
 
 from stage1_ds.config import Config, DataConfig, Fusion, LoraConfig, ModelConfig, Phase, config_from_dict
+from stage1_ds.data.batch import Batch
 from stage1_ds.data.features import NUM_FEATURES
 from stage1_ds.data.timeframes import sort_timeframes
-from stage1_ds.data.windows import Batch
 from stage1_ds.errors import CheckpointError
 from stage1_ds.model import t5
 from stage1_ds.model.embed import PatchEmbedding
 from stage1_ds.model.heads import ReconstructionHeads
-from stage1_ds.model.lora import has_lora, merge_lora, wrap_with_lora
+from stage1_ds.model.lora import has_lora, is_adapter, merge_lora, plain_name, wrap_with_lora
 from stage1_ds.model.masking import num_patches
 
 #: Files of an export folder (written by `stage1_ds.export`).
@@ -29,6 +27,8 @@ EXPORT_CONFIG = "config.yaml"
 EXPORT_ENCODER_CONFIG = "encoder_config.json"
 EXPORT_STATS = "stats.json"
 EXPORT_INFO = "export_info.json"
+#: Where the shared encoder's parameters sit in a Stage1Model's state dict.
+ENCODER_PREFIX = "encoder."
 
 
 def load_export_config(export_dir: Path | str) -> Config:
@@ -62,7 +62,7 @@ class Stage1Model(nn.Module):
         config: ModelConfig,
         data: DataConfig,
         num_features: int = NUM_FEATURES,
-        layout: T5Config | None = None,
+        layout: t5.Layout | None = None,
     ):
         """Build stems, heads and the encoder (``layout``: an exact T5 config, used when loading an export)."""
         super().__init__()
@@ -77,14 +77,13 @@ class Stage1Model(nn.Module):
 
     def forward(self, batch: Batch) -> Stage1Output:
         names = [tf for tf in batch.windows if tf in self.embed.stems]
-        tokens, valid, lengths = [], [], []
+        tokens, valid = [], []
         for tf in names:
             window = batch.windows[tf]
             mask = window.mask if window.mask is not None else torch.zeros_like(window.valid)
             tok, _, patch_valid = self.embed(tf, window.features, mask, window.valid)
             tokens.append(tok)
             valid.append(patch_valid)
-            lengths.append(tok.shape[1])
         hidden = self._encode(tokens, valid)
         reconstruction = {
             tf: self.heads(tf, h, batch.windows[tf].features.shape[1])
@@ -100,13 +99,15 @@ class Stage1Model(nn.Module):
         """One encoder call for every timeframe; returns per-timeframe hidden states (B, P_tf, d)."""
         lengths = [t.shape[1] for t in tokens]
         if self.config.fusion == Fusion.JOINT:
-            hidden = t5.encode(self.encoder, torch.cat(tokens, dim=1), torch.cat(valid, dim=1).long())
+            hidden = t5.run_encoder(self.encoder, torch.cat(tokens, dim=1), torch.cat(valid, dim=1).long())
             return list(hidden.split(lengths, dim=1))
         longest = max(lengths)
         b = tokens[0].shape[0]
         padded = torch.stack([nn.functional.pad(t, (0, 0, 0, longest - t.shape[1])) for t in tokens])
         mask = torch.stack([nn.functional.pad(v, (0, longest - v.shape[1])) for v in valid])
-        hidden = t5.encode(self.encoder, padded.flatten(0, 1), mask.flatten(0, 1).long())  # (n_tf * B, P, d)
+        hidden = t5.run_encoder(
+            self.encoder, padded.flatten(0, 1), mask.flatten(0, 1).long()
+        )  # (n_tf * B, P, d)
         hidden = hidden.reshape(len(tokens), b, longest, -1)
         return [hidden[i, :, :n] for i, n in enumerate(lengths)]
 
@@ -124,14 +125,10 @@ class Stage1Model(nn.Module):
                     f"{root / name}: missing; is {root} a folder written by 'stage1 convert'?"
                 )
         config = load_export_config(root)
-        layout = T5Config.from_dict(json.loads((root / EXPORT_ENCODER_CONFIG).read_text()))
-        model = cls(config.model, config.data, layout=layout)
+        model = cls(config.model, config.data, layout=t5.read_layout(root / EXPORT_ENCODER_CONFIG))
         state = load_file(str(root / EXPORT_WEIGHTS))
-        state[f"encoder.{t5.TOKEN_EMBEDDING_ALIAS}"] = state[
-            f"encoder.{t5.TOKEN_EMBEDDING}"
-        ]  # the tied alias
         try:
-            model.load_state_dict(state, strict=True)
+            model.load_state_dict(t5.retie(state, ENCODER_PREFIX), strict=True)
         except RuntimeError as error:
             raise CheckpointError(
                 f"{root / EXPORT_WEIGHTS}: does not fit the model in {EXPORT_CONFIG}: {error}"
@@ -156,19 +153,22 @@ class Stage1Model(nn.Module):
         elif phase == Phase.FULL:
             self.merge_lora()
         for name, param in self.named_parameters():
-            if not name.startswith("encoder."):
+            if not name.startswith(ENCODER_PREFIX):
                 param.requires_grad_(True)
-                continue
-            inner = name.removeprefix("encoder.")
-            if t5.is_token_embedding(inner) or phase == Phase.FROZEN:
+            elif is_token_embedding(name) or phase == Phase.FROZEN:
                 param.requires_grad_(False)
-            elif phase == Phase.LORA:
-                param.requires_grad_("lora_" in inner)
             else:
-                param.requires_grad_(True)
+                param.requires_grad_(phase == Phase.FULL or is_adapter(name))
 
 
 COMPONENTS = ("stems", "embeddings", "encoder", "lora", "heads")
+
+
+def is_token_embedding(name: str) -> bool:
+    """Whether a Stage1Model parameter is the encoder's unused token embedding (see `stage1_ds.model.t5`)."""
+    return name.startswith(ENCODER_PREFIX) and t5.is_token_embedding(
+        plain_name(name.removeprefix(ENCODER_PREFIX))
+    )
 
 
 def component_of(name: str) -> str | None:
@@ -179,10 +179,9 @@ def component_of(name: str) -> str | None:
         return "embeddings"
     if name.startswith("heads."):
         return "heads"
-    inner = name.removeprefix("encoder.")
-    if t5.is_token_embedding(inner):
+    if is_token_embedding(name):
         return None
-    return "lora" if "lora_" in inner else "encoder"
+    return "lora" if is_adapter(name) else "encoder"
 
 
 def parameter_report(model: nn.Module) -> dict[str, dict[str, int]]:

@@ -1,8 +1,9 @@
 """Everything this project knows about T5's internals, in one place.
 
-Presets, loading from a local folder, the block list, projection names, default LoRA targets, and which
-weights are the unused token embedding. Parameter grouping, LoRA, unfreezing and conversion ask this
-module instead of probing the model.
+Presets, loading from a local folder, the layout file of runs and exports, the block list, projection
+names, default LoRA targets, and which weights are the unused token embedding (and its tied alias).
+Parameter grouping, LoRA, unfreezing and conversion ask this module instead of probing the model.
+Parameter names given to it are plain: as without peft's wrapper (`stage1_ds.model.lora.plain_name`).
 
 The token embedding: the encoder is always fed ``inputs_embeds``, so T5's 32128-row token embedding is
 never used. After building or loading, it is replaced by a single frozen row (`drop_token_embedding`):
@@ -22,6 +23,9 @@ from transformers import T5Config, T5EncoderModel
 
 from stage1_ds.config import EncoderConfig, EncoderPreset
 from stage1_ds.errors import ConfigError
+
+#: An exact T5 encoder layout (what ``encoder_config.json`` of a run or export holds).
+Layout = T5Config
 
 #: d_model, d_ff, num_layers, num_heads, d_kv. t5-small/base/large are the published layouts.
 PRESET_LAYOUTS: dict[EncoderPreset, tuple[int, int, int, int, int]] = {
@@ -63,7 +67,7 @@ def preset_config(preset: EncoderPreset, dropout: float = 0.1) -> T5Config:
     )
 
 
-def build_encoder(config: EncoderConfig, layout: T5Config | None = None) -> T5EncoderModel:
+def build_encoder(config: EncoderConfig, layout: Layout | None = None) -> T5EncoderModel:
     """Random init from the preset, or the weights of a local ``save_pretrained`` folder; with ``layout``
     (an export's own T5 config), random init of exactly that layout, whatever the preset or path say.
 
@@ -107,11 +111,21 @@ def drop_token_embedding(encoder: T5EncoderModel) -> None:
     encoder.config.eos_token_id = None  # token ids mean nothing without the vocabulary
 
 
-def encoder_config(encoder: nn.Module) -> T5Config:
+def encoder_config(encoder: nn.Module) -> Layout:
     """The T5 config of an encoder (plain or wrapped by peft, which forwards ``config``)."""
     config = encoder.config
     assert isinstance(config, T5Config)
     return config
+
+
+def write_layout(encoder: nn.Module, path: Path) -> None:
+    """Save the encoder's exact layout as JSON (``encoder_config.json`` of runs and exports)."""
+    path.write_text(json.dumps(encoder_config(encoder).to_dict(), indent=2) + "\n")
+
+
+def read_layout(path: Path) -> Layout:
+    """The layout saved by `write_layout`."""
+    return T5Config.from_dict(json.loads(path.read_text()))
 
 
 def d_model(encoder: nn.Module) -> int:
@@ -129,7 +143,19 @@ def block_index(parameter_name: str) -> int | None:
 
 
 def is_token_embedding(parameter_name: str) -> bool:
-    return parameter_name.removeprefix("base_model.model.") in TOKEN_EMBEDDING_NAMES
+    """Whether a plain encoder parameter name is the unused token embedding or its alias."""
+    return parameter_name in TOKEN_EMBEDDING_NAMES
+
+
+def untie(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The state dict without the token embedding's tied alias (safetensors refuses shared tensors).
+    ``prefix`` is where the encoder sits in the state dict (``"encoder."`` in a Stage1Model)."""
+    return {k: v for k, v in state.items() if k != prefix + TOKEN_EMBEDDING_ALIAS}
+
+
+def retie(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The state dict with the alias restored, so that it loads strictly; the inverse of `untie`."""
+    return {**state, prefix + TOKEN_EMBEDDING_ALIAS: state[prefix + TOKEN_EMBEDDING]}
 
 
 def lora_target_names(encoder: nn.Module) -> list[str]:
@@ -142,7 +168,7 @@ def lora_target_names(encoder: nn.Module) -> list[str]:
     return sorted([*ATTENTION_PROJECTIONS, *feed_forward])
 
 
-def encode(encoder: nn.Module, embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def run_encoder(encoder: nn.Module, embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Run the encoder on embeddings.
 
     Args:

@@ -1,4 +1,4 @@
-"""Complete, self-describing checkpoints and resume.
+"""Complete, self-describing checkpoints, and resuming from them.
 
 Layout of RUN_DIR/checkpoints::
 
@@ -47,10 +47,18 @@ class TrainState:
     bad_steps: int = 0
 
 
+@dataclass
+class ResumePoint:
+    """A complete checkpoint to continue from: its tag, its meta.json and the loop state it recorded."""
+
+    tag: str
+    meta: dict[str, Any]
+    state: TrainState
+
+
 def write_run_files(run_dir: Path, model: Stage1Model, data_dir: Path) -> None:
     """What `stage1 convert` needs besides the weights: the exact T5 layout and the data statistics."""
-    layout = t5.encoder_config(model.encoder).to_dict()
-    (run_dir / EXPORT_ENCODER_CONFIG).write_text(json.dumps(layout, indent=2) + "\n")
+    t5.write_layout(model.encoder, run_dir / EXPORT_ENCODER_CONFIG)
     shutil.copyfile(Path(data_dir) / "stats.json", run_dir / EXPORT_STATS)
 
 
@@ -166,6 +174,57 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
         keys = sorted(set(a) | set(b))
         return [d for k in keys for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
     return [] if a == b else [prefix.rstrip(".")]
+
+
+def find_resume_point(run_dir: Path, resume: bool) -> ResumePoint | None:
+    """The newest complete checkpoint of ``run_dir`` when asked to resume or when there is one (a rerun into
+    the same folder resumes); None for a fresh start.
+
+    Raises:
+        CheckpointError: ``resume`` is set but the run has no complete checkpoint.
+    """
+    if latest_tag(run_dir) is None and not resume:
+        return None
+    tag, meta = read_meta(run_dir)
+    state = TrainState(meta["global_step"], meta["phase_index"], meta["batches_consumed"], meta["bad_steps"])
+    return ResumePoint(tag, meta, state)
+
+
+def restore_model(point: ResumePoint, model: Stage1Model, config: Config) -> None:
+    """Bring a freshly built model to the checkpoint's phase (LoRA added or merged as it was, phase by
+    phase) and check that its architecture is the checkpoint's.
+
+    Raises:
+        CheckpointError: the architecture differs (see `check_compatible`).
+    """
+    for index in range(point.state.phase_index + 1):
+        model.set_phase(config.train.phases[index].name, config.model.lora)
+    check_compatible(point.meta, config, parameter_shapes(model))
+    log.info(
+        "resuming from %s at step %d (phase %s)", point.tag, point.state.global_step, point.meta["phase"]
+    )
+
+
+def restore_engine(point: ResumePoint, engine: Any, run_dir: Path) -> None:
+    """Load the checkpoint into an engine built for its phase, and this rank's random state.
+
+    A checkpoint written by another number of ranks loads its weights only; the optimizer starts fresh.
+    """
+    world = torch.distributed.get_world_size()
+    same_world = point.meta["world_size"] == world
+    if not same_world:
+        log.warning(
+            "checkpoint was written by %d ranks, this run has %d: optimizer state starts fresh",
+            point.meta["world_size"],
+            world,
+        )
+    engine.load_checkpoint(
+        str(checkpoint_dir(run_dir)),
+        tag=point.tag,
+        load_optimizer_states=same_world,
+        load_lr_scheduler_states=False,
+    )
+    restore_rng(run_dir, point.tag, torch.distributed.get_rank())
 
 
 def restore_rng(run_dir: Path, tag: str, rank: int) -> None:

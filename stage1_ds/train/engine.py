@@ -22,15 +22,13 @@ from deepspeed.accelerator import get_accelerator
 from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
 from torch import nn
 
-from stage1_ds.config import Config, Precision
+from stage1_ds.config import Config, Precision, resolve_path
 from stage1_ds.errors import ConfigError
 from stage1_ds.model import t5
 from stage1_ds.model.lora import plain_name
 from stage1_ds.model.stage1 import Stage1Model
 from stage1_ds.train.param_groups import ParamGroup, build_param_groups
 from stage1_ds.train.schedule import lr_multiplier
-
-REPO = Path(__file__).resolve().parent.parent.parent
 
 #: Keys the project's config owns; a DeepSpeed JSON that sets any of them is refused.
 PROJECT_OWNED_KEYS = (
@@ -55,11 +53,6 @@ _ZERO_PARAM_ATTRIBUTES = (
     "set_full_hp_grad",
     "load_hp_checkpoint_state",
 )
-
-
-def resolve_path(path: str) -> Path:
-    candidate = Path(path)
-    return candidate if candidate.is_absolute() or candidate.exists() else REPO / candidate
 
 
 def use_bf16(precision: Precision) -> bool:
@@ -148,7 +141,6 @@ class EngineBundle:
 
     engine: Any
     groups: list[ParamGroup]
-    first_step: int
 
 
 def build_engine(
@@ -175,7 +167,7 @@ def build_engine(
         config=ds_config,
         lr_scheduler=scheduler,
     )
-    return EngineBundle(engine=engine, groups=groups, first_step=first_step)
+    return EngineBundle(engine=engine, groups=groups)
 
 
 def fp32_masters(model: nn.Module) -> dict[str, torch.Tensor]:

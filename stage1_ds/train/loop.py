@@ -9,9 +9,6 @@ and across restarts.
 from __future__ import annotations
 
 import logging
-import math
-import resource
-import signal
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -25,8 +22,9 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from stage1_ds.config import Config, config_to_dict
+from stage1_ds.data.batch import Batch
 from stage1_ds.data.timeframes import sort_timeframes
-from stage1_ds.data.windows import Batch, WindowDataset, WindowSampler, build_loader
+from stage1_ds.data.windows import WindowDataset, WindowSampler, build_loader
 from stage1_ds.errors import Stage1Error
 from stage1_ds.model.losses import stage1_loss
 from stage1_ds.model.masking import MaskedWindows, num_patches
@@ -35,15 +33,13 @@ from stage1_ds.model.stage1 import (
     format_parameter_report,
     parameter_report,
 )
-from stage1_ds.plots import masked_window_figure
 from stage1_ds.train.checkpoint import (
     TrainState,
-    check_compatible,
     checkpoint_dir,
+    find_resume_point,
     latest_tag,
-    parameter_shapes,
-    read_meta,
-    restore_rng,
+    restore_engine,
+    restore_model,
     save_checkpoint,
     write_run_files,
 )
@@ -57,8 +53,9 @@ from stage1_ds.train.engine import (
     release_engine,
     restore_fp32_masters,
 )
-from stage1_ds.train.metrics import MetricsWriter, flops_per_token, peak_flops
+from stage1_ds.train.metrics import MetricsWriter, peak_flops
 from stage1_ds.train.param_groups import format_group_table
+from stage1_ds.train.preemption import StopFlag
 from stage1_ds.train.schedule import lr_multiplier, phase_index
 
 log = logging.getLogger(__name__)
@@ -88,6 +85,7 @@ def train(
             runs to ``train.max_steps``); for time-limited jobs that run a long training in pieces.
     """
     # -- setup ---------------------------------------------------------------------------------------
+    config.validate()
     rank, world = init_distributed()
     dev = device()
     torch.manual_seed(config.seed)  # the same initial weights on every rank
@@ -115,47 +113,27 @@ def train(
     model = Stage1Model(config.model, config.data)
     if rank == 0:
         write_run_files(run_dir, model, data_dir)
-    state = TrainState()
-    tag = latest_tag(run_dir)
-    meta: dict[str, Any] | None = None
-    if tag is not None or resume:
-        tag, meta = read_meta(run_dir)
-        state = TrainState(
-            meta["global_step"], meta["phase_index"], meta["batches_consumed"], meta["bad_steps"]
-        )
-        for index in range(state.phase_index + 1):  # replay phases: LoRA added or merged as it was
-            model.set_phase(phases[index].name, config.model.lora)
-        check_compatible(meta, config, parameter_shapes(model))
-        log.info("resuming from %s at step %d (phase %s)", tag, state.global_step, meta["phase"])
-    else:
+    point = find_resume_point(run_dir, resume)
+    if point is None:
+        state = TrainState()
         model.set_phase(phases[0].name, config.model.lora)
+    else:
+        state = point.state
+        restore_model(point, model, config)
     torch.manual_seed(config.seed + 1000 * (rank + 1))  # dropout differs between ranks
 
     ds_config = build_ds_config(config, run_dir / "tensorboard")
-    metrics = MetricsLog(run_dir, rank == 0)
+    metrics = MetricsWriter(run_dir / "tensorboard", enabled=rank == 0)
     bundle = build_engine(model, config, ds_config, state.global_step)
-    if tag is not None and meta is not None:
-        same_world = meta["world_size"] == world
-        if not same_world:
-            log.warning(
-                "checkpoint was written by %d ranks, this run has %d: optimizer state starts fresh",
-                meta["world_size"],
-                world,
-            )
-        bundle.engine.load_checkpoint(
-            str(checkpoint_dir(run_dir)),
-            tag=tag,
-            load_optimizer_states=same_world,
-            load_lr_scheduler_states=False,
-        )
-        restore_rng(run_dir, tag, rank)
+    if point is not None:
+        restore_engine(point, bundle.engine, run_dir)
     _log_phase(bundle, model, phases[state.phase_index].name, state.global_step)
 
     # The same validation batches every time: a fixed seed, always from the start.
     val_batches = partial(
         WindowSampler, len(val_data), train_cfg.micro_batch_size, config.seed + 1, rank, world
     )
-    first_val = evaluate(bundle.engine, val_data, val_batches(num_batches=2), config, dev)
+    first_val = validation_losses(bundle.engine, val_data, val_batches(num_batches=2), config, dev)
     log.info("evaluation before training works: val loss %.4f", first_val["val/loss/total"])
 
     sampler = WindowSampler(
@@ -176,7 +154,7 @@ def train(
 
     last_losses: dict[str, float] = {}
     val_losses: dict[str, float] = first_val
-    last_saved = state.global_step if tag is not None else -1
+    last_saved = state.global_step if point is not None else -1
     window_start, window_steps = time.perf_counter(), 0
 
     # -- the loop --------------------------------------------------------------------------------------
@@ -225,7 +203,8 @@ def train(
                 )
                 lr_factor = lr_multiplier(step - 1, train_cfg.optimizer, phases, train_cfg.max_steps)
                 metrics.training(
-                    bundle,
+                    bundle.engine,
+                    bundle.groups,
                     model,
                     step_losses,
                     phase=state.phase_index,
@@ -249,7 +228,7 @@ def train(
                 )
                 window_start, window_steps = time.perf_counter(), 0
             if is_eval_step:
-                val_losses = evaluate(
+                val_losses = validation_losses(
                     bundle.engine,
                     val_data,
                     val_batches(num_batches=train_cfg.eval_batches),
@@ -259,7 +238,7 @@ def train(
                 metrics.scalars(val_losses, step)
                 log.info("step %d | val loss %.4f", step, val_losses["val/loss/total"])
             if is_image_step:
-                metrics.masked_window(bundle.engine, val_data, config, dev, step)
+                metrics.masked_window(bundle.engine, val_data, dev, step)
             if is_save_step:
                 tag = save()
                 last_saved = step
@@ -343,7 +322,7 @@ def _finite_on_every_rank(value: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
-def evaluate(
+def validation_losses(
     engine: Any, data: MaskedWindows, sampler: WindowSampler, config: Config, dev: torch.device
 ) -> dict[str, float]:
     """Mean validation losses over the sampler's batches, averaged over ranks."""
@@ -363,92 +342,3 @@ def evaluate(
 def _log_phase(bundle: EngineBundle, model: Stage1Model, phase: str, step: int) -> None:
     log.info("phase %s from step %d; parameter groups:\n%s", phase, step, format_group_table(bundle.groups))
     log.info("parameters:\n%s", format_parameter_report(parameter_report(model)))
-
-
-class StopFlag:
-    """SIGTERM or SIGUSR1 (preemption notices) ask the loop to save a checkpoint and stop after the current
-    step; `restore` puts the previous handlers back."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self) -> None:
-        self.raised = False
-        self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.raised = True
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
-class MetricsLog:
-    """What the loop writes to TensorBoard (rank 0 only; a no-op elsewhere)."""
-
-    def __init__(self, run_dir: Path, enabled: bool):
-        self.writer = MetricsWriter(run_dir / "tensorboard", enabled)
-        self.enabled = enabled
-
-    def scalars(self, values: dict[str, float], step: int) -> None:
-        self.writer.scalars(values, step)
-
-    def training(
-        self,
-        bundle: EngineBundle,
-        model: Stage1Model,
-        losses: dict[str, float],
-        phase: int,
-        step: int,
-        samples_per_s: float,
-        tokens_per_sample: int,
-        device_peak_flops: float | None,
-        lr_factor: float,
-    ) -> None:
-        """Scalars of a training step; ``lr_factor`` is the schedule's multiplier the step used (DeepSpeed's
-        param groups already hold the next step's lr)."""
-        if not self.enabled:
-            return
-        engine = bundle.engine
-        values = dict(losses)
-        for group in bundle.groups:
-            values[f"lr/{group.name}"] = group.lr * lr_factor
-        grad_norm = engine.get_global_grad_norm()
-        if grad_norm is not None and math.isfinite(float(grad_norm)):
-            values["grad_norm"] = float(grad_norm)
-        report = parameter_report(model)["all"]
-        values["phase"] = phase
-        values["params/trainable"] = report["trainable"]
-        values["perf/samples_per_s"] = samples_per_s
-        values["perf/tokens_per_s"] = samples_per_s * tokens_per_sample
-        if device_peak_flops is not None:
-            flops = samples_per_s * tokens_per_sample * flops_per_token(model)
-            values["perf/mfu"] = flops / (device_peak_flops * torch.distributed.get_world_size())
-        if torch.cuda.is_available():
-            values["memory/peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
-        else:
-            values["memory/peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        self.writer.scalars(values, step)
-
-    @torch.no_grad()
-    def masked_window(
-        self, engine: Any, data: MaskedWindows, config: Config, dev: torch.device, step: int
-    ) -> None:
-        if not self.enabled:
-            return
-        engine.eval()
-        batch = data.batch(np.asarray([0])).to(dev)
-        output = engine(batch)
-        engine.train()
-        names = list(batch.windows)
-        figure = masked_window_figure(
-            names,
-            {tf: batch.windows[tf].features[0].float().cpu().numpy() for tf in names},
-            {tf: output.reconstruction[tf][0].float().cpu().numpy() for tf in names},
-            {tf: batch.windows[tf].mask[0].cpu().numpy() for tf in names},  # type: ignore[index]
-            {tf: batch.windows[tf].valid[0].cpu().numpy() for tf in names},
-        )
-        self.writer.figure("val/masked_window", figure, step)
-
-    def close(self) -> None:
-        self.writer.close()

@@ -1,20 +1,32 @@
-"""One metrics writer: TensorBoard on rank 0, a no-op elsewhere, so call sites never branch on rank."""
+"""The one metrics writer: TensorBoard on rank 0, a no-op elsewhere, so call sites never branch on rank.
+
+Besides plain scalars it knows what a training step reports (losses, per-group learning rates, gradient
+norm, phase, throughput, MFU, memory) and draws the masked-window image.
+"""
 
 from __future__ import annotations
 
+import math
+import resource
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from stage1_ds.model.masking import MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model, parameter_report
+from stage1_ds.plots import masked_window_figure
+from stage1_ds.train.param_groups import ParamGroup
 
 #: Dense bf16 peak FLOP/s of one device, for MFU.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
 
 
 class MetricsWriter:
+    """TensorBoard events under ``log_dir`` when ``enabled`` (rank 0); every method is a no-op otherwise."""
+
     def __init__(self, log_dir: Path, enabled: bool):
         self._writer = SummaryWriter(str(log_dir)) if enabled else None
 
@@ -24,9 +36,61 @@ class MetricsWriter:
         for tag, value in values.items():
             self._writer.add_scalar(tag, value, step)
 
-    def figure(self, tag: str, figure: Any, step: int) -> None:
-        if self._writer is not None:
-            self._writer.add_figure(tag, figure, step, close=True)
+    def training(
+        self,
+        engine: Any,
+        groups: list[ParamGroup],
+        model: Stage1Model,
+        losses: dict[str, float],
+        phase: int,
+        step: int,
+        samples_per_s: float,
+        tokens_per_sample: int,
+        device_peak_flops: float | None,
+        lr_factor: float,
+    ) -> None:
+        """Scalars of a training step; ``lr_factor`` is the schedule's multiplier the step used (DeepSpeed's
+        param groups already hold the next step's lr)."""
+        if self._writer is None:
+            return
+        values = dict(losses)
+        for group in groups:
+            values[f"lr/{group.name}"] = group.lr * lr_factor
+        grad_norm = engine.get_global_grad_norm()
+        if grad_norm is not None and math.isfinite(float(grad_norm)):
+            values["grad_norm"] = float(grad_norm)
+        report = parameter_report(model)["all"]
+        values["phase"] = phase
+        values["params/trainable"] = report["trainable"]
+        values["perf/samples_per_s"] = samples_per_s
+        values["perf/tokens_per_s"] = samples_per_s * tokens_per_sample
+        if device_peak_flops is not None:
+            flops = samples_per_s * tokens_per_sample * flops_per_token(model)
+            values["perf/mfu"] = flops / (device_peak_flops * torch.distributed.get_world_size())
+        if torch.cuda.is_available():
+            values["memory/peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        else:
+            values["memory/peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        self.scalars(values, step)
+
+    @torch.no_grad()
+    def masked_window(self, engine: Any, data: MaskedWindows, device: torch.device, step: int) -> None:
+        """The image ``val/masked_window``: true and reconstructed close of the first validation sample."""
+        if self._writer is None:
+            return
+        engine.eval()
+        batch = data.batch(np.asarray([0])).to(device)
+        output = engine(batch)
+        engine.train()
+        names = list(batch.windows)
+        figure = masked_window_figure(
+            names,
+            {tf: batch.windows[tf].features[0].float().cpu().numpy() for tf in names},
+            {tf: output.reconstruction[tf][0].float().cpu().numpy() for tf in names},
+            {tf: batch.windows[tf].mask[0].cpu().numpy() for tf in names},  # type: ignore[index]
+            {tf: batch.windows[tf].valid[0].cpu().numpy() for tf in names},
+        )
+        self._writer.add_figure("val/masked_window", figure, step, close=True)
 
     def close(self) -> None:
         if self._writer is not None:

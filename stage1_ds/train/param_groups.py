@@ -14,6 +14,8 @@ from torch import nn
 
 from stage1_ds.config import OptimizerConfig
 from stage1_ds.model import t5
+from stage1_ds.model.lora import is_adapter, plain_name
+from stage1_ds.model.stage1 import ENCODER_PREFIX, is_token_embedding
 
 STEMS, HEADS, LORA, ENCODER_OTHER = "stems", "heads", "lora", "encoder_other"
 
@@ -40,12 +42,11 @@ def group_name(parameter_name: str) -> str | None:
         return STEMS
     if parameter_name.startswith("heads."):
         return HEADS
-    inner = parameter_name.removeprefix("encoder.")
-    if t5.is_token_embedding(inner):
+    if is_token_embedding(parameter_name):
         return None
-    if "lora_" in inner:
+    if is_adapter(parameter_name):
         return LORA
-    block = t5.block_index(inner)
+    block = t5.block_index(plain_name(parameter_name.removeprefix(ENCODER_PREFIX)))
     return ENCODER_OTHER if block is None else f"encoder_block_{block:02d}"
 
 

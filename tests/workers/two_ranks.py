@@ -31,7 +31,7 @@ def main(data_dir: str, out_dir: str, ds_config: str) -> None:
     losses, ids = [], []
     for b in range(3):
         batch_ids = sampler.batch_ids(b)
-        ids.extend(batch_ids.tolist())
+        ids.append(batch_ids.tolist())
         batch = data.batch(batch_ids)
         loss = stage1_loss(bundle.engine(batch).reconstruction, batch, config.model.loss).total
         bundle.engine.backward(loss)

@@ -1,0 +1,80 @@
+"""The batch contract between data, model, losses, evaluation and encoding.
+
+A `Batch` holds one `TimeframeWindow` per timeframe, finest first, plus what every timeframe of a sample
+shares (reference price, anchor time, instrument, sample id). `stage1_ds.data.windows` builds batches,
+`stage1_ds.model.masking` adds the masks, the model, the losses, `stage1 evaluate` and `stage1 encode`
+read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class TimeframeWindow:
+    """One timeframe of a batch.
+
+    Attributes:
+        features: (B, L, F) float32 scale-free features (zeros where the timeframe is dropped).
+        valid: (B, L) bool, the bar exists and the sample keeps this timeframe (a dropped timeframe is
+            False everywhere).
+        start_time: (B, L) int64 bucket start, seconds of the data clock.
+        parent_index: (B, L) int64 position of the bar of the next coarser timeframe whose bucket holds
+            this bar, or -1 when that bar is not in the coarser window, its bucket is not wholly inside
+            this window, or either timeframe is dropped. None for the coarsest timeframe.
+        scale: (B,) float32 the feature scale of the sample's instrument for this timeframe.
+        mask: (B, L) bool, bars hidden from the encoder and reconstructed; None until masking adds it
+            (`stage1_ds.model.masking`).
+    """
+
+    features: torch.Tensor
+    valid: torch.Tensor
+    start_time: torch.Tensor
+    parent_index: torch.Tensor | None
+    scale: torch.Tensor
+    mask: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> TimeframeWindow:
+        return TimeframeWindow(
+            features=self.features.to(device),
+            valid=self.valid.to(device),
+            start_time=self.start_time.to(device),
+            parent_index=None if self.parent_index is None else self.parent_index.to(device),
+            scale=self.scale.to(device),
+            mask=None if self.mask is None else self.mask.to(device),
+        )
+
+
+@dataclass
+class Batch:
+    """A batch of samples; ``windows`` is ordered finest timeframe first.
+
+    Attributes:
+        windows: per timeframe name, its `TimeframeWindow`.
+        anchor_price: (B,) float64 close of the anchor 1-minute bar (``P_ref``).
+        anchor_time: (B,) int64 end of the anchor bar, seconds.
+        instrument: (B,) int64 index into the data's instrument list.
+        sample_id: (B,) int64 sample ids.
+    """
+
+    windows: dict[str, TimeframeWindow]
+    anchor_price: torch.Tensor
+    anchor_time: torch.Tensor
+    instrument: torch.Tensor
+    sample_id: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return int(self.sample_id.shape[0])
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            windows={tf: window.to(device) for tf, window in self.windows.items()},
+            anchor_price=self.anchor_price.to(device),
+            anchor_time=self.anchor_time.to(device),
+            instrument=self.instrument.to(device),
+            sample_id=self.sample_id.to(device),
+        )
