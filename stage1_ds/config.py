@@ -274,11 +274,14 @@ class PhaseConfig(Section):
         until_step: the global step at which the next phase begins; None for the last phase (it runs to
             ``train.max_steps``).
         rewarmup_steps: linear re-warmup of every learning rate over this many steps at the phase start.
+            Unset: none for the first phase, ``train.optimizer.warmup_steps`` for every later one (groups that
+            start training at a boundary, such as LoRA adapters or the unfrozen T5 blocks, begin with fresh
+            Adam moments; only the stems and heads carry theirs over).
     """
 
     name: Phase = Phase.FULL
     until_step: int | None = None
-    rewarmup_steps: int = 0
+    rewarmup_steps: int | None = None
 
 
 @dataclass
@@ -405,7 +408,7 @@ class TrainConfig(Section):
                     )
                 else:
                     previous = phase.until_step
-            if phase.rewarmup_steps < 0:
+            if phase.rewarmup_steps is not None and phase.rewarmup_steps < 0:
                 problems.append(f"{prefix}.phases[{i}].rewarmup_steps: {phase.rewarmup_steps}, expected >= 0")
         return problems
 

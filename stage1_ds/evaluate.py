@@ -175,8 +175,9 @@ def evaluate(
             for tf in preds:
                 scores[method][tf].add(preds[tf], batch, tf)
             if method == "model":
-                for tf, value in cross_timeframe_terms(preds, batch).items():
-                    inconsistency.setdefault(tf, []).append(float(value))
+                for tf, term in cross_timeframe_terms(preds, batch).items():
+                    if term.count > 0:
+                        inconsistency.setdefault(tf, []).append(float(term.value))
                 example = example or {"batch": batch, "preds": preds}
     report: dict[str, Any] = {
         "split": split,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,24 @@ from stage1_ds.data.prepare import PrepareOptions, prepare_files, prepare_synthe
 REPO = Path(__file__).resolve().parent.parent
 HISTDATA = REPO.parent / "shared" / "data" / "histdata"
 EURUSD_2019 = HISTDATA / "HISTDATA_COM_ASCII_EURUSD_M12019.zip"
+
+
+def fresh_process_env() -> dict[str, str]:
+    """This environment without the process-group variables this test process set for its own world of one,
+    and with the repository importable (for the test workers)."""
+    group = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in group}
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def deepspeed_command(ranks: int, *args: str) -> list[str]:
+    """The real `deepspeed` launcher starting ``ranks`` CPU processes on a free port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = Path(sys.executable).parent / "deepspeed"
+    return [str(launcher), "--num_gpus", str(ranks), "--master_port", str(port), *args]
 
 
 def require_histdata() -> Path:

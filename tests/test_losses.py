@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stage1_ds.config import DataConfig, LossConfig, LossKind, MaskingConfig
+from conftest import tiny_model_config
+from stage1_ds.config import DataConfig, LossConfig, LossKind, MaskingConfig, Phase
 from stage1_ds.data.batch import Batch
 from stage1_ds.data.windows import WindowDataset
 from stage1_ds.model.losses import aggregate_to_parent, cross_timeframe_terms, stage1_loss, unscaled
 from stage1_ds.model.masking import MaskedWindows
+from stage1_ds.model.stage1 import Stage1Model
 
 
 def _batch(folder: Path, data: DataConfig, size: int = 16) -> Batch:
@@ -46,14 +48,14 @@ def test_cross_timeframe_loss_is_exactly_zero_on_true_bars_of_a_real_sample(euru
     batch = _batch(eurusd_2019, DataConfig(), size=32)
     terms = cross_timeframe_terms(_truth(batch), batch)
     assert set(terms) == {"m5", "m15", "m30", "h1", "h4"}
-    for tf, value in terms.items():
-        assert value.item() == 0.0, tf
+    for tf, term in terms.items():
+        assert term.count > 0 and term.value.item() == 0.0, tf
 
 
 def test_cross_timeframe_loss_is_zero_on_consistent_predictions(synthetic_small: Path) -> None:
     batch = _batch(synthetic_small, DataConfig(window_bars=32))
-    for value in cross_timeframe_terms(_consistent(batch, seed=1), batch).values():
-        assert value.item() == 0.0
+    for term in cross_timeframe_terms(_consistent(batch, seed=1), batch).values():
+        assert term.value.item() == 0.0
 
 
 def test_cross_timeframe_loss_is_positive_with_gradients_to_both_sides(synthetic_small: Path) -> None:
@@ -63,8 +65,8 @@ def test_cross_timeframe_loss_is_positive_with_gradients_to_both_sides(synthetic
         for tf, w in batch.windows.items()
     }
     terms = cross_timeframe_terms(preds, batch)
-    assert all(v.item() > 0 for v in terms.values())
-    terms["m5"].backward()
+    assert all(t.value.item() > 0 for t in terms.values())
+    terms["m5"].value.backward()
     mapped_m1 = batch.windows["m1"].parent_index >= 0
     assert preds["m1"].grad is not None and preds["m1"].grad[mapped_m1].abs().sum() > 0
     assert preds["m5"].grad is not None and preds["m5"].grad.abs().sum() > 0
@@ -77,7 +79,7 @@ def test_cross_timeframe_loss_ignores_bars_whose_map_is_minus_one(synthetic_smal
     unmapped = batch.windows["m1"].parent_index < 0
     assert unmapped.any()
     preds["m1"][unmapped] += 5.0
-    assert cross_timeframe_terms(preds, batch)["m5"].item() == 0.0
+    assert cross_timeframe_terms(preds, batch)["m5"].value.item() == 0.0
 
 
 def test_reconstruction_counts_masked_bars_only(synthetic_small: Path) -> None:
@@ -104,3 +106,25 @@ def test_huber_and_weights_and_component_names(synthetic_small: Path) -> None:
     assert {"reconstruction", "cross", "cross/h4", "reconstruction/h4"} <= set(out.components)
     expected = out.components["reconstruction"] + 0.1 * out.components["cross"]
     assert torch.allclose(out.total, expected)
+
+
+def test_the_backward_graph_is_the_same_whatever_a_batch_drops(synthetic_small: Path) -> None:
+    """What two ranks need for ZeRO-2 to reduce the same gradient buckets: every trainable parameter gets a
+    gradient, in the same order, whether or not the batch holds a timeframe."""
+    model = Stage1Model(tiny_model_config(), DataConfig(window_bars=32))
+    model.set_phase(Phase.FULL)
+    order: list[str] = []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            param.register_post_accumulate_grad_hook(lambda _, name=name: order.append(name))
+
+    def gradient_order(keep: dict[str, float]) -> list[str]:
+        batch = _batch(synthetic_small, DataConfig(window_bars=32, keep_probability=keep), size=4)
+        order.clear()
+        model.zero_grad(set_to_none=True)
+        stage1_loss(model(batch).reconstruction, batch, LossConfig()).total.backward()
+        return list(order)
+
+    everything = gradient_order({})
+    assert len(everything) == sum(p.requires_grad for p in model.parameters())
+    assert gradient_order({"h4": 0.0, "m30": 0.0}) == everything

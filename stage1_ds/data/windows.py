@@ -270,11 +270,17 @@ def _unwrap(batch: Any) -> Any:
 
 
 def build_loader(dataset: Dataset, sampler: WindowSampler, num_workers: int = 0) -> DataLoader:
-    """A DataLoader that asks the dataset for whole batches; ``num_workers`` processes build them."""
+    """A DataLoader that asks the dataset for whole batches; ``num_workers`` processes build them.
+
+    It has a generator of its own: by default a DataLoader draws its workers' base seed from torch's global
+    random state when an iterator starts, which would shift the dropout of a resumed run against the
+    uninterrupted one (batches are pure functions of their ids and need no randomness).
+    """
     return DataLoader(
         dataset,
         batch_sampler=sampler,
         collate_fn=_unwrap,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(sampler.seed),
     )

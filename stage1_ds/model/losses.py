@@ -25,11 +25,22 @@ from stage1_ds.data.batch import Batch, TimeframeWindow
 
 @dataclass
 class LossOutput:
-    """``total`` to optimise; ``components`` for logging: ``reconstruction``, ``cross``,
-    ``reconstruction/<tf>`` and ``cross/<coarser tf>`` (the pair ending at that timeframe)."""
+    """``total`` to optimise; ``components`` for logging (``reconstruction``, ``cross``,
+    ``reconstruction/<tf>`` and ``cross/<coarser tf>``, the pair ending at that timeframe), each the mean
+    over the values it covers, and ``counts``: how many values each covers (0: the term is empty in this
+    batch and stands at 0; leave it out of averages)."""
 
     total: torch.Tensor
     components: dict[str, torch.Tensor]
+    counts: dict[str, torch.Tensor]
+
+
+@dataclass
+class Term:
+    """A loss term: the mean over the values it covers (0 when it covers none), and how many it covers."""
+
+    value: torch.Tensor
+    count: torch.Tensor
 
 
 def reconstruction_error(pred: torch.Tensor, target: torch.Tensor, config: LossConfig) -> torch.Tensor:
@@ -84,55 +95,77 @@ def unscaled(values: torch.Tensor, window: TimeframeWindow) -> torch.Tensor:
     return values * window.scale.to(values.dtype)[:, None, None]
 
 
-def cross_timeframe_terms(predictions: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
-    """Per coarser timeframe c, the mean squared inconsistency of the pair (finer, c), in units of c's scale.
-
-    Pairs with no coarser bar wholly covered by the finer window are left out.
-    """
+def cross_timeframe_terms(predictions: dict[str, torch.Tensor], batch: Batch) -> dict[str, Term]:
+    """Per coarser timeframe c of each consecutive pair (finer, c): the mean squared inconsistency, in units
+    of c's scale, over the c bars wholly covered by the finer window (count 0 when none is)."""
     names = [tf for tf in batch.windows if tf in predictions]
     terms = {}
     for fine, coarse in itertools.pairwise(names):
         parent = batch.windows[fine].parent_index
         if parent is None:
             continue
-        c_window = batch.windows[coarse]
         coarse_pred = predictions[coarse]
         aggregated, has = aggregate_to_parent(
             unscaled(predictions[fine], batch.windows[fine]), parent, coarse_pred.shape[1]
         )
-        if not bool(has.any()):
-            continue
-        scale = c_window.scale.to(coarse_pred.dtype)[:, None, None]
+        scale = batch.windows[coarse].scale.to(coarse_pred.dtype)[:, None, None]
         difference = (aggregated / scale - coarse_pred) * has.unsqueeze(-1)
-        terms[coarse] = difference.pow(2).sum() / (has.sum() * coarse_pred.shape[-1])
+        count = has.sum() * coarse_pred.shape[-1]
+        terms[coarse] = Term(difference.pow(2).sum() / count.clamp(min=1), count)
     return terms
 
 
-def stage1_loss(predictions: dict[str, torch.Tensor], batch: Batch, config: LossConfig) -> LossOutput:
-    """The total loss and its components (see the module docstring), in fp32 whatever the model's dtype."""
-    predictions = {tf: pred.float() for tf, pred in predictions.items()}
-    components: dict[str, torch.Tensor] = {}
-    weighted, weight_sum = [], 0.0
+def reconstruction_terms(
+    predictions: dict[str, torch.Tensor], batch: Batch, config: LossConfig
+) -> dict[str, Term]:
+    """Per timeframe: the mean reconstruction error over its masked bars of kept timeframes."""
+    terms = {}
     for tf, pred in predictions.items():
         window = batch.windows[tf]
         if window.mask is None:
             raise ValueError(f"batch window {tf} has no mask; wrap the dataset with MaskedWindows")
         selected = (window.mask & window.valid).unsqueeze(-1).to(pred.dtype)  # (B, L, 1)
         count = selected.sum() * pred.shape[-1]
-        if count == 0:
-            continue
         error = reconstruction_error(pred, window.features.to(pred.dtype), config)
-        components[f"reconstruction/{tf}"] = (error * selected).sum() / count
-        weight = config.timeframe_weights.get(tf, 1.0)
-        weighted.append(weight * components[f"reconstruction/{tf}"])
-        weight_sum += weight
-    anchor = next(iter(predictions.values()))
-    zero = anchor.sum() * 0.0  # keeps the graph connected when a term is empty
-    reconstruction = torch.stack(weighted).sum() / weight_sum if weighted and weight_sum > 0 else zero
+        terms[tf] = Term((error * selected).sum() / count.clamp(min=1), count)
+    return terms
+
+
+def _weighted_mean(terms: list[Term], weights: list[float]) -> Term:
+    """The mean of the non-empty terms, weighted; 0 (count 0) when every term is empty."""
+    present = [(t.count > 0).to(t.value.dtype) * w for t, w in zip(terms, weights, strict=True)]
+    total_weight = torch.stack(present).sum()
+    value = torch.stack([t.value * p for t, p in zip(terms, present, strict=True)]).sum()
+    return Term(value / total_weight.clamp(min=1e-12), torch.stack([t.count for t in terms]).sum())
+
+
+def stage1_loss(predictions: dict[str, torch.Tensor], batch: Batch, config: LossConfig) -> LossOutput:
+    """The total loss and its components (see the module docstring), in fp32 whatever the model's dtype.
+
+    The same operations run whatever the batch holds (an empty term is computed and weighted by zero, not
+    skipped), so every rank builds the same backward graph: ZeRO-2 fills its gradient buckets in the order
+    gradients arrive, and a rank whose samples all dropped a timeframe would otherwise reduce different
+    buckets than the others (gloo aborts, NCCL hangs or sums misaligned buffers).
+    """
+    predictions = {tf: pred.float() for tf, pred in predictions.items()}
+    recon = reconstruction_terms(predictions, batch, config)
     cross_terms = cross_timeframe_terms(predictions, batch)
-    cross = torch.stack(list(cross_terms.values())).mean() if cross_terms else zero
-    components.update({f"cross/{tf}": value for tf, value in cross_terms.items()})
-    components["reconstruction"] = reconstruction
-    components["cross"] = cross
-    total = reconstruction + config.cross_timeframe_weight * cross
-    return LossOutput(total=total, components=components)
+    reconstruction = _weighted_mean(
+        list(recon.values()), [config.timeframe_weights.get(tf, 1.0) for tf in recon]
+    )
+    if cross_terms:
+        cross = _weighted_mean(list(cross_terms.values()), [1.0] * len(cross_terms))
+    else:  # one timeframe: no pair
+        cross = Term(torch.zeros((), device=reconstruction.value.device), torch.zeros(()))
+    terms = {
+        **{f"reconstruction/{tf}": t for tf, t in recon.items()},
+        **{f"cross/{tf}": t for tf, t in cross_terms.items()},
+        "reconstruction": reconstruction,
+        "cross": cross,
+    }
+    total = reconstruction.value + config.cross_timeframe_weight * cross.value
+    return LossOutput(
+        total=total,
+        components={k: t.value for k, t in terms.items()},
+        counts={k: t.count for k, t in terms.items()},
+    )

@@ -47,8 +47,10 @@ DEFAULT_LORA_TARGETS = ("q", "v")
 #: The token embedding: ``shared`` and its alias ``encoder.embed_tokens`` (tied; one tensor).
 TOKEN_EMBEDDING_NAMES = ("shared.weight", "encoder.embed_tokens.weight")
 TOKEN_EMBEDDING, TOKEN_EMBEDDING_ALIAS = TOKEN_EMBEDDING_NAMES
-#: Weights that take no weight decay: layer norms (T5 has no biases).
-NO_DECAY_PATTERN = re.compile(r"layer_norm")
+#: The relative position bias: T5 keeps one table in block 0 and every block adds it to its attention.
+_SHARED_BY_BLOCKS = re.compile(r"relative_attention_bias")
+#: Weights that take no weight decay: layer norms (T5 has no biases) and the relative position bias.
+NO_DECAY_PATTERN = re.compile(r"layer_norm|relative_attention_bias")
 
 
 def preset_config(preset: EncoderPreset, dropout: float = 0.1) -> T5Config:
@@ -137,7 +139,11 @@ def num_blocks(encoder: nn.Module) -> int:
 
 
 def block_index(parameter_name: str) -> int | None:
-    """The T5 block a parameter belongs to, from its name (works through peft's wrapper names too)."""
+    """The T5 block whose layer-decayed learning rate a parameter takes, from its plain name; None outside
+    the blocks (the final layer norm) and for the relative position bias, which sits in block 0 but is used
+    by every block (so it must not take block 0's, the lowest, learning rate)."""
+    if _SHARED_BY_BLOCKS.search(parameter_name):
+        return None
     match = _BLOCK_PATTERN.search(parameter_name)
     return int(match.group(1)) if match else None
 

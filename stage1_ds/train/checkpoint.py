@@ -30,6 +30,7 @@ from stage1_ds.config import Config, config_from_dict, config_to_dict
 from stage1_ds.errors import CheckpointError
 from stage1_ds.model import t5
 from stage1_ds.model.stage1 import EXPORT_ENCODER_CONFIG, EXPORT_STATS, Stage1Model
+from stage1_ds.train.engine import UNIVERSAL_DIR, universal_checkpoint
 from stage1_ds.version import code_version
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,20 @@ class TrainState:
 
 @dataclass
 class ResumePoint:
-    """A complete checkpoint to continue from: its tag, its meta.json and the loop state it recorded."""
+    """A complete checkpoint to continue from: its tag, its meta.json, the loop state to continue with, and
+    whether it was written by another number of ranks than this run has."""
 
     tag: str
     meta: dict[str, Any]
     state: TrainState
+    world_changed: bool
+
+    def ds_config(self, ds_config: dict[str, Any]) -> dict[str, Any]:
+        """The DeepSpeed config of the engine that loads this checkpoint: with universal loading when the
+        number of ranks changed."""
+        if not self.world_changed:
+            return ds_config
+        return {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
 
 
 def write_run_files(run_dir: Path, model: Stage1Model, data_dir: Path) -> None:
@@ -97,6 +107,7 @@ def save_checkpoint(
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,  # this rank's device
     }
     torch.save(rng, root / tag / f"rng_rank{rank}.pt")
     if rank == 0:
@@ -117,6 +128,7 @@ def _prune(root: Path, keep: int) -> None:
     for old in tags[:-keep]:
         if old.name != latest:
             shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(root / UNIVERSAL_DIR / old.name, ignore_errors=True)
 
 
 def latest_tag(run_dir: Path) -> str | None:
@@ -176,9 +188,12 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def find_resume_point(run_dir: Path, resume: bool) -> ResumePoint | None:
+def find_resume_point(run_dir: Path, resume: bool, config: Config) -> ResumePoint | None:
     """The newest complete checkpoint of ``run_dir`` when asked to resume or when there is one (a rerun into
     the same folder resumes); None for a fresh start.
+
+    The data position is counted in samples: a checkpoint of 2 ranks at batch b continues on 1 rank at
+    batch 2b, where the two ranks' next windows begin (with the same micro-batch size).
 
     Raises:
         CheckpointError: ``resume`` is set but the run has no complete checkpoint.
@@ -186,8 +201,19 @@ def find_resume_point(run_dir: Path, resume: bool) -> ResumePoint | None:
     if latest_tag(run_dir) is None and not resume:
         return None
     tag, meta = read_meta(run_dir)
-    state = TrainState(meta["global_step"], meta["phase_index"], meta["batches_consumed"], meta["bad_steps"])
-    return ResumePoint(tag, meta, state)
+    world = torch.distributed.get_world_size()
+    samples = meta["batches_consumed"] * meta["world_size"] * meta["config"]["train"]["micro_batch_size"]
+    per_batch = world * config.train.micro_batch_size
+    if samples % per_batch:
+        log.warning(
+            "%d samples consumed do not fill whole batches of %d on %d ranks: %d skipped",
+            samples,
+            config.train.micro_batch_size,
+            world,
+            samples % per_batch,
+        )
+    state = TrainState(meta["global_step"], meta["phase_index"], -(-samples // per_batch), meta["bad_steps"])
+    return ResumePoint(tag, meta, state, world_changed=meta["world_size"] != world)
 
 
 def restore_model(point: ResumePoint, model: Stage1Model, config: Config) -> None:
@@ -206,24 +232,23 @@ def restore_model(point: ResumePoint, model: Stage1Model, config: Config) -> Non
 
 
 def restore_engine(point: ResumePoint, engine: Any, run_dir: Path) -> None:
-    """Load the checkpoint into an engine built for its phase, and this rank's random state.
+    """Load the checkpoint into an engine built for its phase (with ``point.ds_config``), optimizer state
+    included, then this rank's random state.
 
-    A checkpoint written by another number of ranks loads its weights only; the optimizer starts fresh.
+    A checkpoint written by another number of ranks is loaded through its universal copy (made once, by
+    DeepSpeed's ``ds_to_universal``), which re-partitions the optimizer state over this run's ranks.
     """
-    world = torch.distributed.get_world_size()
-    same_world = point.meta["world_size"] == world
-    if not same_world:
+    load_dir = checkpoint_dir(run_dir)
+    if point.world_changed:
         log.warning(
-            "checkpoint was written by %d ranks, this run has %d: optimizer state starts fresh",
+            "checkpoint %s was written by %d ranks, this run has %d: loading it through a universal "
+            "checkpoint (weights and optimizer state re-partitioned)",
+            point.tag,
             point.meta["world_size"],
-            world,
+            torch.distributed.get_world_size(),
         )
-    engine.load_checkpoint(
-        str(checkpoint_dir(run_dir)),
-        tag=point.tag,
-        load_optimizer_states=same_world,
-        load_lr_scheduler_states=False,
-    )
+        load_dir = universal_checkpoint(load_dir, point.tag)
+    engine.load_checkpoint(str(load_dir), tag=point.tag, load_lr_scheduler_states=False)
     restore_rng(run_dir, point.tag, torch.distributed.get_rank())
 
 
@@ -236,6 +261,8 @@ def restore_rng(run_dir: Path, tag: str, rank: int) -> None:
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
 
 
 def config_of(meta: dict[str, Any]) -> Config:

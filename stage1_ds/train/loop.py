@@ -1,9 +1,9 @@
 """The training loop, top to bottom: setup, a fail-fast evaluation, then steps with periodic actions.
 
 A phase of trainability is a stretch of global steps with one DeepSpeed engine; at a phase boundary the
-run checkpoints, releases the engine, changes the model (adds or merges LoRA, sets requires_grad) and
-builds the next engine. The global step, the data position and the lr schedule carry on across engines
-and across restarts.
+run checkpoints and rebuilds the engine for the next phase (`stage1_ds.train.engine.rebuild_engine`). The
+global step, the data position and the lr schedule carry on across engines and across restarts; every
+learning rate is a pure function of the global step, set before each step.
 """
 
 from __future__ import annotations
@@ -26,13 +26,9 @@ from stage1_ds.data.batch import Batch
 from stage1_ds.data.timeframes import sort_timeframes
 from stage1_ds.data.windows import WindowDataset, WindowSampler, build_loader
 from stage1_ds.errors import Stage1Error
-from stage1_ds.model.losses import stage1_loss
+from stage1_ds.model.losses import LossOutput, stage1_loss
 from stage1_ds.model.masking import MaskedWindows, num_patches
-from stage1_ds.model.stage1 import (
-    Stage1Model,
-    format_parameter_report,
-    parameter_report,
-)
+from stage1_ds.model.stage1 import Stage1Model, format_parameter_report, parameter_report
 from stage1_ds.train.checkpoint import (
     TrainState,
     checkpoint_dir,
@@ -48,10 +44,10 @@ from stage1_ds.train.engine import (
     build_ds_config,
     build_engine,
     device,
-    fp32_masters,
     init_distributed,
+    rebuild_engine,
     release_engine,
-    restore_fp32_masters,
+    set_learning_rates,
 )
 from stage1_ds.train.metrics import MetricsWriter, peak_flops
 from stage1_ds.train.param_groups import format_group_table
@@ -62,7 +58,7 @@ log = logging.getLogger(__name__)
 
 
 class TrainingError(Stage1Error):
-    """The run cannot go on (a non-finite loss beyond the allowed number of bad steps)."""
+    """The run cannot go on (non-finite losses or gradients beyond the allowed number of bad steps)."""
 
 
 @dataclass
@@ -80,9 +76,14 @@ def train(
 
     Args:
         resume: continue from the newest complete checkpoint (an existing checkpoint in ``run_dir`` also
-            resumes).
+            resumes). A checkpoint written by another number of ranks is loaded through a universal copy,
+            optimizer state included, and the data position is carried over in samples.
         stop_at_step: save and stop after this global step, as a preempted job would (the schedule still
             runs to ``train.max_steps``); for time-limited jobs that run a long training in pieces.
+
+    Raises:
+        ConfigError: the config is invalid. TrainingError: too many non-finite steps. Whatever stops the
+            run, the signal handlers are restored and the engine and metrics writer released.
     """
     # -- setup ---------------------------------------------------------------------------------------
     config.validate()
@@ -113,7 +114,7 @@ def train(
     model = Stage1Model(config.model, config.data)
     if rank == 0:
         write_run_files(run_dir, model, data_dir)
-    point = find_resume_point(run_dir, resume)
+    point = find_resume_point(run_dir, resume, config)
     if point is None:
         state = TrainState()
         model.set_phase(phases[0].name, config.model.lora)
@@ -124,175 +125,208 @@ def train(
 
     ds_config = build_ds_config(config, run_dir / "tensorboard")
     metrics = MetricsWriter(run_dir / "tensorboard", enabled=rank == 0)
-    bundle = build_engine(model, config, ds_config, state.global_step)
-    if point is not None:
-        restore_engine(point, bundle.engine, run_dir)
-    _log_phase(bundle, model, phases[state.phase_index].name, state.global_step)
-
-    # The same validation batches every time: a fixed seed, always from the start.
-    val_batches = partial(
-        WindowSampler, len(val_data), train_cfg.micro_batch_size, config.seed + 1, rank, world
-    )
-    first_val = validation_losses(bundle.engine, val_data, val_batches(num_batches=2), config, dev)
-    log.info("evaluation before training works: val loss %.4f", first_val["val/loss/total"])
-
-    sampler = WindowSampler(
-        len(train_data),
-        train_cfg.micro_batch_size,
-        seed=config.seed,
-        rank=rank,
-        world_size=world,
-        start_batch=state.batches_consumed,
-    )
-    batches = iter(build_loader(train_data, sampler, config.data.num_workers))
     stop = StopFlag()
+    bundle = EngineBundle(engine=None, groups=[])
+    try:
+        bundle = build_engine(model, config, point.ds_config(ds_config) if point else ds_config)
+        if point is not None:
+            restore_engine(point, bundle.engine, run_dir)  # the random state too: nothing draws after this
+        _log_phase(bundle, model, phases[state.phase_index].name, state.global_step)
 
-    def save() -> str:
-        """Checkpoint the current engine (every rank); returns the tag."""
-        phase = phases[state.phase_index].name
-        return save_checkpoint(bundle.engine, run_dir, state, config, phase, train_cfg.keep_checkpoints)
+        # The same validation batches every time: a fixed seed, always from the start.
+        val_batches = partial(
+            WindowSampler, len(val_data), train_cfg.micro_batch_size, config.seed + 1, rank, world
+        )
+        first_val = validation_losses(bundle.engine, val_data, val_batches(num_batches=2), config, dev)
+        log.info("evaluation before training works: val loss %.4f", first_val["val/loss/total"])
 
-    last_losses: dict[str, float] = {}
-    val_losses: dict[str, float] = first_val
-    last_saved = state.global_step if point is not None else -1
-    window_start, window_steps = time.perf_counter(), 0
+        sampler = WindowSampler(
+            len(train_data),
+            train_cfg.micro_batch_size,
+            seed=config.seed,
+            rank=rank,
+            world_size=world,
+            start_batch=state.batches_consumed,
+        )
+        batches = iter(build_loader(train_data, sampler, config.data.num_workers))
 
-    # -- the loop --------------------------------------------------------------------------------------
-    with (
-        logging_redirect_tqdm(),
-        tqdm(
-            total=train_cfg.max_steps,
-            initial=state.global_step,
-            unit="step",
-            disable=rank != 0 or None,
-            dynamic_ncols=True,
-        ) as progress,
-    ):
-        while state.global_step < train_cfg.max_steps:
-            is_phase_boundary = phase_index(state.global_step, phases) != state.phase_index
-            if is_phase_boundary:
-                if last_saved != state.global_step:
-                    save()
-                masters = fp32_masters(model) if ds_config["bf16"]["enabled"] else {}
-                release_engine(bundle, model)
-                state.phase_index = phase_index(state.global_step, phases)
-                model.set_phase(phases[state.phase_index].name, config.model.lora)
-                bundle = build_engine(model, config, ds_config, state.global_step)
-                restore_fp32_masters(model, masters)
-                _log_phase(bundle, model, phases[state.phase_index].name, state.global_step)
+        def save() -> str:
+            """Checkpoint the current engine (every rank); returns the tag."""
+            phase = phases[state.phase_index].name
+            return save_checkpoint(bundle.engine, run_dir, state, config, phase, train_cfg.keep_checkpoints)
 
-            step_losses = train_step(bundle.engine, batches, config, dev, state, run_dir)
-            state.global_step += 1
-            window_steps += 1
-            progress.update(1)
+        last_losses: dict[str, float] = {}
+        val_losses: dict[str, float] = first_val
+        last_saved = state.global_step if point is not None else -1
+        window_start, window_steps = time.perf_counter(), 0
 
-            step = state.global_step
-            is_log_step = step % train_cfg.log_every_steps == 0 or step == train_cfg.max_steps
-            is_eval_step = step % train_cfg.eval_every_steps == 0 or step == train_cfg.max_steps
-            is_image_step = step % train_cfg.image_every_steps == 0
-            stop.raised |= step == stop_at_step
-            is_save_step = (
-                step % train_cfg.save_every_steps == 0 or step == train_cfg.max_steps or stop.raised
-            )
+        # -- the loop ----------------------------------------------------------------------------------
+        with (
+            logging_redirect_tqdm(),
+            tqdm(
+                total=train_cfg.max_steps,
+                initial=state.global_step,
+                unit="step",
+                disable=rank != 0 or None,
+                dynamic_ncols=True,
+            ) as progress,
+        ):
+            while state.global_step < train_cfg.max_steps:
+                is_phase_boundary = phase_index(state.global_step, phases) != state.phase_index
+                if is_phase_boundary:
+                    if last_saved != state.global_step:
+                        save()
+                    state.phase_index = phase_index(state.global_step, phases)
+                    bundle, continuing = rebuild_engine(
+                        bundle, model, config, ds_config, phases[state.phase_index].name
+                    )
+                    _log_phase(bundle, model, phases[state.phase_index].name, state.global_step)
+                    log.info("Adam state carried over for groups %s; the others start fresh", continuing)
 
-            if is_log_step and step_losses:  # empty when every micro batch of the step was skipped
-                elapsed = time.perf_counter() - window_start
-                last_losses = step_losses
-                samples = (
-                    window_steps * train_cfg.micro_batch_size * train_cfg.gradient_accumulation_steps * world
+                lr_factor = lr_multiplier(state.global_step, train_cfg.optimizer, phases, train_cfg.max_steps)
+                set_learning_rates(bundle, lr_factor)
+                step_losses, bad_losses = train_step(bundle.engine, batches, config, dev, state)
+                state.global_step += 1
+                window_steps += 1
+                progress.update(1)
+
+                step = state.global_step
+                is_bad_step = not bundle.engine.was_step_applied()
+                is_log_step = step % train_cfg.log_every_steps == 0 or step == train_cfg.max_steps
+                is_eval_step = step % train_cfg.eval_every_steps == 0 or step == train_cfg.max_steps
+                is_image_step = step % train_cfg.image_every_steps == 0
+                is_stop_step = stop.agreed(dev) or step == stop_at_step
+                is_save_step = (
+                    step % train_cfg.save_every_steps == 0 or step == train_cfg.max_steps or is_stop_step
                 )
-                lr_factor = lr_multiplier(step - 1, train_cfg.optimizer, phases, train_cfg.max_steps)
-                metrics.training(
-                    bundle.engine,
-                    bundle.groups,
-                    model,
-                    step_losses,
-                    phase=state.phase_index,
-                    step=step,
-                    samples_per_s=samples / elapsed,
-                    tokens_per_sample=tokens_per_sample,
-                    device_peak_flops=train_cfg.peak_flops_per_device or peak_flops(),
-                    lr_factor=lr_factor,
-                )
-                log.info(
-                    "step %d/%d | phase %s | loss %.4f | recon %.4f | cross %.4f | lr %.2e (%s) | %.1f samples/s",
-                    step,
-                    train_cfg.max_steps,
-                    phases[state.phase_index].name,
-                    step_losses["loss/total"],
-                    step_losses["loss/reconstruction"],
-                    step_losses["loss/cross"],
-                    bundle.groups[0].lr * lr_factor,
-                    bundle.groups[0].name,
-                    samples / elapsed,
-                )
-                window_start, window_steps = time.perf_counter(), 0
-            if is_eval_step:
-                val_losses = validation_losses(
-                    bundle.engine,
-                    val_data,
-                    val_batches(num_batches=train_cfg.eval_batches),
-                    config,
-                    dev,
-                )
-                metrics.scalars(val_losses, step)
-                log.info("step %d | val loss %.4f", step, val_losses["val/loss/total"])
-            if is_image_step:
-                metrics.masked_window(bundle.engine, val_data, dev, step)
-            if is_save_step:
-                tag = save()
-                last_saved = step
-                log.info("checkpoint %s saved", checkpoint_dir(run_dir) / tag)
-            if stop.raised:
-                log.warning("stopped at step %d after saving a checkpoint; resume with --resume", step)
-                break
 
-    stop.restore()
-    metrics.close()
-    release_engine(bundle, model)
+                if is_bad_step:
+                    _skip_bad_step(state, config, bad_losses, run_dir)
+                if is_log_step and "loss/total" in step_losses:  # absent when every micro batch was bad
+                    elapsed = time.perf_counter() - window_start
+                    last_losses = step_losses
+                    samples = (
+                        window_steps
+                        * train_cfg.micro_batch_size
+                        * train_cfg.gradient_accumulation_steps
+                        * world
+                    )
+                    metrics.training(
+                        bundle.engine,
+                        bundle.groups,
+                        model,
+                        step_losses,
+                        phase=state.phase_index,
+                        step=step,
+                        samples_per_s=samples / elapsed,
+                        tokens_per_sample=tokens_per_sample,
+                        device_peak_flops=train_cfg.peak_flops_per_device or peak_flops(),
+                        lr_factor=lr_factor,
+                    )
+                    log.info(
+                        "step %d/%d | phase %s | loss %.4f | recon %.4f | cross %.4f | lr %.2e (%s) | "
+                        "%.1f samples/s",
+                        step,
+                        train_cfg.max_steps,
+                        phases[state.phase_index].name,
+                        step_losses["loss/total"],
+                        step_losses["loss/reconstruction"],
+                        step_losses["loss/cross"],
+                        bundle.groups[0].lr * lr_factor,
+                        bundle.groups[0].name,
+                        samples / elapsed,
+                    )
+                    window_start, window_steps = time.perf_counter(), 0
+                if is_eval_step:
+                    val_losses = validation_losses(
+                        bundle.engine,
+                        val_data,
+                        val_batches(num_batches=train_cfg.eval_batches),
+                        config,
+                        dev,
+                    )
+                    metrics.scalars(val_losses, step)
+                    log.info("step %d | val loss %.4f", step, val_losses["val/loss/total"])
+                if is_image_step:
+                    metrics.masked_window(bundle.engine, val_data, dev, step)
+                if is_save_step:
+                    tag = save()
+                    last_saved = step
+                    log.info("checkpoint %s saved", checkpoint_dir(run_dir) / tag)
+                if is_stop_step:
+                    log.warning("stopped at step %d after saving a checkpoint; resume with --resume", step)
+                    break
+    finally:
+        stop.restore()
+        metrics.close()
+        release_engine(bundle, model)
     return TrainResult(state.global_step, last_losses, val_losses, latest_tag(run_dir))
 
 
 def train_step(
-    engine: Any, batches: Any, config: Config, dev: torch.device, state: TrainState, run_dir: Path
-) -> dict[str, float]:
+    engine: Any, batches: Any, config: Config, dev: torch.device, state: TrainState
+) -> tuple[dict[str, float], list[float]]:
     """One optimizer step: gradient accumulation over micro batches, forward, ``engine.backward``,
-    ``engine.step``. Returns the step's losses averaged over micro batches and ranks."""
+    ``engine.step``.
+
+    A non-finite loss is backpropagated as it is: its non-finite gradients make DeepSpeed skip the whole
+    optimizer step on every rank (weights, Adam moments and step count untouched; the engine's
+    ``was_step_applied()`` says so), which is exactly what a skipped step should be.
+
+    Returns:
+        The step's losses, averaged over the micro batches with a finite loss and over ranks (the same keys
+        on every rank, ``loss/...``; none when every micro batch was bad), and this rank's non-finite
+        losses.
+    """
     totals: dict[str, torch.Tensor] = {}
+    bad: list[float] = []
     for _ in range(config.train.gradient_accumulation_steps):
         batch: Batch = next(batches).to(dev)
         state.batches_consumed += 1
         output = engine(batch)
         losses = stage1_loss(output.reconstruction, batch, config.model.loss)
-        if not _finite_on_every_rank(losses.total):
-            state.bad_steps += 1
-            last = latest_tag(run_dir)
-            where = checkpoint_dir(run_dir) / last if last else "none yet"
-            if state.bad_steps > config.train.max_bad_steps:
-                raise TrainingError(
-                    f"step {state.global_step + 1}: the loss is {losses.total.item()} (not finite) after "
-                    f"{state.bad_steps - 1} skipped bad steps "
-                    f"(train.max_bad_steps {config.train.max_bad_steps}); "
-                    f"last good checkpoint: {where}"
-                )
-            log.warning(
-                "step %d: non-finite loss, skipped (%d of %d allowed)",
-                state.global_step + 1,
-                state.bad_steps,
-                config.train.max_bad_steps,
-            )
-            # A zero-gradient backward keeps DeepSpeed's micro-step accounting (and every rank) in step.
-            loss = sum(p.sum() for p in engine.module.parameters() if p.requires_grad) * 0.0
+        if torch.isfinite(losses.total):
+            _accumulate(totals, losses, dev)
         else:
-            loss = losses.total
-            for key, value in losses.components.items():
-                totals.setdefault(key, torch.zeros(2, device=dev))
-                totals[key] += torch.stack([value.detach(), torch.ones((), device=dev)])
-            totals.setdefault("total", torch.zeros(2, device=dev))
-            totals["total"] += torch.stack([losses.total.detach(), torch.ones((), device=dev)])
-        engine.backward(loss)
+            bad.append(float(losses.total.detach()))
+        engine.backward(losses.total)
         engine.step()
-    return _mean_over_ranks(totals, config)
+    return _mean_over_ranks(totals, config, dev), bad
+
+
+def _skip_bad_step(state: TrainState, config: Config, bad_losses: list[float], run_dir: Path) -> None:
+    """Count a step DeepSpeed skipped for non-finite gradients; stop the run when too many were skipped.
+
+    Raises:
+        TrainingError: more than ``train.max_bad_steps`` steps were skipped; names the step and the last
+            good checkpoint.
+    """
+    state.bad_steps += 1
+    last = latest_tag(run_dir)
+    where = checkpoint_dir(run_dir) / last if last else "none yet"
+    if state.bad_steps > config.train.max_bad_steps:
+        raise TrainingError(
+            f"step {state.global_step}: the loss or its gradients are not finite (this rank's non-finite "
+            f"losses: {bad_losses or 'none'}), after "
+            f"{state.bad_steps - 1} skipped bad steps (train.max_bad_steps {config.train.max_bad_steps}); "
+            f"last good checkpoint: {where}"
+        )
+    log.warning(
+        "step %d: non-finite loss or gradients, step skipped (%d of %d allowed)",
+        state.global_step,
+        state.bad_steps,
+        config.train.max_bad_steps,
+    )
+
+
+def _accumulate(totals: dict[str, torch.Tensor], losses: LossOutput, dev: torch.device) -> None:
+    """Add a batch's loss components to running (sum, count) pairs; empty components count for nothing."""
+    one = torch.ones((), device=dev)
+    present = {key: (count > 0).to(dev, torch.float64) for key, count in losses.counts.items()}
+    for key, value in {**losses.components, "total": losses.total}.items():
+        weight = present.get(key, one)
+        totals.setdefault(key, torch.zeros(2, device=dev, dtype=torch.float64))
+        totals[key] += torch.stack([value.detach().double() * weight, weight.double()])
 
 
 def _loss_keys(config: Config) -> list[str]:
@@ -305,20 +339,14 @@ def _loss_keys(config: Config) -> list[str]:
 
 
 def _mean_over_ranks(
-    totals: dict[str, torch.Tensor], config: Config, prefix: str = "loss/"
+    totals: dict[str, torch.Tensor], config: Config, dev: torch.device, prefix: str = "loss/"
 ) -> dict[str, float]:
-    """Average (sum, count) pairs over ranks with one all-reduce; every rank passes the same key list."""
+    """Average (sum, count) pairs over ranks with one all-reduce on ``dev`` (NCCL takes device tensors
+    only); every rank passes the same key list, whatever it has."""
     keys = _loss_keys(config)
-    dev = next(iter(totals.values())).device if totals else torch.device("cpu")
-    stacked = torch.stack([totals.get(k, torch.zeros(2, device=dev)) for k in keys]).double()
+    stacked = torch.stack([totals.get(k, torch.zeros(2, device=dev, dtype=torch.float64)) for k in keys])
     torch.distributed.all_reduce(stacked)
     return {f"{prefix}{k}": s / c for k, (s, c) in zip(keys, stacked.tolist(), strict=True) if c > 0}
-
-
-def _finite_on_every_rank(value: torch.Tensor) -> bool:
-    flag = torch.tensor([float(torch.isfinite(value).all())], device=value.device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-    return bool(flag.item() == 1.0)
 
 
 @torch.no_grad()
@@ -331,12 +359,9 @@ def validation_losses(
     for ids in sampler:
         batch = data.batch(np.asarray(ids)).to(dev)
         output = engine(batch)
-        losses = stage1_loss(output.reconstruction, batch, config.model.loss)
-        for key, value in {**losses.components, "total": losses.total}.items():
-            totals.setdefault(key, torch.zeros(2, device=dev))
-            totals[key] += torch.stack([value, torch.ones((), device=dev)])
+        _accumulate(totals, stage1_loss(output.reconstruction, batch, config.model.loss), dev)
     engine.train()
-    return _mean_over_ranks(totals, config, prefix="val/loss/")
+    return _mean_over_ranks(totals, config, dev, prefix="val/loss/")
 
 
 def _log_phase(bundle: EngineBundle, model: Stage1Model, phase: str, step: int) -> None:

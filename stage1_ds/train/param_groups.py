@@ -1,7 +1,8 @@
 """Named parameter groups with their own learning rates, handed to DeepSpeed as the optimizer's groups.
 
 Every parameter lands in exactly one named group: ``stems`` (stems and embeddings), ``heads``, ``lora``,
-``encoder_block_XX`` (one per T5 block, layer-wise decay from the top block down), ``encoder_other``.
+``encoder_block_XX`` (one per T5 block, layer-wise decay from the top block down), ``encoder_other`` (the
+final layer norm and T5's relative position bias, which every block uses: the top block's lr).
 Norms, biases and embeddings take no weight decay; they go to the same group name with ``/no_decay``.
 Frozen parameters are classified too (and asserted) but not passed to the optimizer.
 """
@@ -56,8 +57,6 @@ def takes_weight_decay(parameter_name: str, parameter: nn.Parameter) -> bool:
         return False
     if parameter_name.startswith("embed.") and not parameter_name.startswith("embed.stems."):
         return False  # timeframe, position and mask embeddings
-    if "relative_attention_bias" in parameter_name:
-        return False
     return not t5.NO_DECAY_PATTERN.search(parameter_name)
 
 

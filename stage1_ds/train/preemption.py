@@ -1,9 +1,19 @@
-"""Preemption notices: SIGTERM or SIGUSR1 ask the training loop to save a checkpoint and stop."""
+"""Preemption notices: SIGTERM or SIGUSR1 ask the training loop to save a checkpoint and stop.
+
+A scheduler may signal one rank, or every rank at slightly different moments; the ranks agree on the
+step to stop at with one all-reduce per step (`StopFlag.agreed`), so they all save the same checkpoint
+and none is left waiting in a collective. A second signal to the same process while the first is being
+honoured is not swallowed: it goes to the previous handler (by default, the process ends), so a run that
+cannot finish its checkpoint can still be stopped.
+"""
 
 from __future__ import annotations
 
+import os
 import signal
 from typing import Any
+
+import torch
 
 
 class StopFlag:
@@ -14,10 +24,22 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.raised = False
+        self._signalled = False  # this process itself received a signal (raised may come from another rank)
         self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.raised = True
+        if self._signalled:  # asked again: let the previous handler act (by default, the process ends)
+            signal.signal(signum, self._previous[signal.Signals(signum)])
+            os.kill(os.getpid(), signum)
+            return
+        self._signalled = self.raised = True
+
+    def agreed(self, device: torch.device) -> bool:
+        """Whether any rank has been asked to stop. Collective: every rank calls it after every step."""
+        flag = torch.tensor([float(self.raised)], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        self.raised = bool(flag.item())
+        return self.raised
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():

@@ -24,6 +24,15 @@ def phase_start(index: int, phases: list[PhaseConfig]) -> int:
     return start
 
 
+def rewarmup_steps(index: int, phases: list[PhaseConfig], optimizer: OptimizerConfig) -> int:
+    """Re-warmup length of phase ``index``: as configured, else none for the first phase and the run's
+    ``warmup_steps`` for every later one."""
+    configured = phases[index].rewarmup_steps
+    if configured is not None:
+        return configured
+    return 0 if index == 0 else optimizer.warmup_steps
+
+
 def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_ratio: float) -> float:
     """Linear warmup to 1 over ``warmup_steps``, then cosine down to ``min_ratio`` at ``max_steps``."""
     if warmup_steps > 0 and step < warmup_steps:
@@ -35,10 +44,10 @@ def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_ratio: float
 
 def lr_multiplier(step: int, optimizer: OptimizerConfig, phases: list[PhaseConfig], max_steps: int) -> float:
     """The factor every group's base lr is multiplied by at global step ``step``: warmup + cosine over the
-    whole run, times the current phase's linear re-warmup if it has one."""
+    whole run, times the current phase's linear re-warmup (`rewarmup_steps`)."""
     factor = warmup_cosine(step, optimizer.warmup_steps, max_steps, optimizer.min_lr_ratio)
     index = phase_index(step, phases)
-    rewarmup = phases[index].rewarmup_steps
+    rewarmup = rewarmup_steps(index, phases, optimizer)
     since = step - phase_start(index, phases)
     if rewarmup > 0 and since < rewarmup:
         factor *= (since + 1) / rewarmup

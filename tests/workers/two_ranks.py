@@ -1,7 +1,12 @@
-"""Run by tests/test_two_ranks.py under the deepspeed launcher: three ZeRO-2 steps, one JSON per rank."""
+"""Run by tests/test_two_ranks.py under the deepspeed launcher: three ZeRO-2 steps, one JSON per rank.
+
+Rank 1 drops the h4 timeframe from every sample (`DROPPED_ON_RANK_1`), so its h4 head and stem get no
+loss term of their own: ZeRO-2 must still see the same gradients on both ranks.
+"""
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +23,8 @@ from stage1_ds.model.stage1 import Stage1Model
 from stage1_ds.train.checkpoint import TrainState, save_checkpoint, write_run_files
 from stage1_ds.train.engine import build_ds_config, build_engine, init_distributed
 
+DROPPED_ON_RANK_1 = {"h4": 0.0}
+
 
 def main(data_dir: str, out_dir: str, ds_config: str) -> None:
     rank, world = init_distributed()
@@ -25,8 +32,9 @@ def main(data_dir: str, out_dir: str, ds_config: str) -> None:
     torch.manual_seed(0)
     model = Stage1Model(config.model, config.data)
     model.set_phase(Phase.FULL)
-    bundle = build_engine(model, config, build_ds_config(config, None), 0)
-    data = MaskedWindows(WindowDataset(data_dir, "train", config.data), config.model.masking, 8, seed=0)
+    bundle = build_engine(model, config, build_ds_config(config, None))
+    data_config = replace(config.data, keep_probability=DROPPED_ON_RANK_1 if rank == 1 else {})
+    data = MaskedWindows(WindowDataset(data_dir, "train", data_config), config.model.masking, 8, seed=0)
     sampler = WindowSampler(len(data), config.train.micro_batch_size, seed=0, rank=rank, world_size=world)
     losses, ids = [], []
     for b in range(3):

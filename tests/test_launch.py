@@ -1,0 +1,96 @@
+"""Launching and preemption: the launch scripts parse, and SIGTERM/SIGUSR1 save a checkpoint and stop the run
+cleanly, whichever rank receives them."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import REPO, deepspeed_command, fresh_process_env
+from stage1_ds.train.checkpoint import checkpoint_dir, latest_tag, read_meta
+
+#: A run that would go on for a long time: it ends only when it is asked to stop.
+ENDLESS = [
+    "--config",
+    str(REPO / "configs" / "demo_cpu.yaml"),
+    "model.encoder.preset=tiny",
+    "data.window_bars=16",
+    "train.micro_batch_size=4",
+    "train.max_steps=100000",
+    "train.phases=[{name: full}]",
+    "train.save_every_steps=3",
+    "train.eval_every_steps=100000",
+    "train.image_every_steps=100000",
+    "train.log_every_steps=100000",
+]
+
+
+@pytest.mark.parametrize("script", sorted((REPO / "launch").iterdir()), ids=lambda p: p.name)
+def test_launch_scripts_parse(script: Path) -> None:
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def _start(command: list[str], log: Path) -> subprocess.Popen:
+    with log.open("w") as out:
+        return subprocess.Popen(
+            command, cwd=REPO, env=fresh_process_env(), stdout=out, stderr=subprocess.STDOUT, text=True
+        )
+
+
+def _wait_for_a_checkpoint(process: subprocess.Popen, run: Path, log: Path) -> None:
+    deadline = time.time() + 120
+    while latest_tag(run) is None:
+        assert process.poll() is None, log.read_text()[-3000:]
+        assert time.time() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.2)
+
+
+def _assert_stopped_cleanly(process: subprocess.Popen, run: Path, log: Path, ranks: int) -> None:
+    try:
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:  # a rank left waiting in a collective: the failure this guards against
+            for child in psutil.Process(process.pid).children(recursive=True):
+                child.kill()
+            process.kill()
+    output = log.read_text()
+    assert process.returncode == 0, output[-3000:]
+    tag, meta = read_meta(run)
+    assert f"stopped at step {meta['global_step']} after saving a checkpoint" in output
+    assert meta["global_step"] > 3, "stopped where the signal came, not at a periodic save"
+    rng_files = sorted(p.name for p in (checkpoint_dir(run) / tag).glob("rng_rank*.pt"))
+    assert rng_files == [f"rng_rank{r}.pt" for r in range(ranks)], "every rank saved the same step"
+
+
+def test_sigterm_saves_and_stops_a_single_process_run(synthetic_small: Path, tmp_path: Path) -> None:
+    run, log = tmp_path / "run", tmp_path / "log.txt"
+    command = [sys.executable, "-m", "stage1_ds", "train", "--data", str(synthetic_small), "--out", str(run)]
+    process = _start([*command, *ENDLESS], log)
+    _wait_for_a_checkpoint(process, run, log)
+    time.sleep(0.5)  # a few steps past the periodic save
+    process.send_signal(signal.SIGTERM)
+    _assert_stopped_cleanly(process, run, log, ranks=1)
+
+
+@pytest.mark.slow
+def test_sigusr1_to_one_rank_stops_both_at_the_same_step(synthetic_small: Path, tmp_path: Path) -> None:
+    run, log = tmp_path / "run", tmp_path / "log.txt"
+    script = str(REPO / "scripts" / "train_stage1.py")
+    process = _start(
+        deepspeed_command(2, script, "--data", str(synthetic_small), "--out", str(run), *ENDLESS), log
+    )
+    _wait_for_a_checkpoint(process, run, log)
+    time.sleep(0.5)
+    ranks = [
+        p for p in psutil.Process(process.pid).children(recursive=True) if "--local_rank=1" in p.cmdline()
+    ]
+    assert len(ranks) == 1, [p.cmdline() for p in psutil.Process(process.pid).children(recursive=True)]
+    ranks[0].send_signal(signal.SIGUSR1)  # rank 1 only, as a scheduler might
+    _assert_stopped_cleanly(process, run, log, ranks=2)
