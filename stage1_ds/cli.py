@@ -181,15 +181,34 @@ def _run_convert(args: argparse.Namespace) -> int:
 
 
 def _add_model_data_split(p: argparse.ArgumentParser) -> None:
-    """``--model``, ``--data`` and ``--split``: what `evaluate` and `encode` read."""
+    """``--model``, ``--data``, ``--split`` and ``--allow-other-stats``: what `evaluate` and `encode` read."""
     p.add_argument("--model", type=Path, required=True, help="an export folder (stage1 convert)")
     p.add_argument("--data", type=Path, required=True, help="a prepared data folder")
     p.add_argument("--split", choices=list(SPLITS), default="test")
+    p.add_argument(
+        "--allow-other-stats",
+        action="store_true",
+        help="go on (with a warning) when the data folder's feature statistics differ from the model's",
+    )
+
+
+def _model_stats(args: argparse.Namespace) -> dict:
+    """The export's feature statistics, checked against the data folder's (`model_stats`)."""
+    from stage1_ds.data.store import load_prepared, model_stats
+    from stage1_ds.model.stage1 import load_export_stats
+
+    return model_stats(load_export_stats(args.model), load_prepared(args.data), args.allow_other_stats)
 
 
 def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("evaluate", help="masked-bar reconstruction against naive baselines")
     _add_model_data_split(p)
+    p.add_argument(
+        "--mode",
+        choices=["spans", "time", "horizon", "all"],
+        default="all",
+        help="masking mode(s) to evaluate (default: all three)",
+    )
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", type=Path, help="write the report here (default: <model>/eval_<split>.json)")
@@ -197,19 +216,31 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    from stage1_ds.config import MaskingMode
     from stage1_ds.evaluate import evaluate, format_report, write_report
+    from stage1_ds.model.masking import MODES
     from stage1_ds.model.stage1 import Stage1Model, load_export_config
 
     device = "cuda" if torch_cuda_available() else "cpu"
     model = Stage1Model.from_pretrained(args.model, device)
+    modes = MODES if args.mode == "all" else (MaskingMode(args.mode),)
     report = evaluate(
-        model, args.data, load_export_config(args.model), args.split, args.batches, args.batch_size
+        model,
+        args.data,
+        load_export_config(args.model),
+        args.split,
+        args.batches,
+        args.batch_size,
+        modes=modes,
+        stats=_model_stats(args),
     )
     json_path = args.json or args.model / f"eval_{args.split}.json"
     figure_path = json_path.with_suffix(".png")
     write_report(report, json_path, figure_path)
     print(format_report(report))
-    print(f"report: {json_path}; figures: {figure_path} and {figure_path.stem}_example.png")
+    print(
+        f"report: {json_path}; figures: {figure_path.stem}_<mode>.png and {figure_path.stem}_<mode>_example.png"
+    )
     return 0
 
 
@@ -229,7 +260,14 @@ def _run_encode(args: argparse.Namespace) -> int:
     from stage1_ds.model.stage1 import Stage1Model
 
     model = Stage1Model.from_pretrained(args.model, "cuda" if torch_cuda_available() else "cpu")
-    arrays = encode(model, args.data, args.split, batch_size=args.batch_size, max_batches=args.max_batches)
+    arrays = encode(
+        model,
+        args.data,
+        args.split,
+        batch_size=args.batch_size,
+        max_batches=args.max_batches,
+        stats=_model_stats(args),
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     for name, array in arrays.items():
         np.save(args.out / f"{name}.npy", array)

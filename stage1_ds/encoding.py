@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ def batch_from_arrays(features: dict[str, np.ndarray]) -> Batch:
     zeros = torch.zeros(n, dtype=torch.int64)
     return Batch(
         windows=windows,
-        anchor_price=torch.ones(n, dtype=torch.float64),
+        reference_price=torch.ones(n, dtype=torch.float64),
         anchor_time=zeros,
         instrument=zeros,
         sample_id=torch.arange(n),
@@ -61,8 +62,12 @@ def encode(
     features: dict[str, np.ndarray] | None = None,
     batch_size: int = 256,
     max_batches: int | None = None,
+    stats: dict[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """Embeddings of a prepared split (every anchor in order, or ``max_batches`` batches) or of raw arrays.
+
+    ``stats``: feature statistics to scale with (the model's, `stage1_ds.data.store.model_stats`); None: the
+    data folder's own.
 
     Returns:
         ``{tf}_pooled`` (N, d_model) and ``{tf}_tokens`` (N, P, d_model) per timeframe, plus
@@ -78,7 +83,7 @@ def encode(
     else:
         if data_dir is None:
             raise ValueError("encode needs data_dir or features")
-        windows = WindowDataset(data_dir, split, model_data_config(model), seed=0)
+        windows = WindowDataset(data_dir, split, model_data_config(model), seed=0, stats=stats)
         total = len(windows) if max_batches is None else min(len(windows), max_batches * batch_size)
         batches = (
             windows.batch(np.arange(i, min(i + batch_size, total))) for i in range(0, total, batch_size)

@@ -1,23 +1,21 @@
-"""`stage1 evaluate`: masked-bar reconstruction of an exported model against naive baselines.
+"""`stage1 evaluate`: masked-bar reconstruction of an exported model against simple rules, per masking mode.
 
-Windows of a split are masked with a fixed seed (the export's masking config); on exactly those masked
-bars of kept timeframes the model and three baselines are scored:
-
-- ``linear_interpolation``: each feature interpolated linearly across each masked span from the visible
-  bars at its edges (held flat beyond the first or last visible bar);
-- ``last_close``: the last visible close carried forward into every feature of the masked bars (the first
-  visible close for a span at the start);
-- ``train_mean``: the training split's mean of each feature at each position of the window.
-
-Errors are MSE and MAE in the scaled feature space and in basis points of price (feature error x scale x
-1e4, since features are log price ratios). The report also gives the model's error over the best
-baseline's and the cross-timeframe inconsistency of the model's reconstructions.
+For each masking mode (``spans``, ``time``, ``horizon``; see `stage1_ds.model.masking`) windows of a split
+are masked with a fixed seed; on exactly those masked bars of kept timeframes the model and the baselines
+of `stage1_ds.baselines` (which see the same visible bars) are scored. Errors are MSE and MAE in the
+scaled feature space and in basis points of price (feature error x scale x 1e4, features being log price
+ratios). Per mode the report gives every method's errors per timeframe and overall, the best baseline and
+the model's ratio to it, the masked share and the share of masked bars the visible bars of other
+timeframes determine exactly, the cross-timeframe inconsistency of the model's reconstructions, and in
+``horizon`` mode the accuracy of the direction of the predicted last close against the last visible close,
+the sample's reference price (with its 95% Wilson interval).
 """
 
 from __future__ import annotations
 
+import copy
 import json
-from collections.abc import Callable
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,78 +23,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from stage1_ds.config import Config
+from stage1_ds.baselines import (
+    Predictor,
+    cross_timeframe_rules,
+    last_close,
+    linear_interpolation,
+    recoverable,
+    train_mean_predictor,
+)
+from stage1_ds.config import Config, MaskingMode
 from stage1_ds.data.batch import Batch
 from stage1_ds.data.windows import WindowDataset, WindowSampler
 from stage1_ds.model.losses import cross_timeframe_terms
-from stage1_ds.model.masking import MaskedWindows
+from stage1_ds.model.masking import MODES, MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model
 from stage1_ds.plots import masked_window_figure
 
-BASELINES = ("linear_interpolation", "last_close", "train_mean")
-Predictor = Callable[[Batch], dict[str, torch.Tensor]]
-
-
-def linear_interpolation(batch: Batch) -> dict[str, torch.Tensor]:
-    """Per feature, linear interpolation across masked bars from the visible ones."""
-    out = {}
-    for tf, window in batch.windows.items():
-        features = window.features.numpy()
-        visible = ~window.mask.numpy()  # type: ignore[union-attr]
-        pred = features.copy()
-        positions = np.arange(features.shape[1])
-        for b in range(features.shape[0]):
-            known = positions[visible[b]]
-            if len(known) == 0:
-                pred[b] = 0.0
-                continue
-            for f in range(features.shape[2]):
-                pred[b, :, f] = np.interp(positions, known, features[b, known, f])
-        out[tf] = torch.from_numpy(pred)
-    return out
-
-
-def last_close(batch: Batch) -> dict[str, torch.Tensor]:
-    """The last visible close (the next visible one at the window start) in every feature of masked bars."""
-    out = {}
-    for tf, window in batch.windows.items():
-        features = window.features.numpy()
-        visible = ~window.mask.numpy()  # type: ignore[union-attr]
-        length = features.shape[1]
-        index = np.where(visible, np.arange(length), -1)
-        last = np.maximum.accumulate(index, axis=1)  # last visible position at or before each bar
-        first_visible = np.argmax(visible, axis=1)
-        source = np.where(last >= 0, last, first_visible[:, None])
-        close = np.take_along_axis(features[..., 3], source, axis=1)
-        pred = np.where(visible[..., None], features, close[..., None])
-        out[tf] = torch.from_numpy(pred.astype(np.float32))
-    return out
-
-
-def train_mean_predictor(
-    data_dir: Path, config: Config, batches: int = 16, batch_size: int = 64
-) -> Predictor:
-    """The training split's mean feature per timeframe and window position, as a constant prediction."""
-    windows = WindowDataset(data_dir, "train", config.data, seed=config.seed)
-    sampler = WindowSampler(len(windows), min(batch_size, len(windows)), seed=12345, num_batches=batches)
-    sums: dict[str, torch.Tensor] = {}
-    count = 0
-    for ids in sampler:
-        batch = windows.batch(np.asarray(ids))
-        for tf, window in batch.windows.items():
-            sums[tf] = sums.get(tf, 0) + window.features.sum(0)
-        count += batch.size
-    means = {tf: s / count for tf, s in sums.items()}
-
-    def predict(batch: Batch) -> dict[str, torch.Tensor]:
-        return {tf: means[tf].expand_as(w.features).clone() for tf, w in batch.windows.items()}
-
-    return predict
+BASELINES = ("linear_interpolation", "last_close", "train_mean", "cross_timeframe_rules")
 
 
 @dataclass
 class Scores:
-    """Running sums of errors on masked bars, per timeframe."""
+    """Running sums of errors on masked bars of one timeframe."""
 
     squared: float = 0.0
     absolute: float = 0.0
@@ -104,9 +52,11 @@ class Scores:
     absolute_bps: float = 0.0
     count: int = 0
 
-    def add(self, pred: torch.Tensor, batch: Batch, tf: str) -> None:
+    def add(self, pred: torch.Tensor, batch: Batch, tf: str, rows: torch.Tensor) -> None:
+        """Add the errors of the masked bars of the samples ``rows`` (B,) bool."""
         window = batch.windows[tf]
-        selected = (window.mask & window.valid).unsqueeze(-1).expand_as(window.features)  # type: ignore[operator]
+        scored = window.mask & window.valid & rows[:, None]  # type: ignore[operator]
+        selected = scored.unsqueeze(-1).expand_as(window.features)
         error = (pred.float() - window.features)[selected]
         scale = window.scale[:, None, None].expand_as(window.features)[selected]
         bps = error * scale * 1e4
@@ -115,6 +65,15 @@ class Scores:
         self.squared_bps += float(bps.pow(2).sum())
         self.absolute_bps += float(bps.abs().sum())
         self.count += int(selected.sum())
+
+    def merged(self, other: Scores) -> Scores:
+        return Scores(
+            self.squared + other.squared,
+            self.absolute + other.absolute,
+            self.squared_bps + other.squared_bps,
+            self.absolute_bps + other.absolute_bps,
+            self.count + other.count,
+        )
 
     def summary(self) -> dict[str, float]:
         n = max(self.count, 1)
@@ -127,6 +86,28 @@ class Scores:
         }
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% for z = 1.96); (nan, nan) for n = 0."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def model_predictor(model: Stage1Model) -> Predictor:
+    """A `Stage1Model` as a function from a batch to its reconstructions (on the model's device)."""
+
+    def predict(batch: Batch) -> dict[str, torch.Tensor]:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            out = model(batch.to(device)).reconstruction
+        return {tf: v.float().cpu() for tf, v in out.items()}
+
+    return predict
+
+
 def evaluate(
     model: Stage1Model | Predictor,
     data_dir: Path,
@@ -135,76 +116,127 @@ def evaluate(
     batches: int = 20,
     batch_size: int = 64,
     seed: int = 2024,
+    modes: tuple[MaskingMode, ...] = MODES,
+    stats: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score ``model`` (a `Stage1Model` or any function from a batch to reconstructions) and the baselines.
+    """Score ``model`` (a `Stage1Model` or any function from a batch to reconstructions) and the baselines
+    in each masking mode of ``modes``.
+
+    Args:
+        stats: feature statistics to scale with (the model's, `stage1_ds.data.store.model_stats`); None: the
+            data folder's own.
 
     Returns:
-        The report: per timeframe and overall, each method's errors, the model's ratio to each baseline
-        and to the best one, and the model's cross-timeframe inconsistency.
+        The report: ``modes.<mode>.timeframes.<tf>`` and ``modes.<mode>.overall``, each with every method's
+        errors, ``best_baseline`` and ``ratio_to_best_baseline``; per mode also ``masked_share``,
+        ``recoverable_share``, ``cross_timeframe_inconsistency`` and (horizon) ``direction``.
     """
     config.validate()
-    windows = WindowDataset(data_dir, split, config.data, seed=seed)
-    data = MaskedWindows(windows, config.model.masking, config.model.patch_len, seed=seed)
-    size = min(batch_size, len(data))
-    sampler = WindowSampler(len(data), size, seed=seed, num_batches=min(batches, max(1, len(data) // size)))
-    predict: Predictor
-    if isinstance(model, Stage1Model):
-        stage1 = model
-
-        def predict(batch: Batch) -> dict[str, torch.Tensor]:
-            device = next(stage1.parameters()).device
-            with torch.no_grad():
-                out = stage1(batch.to(device)).reconstruction
-            return {tf: v.float().cpu() for tf, v in out.items()}
-
-    else:
-        predict = model
+    predict = model_predictor(model) if isinstance(model, Stage1Model) else model
+    train_mean = train_mean_predictor(data_dir, config, stats=stats)
     methods: dict[str, Predictor] = {
         "model": predict,
         "linear_interpolation": linear_interpolation,
         "last_close": last_close,
-        "train_mean": train_mean_predictor(data_dir, config),
+        "train_mean": train_mean,
+        "cross_timeframe_rules": cross_timeframe_rules,
     }
-    scores = {m: {tf.value: Scores() for tf in windows.timeframes} for m in methods}
-    inconsistency: dict[str, list[float]] = {}
-    example: dict[str, Any] | None = None
-    for ids in sampler:
-        batch = data.batch(np.asarray(ids))
-        for method, fn in methods.items():
-            preds = fn(batch)
-            for tf in preds:
-                scores[method][tf].add(preds[tf], batch, tf)
-            if method == "model":
-                for tf, term in cross_timeframe_terms(preds, batch).items():
-                    if term.count > 0:
-                        inconsistency.setdefault(tf, []).append(float(term.value))
-                example = example or {"batch": batch, "preds": preds}
-    report: dict[str, Any] = {
-        "split": split,
-        "batches": len(sampler),
-        "samples": len(sampler) * size,
-        "timeframes": {},
-        "overall": {},
-    }
-    for tf in [t.value for t in windows.timeframes]:
-        entry = {m: scores[m][tf].summary() for m in methods}
-        report["timeframes"][tf] = _with_ratios(entry)
-    total = {m: _merge([scores[m][tf] for tf in scores[m]]).summary() for m in methods}
-    report["overall"] = _with_ratios(total)
-    report["cross_timeframe_inconsistency"] = {tf: float(np.mean(v)) for tf, v in inconsistency.items()}
-    report["example"] = example
+    windows = WindowDataset(data_dir, split, config.data, seed=seed, stats=stats)
+    report: dict[str, Any] = {"split": split, "modes": {}}
+    for mode in modes:
+        masking = copy.deepcopy(config.model.masking)
+        masking.modes = {mode.value: 1.0}
+        data = MaskedWindows(windows, masking, config.model.patch_len, seed=seed)
+        size = min(batch_size, len(data))
+        sampler = WindowSampler(
+            len(data), size, seed=seed, num_batches=min(batches, max(1, len(data) // size))
+        )
+        report["modes"][mode.value] = _evaluate_mode(
+            mode, data, sampler, methods, [t.value for t in windows.timeframes]
+        )
     return report
 
 
-def _merge(parts: list[Scores]) -> Scores:
-    merged = Scores()
-    for p in parts:
-        merged.squared += p.squared
-        merged.absolute += p.absolute
-        merged.squared_bps += p.squared_bps
-        merged.absolute_bps += p.absolute_bps
-        merged.count += p.count
-    return merged
+def _evaluate_mode(
+    mode: MaskingMode,
+    data: MaskedWindows,
+    sampler: WindowSampler,
+    methods: dict[str, Predictor],
+    timeframes: list[str],
+) -> dict[str, Any]:
+    scores = {m: {tf: Scores() for tf in timeframes} for m in methods}
+    inconsistency: dict[str, list[float]] = {}
+    masked = {tf: [0, 0] for tf in timeframes}  # masked bars, kept bars
+    recovered = {tf: 0 for tf in timeframes}
+    direction = {tf: [0, 0] for tf in timeframes}  # right, scored
+    samples, example = 0, None
+    for ids in sampler:
+        batch = data.batch(np.asarray(ids))
+        assert batch.mask_mode is not None
+        rows = batch.mask_mode == MODES.index(mode)  # samples that fell back to spans are left out
+        samples += int(rows.sum())
+        exact = recoverable(batch)
+        for tf in timeframes:
+            window = batch.windows[tf]
+            kept = window.valid & rows[:, None]
+            masked[tf][0] += int((window.mask & kept).sum())  # type: ignore[operator]
+            masked[tf][1] += int(kept.sum())
+            recovered[tf] += int((torch.from_numpy(exact[tf]) & kept).sum())
+        for method, fn in methods.items():
+            preds = fn(batch)
+            for tf in timeframes:
+                scores[method][tf].add(preds[tf], batch, tf, rows)
+            if method != "model":
+                continue
+            for tf, term in cross_timeframe_terms(preds, batch).items():
+                if term.count > 0:
+                    inconsistency.setdefault(tf, []).append(float(term.value))
+            if mode == MaskingMode.HORIZON:
+                for tf in timeframes:
+                    right, scored = _direction(preds[tf], batch, tf, rows)
+                    direction[tf][0] += right
+                    direction[tf][1] += scored
+            if example is None and bool(rows.any()):
+                first = int(torch.nonzero(rows)[0])
+                example = {"batch": batch, "preds": preds, "sample": first}
+    entry: dict[str, Any] = {"samples": samples, "timeframes": {}}
+    for tf in timeframes:
+        entry["timeframes"][tf] = _with_ratios({m: scores[m][tf].summary() for m in methods})
+    overall = {m: _sum(scores[m][tf] for tf in timeframes).summary() for m in methods}
+    entry["overall"] = _with_ratios(overall)
+    entry["masked_share"] = {tf: m / max(k, 1) for tf, (m, k) in masked.items()}
+    entry["recoverable_share"] = {tf: recovered[tf] / max(masked[tf][0], 1) for tf in timeframes}
+    entry["cross_timeframe_inconsistency"] = {tf: float(np.mean(v)) for tf, v in inconsistency.items()}
+    if mode == MaskingMode.HORIZON:
+        entry["direction"] = {}
+        for tf, (right, scored) in direction.items():
+            low, high = wilson_interval(right, scored)
+            entry["direction"][tf] = {
+                "accuracy": right / scored if scored else float("nan"),
+                "low": low,
+                "high": high,
+                "n": scored,
+            }
+    entry["example"] = example
+    return entry
+
+
+def _direction(pred: torch.Tensor, batch: Batch, tf: str, rows: torch.Tensor) -> tuple[int, int]:
+    """Of the samples whose last ``tf`` bar is masked and whose price moved: how often the predicted last
+    close lies on the same side of the last visible close (the reference price, feature 0) as the true."""
+    window = batch.windows[tf]
+    assert window.mask is not None
+    truth = torch.sign(window.features[:, -1, 3])
+    guess = torch.sign(pred[:, -1, 3].float())
+    scored = window.mask[:, -1] & window.valid[:, -1] & rows & (truth != 0)
+    return int(((truth == guess) & scored).sum()), int(scored.sum())
+
+
+def _sum(parts: Any) -> Scores:
+    total = Scores()
+    for part in parts:
+        total = total.merged(part)
+    return total
 
 
 def _with_ratios(entry: dict[str, dict[str, float]]) -> dict[str, Any]:
@@ -215,57 +247,82 @@ def _with_ratios(entry: dict[str, dict[str, float]]) -> dict[str, Any]:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = [
-        f"split {report['split']}: {report['samples']} windows, masked bars only; MSE in feature units, "
-        "RMSE in basis points",
-        f"{'timeframe':<10}{'model':>10}{'interp':>10}{'last close':>11}{'train mean':>11}"
-        f"{'model bps':>11}{'interp bps':>11}{'model/best':>11}",
-    ]
-    rows = [*report["timeframes"].items(), ("overall", report["overall"])]
-    for tf, e in rows:
+    """A plain-text table per mode: MSE of each method, the model in bps, and model / best baseline."""
+    lines = [f"split {report['split']}: masked bars only; MSE in feature units, RMSE in basis points"]
+    short = {
+        "linear_interpolation": "interp",
+        "last_close": "last",
+        "train_mean": "mean",
+        "cross_timeframe_rules": "rules",
+    }
+    for mode, entry in report["modes"].items():
+        lines.append(f"mode {mode}: {entry['samples']} windows")
         lines.append(
-            f"{tf:<10}{e['model']['mse']:>10.4f}{e['linear_interpolation']['mse']:>10.4f}"
-            f"{e['last_close']['mse']:>11.4f}{e['train_mean']['mse']:>11.4f}"
-            f"{e['model']['rmse_bps']:>11.2f}{e['linear_interpolation']['rmse_bps']:>11.2f}"
-            f"{e['ratio_to_best_baseline']:>11.3f}"
+            f"{'timeframe':<10}{'masked':>8}{'model':>9}"
+            + "".join(f"{short[b]:>9}" for b in BASELINES)
+            + f"{'model bps':>11}{'best':>8}{'model/best':>11}"
         )
-    inconsistency = ", ".join(f"{tf} {v:.4f}" for tf, v in report["cross_timeframe_inconsistency"].items())
-    lines.append(
-        f"cross-timeframe inconsistency of the model (units of the coarser scale^2): {inconsistency}"
-    )
+        rows = [*entry["timeframes"].items(), ("overall", entry["overall"])]
+        for tf, e in rows:
+            share = entry["masked_share"].get(tf)
+            lines.append(
+                f"{tf:<10}{'' if share is None else f'{share:.2f}':>8}{e['model']['mse']:>9.4f}"
+                + "".join(f"{e[b]['mse']:>9.4f}" for b in BASELINES)
+                + f"{e['model']['rmse_bps']:>11.2f}{short[e['best_baseline']]:>8}{e['ratio_to_best_baseline']:>11.3f}"
+            )
+        if "direction" in entry:
+            lines.append(
+                "direction of the last close vs the last visible one: "
+                + ", ".join(
+                    f"{tf} {d['accuracy']:.3f} [{d['low']:.3f}, {d['high']:.3f}] n={d['n']}"
+                    for tf, d in entry["direction"].items()
+                    if d["n"]
+                )
+            )
     return "\n".join(lines)
 
 
 def write_report(report: dict[str, Any], json_path: Path | None, figure_path: Path | None) -> None:
-    """The JSON report (without the example batch) and a PNG: errors per timeframe, then one example."""
+    """The JSON report (without the example batches) and per mode two PNGs: errors per timeframe
+    (``<figure>_<mode>.png``) and one example window (``<figure>_<mode>_example.png``)."""
     if json_path is not None:
-        json_path.write_text(json.dumps({k: v for k, v in report.items() if k != "example"}, indent=2) + "\n")
+        clean = {
+            **report,
+            "modes": {m: {k: v for k, v in e.items() if k != "example"} for m, e in report["modes"].items()},
+        }
+        json_path.write_text(json.dumps(clean, indent=2) + "\n")
     if figure_path is None:
         return
     from matplotlib import pyplot as plt
 
-    names = list(report["timeframes"])
-    methods = ["model", *BASELINES]
-    figure, ax = plt.subplots(figsize=(9, 3.5))
-    width = 0.8 / len(methods)
-    for i, method in enumerate(methods):
-        values = [report["timeframes"][tf][method]["rmse_bps"] for tf in names]
-        ax.bar(np.arange(len(names)) + i * width, values, width, label=method)
-    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
-    ax.set_ylabel("RMSE on masked bars (bps)")
-    ax.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(figure_path, dpi=110)
-    plt.close(figure)
-    example = report.get("example")
-    if example:
-        batch, preds = example["batch"], example["preds"]
-        window_figure = masked_window_figure(
-            names,
-            {tf: batch.windows[tf].features[0].numpy() for tf in names},
-            {tf: preds[tf][0].numpy() for tf in names},
-            {tf: batch.windows[tf].mask[0].numpy() for tf in names},
-            {tf: batch.windows[tf].valid[0].numpy() for tf in names},
-        )
-        window_figure.savefig(figure_path.with_name(figure_path.stem + "_example.png"), dpi=110)
-        plt.close(window_figure)
+    for mode, entry in report["modes"].items():
+        names = list(entry["timeframes"])
+        methods = ["model", *BASELINES]
+        figure, ax = plt.subplots(figsize=(9, 3.5))
+        width = 0.8 / len(methods)
+        for i, method in enumerate(methods):
+            values = [entry["timeframes"][tf][method]["rmse_bps"] for tf in names]
+            ax.bar(np.arange(len(names)) + i * width, values, width, label=method)
+        ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
+        ax.set_ylabel("RMSE on masked bars (bps)")
+        ax.set_title(f"masking mode {mode}")
+        ax.legend(fontsize=8)
+        figure.tight_layout()
+        figure.savefig(_mode_path(figure_path, mode), dpi=110)
+        plt.close(figure)
+        example = entry.get("example")
+        if example:
+            batch, preds, i = example["batch"], example["preds"], example["sample"]
+            window_figure = masked_window_figure(
+                names,
+                {tf: batch.windows[tf].features[i].numpy() for tf in names},
+                {tf: preds[tf][i].numpy() for tf in names},
+                {tf: batch.windows[tf].mask[i].numpy() for tf in names},
+                {tf: batch.windows[tf].valid[i].numpy() for tf in names},
+            )
+            window_figure.savefig(_mode_path(figure_path, mode, "_example"), dpi=110)
+            plt.close(window_figure)
+
+
+def _mode_path(figure_path: Path, mode: str, suffix: str = "") -> Path:
+    return figure_path.with_name(f"{figure_path.stem}_{mode}{suffix}{figure_path.suffix}")

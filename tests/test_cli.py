@@ -27,14 +27,13 @@ def test_convert_evaluate_and_encode_through_the_command_line(
 
     report_path = tmp_path / "eval.json"
     evaluate_args = ["--model", str(export), "--data", str(synthetic_small), "--split", "val"]
-    assert (
-        main(["evaluate", *evaluate_args, "--batches", "2", "--batch-size", "8", "--json", str(report_path)])
-        == 0
-    )
+    options = ["--mode", "time", "--batches", "2", "--batch-size", "8", "--json", str(report_path)]
+    assert main(["evaluate", *evaluate_args, *options]) == 0
     report = json.loads(report_path.read_text())
-    assert report["split"] == "val" and report["samples"] == 16 and "model" in report["overall"]
-    assert (tmp_path / "eval.png").is_file() and (tmp_path / "eval_example.png").is_file()
-    assert "overall" in capsys.readouterr().out
+    assert report["split"] == "val" and list(report["modes"]) == ["time"]
+    assert report["modes"]["time"]["samples"] == 16 and "model" in report["modes"]["time"]["overall"]
+    assert (tmp_path / "eval_time.png").is_file() and (tmp_path / "eval_time_example.png").is_file()
+    assert "mode time: 16 windows" in capsys.readouterr().out
 
     out = tmp_path / "embeddings"
     encode_args = ["--model", str(export), "--data", str(synthetic_small), "--split", "val"]

@@ -208,6 +208,7 @@ def test_every_shipped_config_validates() -> None:
     for path in shipped:
         config = load_config(path)
         assert path.read_text().startswith("# "), f"{path.name} starts with the command that runs it"
+        assert "modes:" in path.read_text() and len(config.model.masking.modes) > 1, f"{path.name}: a mixture"
         build_ds_config(config, None)
 
 

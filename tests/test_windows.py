@@ -93,14 +93,14 @@ def test_every_window_ends_at_the_latest_complete_bar_before_the_anchor(eurusd_2
             assert start[b, -1] == complete[-1]
 
 
-def test_anchor_price_is_the_anchor_close_and_features_invert(eurusd_2019: Path) -> None:
+def test_unmasked_windows_take_the_anchor_close_as_reference_and_features_invert(eurusd_2019: Path) -> None:
     dataset = WindowDataset(eurusd_2019, "test", DataConfig())
     ids = _ids(dataset, 16)
     batch = dataset.batch(ids)
     m1 = dataset.true_ohlc(ids, Timeframe.M1)
-    np.testing.assert_array_equal(batch.anchor_price.numpy(), m1[:, -1, 3])
+    np.testing.assert_allclose(batch.reference_price.numpy(), m1[:, -1, 3], rtol=1e-12)
     for name, window in batch.windows.items():
-        prices = to_prices(window.features.numpy(), batch.anchor_price.numpy(), window.scale.numpy())
+        prices = to_prices(window.features.numpy(), batch.reference_price.numpy(), window.scale.numpy())
         np.testing.assert_allclose(prices, dataset.true_ohlc(ids, Timeframe(name)), rtol=1e-6)
 
 

@@ -1,8 +1,8 @@
 """The batch contract between data, model, losses, evaluation and encoding.
 
 A `Batch` holds one `TimeframeWindow` per timeframe, finest first, plus what every timeframe of a sample
-shares (reference price, anchor time, instrument, sample id). `stage1_ds.data.windows` builds batches,
-`stage1_ds.model.masking` adds the masks, the model, the losses, `stage1 evaluate` and `stage1 encode`
+shares (reference price, anchor time, instrument, sample id, masking mode). `stage1_ds.data.windows` builds
+batches (masked by `stage1_ds.model.masking`); the model, the losses, `stage1 evaluate` and `stage1 encode`
 read them.
 """
 
@@ -26,8 +26,7 @@ class TimeframeWindow:
             this bar, or -1 when that bar is not in the coarser window, its bucket is not wholly inside
             this window, or either timeframe is dropped. None for the coarsest timeframe.
         scale: (B,) float32 the feature scale of the sample's instrument for this timeframe.
-        mask: (B, L) bool, bars hidden from the encoder and reconstructed; None until masking adds it
-            (`stage1_ds.model.masking`).
+        mask: (B, L) bool, bars hidden from the encoder and reconstructed; None for an unmasked batch.
     """
 
     features: torch.Tensor
@@ -54,17 +53,21 @@ class Batch:
 
     Attributes:
         windows: per timeframe name, its `TimeframeWindow`.
-        anchor_price: (B,) float64 close of the anchor 1-minute bar (``P_ref``).
+        reference_price: (B,) float64 ``P_ref`` of the features: the close of the last visible bar of the
+            sample's finest timeframe that has one (the anchor bar's close when nothing is masked).
         anchor_time: (B,) int64 end of the anchor bar, seconds.
         instrument: (B,) int64 index into the data's instrument list.
         sample_id: (B,) int64 sample ids.
+        mask_mode: (B,) int64 index into `stage1_ds.model.masking.MODES` of each sample's masking mode; None
+            for an unmasked batch.
     """
 
     windows: dict[str, TimeframeWindow]
-    anchor_price: torch.Tensor
+    reference_price: torch.Tensor
     anchor_time: torch.Tensor
     instrument: torch.Tensor
     sample_id: torch.Tensor
+    mask_mode: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -73,8 +76,9 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
             windows={tf: window.to(device) for tf, window in self.windows.items()},
-            anchor_price=self.anchor_price.to(device),
+            reference_price=self.reference_price.to(device),
             anchor_time=self.anchor_time.to(device),
             instrument=self.instrument.to(device),
             sample_id=self.sample_id.to(device),
+            mask_mode=None if self.mask_mode is None else self.mask_mode.to(device),
         )

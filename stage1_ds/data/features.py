@@ -1,7 +1,8 @@
 """The scale-free feature space shared by every timeframe of a sample.
 
-``feature = log(price / P_ref) / scale_tf`` for open, high, low and close, where ``P_ref`` is the close of
-the sample's anchor 1-minute bar and ``scale_tf`` comes from the training split's statistics. Scales are
+``feature = log(price / P_ref) / scale_tf`` for open, high, low and close, where ``P_ref`` is the sample's
+reference price (the close of its last visible bar, `stage1_ds.data.windows`) and ``scale_tf`` comes from
+the training split's statistics. Scales are
 powers of two, so dividing and multiplying by them is exact in floating point: undoing the scale gives
 back exactly ``float32(log(price / P_ref))`` for every timeframe, and the first/max/min/last aggregation
 of finer bars matches a coarser bar bit for bit (the cross-timeframe loss is exactly zero on true bars).
@@ -16,27 +17,27 @@ NUM_FEATURES = 4
 FEATURE_NAMES = ("open", "high", "low", "close")
 
 
-def to_features(log_ohlc: np.ndarray, log_anchor_price: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def to_features(log_ohlc: np.ndarray, log_reference: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Log prices to features.
 
     Args:
         log_ohlc: (B, L, 4) natural log of prices (the prepared ``log_ohlc`` arrays).
-        log_anchor_price: (B,) log of the anchor close ``P_ref`` of each sample.
+        log_reference: (B,) log of the reference price ``P_ref`` of each sample.
         scale: (B,) the timeframe's scale for each sample's instrument (a power of two).
 
     Returns:
         (B, L, 4) float32 features. Every step is monotonic in the price, so the first/max/min/last of
         finer bars maps exactly onto the coarser bar's features.
     """
-    relative = log_ohlc - log_anchor_price[:, None, None]
+    relative = log_ohlc - log_reference[:, None, None]
     relative *= (1.0 / scale.astype(np.float64))[:, None, None]  # exact: scales are powers of two
     return relative.astype(np.float32)
 
 
-def to_prices(features: np.ndarray, anchor_price: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def to_prices(features: np.ndarray, reference_price: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Invert `to_features`: (B, L, 4) features back to float64 prices."""
     logs = features.astype(np.float64) * scale.astype(np.float64)[:, None, None]
-    return np.exp(logs) * anchor_price[:, None, None]
+    return np.exp(logs) * reference_price[:, None, None]
 
 
 def power_of_two_scale(rms: float) -> float:

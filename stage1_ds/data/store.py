@@ -16,6 +16,7 @@ Each instrument owns the rows ``[begin, end)`` of every timeframe, as recorded i
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import numpy as np
 from stage1_ds.data.timeframes import Bars, Timeframe
 from stage1_ds.errors import DataError
 
+log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 _FIELDS = ("start", "ohlc", "volume", "count")
@@ -99,7 +101,53 @@ class PreparedData:
         return SplitRange(record["history_start"], record["anchor_start"], record["end"])
 
     def scale(self, instrument: str, tf: Timeframe) -> float:
-        return float(self.stats["instruments"][instrument]["scale"][tf.value])
+        return scale_of(self.stats, instrument, tf)
+
+
+def scale_of(stats: dict[str, Any], instrument: str, tf: Timeframe) -> float:
+    """The feature scale of an instrument's timeframe in a ``stats.json`` payload."""
+    return float(stats["instruments"][instrument]["scale"][tf.value])
+
+
+def model_stats(model_stats: dict[str, Any], data: PreparedData, allow_other: bool) -> dict[str, Any]:
+    """The statistics to scale a data folder's features with for a trained model: the model's own (its
+    export's ``stats.json``), so that its inputs mean what they meant in training.
+
+    Args:
+        model_stats: the export's statistics.
+        data: the folder to evaluate or encode.
+        allow_other: where the folder's statistics differ (another scale, or an instrument the model never
+            saw), warn and go on (the model's scale where it has one, else the folder's) instead of raising.
+
+    Raises:
+        DataError: naming each instrument and timeframe whose statistics differ, unless ``allow_other``.
+    """
+    known = model_stats["instruments"]
+    problems, merged = [], {name: dict(record) for name, record in known.items()}
+    for name in data.instruments:
+        own = data.stats["instruments"][name]["scale"]
+        if name not in known:
+            problems.append(
+                f"instrument {name}: the model has no statistics for it (it knows {sorted(known)})"
+            )
+            merged[name] = data.stats["instruments"][name]
+            continue
+        for tf, value in own.items():
+            theirs = known[name]["scale"].get(tf)
+            if theirs != value:
+                problems.append(
+                    f"instrument {name}, {tf}: the model scales by {theirs}, {data.root} by {value}"
+                )
+    if problems and not allow_other:
+        raise DataError(
+            f"{data.root}: feature statistics differ from the model's:\n  "
+            + "\n  ".join(problems)
+            + "\n(pass --allow-other-stats to go on with the model's scales, or the folder's where the model "
+            "has none)"
+        )
+    for problem in problems:
+        log.warning("%s", problem)
+    return {**model_stats, "instruments": merged}
 
 
 def load_prepared(data_dir: Path | str) -> PreparedData:

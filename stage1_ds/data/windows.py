@@ -5,15 +5,19 @@ A sample is anchored at the end ``t`` of one 1-minute bar. For every timeframe i
 them inside the split's history range. Windows never mix instruments or splits.
 
 Samples are addressed by *sample ids*: ``id = epoch * num_anchors + anchor``. Everything random about a
-sample (which timeframes it drops) is a hash of ``(seed, id)``, so a batch is a pure function of its ids:
-the same on any worker, after any restart, on any rank.
+sample (which timeframes it drops, its masks) is a hash of ``(seed, id)`` (`stage1_ds.data.streams`), so a
+batch is a pure function of its ids: the same on any worker, after any restart, on any rank.
+
+Features are ``log(price / P_ref) / scale_tf`` (`stage1_ds.data.features`) with one reference price per
+sample, the close of the last VISIBLE bar of its finest timeframe that has one (the anchor bar when
+nothing is masked): masks are built first, so no masked value reaches the model through the reference.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -22,21 +26,22 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from stage1_ds.config import DataConfig
 from stage1_ds.data.batch import Batch, TimeframeWindow
 from stage1_ds.data.features import to_features
-from stage1_ds.data.store import SPLITS, PreparedData, load_prepared
+from stage1_ds.data.store import SPLITS, PreparedData, load_prepared, scale_of
+from stage1_ds.data.streams import Stream, uniform_hash
 from stage1_ds.data.timeframes import BASE, Timeframe, sort_timeframes
 from stage1_ds.errors import DataError
 
 
-def uniform_hash(seed: int, ids: np.ndarray, stream: int) -> np.ndarray:
-    """Uniform floats in [0, 1) from (seed, id, stream) with the splitmix64 finaliser."""
-    x = ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    x ^= np.uint64((seed * 1_000_003 + stream * 7919) & 0xFFFFFFFFFFFFFFFF)
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
-    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+class BarMasker(Protocol):
+    """What `WindowDataset.batch` asks for masks (`stage1_ds.model.masking.Masker`)."""
+
+    def __call__(
+        self,
+        ids: np.ndarray,
+        start_time: dict[Timeframe, np.ndarray],
+        valid: dict[Timeframe, np.ndarray],
+        anchor_time: np.ndarray,
+    ) -> tuple[dict[Timeframe, np.ndarray], np.ndarray]: ...
 
 
 class WindowDataset(Dataset):
@@ -49,7 +54,16 @@ class WindowDataset(Dataset):
         DataError: the split has no anchor with full history for every configured window length.
     """
 
-    def __init__(self, data: PreparedData | Path | str, split: str, config: DataConfig, seed: int = 0):
+    def __init__(
+        self,
+        data: PreparedData | Path | str,
+        split: str,
+        config: DataConfig,
+        seed: int = 0,
+        stats: dict[str, Any] | None = None,
+    ):
+        """``stats``: feature statistics to scale with instead of the folder's own (a model's, see
+        `stage1_ds.data.store.model_stats`)."""
         if split not in SPLITS:
             raise DataError(f"split {split!r}: expected one of {list(SPLITS)}")
         self.data = data if isinstance(data, PreparedData) else load_prepared(data)
@@ -63,8 +77,9 @@ class WindowDataset(Dataset):
         # Plain ndarray views of the memory maps: the same pages, without np.memmap's per-index overhead.
         self._log_ohlc = {tf: np.asarray(self._bars[tf].log_ohlc) for tf in self.timeframes}
         self._start = {tf: np.asarray(self._bars[tf].start) for tf in self.timeframes}
+        stats = stats or self.data.stats
         self._scale = {
-            tf: np.array([self.data.scale(name, tf) for name in self.instruments], dtype=np.float32)
+            tf: np.array([scale_of(stats, name, tf) for name in self.instruments], dtype=np.float32)
             for tf in self.timeframes
         }
         self._index_anchors()
@@ -74,7 +89,7 @@ class WindowDataset(Dataset):
         return len(self._anchor_instrument)
 
     def _index_anchors(self) -> None:
-        instrument, close, log_close, time = [], [], [], []
+        instrument, time = [], []
         last: dict[Timeframe, list[np.ndarray]] = {tf: [] for tf in self.timeframes}
         for k, name in enumerate(self.instruments):
             region = self.data.split(name, self.split)
@@ -95,14 +110,10 @@ class WindowDataset(Dataset):
                 lasts[tf] = local_last + tf_begin
             keep = np.flatnonzero(ok)
             instrument.append(np.full(len(keep), k, dtype=np.int64))
-            close.append(np.asarray(self._bars[BASE].ohlc[begin:end, 3])[in_split[keep]])
-            log_close.append(self._log_ohlc[BASE][begin:end, 3][in_split[keep]])
             time.append(t[keep])
             for tf in self.timeframes:
                 last[tf].append(lasts[tf][keep])
         self._anchor_instrument = np.concatenate(instrument)
-        self._anchor_close = np.concatenate(close)
-        self._anchor_log_close = np.concatenate(log_close)
         self._anchor_time = np.concatenate(time)
         self._last = {tf: np.concatenate(v) for tf, v in last.items()}
         if len(self) == 0:
@@ -145,29 +156,34 @@ class WindowDataset(Dataset):
     def __getitem__(self, sample_id: int) -> Batch:
         return self.batch(np.asarray([sample_id], dtype=np.int64))
 
-    def batch(self, ids: np.ndarray) -> Batch:
-        """Assemble the batch of the given sample ids."""
+    def batch(self, ids: np.ndarray, masker: BarMasker | None = None) -> Batch:
+        """Assemble the batch of the given sample ids, masked by ``masker`` (unmasked without one)."""
         anchors = ids % len(self)
         instrument = self._anchor_instrument[anchors]
-        log_price = self._anchor_log_close[anchors]
+        anchor_time = self._anchor_time[anchors]
         keep = {
-            tf: uniform_hash(self.seed, ids, stream=i) < self.keep_probability[tf]
+            tf: uniform_hash(self.seed, ids, Stream.KEEP + i) < self.keep_probability[tf]
             for i, tf in enumerate(self.timeframes)
         }
         none_kept = ~np.any(np.stack(list(keep.values())), axis=0)
         keep[BASE] = keep[BASE] | none_kept
 
-        rows, firsts = {}, {}
+        rows, firsts, start, valid = {}, {}, {}, {}
         for tf in self.timeframes:
-            length = self.window_bars[tf]
-            last = self._last[tf][anchors]
-            firsts[tf] = last - length + 1
-            rows[tf] = last[:, None] + np.arange(1 - length, 1)  # (B, L) global rows
+            rows[tf] = self.rows(ids, tf)  # (B, L) global rows
+            firsts[tf] = rows[tf][:, 0]
+            start[tf] = self._start[tf][rows[tf]]
+            valid[tf] = np.repeat(keep[tf][:, None], rows[tf].shape[1], axis=1)
+        if masker is None:
+            masks, modes = {tf: np.zeros_like(v) for tf, v in valid.items()}, None
+        else:
+            masks, modes = masker(ids, start, valid, anchor_time)
+        log_reference = self._reference(rows, {tf: valid[tf] & ~masks[tf] for tf in self.timeframes})
 
         windows = {}
         for i, tf in enumerate(self.timeframes):
             scale = self._scale[tf][instrument]
-            features = to_features(self._log_ohlc[tf][rows[tf]], log_price, scale)  # (B, L, F)
+            features = to_features(self._log_ohlc[tf][rows[tf]], log_reference, scale)  # (B, L, F)
             features[~keep[tf]] = 0.0
             parent = None
             if i + 1 < len(self.timeframes):
@@ -179,25 +195,50 @@ class WindowDataset(Dataset):
                 parent = torch.from_numpy(np.where(ok, pos, -1))
             windows[tf.value] = TimeframeWindow(
                 features=torch.from_numpy(features),
-                valid=torch.from_numpy(np.repeat(keep[tf][:, None], rows[tf].shape[1], axis=1)),
-                start_time=torch.from_numpy(self._start[tf][rows[tf]]),
+                valid=torch.from_numpy(valid[tf]),
+                start_time=torch.from_numpy(start[tf]),
                 parent_index=parent,
                 scale=torch.from_numpy(scale),
+                mask=None if masker is None else torch.from_numpy(masks[tf]),
             )
         return Batch(
             windows=windows,
-            anchor_price=torch.from_numpy(self._anchor_close[anchors]),
-            anchor_time=torch.from_numpy(self._anchor_time[anchors]),
+            reference_price=torch.from_numpy(np.exp(log_reference)),
+            anchor_time=torch.from_numpy(anchor_time),
             instrument=torch.from_numpy(instrument),
             sample_id=torch.from_numpy(ids),
+            mask_mode=None if modes is None else torch.from_numpy(modes),
         )
+
+    def _reference(
+        self, rows: dict[Timeframe, np.ndarray], visible: dict[Timeframe, np.ndarray]
+    ) -> np.ndarray:
+        """(B,) log of each sample's reference price: the close of the last visible bar of its finest
+        timeframe that has a visible bar.
+
+        Raises:
+            DataError: a sample has no visible bar at all (the masker must leave one).
+        """
+        b = next(iter(rows.values())).shape[0]
+        log_reference = np.full(b, np.nan)
+        for tf in self.timeframes:
+            seen = visible[tf]
+            take = seen.any(axis=1) & np.isnan(log_reference)
+            last = seen.shape[1] - 1 - np.argmax(seen[:, ::-1], axis=1)
+            close = self._log_ohlc[tf][rows[tf][np.arange(b), last], 3]
+            log_reference = np.where(take, close, log_reference)
+        if np.isnan(log_reference).any():
+            raise DataError("a sample has no visible bar to take its reference price from (masks hide all)")
+        return log_reference
+
+    def rows(self, ids: np.ndarray, tf: Timeframe) -> np.ndarray:
+        """(B, L) rows of the prepared ``tf`` arrays that the samples' windows of ``tf`` hold."""
+        length = self.window_bars[tf]
+        return self._last[tf][np.asarray(ids) % len(self)][:, None] + np.arange(1 - length, 1)
 
     def true_ohlc(self, ids: np.ndarray, tf: Timeframe) -> np.ndarray:
         """(B, L, 4) float64 true prices of the windows of ``tf`` (for tests and evaluation)."""
-        anchors = np.asarray(ids) % len(self)
-        length = self.window_bars[tf]
-        rows = self._last[tf][anchors][:, None] + np.arange(1 - length, 1)
-        return np.asarray(self._bars[tf].ohlc[rows])
+        return np.asarray(self._bars[tf].ohlc[self.rows(ids, tf)])
 
 
 class WindowSampler(Sampler[list[int]]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,14 @@ EXPORT_STATS = "stats.json"
 EXPORT_INFO = "export_info.json"
 #: Where the shared encoder's parameters sit in a Stage1Model's state dict.
 ENCODER_PREFIX = "encoder."
+
+
+def load_export_stats(export_dir: Path | str) -> dict:
+    """The feature statistics an exported model was trained with (``stats.json``)."""
+    path = Path(export_dir) / EXPORT_STATS
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; is {path.parent} a folder written by 'stage1 convert'?")
+    return dict(json.loads(path.read_text()))
 
 
 def load_export_config(export_dir: Path | str) -> Config:

@@ -29,10 +29,14 @@ from stage1_ds.train.engine import (
 
 
 def resume_config(gradient_accumulation_steps: int) -> Config:
-    """Six steps, a checkpoint every three: the run that the world-size tests stop and resume."""
-    return tiny_train_config(
+    """Six steps, a checkpoint every three: the run that the world-size tests stop and resume. `spans` masks
+    hide the same number of bars in every sample, so a step's loss (a mean over micro batches of means
+    over masked bars) does not depend on how its samples are split into micro batches."""
+    config = tiny_train_config(
         max_steps=6, save_every_steps=3, gradient_accumulation_steps=gradient_accumulation_steps
     )
+    config.model.masking.modes = {"spans": 1.0}
+    return config
 
 
 def loaded_moments(config: Config, run_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

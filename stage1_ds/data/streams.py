@@ -1,0 +1,47 @@
+"""Counter-based random numbers: a uniform float per (seed, sample id, stream), and the named streams.
+
+Everything random about a sample (which timeframes it keeps, its masking mode, where its masks fall) is a
+hash of ``(seed, sample id, stream)``, so a batch is a pure function of its sample ids: the same on any
+worker, after any restart, on any rank. Each decision draws from its own range of streams (`Stream`), so
+no two decisions ever read the same numbers.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import numpy as np
+
+
+class Stream(IntEnum):
+    """First stream of each decision; a decision adds its timeframe index and column within its range."""
+
+    KEEP = 0  # + timeframe index: does the sample keep this timeframe
+    MODE = 1 << 16  # the sample's masking mode
+    SPANS = 2 << 16  # + timeframe * STRIDE + part * COLUMNS + column: span layout in `spans` mode
+    TIME = 3 << 16  # + timeframe * STRIDE + part * COLUMNS + column: span layout in `time` mode
+
+
+#: Streams per timeframe within SPANS and TIME, and columns per part: far more than any window uses.
+STRIDE = 1 << 10
+COLUMNS = 1 << 9
+
+
+def uniform_hash(seed: int, ids: np.ndarray, stream: int) -> np.ndarray:
+    """Uniform floats in [0, 1) from (seed, id, stream) with the splitmix64 finaliser."""
+    x = ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    x ^= np.uint64((seed * 1_000_003 + stream * 7919) & 0xFFFFFFFFFFFFFFFF)
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def uniform_columns(seed: int, ids: np.ndarray, stream: int, width: int) -> np.ndarray:
+    """(B, width) uniforms from the streams ``stream .. stream + width - 1`` (at most `COLUMNS`)."""
+    assert width <= COLUMNS, f"{width} columns overflow a part of {COLUMNS} streams"
+    if width == 0:
+        return np.zeros((len(ids), 0))
+    return np.stack([uniform_hash(seed, ids, stream + j) for j in range(width)], axis=1)
