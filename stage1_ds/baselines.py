@@ -32,6 +32,7 @@ from stage1_ds.data.windows import WindowDataset, WindowSampler
 
 Predictor = Callable[[Batch], dict[str, torch.Tensor]]
 OPEN, HIGH, LOW, CLOSE = range(4)
+VOLUME = 4
 
 
 def _visible(window: TimeframeWindow) -> np.ndarray:
@@ -72,9 +73,12 @@ def last_close(batch: Batch) -> dict[str, torch.Tensor]:
         last = np.maximum.accumulate(index, axis=1)  # last visible position at or before each bar
         first_visible = np.argmax(visible, axis=1)
         source = np.where(last >= 0, last, first_visible[:, None])
-        close = np.take_along_axis(features[..., CLOSE], source, axis=1)
-        close[~visible.any(axis=1)] = 0.0  # nothing visible: never read a masked bar
-        pred = np.where(visible[..., None], features, close[..., None])
+        carried = np.take_along_axis(features, source[..., None], axis=1)  # (B, L, F) the source bar
+        carried[~visible.any(axis=1)] = 0.0  # nothing visible: never read a masked bar
+        guess = np.repeat(carried[..., CLOSE : CLOSE + 1], features.shape[-1], axis=-1)
+        if features.shape[-1] > VOLUME:
+            guess[..., VOLUME] = carried[..., VOLUME]  # the last visible volume
+        pred = np.where(visible[..., None], features, guess)
         out[tf] = torch.from_numpy(pred.astype(np.float32))
     return out
 
@@ -117,9 +121,8 @@ class _Knowledge:
 
 
 def _knowledge(window: TimeframeWindow) -> _Knowledge:
-    unscaled = (
-        window.features.numpy().astype(np.float64) * window.scale.numpy().astype(np.float64)[:, None, None]
-    )
+    prices = window.features[..., :VOLUME].numpy().astype(np.float64)  # the rules are about prices
+    unscaled = prices * window.scale.numpy().astype(np.float64)[:, None, None]
     visible = _visible(window)
     shape = visible.shape
     return _Knowledge(
@@ -204,9 +207,11 @@ def _infer(batch: Batch) -> dict[str, _Knowledge]:
 
 
 def cross_timeframe_rules(batch: Batch) -> dict[str, torch.Tensor]:
-    """The cross-timeframe rules baseline (see the module docstring)."""
+    """The cross-timeframe rules baseline (see the module docstring); with volume, a masked bar's volume
+    is the sum of its known finer bars' when they are all known, else interpolated."""
     know = _infer(batch)
     interpolated = linear_interpolation(batch)
+    volumes = _volume_rules(batch, interpolated) if _has_volume(batch) else {}
     out = {}
     for tf, window in batch.windows.items():
         k = know[tf]
@@ -220,7 +225,47 @@ def cross_timeframe_rules(batch: Batch) -> dict[str, torch.Tensor]:
         low = np.maximum(np.minimum(guess[..., LOW], low_ceiling), np.minimum(k.low_at_least, low_ceiling))
         rules = np.stack([o, high, low, c], axis=-1)
         unscaled = np.where(k.known[..., None], k.value, rules)
-        out[tf] = torch.from_numpy((unscaled / scale[..., None]).astype(np.float32))
+        prices = (unscaled / scale[..., None]).astype(np.float32)
+        out[tf] = torch.from_numpy(
+            np.concatenate([prices, volumes[tf][..., None]], axis=-1) if volumes else prices
+        )
+    return out
+
+
+def _has_volume(batch: Batch) -> bool:
+    return next(iter(batch.windows.values())).features.shape[-1] > VOLUME
+
+
+def _volume_rules(batch: Batch, interpolated: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Per timeframe (B, L) volume features: visible bars as they are, a masked bar whose finer bars are all
+    known (visible or recovered) their sum, the rest interpolated. Works in units of the reference volume."""
+    names = list(batch.windows)
+    known, value = {}, {}
+    for tf, window in batch.windows.items():
+        vscale = window.volume_scale.numpy().astype(np.float64)[:, None]  # type: ignore[union-attr]
+        visible = _visible(window)
+        known[tf] = visible.copy()
+        value[tf] = np.where(visible, window.features[..., VOLUME].numpy() * vscale, np.nan)
+    for fine, coarse in itertools.pairwise(names):
+        parent = batch.windows[fine].parent_index
+        if parent is None:
+            continue
+        p = parent.numpy()
+        b, lc = known[coarse].shape
+        rows = np.repeat(np.arange(b), p.shape[1]).reshape(p.shape)
+        has = p >= 0
+        count, known_count, total = (np.zeros((b, lc)) for _ in range(3))
+        np.add.at(count, (rows[has], p[has]), 1)
+        np.add.at(known_count, (rows[has], p[has]), known[fine][has])
+        np.add.at(total, (rows[has], p[has]), np.nan_to_num(value[fine][has]))
+        whole = (count > 0) & (known_count == count) & ~known[coarse]
+        value[coarse] = np.where(whole, total, value[coarse])
+        known[coarse] |= whole
+    out = {}
+    for tf, window in batch.windows.items():
+        vscale = window.volume_scale.numpy().astype(np.float64)[:, None]  # type: ignore[union-attr]
+        guess = interpolated[tf][..., VOLUME].numpy().astype(np.float64)
+        out[tf] = np.where(known[tf], value[tf] / vscale, guess).astype(np.float32)
     return out
 
 

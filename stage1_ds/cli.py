@@ -38,7 +38,21 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
         type=float,
         default=list(defaults.split_fractions),
         metavar=("TRAIN", "VAL", "TEST"),
-        help="fractions of each instrument's 1-minute rows, in time order",
+        help="fractions of each instrument's 1-minute rows, in time order; zeros allowed (1 0 0: all train, "
+        "0 0 1: all test)",
+    )
+    p.add_argument(
+        "--timezone",
+        help="IANA time zone of naive timestamps (e.g. America/New_York for HistData): converted to UTC "
+        "before bucketing (default: as given; offsets and epoch times are UTC anyway)",
+    )
+    p.add_argument(
+        "--bucket-origin",
+        type=_time_of_day,
+        default=0,
+        metavar="HH:MM",
+        help="where buckets start on the data clock (default 00:00); e.g. 22:00 on a UTC clock for FX's "
+        "17:00 New York session in winter",
     )
     p.add_argument(
         "--window-bars",
@@ -52,7 +66,7 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--days", type=int, default=365, help="calendar days of synthetic data")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic market")
-    csv = p.add_argument_group("generic CSV (--format csv)")
+    csv = p.add_argument_group("generic CSV and Parquet (--format csv)")
     columns = defaults.csv_columns
     csv.add_argument("--timestamp-column", default=columns.timestamp)
     csv.add_argument("--open-column", default=columns.open)
@@ -64,11 +78,21 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_prepare)
 
 
+def _time_of_day(text: str) -> int:
+    """``HH:MM`` to minutes after midnight (argparse names the option when this raises)."""
+    hours, _, minutes = text.partition(":")
+    if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HH:MM, e.g. 22:00")
+    return int(hours) * 60 + int(minutes)
+
+
 def _run_prepare(args: argparse.Namespace) -> int:
     options = PrepareOptions(
         split_fractions=(args.split[0], args.split[1], args.split[2]),
         window_bars=args.window_bars,
         on_bad_rows=OnBadRows(args.on_bad_rows),
+        timezone=args.timezone,
+        bucket_origin_minutes=args.bucket_origin,
         csv_columns=CsvColumns(
             timestamp=args.timestamp_column,
             open=args.open_column,

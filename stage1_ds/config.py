@@ -55,6 +55,8 @@ class DataConfig(Section):
         window_bars_per_timeframe: per-timeframe window lengths, e.g. ``{h4: 64}``.
         keep_probability: per-timeframe probability that a sample keeps the timeframe (default 1.0). A
             dropped timeframe is fully masked, never NaN; a sample that would drop every timeframe keeps m1.
+        channels: what each bar holds: ``[ohlc]`` (open, high, low, close) or ``[ohlc, volume]`` (and its
+            traded volume, relative to the visible bars' volume; needs data with real volume).
         num_workers: DataLoader worker processes per rank.
     """
 
@@ -62,7 +64,13 @@ class DataConfig(Section):
     window_bars: int = WINDOW_BARS
     window_bars_per_timeframe: dict[str, int] = field(default_factory=dict)
     keep_probability: dict[str, float] = field(default_factory=dict)
+    channels: list[str] = field(default_factory=lambda: ["ohlc"])
     num_workers: int = 0
+
+    @property
+    def volume(self) -> bool:
+        """Whether bars carry their traded volume as a fifth feature."""
+        return "volume" in self.channels
 
     def bars(self, tf: Timeframe | str) -> int:
         return self.window_bars_per_timeframe.get(str(tf), self.window_bars)
@@ -97,6 +105,8 @@ class DataConfig(Section):
                 )
         if self.num_workers < 0:
             problems.append(f"{prefix}.num_workers: {self.num_workers}, expected at least 0")
+        if self.channels not in (["ohlc"], ["ohlc", "volume"]):
+            problems.append(f"{prefix}.channels: {self.channels}, expected [ohlc] or [ohlc, volume]")
         return problems
 
 
@@ -142,19 +152,32 @@ class EncoderConfig(Section):
     Attributes:
         preset: layout built from a T5 config (tiny and mini for tests and CPU demos; the published
             t5-small, t5-base and t5-large layouts).
-        pretrained_path: a local folder written by ``save_pretrained`` whose weights to load (its own
-            config decides the layout; ``preset`` is then ignored). None: random init from the preset.
+        pretrained: weights to start from: a local folder written by ``save_pretrained`` (when it exists), a
+            Hugging Face model id such as ``google-t5/t5-large`` (loaded through transformers' own cache:
+            ``HF_HOME``, and ``HF_HUB_OFFLINE=1`` to never download), or a ``.safetensors`` file. A folder's or
+            model's own config decides the layout (``preset`` is then ignored); a file takes the layout of a
+            T5 ``config.json`` beside it, else the preset. None: random init from the preset.
+        pretrained_prefix: in a ``.safetensors`` file, the prefix under which the T5 encoder stack's weights
+            sit (``block.N...``, ``final_layer_norm.weight``), e.g. ``encoder.`` in a full T5 checkpoint or
+            ``model.encoder.`` in a time-series model built on a T5 encoder.
         dropout: dropout rate inside the encoder.
     """
 
     preset: EncoderPreset = EncoderPreset.MINI
-    pretrained_path: str | None = None
+    pretrained: str | None = None
+    pretrained_prefix: str | None = None
     dropout: float = 0.1
 
     def check(self, prefix: str) -> list[str]:
+        problems = []
         if not 0.0 <= self.dropout < 1.0:
-            return [f"{prefix}.dropout: {self.dropout}, expected a number in [0, 1)"]
-        return []
+            problems.append(f"{prefix}.dropout: {self.dropout}, expected a number in [0, 1)")
+        if self.pretrained_prefix is not None and not (self.pretrained or "").endswith(".safetensors"):
+            problems.append(
+                f"{prefix}.pretrained_prefix: only for a .safetensors file in {prefix}.pretrained, which is "
+                f"{self.pretrained!r}"
+            )
+        return problems
 
 
 @dataclass

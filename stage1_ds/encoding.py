@@ -106,4 +106,5 @@ def model_data_config(model: Stage1Model) -> DataConfig:
         timeframes=list(model.timeframes),
         window_bars=max(model.window_bars.values()),
         window_bars_per_timeframe=dict(model.window_bars),
+        channels=list(model.channels),
     )

@@ -4,7 +4,7 @@ For each masking mode (``spans``, ``time``, ``horizon``; see `stage1_ds.model.ma
 are masked with a fixed seed; on exactly those masked bars of kept timeframes the model and the baselines
 of `stage1_ds.baselines` (which see the same visible bars) are scored. Errors are MSE and MAE in the
 scaled feature space and in basis points of price (feature error x scale x 1e4, features being log price
-ratios). Per mode the report gives every method's errors per timeframe and overall, the best baseline and
+ratios), over the four price features; with volume, ``volume_mse`` scores the volume feature alone. Per mode the report gives every method's errors per timeframe and overall, the best baseline and
 the model's ratio to it, the masked share and the share of masked bars the visible bars of other
 timeframes determine exactly, the cross-timeframe inconsistency of the model's reconstructions, and in
 ``horizon`` mode the accuracy of the direction of the predicted last close against the last visible close,
@@ -33,6 +33,8 @@ from stage1_ds.baselines import (
 )
 from stage1_ds.config import Config, MaskingMode
 from stage1_ds.data.batch import Batch
+from stage1_ds.data.features import NUM_FEATURES
+from stage1_ds.data.store import load_prepared
 from stage1_ds.data.windows import WindowDataset, WindowSampler
 from stage1_ds.model.losses import cross_timeframe_terms
 from stage1_ds.model.masking import MODES, MaskedWindows
@@ -51,20 +53,28 @@ class Scores:
     squared_bps: float = 0.0
     absolute_bps: float = 0.0
     count: int = 0
+    volume_squared: float = 0.0
+    volume_count: int = 0
 
     def add(self, pred: torch.Tensor, batch: Batch, tf: str, rows: torch.Tensor) -> None:
-        """Add the errors of the masked bars of the samples ``rows`` (B,) bool."""
+        """Add the errors of the masked bars of the samples ``rows`` (B,) bool: the price features (open,
+        high, low, close) into the headline figures, the volume feature (if any) on its own."""
         window = batch.windows[tf]
         scored = window.mask & window.valid & rows[:, None]  # type: ignore[operator]
-        selected = scored.unsqueeze(-1).expand_as(window.features)
-        error = (pred.float() - window.features)[selected]
-        scale = window.scale[:, None, None].expand_as(window.features)[selected]
+        prices = window.features[..., :NUM_FEATURES]
+        selected = scored.unsqueeze(-1).expand_as(prices)
+        error = (pred[..., :NUM_FEATURES].float() - prices)[selected]
+        scale = window.scale[:, None, None].expand_as(prices)[selected]
         bps = error * scale * 1e4
         self.squared += float(error.pow(2).sum())
         self.absolute += float(error.abs().sum())
         self.squared_bps += float(bps.pow(2).sum())
         self.absolute_bps += float(bps.abs().sum())
         self.count += int(selected.sum())
+        if window.features.shape[-1] > NUM_FEATURES:
+            volume_error = (pred[..., NUM_FEATURES].float() - window.features[..., NUM_FEATURES])[scored]
+            self.volume_squared += float(volume_error.pow(2).sum())
+            self.volume_count += int(scored.sum())
 
     def merged(self, other: Scores) -> Scores:
         return Scores(
@@ -73,17 +83,22 @@ class Scores:
             self.squared_bps + other.squared_bps,
             self.absolute_bps + other.absolute_bps,
             self.count + other.count,
+            self.volume_squared + other.volume_squared,
+            self.volume_count + other.volume_count,
         )
 
     def summary(self) -> dict[str, float]:
         n = max(self.count, 1)
-        return {
+        out = {
             "mse": self.squared / n,
             "mae": self.absolute / n,
             "rmse_bps": (self.squared_bps / n) ** 0.5,
             "mae_bps": self.absolute_bps / n,
             "masked_values": self.count,
         }
+        if self.volume_count:
+            out["volume_mse"] = self.volume_squared / self.volume_count
+        return out
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -133,14 +148,14 @@ def evaluate(
     """
     config.validate()
     predict = model_predictor(model) if isinstance(model, Stage1Model) else model
-    train_mean = train_mean_predictor(data_dir, config, stats=stats)
     methods: dict[str, Predictor] = {
         "model": predict,
         "linear_interpolation": linear_interpolation,
         "last_close": last_close,
-        "train_mean": train_mean,
         "cross_timeframe_rules": cross_timeframe_rules,
     }
+    if not all(split_range.empty for split_range in _train_ranges(data_dir)):  # an all-test folder has none
+        methods["train_mean"] = train_mean_predictor(data_dir, config, stats=stats)
     windows = WindowDataset(data_dir, split, config.data, seed=seed, stats=stats)
     report: dict[str, Any] = {"split": split, "modes": {}}
     for mode in modes:
@@ -239,10 +254,16 @@ def _sum(parts: Any) -> Scores:
     return total
 
 
+def _train_ranges(data_dir: Path) -> list[Any]:
+    data = load_prepared(data_dir)
+    return [data.split(name, "train") for name in data.instruments]
+
+
 def _with_ratios(entry: dict[str, dict[str, float]]) -> dict[str, Any]:
-    best = min(BASELINES, key=lambda b: entry[b]["mse"])
+    baselines = [b for b in BASELINES if b in entry]  # train_mean is absent without a train split
+    best = min(baselines, key=lambda b: entry[b]["mse"])
     model_mse = entry["model"]["mse"]
-    ratios = {b: model_mse / entry[b]["mse"] if entry[b]["mse"] > 0 else float("nan") for b in BASELINES}
+    ratios = {b: model_mse / entry[b]["mse"] if entry[b]["mse"] > 0 else float("nan") for b in baselines}
     return {**entry, "best_baseline": best, "ratio_to_best_baseline": ratios[best], "ratio_to": ratios}
 
 
@@ -267,7 +288,7 @@ def format_report(report: dict[str, Any]) -> str:
             share = entry["masked_share"].get(tf)
             lines.append(
                 f"{tf:<10}{'' if share is None else f'{share:.2f}':>8}{e['model']['mse']:>9.4f}"
-                + "".join(f"{e[b]['mse']:>9.4f}" for b in BASELINES)
+                + "".join(f"{e[b]['mse']:>9.4f}" if b in e else f"{'-':>9}" for b in BASELINES)
                 + f"{e['model']['rmse_bps']:>11.2f}{short[e['best_baseline']]:>8}{e['ratio_to_best_baseline']:>11.3f}"
             )
         if "direction" in entry:
@@ -297,7 +318,7 @@ def write_report(report: dict[str, Any], json_path: Path | None, figure_path: Pa
 
     for mode, entry in report["modes"].items():
         names = list(entry["timeframes"])
-        methods = ["model", *BASELINES]
+        methods = ["model", *(b for b in BASELINES if b in entry["overall"])]
         figure, ax = plt.subplots(figsize=(9, 3.5))
         width = 0.8 / len(methods)
         for i, method in enumerate(methods):

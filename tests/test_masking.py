@@ -189,11 +189,13 @@ def test_cross_timeframe_rules_recover_what_other_timeframes_give_away(eurusd_20
             assert rules_error < interpolation_error, tf
 
 
-@pytest.mark.parametrize("mode", [m.value for m in MaskingMode])
-def test_baselines_read_no_masked_value(synthetic_small: Path, mode: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "channels"), [*((m.value, ["ohlc"]) for m in MaskingMode), ("time", ["ohlc", "volume"])]
+)
+def test_baselines_read_no_masked_value(synthetic_small: Path, mode: str, channels: list[str]) -> None:
     """A baseline sees what the model sees: changing the true values of masked bars changes none of its
     predictions (in `horizon` mode with 32-bar windows the whole m1 window is masked)."""
-    batch = _masked(synthetic_small, mode, DataConfig(window_bars=32), np.arange(24) * 13)
+    batch = _masked(synthetic_small, mode, DataConfig(window_bars=32, channels=channels), np.arange(24) * 13)
     before = {name: fn(batch) for name, fn in BASELINES.items()}
     for window in batch.windows.values():
         window.features[window.mask] += 5.0  # type: ignore[index]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 from transformers import T5EncoderModel
 from transformers.models.t5.modeling_t5 import T5Stack
 
-from conftest import tiny_model_config
+from conftest import fresh_process_env, tiny_model_config
 from stage1_ds.config import (
     DataConfig,
     EncoderConfig,
@@ -161,7 +164,7 @@ def test_pretrained_tiny_t5_loads_from_a_local_folder(tmp_path: Path) -> None:
         saved.encoder.block[1].layer[0].SelfAttention.q.weight.fill_(0.123)
     saved.save_pretrained(tmp_path / "tiny_t5")
     config = tiny_model_config()
-    config.encoder.pretrained_path = str(tmp_path / "tiny_t5")
+    config.encoder.pretrained = str(tmp_path / "tiny_t5")
     model = Stage1Model(config, DATA)
     loaded = model.encoder.encoder.block[1].layer[0].SelfAttention.q.weight
     assert torch.all(loaded == 0.123)
@@ -180,6 +183,63 @@ def test_bad_pretrained_folders_are_clear_errors(tmp_path: Path, setup, message:
     path = tmp_path / "weights"
     setup(path)
     config = tiny_model_config()
-    config.encoder.pretrained_path = str(path)
+    config.encoder.pretrained = str(path)
     with pytest.raises(ConfigError, match=message):
+        Stage1Model(config, DATA)
+
+
+def _saved_tiny_t5(folder: Path) -> T5EncoderModel:
+    saved = T5EncoderModel(t5.preset_config(EncoderPreset.TINY, dropout=0.0))
+    with torch.no_grad():
+        saved.encoder.block[1].layer[0].SelfAttention.q.weight.fill_(0.321)
+    saved.save_pretrained(folder)
+    return saved
+
+
+def test_pretrained_t5_loads_by_model_id_from_the_hub_cache_offline(tmp_path: Path) -> None:
+    """A model laid out as transformers' cache keeps it (HF_HOME/hub/models--org--name/snapshots/<rev>),
+    loaded by its id in a process with HF_HUB_OFFLINE=1: nothing is downloaded."""
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "hub" / "models--stage1-tests--tiny-t5"
+    _saved_tiny_t5(repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    script = (
+        "from stage1_ds.config import EncoderConfig\n"
+        "from stage1_ds.model import t5\n"
+        "encoder = t5.build_encoder(EncoderConfig(pretrained='stage1-tests/tiny-t5', dropout=0.0))\n"
+        "print(float(encoder.encoder.block[1].layer[0].SelfAttention.q.weight.mean()))\n"
+        "t5.build_encoder(EncoderConfig(pretrained='stage1-tests/not-cached'))\n"
+    )
+    env = {**fresh_process_env(), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
+    )
+    assert float(result.stdout.strip().splitlines()[0]) == pytest.approx(0.321, abs=1e-6), result.stderr[
+        -2000:
+    ]
+    assert (
+        "'stage1-tests/not-cached' is neither a local folder nor a model in the Hugging Face cache"
+        in result.stderr
+    )
+
+
+def test_pretrained_t5_encoder_loads_from_a_prefixed_safetensors_file(tmp_path: Path) -> None:
+    """A time-series model built on a T5 encoder keeps its weights under a prefix, beside other weights."""
+    saved = _saved_tiny_t5(tmp_path / "plain")
+    state = {f"model.{k}": v for k, v in saved.state_dict().items() if k.startswith("encoder.")}
+    state["model.head.weight"] = torch.zeros(3, 3)
+    save_file(
+        {k: v.contiguous() for k, v in state.items() if "embed_tokens" not in k},
+        str(tmp_path / "ts.safetensors"),
+    )
+    config = tiny_model_config()
+    config.encoder.pretrained = str(tmp_path / "ts.safetensors")
+    config.encoder.pretrained_prefix = "model.encoder."
+    model = Stage1Model(config, DATA)
+    assert torch.all(model.encoder.encoder.block[1].layer[0].SelfAttention.q.weight == 0.321)
+    config.encoder.pretrained_prefix = "model.decoder."
+    with pytest.raises(
+        ConfigError, match=r"under prefix 'model\.decoder\.' lacks .* set model\.encoder\.pretrained_prefix"
+    ):
         Stage1Model(config, DATA)

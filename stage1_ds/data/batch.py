@@ -18,15 +18,17 @@ class TimeframeWindow:
     """One timeframe of a batch.
 
     Attributes:
-        features: (B, L, F) float32 scale-free features (zeros where the timeframe is dropped).
+        features: (B, L, F) float32 scale-free features: open, high, low, close (and volume); zeros where
+            the timeframe is dropped.
         valid: (B, L) bool, the bar exists and the sample keeps this timeframe (a dropped timeframe is
             False everywhere).
         start_time: (B, L) int64 bucket start, seconds of the data clock.
         parent_index: (B, L) int64 position of the bar of the next coarser timeframe whose bucket holds
             this bar, or -1 when that bar is not in the coarser window, its bucket is not wholly inside
             this window, or either timeframe is dropped. None for the coarsest timeframe.
-        scale: (B,) float32 the feature scale of the sample's instrument for this timeframe.
+        scale: (B,) float32 the price features' scale of the sample's instrument for this timeframe.
         mask: (B, L) bool, bars hidden from the encoder and reconstructed; None for an unmasked batch.
+        volume_scale: (B,) float32 the volume feature's scale for this timeframe; None without volume.
     """
 
     features: torch.Tensor
@@ -35,6 +37,7 @@ class TimeframeWindow:
     parent_index: torch.Tensor | None
     scale: torch.Tensor
     mask: torch.Tensor | None = None
+    volume_scale: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> TimeframeWindow:
         return TimeframeWindow(
@@ -44,6 +47,7 @@ class TimeframeWindow:
             parent_index=None if self.parent_index is None else self.parent_index.to(device),
             scale=self.scale.to(device),
             mask=None if self.mask is None else self.mask.to(device),
+            volume_scale=None if self.volume_scale is None else self.volume_scale.to(device),
         )
 
 

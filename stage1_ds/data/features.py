@@ -6,6 +6,12 @@ the training split's statistics. Scales are
 powers of two, so dividing and multiplying by them is exact in floating point: undoing the scale gives
 back exactly ``float32(log(price / P_ref))`` for every timeframe, and the first/max/min/last aggregation
 of finer bars matches a coarser bar bit for bit (the cross-timeframe loss is exactly zero on true bars).
+
+With ``data.channels: [ohlc, volume]`` a fifth feature is the bar's traded volume, ``units / (V_ref *
+vscale_tf)``: ``units`` the bar's volume in whole units of the instrument (`stage1_ds.data.timeframes`),
+``V_ref`` a power of two near the mean volume per minute of the visible bars the price reference comes
+from, ``vscale_tf`` the power of two nearest the timeframe's minutes. Both are powers of two, so the volume
+of a coarser bar is exactly the sum of its finer bars' in the unscaled space ``units / V_ref``.
 """
 
 from __future__ import annotations
@@ -15,6 +21,24 @@ import numpy as np
 #: Open, high, low, close.
 NUM_FEATURES = 4
 FEATURE_NAMES = ("open", "high", "low", "close")
+#: Index of the volume feature when bars carry volume.
+VOLUME = 4
+
+
+def num_features(volume: bool) -> int:
+    """Features per bar: open, high, low, close (and volume)."""
+    return NUM_FEATURES + int(volume)
+
+
+def volume_scale(minutes: int) -> float:
+    """The power of two nearest (in log) to a timeframe's minutes: the volume feature's scale."""
+    return float(2.0 ** np.round(np.log2(minutes)))
+
+
+def volume_reference(units_per_minute: np.ndarray) -> np.ndarray:
+    """(B,) the power of two nearest each sample's mean visible volume per minute (1 where it is 0)."""
+    safe = np.where(units_per_minute > 0, units_per_minute, 1.0)
+    return 2.0 ** np.round(np.log2(safe))
 
 
 def to_features(log_ohlc: np.ndarray, log_reference: np.ndarray, scale: np.ndarray) -> np.ndarray:

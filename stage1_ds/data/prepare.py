@@ -35,7 +35,7 @@ from stage1_ds.data.store import (
     write_json,
 )
 from stage1_ds.data.synthetic import SYNTHETIC_INSTRUMENT, generate_synthetic_m1
-from stage1_ds.data.timeframes import BASE, TIMEFRAMES, Bars, Timeframe, aggregate
+from stage1_ds.data.timeframes import BASE, TIMEFRAMES, Bars, Timeframe, aggregate, volume_unit
 from stage1_ds.errors import DataError
 from stage1_ds.version import code_version
 
@@ -47,11 +47,17 @@ class PrepareOptions:
     """How raw bars become a prepared folder.
 
     Attributes:
-        split_fractions: train, val, test shares of each instrument's 1-minute rows, in time order.
+        split_fractions: train, val, test shares of each instrument's 1-minute rows, in time order; zeros
+            allowed (``1 0 0``: all train; ``0 0 1``: all test, for evaluating a trained model on new data).
         window_bars: the longest window (bars per timeframe) the data will serve; it sets the gap between
-            splits and the lag of the scale statistics.
+            non-empty splits and the lag of the scale statistics.
         on_bad_rows: stop at the first bad row, or drop bad rows and count them.
-        csv_columns: column names of generic CSV input.
+        csv_columns: column names of generic CSV and Parquet input.
+        timezone: IANA name of the clock of naive timestamps; each file is converted to UTC before bucketing.
+            None: naive timestamps as given (timestamps with an offset and epoch times are UTC anyway).
+        bucket_origin_minutes: where buckets start, in minutes after midnight of the data clock (all
+            timeframes shift together, so they still nest): h4 buckets start at this time plus multiples of
+            four hours, h1 at whole hours plus its minutes past the hour.
         force: replace an existing prepared folder.
     """
 
@@ -59,17 +65,27 @@ class PrepareOptions:
     window_bars: int = WINDOW_BARS
     on_bad_rows: OnBadRows = OnBadRows.ERROR
     csv_columns: CsvColumns = field(default_factory=CsvColumns)
+    timezone: str | None = None
+    bucket_origin_minutes: int = 0
     force: bool = False
 
     def __post_init__(self) -> None:
         fractions = self.split_fractions
-        if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-6:
+        if (
+            len(fractions) != 3
+            or min(fractions) < 0
+            or max(fractions) <= 0
+            or abs(sum(fractions) - 1.0) > 1e-6
+        ):
             raise DataError(
-                f"split fractions {list(fractions)}: expected three positive numbers (train val test) "
-                "that sum to 1"
+                f"split fractions {list(fractions)}: expected three numbers >= 0 (train val test) that sum to 1"
             )
         if self.window_bars < 2:
             raise DataError(f"window bars {self.window_bars}: expected at least 2")
+        if not 0 <= self.bucket_origin_minutes < 24 * 60:
+            raise DataError(
+                f"bucket origin {self.bucket_origin_minutes} minutes: expected a time of day, 00:00 to 23:59"
+            )
 
 
 def prepare_files(
@@ -97,7 +113,7 @@ def prepare_files(
         parts: list[M1Rows] = []
         reports: list[FileReport] = []
         for source in tqdm(files, desc=f"reading {name}", unit="file", disable=None, leave=False):
-            rows, report = read_source(source, options.on_bad_rows, options.csv_columns)
+            rows, report = read_source(source, options.on_bad_rows, options.csv_columns, options.timezone)
             parts.append(rows)
             reports.append(report)
         bars, cleaning = clean_m1(parts)
@@ -110,6 +126,7 @@ def prepare_files(
             "out_of_order_rows": cleaning.out_of_order_rows,
             "bad_rows_dropped": dict(sum((Counter(r.bad_rows_dropped) for r in reports), Counter())),
             "has_volume": bool(np.any(bars.volume != 0)),
+            "volume_unit": volume_unit(bars.volume),
         }
         if cleaning.duplicates_dropped:
             log.warning(
@@ -135,6 +152,7 @@ def prepare_synthetic(
         "out_of_order_rows": 0,
         "bad_rows_dropped": {},
         "has_volume": True,
+        "volume_unit": volume_unit(bars.volume),
     }
     return _write_prepared(
         out,
@@ -168,8 +186,9 @@ def _write_prepared(
         "lag_bars": options.window_bars // 2,
         "instruments": {},
     }
+    origin = 60 * options.bucket_origin_minutes
     for name in tqdm(m1, desc="deriving timeframes", unit="instrument", disable=None, leave=False):
-        by_tf = {tf: aggregate(m1[name], tf) for tf in TIMEFRAMES}
+        by_tf = {tf: aggregate(m1[name], tf, origin) for tf in TIMEFRAMES}
         derived[name] = by_tf
         gap = _longest_window_span(by_tf, options.window_bars, name)
         splits = _split_ranges(by_tf[BASE], options.split_fractions, gap, name)
@@ -182,7 +201,16 @@ def _write_prepared(
             splits={s: split_to_json(r) for s, r in splits.items()},
             rows={tf.value: _rows_per_split(by_tf[tf], tf, splits) for tf in TIMEFRAMES},
         )
-        stats["instruments"][name] = _fit_stats(by_tf, splits["train"], options.window_bars // 2)
+        fitted_on = next(split for split in SPLITS if not splits[split].empty)
+        if fitted_on != "train":
+            log.warning(
+                "%s: no train split; feature statistics are fitted on the %s split (a trained model's own "
+                "statistics are used for evaluation and encoding where it has them)",
+                name,
+                fitted_on,
+            )
+        stats["instruments"][name] = _fit_stats(by_tf, splits[fitted_on], options.window_bars // 2)
+        stats["instruments"][name]["fitted_on"] = fitted_on
 
     offsets = write_bars(out, derived)
     for name in records:
@@ -197,6 +225,8 @@ def _write_prepared(
         "features": list(FEATURE_NAMES),
         "split_fractions": list(options.split_fractions),
         "window_bars": options.window_bars,
+        "timezone": options.timezone,
+        "bucket_origin_seconds": origin,
         "on_bad_rows": options.on_bad_rows.value,
         "instruments": records,
     }
@@ -223,16 +253,22 @@ def _longest_window_span(by_tf: dict[Timeframe, Bars], window_bars: int, name: s
 def _split_ranges(
     m1: Bars, fractions: tuple[float, float, float], gap: int, name: str
 ) -> dict[str, SplitRange]:
+    """Time ranges of the splits by shares of the 1-minute rows; every non-empty split but the first starts
+    with ``gap`` seconds of history, and an empty split is an empty range at its place in time."""
     n = len(m1)
-    cut1 = int(m1.start[int(n * fractions[0])])
-    cut2 = int(m1.start[int(n * (fractions[0] + fractions[1]))])
-    first, end = int(m1.start[0]), int(m1.start[-1]) + BASE.seconds
-    ranges = {
-        "train": SplitRange(first, first, cut1),
-        "val": SplitRange(cut1, cut1 + gap, cut2),
-        "test": SplitRange(cut2, cut2 + gap, end),
-    }
-    for split, r in ranges.items():
+    end = int(m1.start[-1]) + BASE.seconds
+    bounds = [0.0, fractions[0], fractions[0] + fractions[1], 1.0]
+    rows = [min(n, int(n * b)) if k < 3 else n for k, b in enumerate(bounds)]
+    times = [int(m1.start[r]) if r < n else end for r in rows]
+    ranges, earlier = {}, False
+    for k, split in enumerate(SPLITS):
+        if rows[k + 1] <= rows[k]:
+            ranges[split] = SplitRange(times[k], times[k], times[k])
+            continue
+        history = times[k]
+        ranges[split] = SplitRange(history, history + (gap if earlier else 0), times[k + 1])
+        earlier = True
+        r = ranges[split]
         if r.anchor_start >= r.end:
             raise DataError(
                 f"instrument {name}: the {split} split ({(r.end - r.history_start) / 86400:.1f} days) is no "

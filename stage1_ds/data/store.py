@@ -8,6 +8,7 @@ Layout of DATA_DIR::
     bars/<tf>_ohlc.npy   (N, 4) float64
     bars/<tf>_volume.npy (N,) float64
     bars/<tf>_count.npy  (N,) int32, 1-minute bars per bar
+    bars/<tf>_units.npy  (N,) int64 volume in whole units of the instrument's volume unit
     bars/<tf>_log_ohlc.npy (N, 4) float64 log of ohlc: serving windows then needs no log
 
 Each instrument owns the rows ``[begin, end)`` of every timeframe, as recorded in the manifest.
@@ -27,9 +28,9 @@ from stage1_ds.data.timeframes import Bars, Timeframe
 from stage1_ds.errors import DataError
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: volume units per bar (bars/<tf>_units.npy), bucket origin, empty splits
 SPLITS = ("train", "val", "test")
-_FIELDS = ("start", "ohlc", "volume", "count")
+_FIELDS = ("start", "ohlc", "volume", "count", "units")
 _STORED = (*_FIELDS, "log_ohlc")
 
 
@@ -45,6 +46,11 @@ class SplitRange:
     history_start: int
     anchor_start: int
     end: int
+
+    @property
+    def empty(self) -> bool:
+        """The split holds no bar (its share was 0)."""
+        return self.history_start >= self.end
 
 
 def write_bars(data_dir: Path, per_instrument: dict[str, dict[Timeframe, Bars]]) -> dict[str, dict]:
@@ -91,6 +97,12 @@ class PreparedData:
     @property
     def instruments(self) -> list[str]:
         return list(self.manifest["instruments"])
+
+    @property
+    def bucket_origin(self) -> int:
+        """Seconds after midnight where the buckets of the folder start (0 for folders from before the
+        option existed)."""
+        return int(self.manifest.get("bucket_origin_seconds", 0))
 
     def rows(self, instrument: str, tf: Timeframe) -> tuple[int, int]:
         begin, end = self.manifest["instruments"][instrument]["offsets"][tf.value]

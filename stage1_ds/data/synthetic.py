@@ -2,7 +2,7 @@
 
 Realistic enough to train on: volatility clusters (an hourly AR(1) process on log-volatility), intraday
 seasonality (Asian lull, London and New York sessions), fat tails (Student-t innovations with 4 degrees of
-freedom), weekend closures (Friday 17:00 to Sunday 17:00, as in FX files) with an opening jump, and about
+freedom), a traded volume that rises with volatility (gamma-distributed around it), weekend closures (Friday 17:00 to Sunday 17:00, as in FX files) with an opening jump, and about
 1% of trading minutes missing.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stage1_ds.data.timeframes import Bars
+from stage1_ds.data.timeframes import Bars, volume_unit, volume_units
 
 SYNTHETIC_INSTRUMENT = "SYNTH"
 # Monday 2024-01-01 00:00 of the data clock; the series starts on the Sunday open before it.
@@ -61,4 +61,5 @@ def generate_synthetic_m1(days: int, seed: int) -> Bars:
         ohlc=ohlc[keep],
         volume=volume[keep],
         count=np.ones(len(keep), dtype=np.int32),
+        units=volume_units(volume[keep], volume_unit(volume[keep])),
     )

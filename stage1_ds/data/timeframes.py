@@ -59,6 +59,8 @@ class Bars:
         ohlc: (N, 4) float64 open, high, low, close.
         volume: (N,) float64 summed volume (all zeros when the source has none).
         count: (N,) int32 number of 1-minute bars that built each bar.
+        units: (N,) int64 volume in whole units of the instrument's volume unit (`volume_units`), summed
+            exactly across timeframes; zeros when the source has no volume.
         log_ohlc: (N, 4) float64 natural log of ``ohlc``, stored by `prepare` so serving needs no log;
             None until written.
     """
@@ -67,14 +69,22 @@ class Bars:
     ohlc: np.ndarray
     volume: np.ndarray
     count: np.ndarray
+    units: np.ndarray
     log_ohlc: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.start.shape[0])
 
 
-def aggregate(m1: Bars, timeframe: Timeframe) -> Bars:
-    """Derive the bars of ``timeframe`` from sorted, duplicate-free 1-minute bars.
+def bucket_start(start: np.ndarray, timeframe: Timeframe, origin: int = 0) -> np.ndarray:
+    """Start of the ``timeframe`` bucket holding each time: ``floor((t - origin) / k) * k + origin``
+    (``origin`` in seconds; the same origin for every timeframe keeps the buckets nested)."""
+    return (start - origin) // timeframe.seconds * timeframe.seconds + origin
+
+
+def aggregate(m1: Bars, timeframe: Timeframe, origin: int = 0) -> Bars:
+    """Derive the bars of ``timeframe`` from sorted, duplicate-free 1-minute bars, in buckets that start at
+    ``origin`` seconds plus multiples of the timeframe (`bucket_start`).
 
     Open is the first open of the bucket, high the max of highs, low the min of lows, close the last close,
     volume the sum. A bucket without any 1-minute bar yields no bar (gaps stay gaps).
@@ -82,8 +92,8 @@ def aggregate(m1: Bars, timeframe: Timeframe) -> Bars:
     if timeframe == BASE:
         return m1
     if len(m1) == 0:
-        return Bars(m1.start[:0], m1.ohlc[:0], m1.volume[:0], m1.count[:0])
-    key = m1.start // timeframe.seconds
+        return Bars(m1.start[:0], m1.ohlc[:0], m1.volume[:0], m1.count[:0], m1.units[:0])
+    key = bucket_start(m1.start, timeframe, origin)
     firsts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     lasts = np.r_[firsts[1:], len(key)] - 1
     ohlc = np.empty((len(firsts), 4), dtype=np.float64)
@@ -92,8 +102,25 @@ def aggregate(m1: Bars, timeframe: Timeframe) -> Bars:
     ohlc[:, 2] = np.minimum.reduceat(m1.ohlc[:, 2], firsts)
     ohlc[:, 3] = m1.ohlc[lasts, 3]
     return Bars(
-        start=key[firsts] * timeframe.seconds,
+        start=key[firsts],
         ohlc=ohlc,
         volume=np.add.reduceat(m1.volume, firsts),
         count=np.add.reduceat(m1.count, firsts).astype(np.int32),
+        units=np.add.reduceat(m1.units, firsts),
     )
+
+
+def volume_unit(volume: np.ndarray) -> float:
+    """The quantum of an instrument's volume: a power of two near 1/16 of its median non-zero 1-minute
+    volume (1.0 without volume). Whole units make sums across timeframes exact in float32 (below 2^24
+    units a bar, millions of typical minutes); a bar's feature is its units over a per-sample reference,
+    so the unit itself never reaches the model."""
+    positive = volume[volume > 0]
+    if len(positive) == 0:
+        return 1.0
+    return float(2.0 ** np.round(np.log2(np.median(positive) / 16)))
+
+
+def volume_units(volume: np.ndarray, unit: float) -> np.ndarray:
+    """(N,) int64 whole units of volume."""
+    return np.round(volume / unit).astype(np.int64)

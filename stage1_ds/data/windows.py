@@ -25,10 +25,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from stage1_ds.config import DataConfig
 from stage1_ds.data.batch import Batch, TimeframeWindow
-from stage1_ds.data.features import to_features
+from stage1_ds.data.features import to_features, volume_reference, volume_scale
 from stage1_ds.data.store import SPLITS, PreparedData, load_prepared, scale_of
 from stage1_ds.data.streams import Stream, uniform_hash
-from stage1_ds.data.timeframes import BASE, Timeframe, sort_timeframes
+from stage1_ds.data.timeframes import BASE, Timeframe, bucket_start, sort_timeframes
 from stage1_ds.errors import DataError
 
 
@@ -77,6 +77,16 @@ class WindowDataset(Dataset):
         # Plain ndarray views of the memory maps: the same pages, without np.memmap's per-index overhead.
         self._log_ohlc = {tf: np.asarray(self._bars[tf].log_ohlc) for tf in self.timeframes}
         self._start = {tf: np.asarray(self._bars[tf].start) for tf in self.timeframes}
+        self.volume = config.volume
+        if self.volume:
+            without = [n for n in self.instruments if not self.data.manifest["instruments"][n]["has_volume"]]
+            if without:
+                raise DataError(
+                    f"{self.data.root}: instrument(s) {without} have no traded volume (all zeros in their source "
+                    "files, as in HistData's FX files); data.channels [ohlc, volume] needs real volume: use "
+                    "data.channels=[ohlc] for them"
+                )
+        self._units = {tf: np.asarray(self._bars[tf].units) for tf in self.timeframes} if self.volume else {}
         stats = stats or self.data.stats
         self._scale = {
             tf: np.array([scale_of(stats, name, tf) for name in self.instruments], dtype=np.float32)
@@ -116,6 +126,12 @@ class WindowDataset(Dataset):
         self._anchor_instrument = np.concatenate(instrument)
         self._anchor_time = np.concatenate(time)
         self._last = {tf: np.concatenate(v) for tf, v in last.items()}
+        if all(self.data.split(name, self.split).empty for name in self.instruments):
+            raise DataError(
+                f"{self.data.root}: the {self.split} split is empty (prepared with --split "
+                f"{' '.join(f'{f:g}' for f in self.data.manifest['split_fractions'])}); prepare the data with a "
+                f"share for {self.split}"
+            )
         if len(self) == 0:
             longest = max(self.window_bars.values())
             raise DataError(
@@ -129,12 +145,13 @@ class WindowDataset(Dataset):
         global row of the first f bar in the same c bucket."""
         self._parent_row: dict[Timeframe, np.ndarray] = {}
         self._bucket_first: dict[Timeframe, np.ndarray] = {}
+        origin = self.data.bucket_origin
         for fine, coarse in zip(self.timeframes[:-1], self.timeframes[1:], strict=True):
             parent_rows, bucket_first = [], []
             for name in self.instruments:
                 f_begin, f_end = self.data.rows(name, fine)
                 c_begin, c_end = self.data.rows(name, coarse)
-                key = np.asarray(self._bars[fine].start[f_begin:f_end]) // coarse.seconds * coarse.seconds
+                key = bucket_start(np.asarray(self._bars[fine].start[f_begin:f_end]), coarse, origin)
                 c_start = np.asarray(self._bars[coarse].start[c_begin:c_end])
                 pos = np.searchsorted(c_start, key)
                 if len(c_start) == 0 or not np.array_equal(c_start[np.minimum(pos, len(c_start) - 1)], key):
@@ -178,12 +195,23 @@ class WindowDataset(Dataset):
             masks, modes = {tf: np.zeros_like(v) for tf, v in valid.items()}, None
         else:
             masks, modes = masker(ids, start, valid, anchor_time)
-        log_reference = self._reference(rows, {tf: valid[tf] & ~masks[tf] for tf in self.timeframes})
+        log_reference, reference_tf = self._reference(
+            rows, {tf: valid[tf] & ~masks[tf] for tf in self.timeframes}
+        )
+        if self.volume:
+            volume_ref = self._volume_reference(
+                rows, {tf: valid[tf] & ~masks[tf] for tf in self.timeframes}, reference_tf
+            )
 
         windows = {}
         for i, tf in enumerate(self.timeframes):
             scale = self._scale[tf][instrument]
-            features = to_features(self._log_ohlc[tf][rows[tf]], log_reference, scale)  # (B, L, F)
+            features = to_features(self._log_ohlc[tf][rows[tf]], log_reference, scale)  # (B, L, 4)
+            if self.volume:
+                volume = self._units[tf][rows[tf]] / (volume_ref[:, None] * volume_scale(tf.minutes))
+                features = np.concatenate(
+                    [features, volume[..., None].astype(np.float32)], axis=2
+                )  # (B, L, 5)
             features[~keep[tf]] = 0.0
             parent = None
             if i + 1 < len(self.timeframes):
@@ -199,6 +227,7 @@ class WindowDataset(Dataset):
                 start_time=torch.from_numpy(start[tf]),
                 parent_index=parent,
                 scale=torch.from_numpy(scale),
+                volume_scale=torch.full((len(ids),), volume_scale(tf.minutes)) if self.volume else None,
                 mask=None if masker is None else torch.from_numpy(masks[tf]),
             )
         return Batch(
@@ -212,24 +241,39 @@ class WindowDataset(Dataset):
 
     def _reference(
         self, rows: dict[Timeframe, np.ndarray], visible: dict[Timeframe, np.ndarray]
-    ) -> np.ndarray:
-        """(B,) log of each sample's reference price: the close of the last visible bar of its finest
-        timeframe that has a visible bar.
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(B,) log of each sample's reference price, the close of the last visible bar of its finest
+        timeframe that has a visible bar, and (B,) the index of that timeframe.
 
         Raises:
             DataError: a sample has no visible bar at all (the masker must leave one).
         """
         b = next(iter(rows.values())).shape[0]
-        log_reference = np.full(b, np.nan)
-        for tf in self.timeframes:
+        log_reference, source = np.full(b, np.nan), np.full(b, -1)
+        for i, tf in enumerate(self.timeframes):
             seen = visible[tf]
-            take = seen.any(axis=1) & np.isnan(log_reference)
+            take = seen.any(axis=1) & (source < 0)
             last = seen.shape[1] - 1 - np.argmax(seen[:, ::-1], axis=1)
             close = self._log_ohlc[tf][rows[tf][np.arange(b), last], 3]
             log_reference = np.where(take, close, log_reference)
-        if np.isnan(log_reference).any():
+            source = np.where(take, i, source)
+        if (source < 0).any():
             raise DataError("a sample has no visible bar to take its reference price from (masks hide all)")
-        return log_reference
+        return log_reference, source
+
+    def _volume_reference(
+        self, rows: dict[Timeframe, np.ndarray], visible: dict[Timeframe, np.ndarray], source: np.ndarray
+    ) -> np.ndarray:
+        """(B,) each sample's reference volume: a power of two near the mean volume per minute of the visible
+        bars of the timeframe its reference price comes from (visible bars only, like the price)."""
+        per_minute = np.zeros(len(source))
+        for i, tf in enumerate(self.timeframes):
+            seen = visible[tf] & (source == i)[:, None]
+            total = np.where(seen, self._units[tf][rows[tf]], 0).sum(axis=1)
+            per_minute = np.where(
+                source == i, total / np.maximum(seen.sum(axis=1), 1) / tf.minutes, per_minute
+            )
+        return volume_reference(per_minute)
 
     def rows(self, ids: np.ndarray, tf: Timeframe) -> np.ndarray:
         """(B, L) rows of the prepared ``tf`` arrays that the samples' windows of ``tf`` hold."""

@@ -7,8 +7,9 @@ Cross-timeframe consistency: for each consecutive pair (finer f, coarser c) of t
 reconstructed f bars of each c bucket are aggregated (first open, max high, min low, last close) through
 ``parent_index`` and compared with the model's reconstruction of the c bar. Both sides are first brought
 to the common unscaled space ``log(price / P_ref)`` (times each timeframe's power-of-two scale, exact), and
-the difference is measured in units of c's scale. It is exactly zero on true bars and on consistent
-predictions, and its gradient reaches both sides.
+the difference is measured in units of c's scale. With volume, the finer volumes are summed and compared
+with the coarser volume the same way (in units of the sample's reference volume). It is exactly zero on
+true bars and on consistent predictions, and its gradient reaches both sides.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 
 from stage1_ds.config import LossConfig, LossKind
 from stage1_ds.data.batch import Batch, TimeframeWindow
+from stage1_ds.data.features import NUM_FEATURES, VOLUME
 
 
 @dataclass
@@ -53,15 +55,16 @@ def reconstruction_error(pred: torch.Tensor, target: torch.Tensor, config: LossC
 def aggregate_to_parent(
     fine: torch.Tensor, parent: torch.Tensor, coarse_len: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """First open, max high, min low, last close of finer bars per coarser position.
+    """First open, max high, min low, last close (and summed volume) of finer bars per coarser position.
 
     Args:
-        fine: (B, Lf, 4) values in a space where aggregation is exact (log price relative to P_ref).
+        fine: (B, Lf, F) values in a space where aggregation is exact (log price relative to P_ref, and
+            volume in units of the sample's reference volume); F is 4, or 5 with volume.
         parent: (B, Lf) int64 coarser position of each finer bar, -1 for none.
         coarse_len: Lc.
 
     Returns:
-        aggregated (B, Lc, 4) and has_children (B, Lc) bool; rows without children hold zeros.
+        aggregated (B, Lc, F) and has_children (B, Lc) bool; rows without children hold zeros.
     """
     b, lf, _ = fine.shape
     has = parent >= 0
@@ -77,22 +80,33 @@ def aggregate_to_parent(
     last = reduce(position.to(fine.dtype), "amax", -1.0).long().clamp(min=0)
     count = torch.zeros((b, coarse_len + 1), device=fine.device).scatter_add(1, index, has.float())
     has_children = count[:, :coarse_len] > 0
-    aggregated = torch.stack(
-        [
-            fine[..., 0].gather(1, first),
-            reduce(fine[..., 1], "amax", float("-inf")),
-            reduce(fine[..., 2], "amin", float("inf")),
-            fine[..., 3].gather(1, last),
-        ],
-        dim=-1,
-    )
+    columns = [
+        fine[..., 0].gather(1, first),
+        reduce(fine[..., 1], "amax", float("-inf")),
+        reduce(fine[..., 2], "amin", float("inf")),
+        fine[..., 3].gather(1, last),
+    ]
+    if fine.shape[-1] > VOLUME:  # volumes add up
+        summed = torch.zeros((b, coarse_len + 1), dtype=fine.dtype, device=fine.device)
+        columns.append(summed.scatter_add(1, index, fine[..., VOLUME] * has)[:, :coarse_len])
+    aggregated = torch.stack(columns, dim=-1)
     aggregated = torch.where(has_children.unsqueeze(-1), aggregated, torch.zeros_like(aggregated))
     return aggregated, has_children
 
 
 def unscaled(values: torch.Tensor, window: TimeframeWindow) -> torch.Tensor:
-    """Features (B, L, F) to ``log(price / P_ref)``: multiply by the timeframe's power-of-two scale."""
-    return values * window.scale.to(values.dtype)[:, None, None]
+    """Features (B, L, F) to the space where aggregation is exact: prices times the timeframe's power-of-two
+    scale (``log(price / P_ref)``), volume times its power-of-two scale (units of the reference volume)."""
+    return values * _scales(window, values)
+
+
+def _scales(window: TimeframeWindow, values: torch.Tensor) -> torch.Tensor:
+    """(B, 1, F) each feature's scale in this timeframe."""
+    price = window.scale.to(values.dtype)[:, None, None].expand(-1, 1, NUM_FEATURES)
+    if values.shape[-1] == NUM_FEATURES:
+        return price
+    assert window.volume_scale is not None, "a volume feature needs the window's volume scale"
+    return torch.cat([price, window.volume_scale.to(values.dtype)[:, None, None]], dim=-1)
 
 
 def cross_timeframe_terms(predictions: dict[str, torch.Tensor], batch: Batch) -> dict[str, Term]:
@@ -108,7 +122,7 @@ def cross_timeframe_terms(predictions: dict[str, torch.Tensor], batch: Batch) ->
         aggregated, has = aggregate_to_parent(
             unscaled(predictions[fine], batch.windows[fine]), parent, coarse_pred.shape[1]
         )
-        scale = batch.windows[coarse].scale.to(coarse_pred.dtype)[:, None, None]
+        scale = _scales(batch.windows[coarse], coarse_pred)
         difference = (aggregated / scale - coarse_pred) * has.unsqueeze(-1)
         count = has.sum() * coarse_pred.shape[-1]
         terms[coarse] = Term(difference.pow(2).sum() / count.clamp(min=1), count)

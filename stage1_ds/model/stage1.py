@@ -13,7 +13,7 @@ from torch import nn
 
 from stage1_ds.config import Config, DataConfig, Fusion, LoraConfig, ModelConfig, Phase, config_from_dict
 from stage1_ds.data.batch import Batch
-from stage1_ds.data.features import NUM_FEATURES
+from stage1_ds.data.features import num_features
 from stage1_ds.data.timeframes import sort_timeframes
 from stage1_ds.errors import CheckpointError
 from stage1_ds.model import t5
@@ -70,7 +70,6 @@ class Stage1Model(nn.Module):
         self,
         config: ModelConfig,
         data: DataConfig,
-        num_features: int = NUM_FEATURES,
         layout: t5.Layout | None = None,
     ):
         """Build stems, heads and the encoder (``layout``: an exact T5 config, used when loading an export)."""
@@ -78,11 +77,13 @@ class Stage1Model(nn.Module):
         self.config = config
         self.timeframes = [tf.value for tf in sort_timeframes(data.timeframes)]
         self.window_bars = {tf: data.bars(tf) for tf in self.timeframes}
+        self.channels = list(data.channels)
         self.encoder: nn.Module = t5.build_encoder(config.encoder, layout)
         d_model = t5.d_model(self.encoder)
         max_patches = max(num_patches(n, config.patch_len) for n in self.window_bars.values())
-        self.embed = PatchEmbedding(self.timeframes, max_patches, config.patch_len, num_features, d_model)
-        self.heads = ReconstructionHeads(self.timeframes, config.patch_len, num_features, d_model)
+        features = num_features(data.volume)
+        self.embed = PatchEmbedding(self.timeframes, max_patches, config.patch_len, features, d_model)
+        self.heads = ReconstructionHeads(self.timeframes, config.patch_len, features, d_model)
 
     def forward(self, batch: Batch) -> Stage1Output:
         names = [tf for tf in batch.windows if tf in self.embed.stems]

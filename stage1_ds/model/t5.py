@@ -18,8 +18,9 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
-from transformers import T5Config, T5EncoderModel
+from transformers import PretrainedConfig, T5Config, T5EncoderModel
 
 from stage1_ds.config import EncoderConfig, EncoderPreset
 from stage1_ds.errors import ConfigError
@@ -70,38 +71,99 @@ def preset_config(preset: EncoderPreset, dropout: float = 0.1) -> T5Config:
 
 
 def build_encoder(config: EncoderConfig, layout: Layout | None = None) -> T5EncoderModel:
-    """Random init from the preset, or the weights of a local ``save_pretrained`` folder; with ``layout``
-    (an export's own T5 config), random init of exactly that layout, whatever the preset or path say.
+    """Random init from the preset, or pretrained weights (`load_pretrained_encoder`); with ``layout`` (an
+    export's own T5 config), random init of exactly that layout, whatever the preset or weights say.
 
     Raises:
-        ConfigError: ``pretrained_path`` is missing or is not a T5 checkpoint.
+        ConfigError: the pretrained weights cannot be found or are not a T5 encoder's.
     """
     if layout is not None:
         encoder = T5EncoderModel(layout)
-    elif config.pretrained_path is None:
+    elif config.pretrained is None:
         encoder = T5EncoderModel(preset_config(config.preset, config.dropout))
     else:
-        encoder = load_pretrained_encoder(Path(config.pretrained_path), config.dropout)
+        encoder = load_pretrained_encoder(config)
     drop_token_embedding(encoder)
     return encoder
 
 
-def load_pretrained_encoder(path: Path, dropout: float) -> T5EncoderModel:
-    config_file = path / "config.json"
-    if not path.is_dir():
+def load_pretrained_encoder(config: EncoderConfig) -> T5EncoderModel:
+    """``model.encoder.pretrained``: a local folder when it exists, a ``.safetensors`` file, else a model
+    id resolved by transformers through its cache (``HF_HOME``; ``HF_HUB_OFFLINE=1`` never downloads)."""
+    source = str(config.pretrained)
+    path = Path(source).expanduser()
+    if path.suffix == ".safetensors":
+        return _load_prefixed_file(path, config)
+    if path.is_dir():
+        return _load_folder(path, config.dropout)
+    if path.is_absolute() or source.startswith((".", "~")) or path.exists():
         raise ConfigError(
-            f"model.encoder.pretrained_path: {path} is not a folder (expected save_pretrained output)"
+            f"model.encoder.pretrained: {source} is not a folder (expected save_pretrained output)"
         )
+    return _load_model_id(source, config.dropout)
+
+
+def _load_folder(path: Path, dropout: float) -> T5EncoderModel:
+    config_file = path / "config.json"
     if not config_file.is_file():
-        raise ConfigError(f"model.encoder.pretrained_path: {path} has no config.json; is it a T5 checkpoint?")
+        raise ConfigError(f"model.encoder.pretrained: {path} has no config.json; is it a T5 checkpoint?")
     model_type = json.loads(config_file.read_text()).get("model_type")
     if model_type != "t5":
         raise ConfigError(
-            f"model.encoder.pretrained_path: {config_file} has model_type {model_type!r}, expected 't5'"
+            f"model.encoder.pretrained: {config_file} has model_type {model_type!r}, expected 't5'"
         )
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-        raise ConfigError(f"model.encoder.pretrained_path: {path} holds no weights (*.safetensors or *.bin)")
+        raise ConfigError(f"model.encoder.pretrained: {path} holds no weights (*.safetensors or *.bin)")
     return T5EncoderModel.from_pretrained(path, local_files_only=True, dropout_rate=dropout)
+
+
+def _load_model_id(model_id: str, dropout: float) -> T5EncoderModel:
+    try:
+        config_dict, _ = PretrainedConfig.get_config_dict(model_id)
+    except OSError as error:
+        reason = str(error).strip().splitlines()[0]
+        raise ConfigError(
+            f"model.encoder.pretrained: {model_id!r} is neither a local folder nor a model in the Hugging Face "
+            f"cache ({reason}); download it once (huggingface-cli download {model_id}) or point HF_HOME at "
+            "the cache that holds it"
+        ) from None
+    if config_dict.get("model_type") != "t5":
+        raise ConfigError(
+            f"model.encoder.pretrained: {model_id!r} has model_type {config_dict.get('model_type')!r}, expected 't5'"
+        )
+    return T5EncoderModel.from_pretrained(model_id, dropout_rate=dropout)
+
+
+def _load_prefixed_file(path: Path, config: EncoderConfig) -> T5EncoderModel:
+    """A T5 encoder stack whose weights sit under ``config.pretrained_prefix`` in a safetensors file."""
+    if not path.is_file():
+        raise ConfigError(f"model.encoder.pretrained: {path}: no such file")
+    state = load_file(str(path))
+    prefix = config.pretrained_prefix or ""
+    taken = {f"encoder.{k[len(prefix) :]}": v for k, v in state.items() if k.startswith(prefix)}
+    beside = path.parent / "config.json"
+    if beside.is_file() and json.loads(beside.read_text()).get("model_type") == "t5":
+        layout = T5Config.from_json_file(beside)
+        layout.dropout_rate = config.dropout
+    else:
+        layout = preset_config(config.preset, config.dropout)
+    encoder = T5EncoderModel(layout)
+    expected = {
+        k: v.shape
+        for k, v in encoder.state_dict().items()
+        if k.startswith("encoder.") and not is_token_embedding(k)
+    }
+    missing = sorted(set(expected) - set(taken))
+    wrong = sorted(k for k in expected if k in taken and taken[k].shape != expected[k])
+    if missing or wrong:
+        found = sorted(state)[:4]
+        raise ConfigError(
+            f"model.encoder.pretrained: {path} under prefix {prefix!r} lacks {len(missing)} of the encoder's "
+            f"{len(expected)} weights (e.g. {missing[:3]}) and has {len(wrong)} of another shape (e.g. {wrong[:3]}); "
+            f"its keys begin like {found}: set model.encoder.pretrained_prefix, or the preset, to match"
+        )
+    encoder.load_state_dict({k: taken[k] for k in expected}, strict=False)
+    return encoder
 
 
 def drop_token_embedding(encoder: T5EncoderModel) -> None:
