@@ -1,4 +1,4 @@
-"""The ``stage1`` command: prepare data, train, convert checkpoints, evaluate, encode, and the demo.
+"""The ``stage1`` command: prepare data, train, convert checkpoints, evaluate, encode, probe, and the demo.
 
 Each subcommand parses its arguments here and calls one library function; heavy imports (torch,
 DeepSpeed) happen inside the subcommands that need them, so ``stage1 prepare`` starts fast.
@@ -299,6 +299,38 @@ def _run_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_probe(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "probe", help="forecast future realised variance and direction from the embeddings, against HAR"
+    )
+    p.add_argument("--model", type=Path, required=True, help="an export folder (stage1 convert)")
+    p.add_argument("--data", type=Path, required=True, help="a prepared data folder with train, val and test")
+    p.add_argument("--json", type=Path, required=True, help="write the report here (and a PNG beside it)")
+    p.add_argument("--max-anchors", type=int, default=3000, help="at most this many anchors per split")
+    p.add_argument("--seed", type=int, default=0, help="anchor subsample and the untrained control's init")
+    p.add_argument(
+        "--allow-other-stats",
+        action="store_true",
+        help="go on (with a warning) when the data folder's feature statistics differ from the model's",
+    )
+    p.set_defaults(run=_run_probe)
+
+
+def _run_probe(args: argparse.Namespace) -> int:
+    from stage1_ds.model.stage1 import Stage1Model
+    from stage1_ds.probe import format_probe, probe, write_probe
+
+    device = "cuda" if torch_cuda_available() else "cpu"
+    model = Stage1Model.from_pretrained(args.model, device)
+    untrained = Stage1Model.untrained_like(args.model, args.seed).to(device)
+    report = probe(model, untrained, args.data, args.max_anchors, args.seed, stats=_model_stats(args))
+    figure = args.json.with_suffix(".png")
+    write_probe(report, args.json, figure)
+    print(format_probe(report))
+    print(f"report: {args.json}; figure: {figure}")
+    return 0
+
+
 def torch_cuda_available() -> bool:
     import torch
 
@@ -313,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(commands)
     _add_evaluate(commands)
     _add_encode(commands)
+    _add_probe(commands)
     _add_demo(commands)
     return parser
 

@@ -9,7 +9,9 @@ call it). Defaults live here and only here, the data preparation's too.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +23,8 @@ import yaml
 
 from stage1_ds.data.timeframes import TIMEFRAMES, Timeframe
 from stage1_ds.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 _ALL_TIMEFRAMES = [tf.value for tf in TIMEFRAMES]
 #: The repository root: relative paths in configs (``train.ds_config``) are looked up here too.
@@ -566,12 +570,36 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     node[parts[-1]] = yaml.safe_load(value)
 
 
+#: Keys renamed since checkpoints and exports were first written, old dotted key to new: a snapshot that
+#: uses an old name still loads (with a warning), so no earlier run is lost to a rename.
+RENAMED_KEYS = {"model.encoder.pretrained_path": "model.encoder.pretrained"}
+
+
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     """Build and validate a config from plain data (a YAML document or a checkpoint's snapshot)."""
+    raw = _renamed(raw, source)
     problems: list[str] = []
     config = _build(Config, raw, "", problems)
     _raise_problems(problems + config.problems(), source)
     return config
+
+
+def _renamed(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """A copy of ``raw`` with the keys of `RENAMED_KEYS` moved to their new names (both given: an error)."""
+    raw = copy.deepcopy(raw)
+    for old, new in RENAMED_KEYS.items():
+        *path, old_leaf = old.split(".")
+        node: Any = raw
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or old_leaf not in node:
+            continue
+        new_leaf = new.split(".")[-1]
+        if new_leaf in node:
+            raise ConfigError(f"{source}: {old} is the old name of {new}; give only {new}")
+        log.warning("%s: %s is now called %s", source, old, new)
+        node[new_leaf] = node.pop(old_leaf)
+    return raw
 
 
 def _raise_problems(problems: list[str], source: str) -> None:

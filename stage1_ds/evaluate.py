@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from stage1_ds.model.losses import cross_timeframe_terms
 from stage1_ds.model.masking import MODES, MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model
 from stage1_ds.plots import masked_window_figure
+from stage1_ds.statistics import wilson_interval
 
 BASELINES = ("linear_interpolation", "last_close", "train_mean", "cross_timeframe_rules")
 
@@ -99,16 +99,6 @@ class Scores:
         if self.volume_count:
             out["volume_mse"] = self.volume_squared / self.volume_count
         return out
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (95% for z = 1.96); (nan, nan) for n = 0."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
 
 
 def model_predictor(model: Stage1Model) -> Predictor:

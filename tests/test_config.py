@@ -60,3 +60,14 @@ def test_timeframe_weights_must_name_timeframes_the_model_sees() -> None:
     config.model.loss.timeframe_weights["m5"] = 1.0  # changed in code after loading
     with pytest.raises(ConfigError, match=r"timeframe_weights\.m5"):
         config.validate()
+
+
+def test_a_snapshot_with_a_renamed_key_still_loads(tmp_path: Path) -> None:
+    # configs saved in checkpoints and exports before `model.encoder.pretrained_path` became `pretrained`
+    path = tmp_path / "old.yaml"
+    path.write_text("model:\n  encoder:\n    pretrained_path: weights/t5\n    preset: tiny\n")
+    config = load_config(path)
+    assert config.model.encoder.pretrained == "weights/t5" and config.model.encoder.preset == "tiny"
+    both = ["model.encoder.pretrained_path=a", "model.encoder.pretrained=b"]
+    with pytest.raises(ConfigError, match=r"pretrained_path is the old name of model\.encoder\.pretrained"):
+        load_config(None, both)

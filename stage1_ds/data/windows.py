@@ -98,6 +98,16 @@ class WindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self._anchor_instrument)
 
+    @property
+    def anchor_time(self) -> np.ndarray:
+        """(anchors,) end of each anchor bar, seconds; in time order within each instrument."""
+        return self._anchor_time
+
+    @property
+    def anchor_instrument(self) -> np.ndarray:
+        """(anchors,) index into `instruments` of each anchor."""
+        return self._anchor_instrument
+
     def _index_anchors(self) -> None:
         instrument, time = [], []
         last: dict[Timeframe, list[np.ndarray]] = {tf: [] for tf in self.timeframes}

@@ -145,6 +145,17 @@ class Stage1Model(nn.Module):
             ) from None
         return model.to(device).eval()
 
+    @classmethod
+    def untrained_like(cls, export_dir: Path | str, seed: int = 0) -> Stage1Model:
+        """The architecture and config of an export with freshly initialised weights (a control that shows
+        what training added), in eval mode on the CPU."""
+        root = Path(export_dir)
+        config = load_export_config(root)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = cls(config.model, config.data, layout=t5.read_layout(root / EXPORT_ENCODER_CONFIG))
+        return model.eval()
+
     # -- trainability -----------------------------------------------------------------------------------
 
     def add_lora(self, config: LoraConfig) -> None:
