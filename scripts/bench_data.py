@@ -1,11 +1,15 @@
 """Data pipeline benchmark: prepare time, windows served per second on one core (unmasked and with the masks
-of each masking mode built), peak RSS while serving.
+of each masking mode built), peak RSS while serving; with --scale, prepare at 1, 10 and 100 synthetic
+instrument-years (time and peak RSS, 1 and 2 workers) and serving from the 100-instrument folder.
 
 Usage: python scripts/bench_data.py [--histdata ../shared/data/histdata] [--json OUT.json]
+       python scripts/bench_data.py --scale [--scale-dir /tmp/stage1_scale] [--json OUT.json]
 
 Targets: prepare one HistData year < 10 s; >= 20,000 windows/s on one core unmasked and >= 15,000 with
 masks (batches of 256, all six timeframes, 128 bars each, memory-mapped); serving two instruments x one
-year < 500 MB RSS.
+year < 500 MB RSS. Scale: peak RSS of prepare independent of the number of instruments (100
+instrument-years within 1.2x of one), time linear in rows, at least 1.7x faster with 2 workers than 1,
+serving unchanged (>= 20,000 windows/s per core) from the 100-instrument folder.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,15 +60,76 @@ def serve(data_dir: str, batches: int) -> dict[str, float]:
     return results
 
 
+def prepare_child(out: str, instruments: int, workers: int) -> dict[str, float]:
+    """Prepare ``instruments`` synthetic instrument-years in this (fresh) process; time and the peak RSS of
+    this process and of its worker processes."""
+    from stage1_ds.data.prepare import PrepareOptions, prepare_synthetic
+
+    start = time.perf_counter()
+    prepare_synthetic(
+        Path(out), days=365, seed=0, options=PrepareOptions(workers=workers), instruments=instruments
+    )
+    seconds = time.perf_counter() - start
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    workers_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"seconds": seconds, "peak_rss_mb": own, "worker_peak_rss_mb": workers_peak}
+
+
+def scale(scale_dir: Path, batches: int) -> dict[str, object]:
+    """Prepare 1, 10 and 100 instrument-years with 1 and 2 workers; serve from the 100-instrument folder."""
+    results: dict[str, object] = {}
+    for instruments in (1, 10, 100):
+        for workers in (1, 2):
+            out = scale_dir / f"i{instruments}_w{workers}"
+            shutil.rmtree(out, ignore_errors=True)
+            command = [sys.executable, __file__, "--prepare-child", str(out), str(instruments), str(workers)]
+            child = subprocess.run(command, capture_output=True, text=True, check=True)
+            measured = json.loads(child.stdout.strip().splitlines()[-1])
+            results[f"prepare_{instruments}x1y_{workers}w"] = measured
+            print(
+                f"prepare {instruments:>3} instrument-years, {workers} worker(s): {measured['seconds']:7.1f} s, "
+                f"peak RSS {measured['peak_rss_mb']:.0f} MB (workers {measured['worker_peak_rss_mb']:.0f} MB)"
+            )
+            if instruments < 100 or workers < 2:
+                shutil.rmtree(out)
+    folder = scale_dir / "i100_w2"
+    child = subprocess.run(
+        [sys.executable, __file__, "--serve", str(folder), "--batches", str(batches)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    served = json.loads(child.stdout.strip().splitlines()[-1])
+    results["serve_100_instruments"] = served
+    print(
+        f"windows served on one core from 100 instrument-years: {served['windows_per_s_unmasked']:,.0f} /s unmasked, "
+        f"{served['windows_per_s_mixture']:,.0f} /s with the default masks; peak RSS {served['peak_rss_mb']:.0f} MB"
+    )
+    shutil.rmtree(folder)
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--histdata", type=Path, default=REPO.parent / "shared" / "data" / "histdata")
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--scale", action="store_true", help="the 1/10/100 instrument-year measurements")
+    parser.add_argument("--scale-dir", type=Path, default=Path(tempfile.gettempdir()) / "stage1_scale")
     parser.add_argument("--serve", help=argparse.SUPPRESS)  # internal: run `serve` in a fresh process
+    parser.add_argument("--prepare-child", nargs=3, help=argparse.SUPPRESS)  # internal: a fresh process
     args = parser.parse_args()
     if args.serve:
         print(json.dumps(serve(args.serve, args.batches)))
+        return 0
+    if args.prepare_child:
+        out, instruments, workers = args.prepare_child
+        print(json.dumps(prepare_child(out, int(instruments), int(workers))))
+        return 0
+    if args.scale:
+        results = scale(args.scale_dir, args.batches)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
         return 0
 
     from stage1_ds.data.prepare import prepare_files

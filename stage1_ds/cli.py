@@ -12,7 +12,13 @@ import sys
 from pathlib import Path
 
 from stage1_ds.data.ingest import CsvColumns, InputFormat, OnBadRows
-from stage1_ds.data.prepare import PrepareOptions, prepare_files, prepare_synthetic, summary_table
+from stage1_ds.data.prepare import (
+    PrepareOptions,
+    merge_prepared,
+    prepare_files,
+    prepare_synthetic,
+    summary_table,
+)
 from stage1_ds.data.store import SPLITS
 from stage1_ds.errors import Stage1Error
 from stage1_ds.logs import setup_logging
@@ -66,6 +72,24 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--days", type=int, default=365, help="calendar days of synthetic data")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic market")
+    p.add_argument(
+        "--instruments",
+        type=int,
+        default=1,
+        help="synthetic instruments, each its own seed, volatility and price",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="processes preparing instruments in parallel (default: the cores available); same output for any",
+    )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="FOLDER",
+        help="merge prepared folders of disjoint instruments (prepared alike, e.g. on several machines) into --out",
+    )
     csv = p.add_argument_group("generic CSV and Parquet (--format csv)")
     columns = defaults.csv_columns
     csv.add_argument("--timestamp-column", default=columns.timestamp)
@@ -93,6 +117,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
         on_bad_rows=OnBadRows(args.on_bad_rows),
         timezone=args.timezone,
         bucket_origin_minutes=args.bucket_origin,
+        workers=args.workers,
         csv_columns=CsvColumns(
             timestamp=args.timestamp_column,
             open=args.open_column,
@@ -104,13 +129,15 @@ def _run_prepare(args: argparse.Namespace) -> int:
         ),
         force=args.force,
     )
-    if args.synthetic:
-        if args.input:
-            raise Stage1Error("--synthetic and --input exclude each other")
-        manifest = prepare_synthetic(args.out, days=args.days, seed=args.seed, options=options)
+    if sum(map(bool, (args.synthetic, args.input, args.merge))) > 1:
+        raise Stage1Error("--synthetic, --input and --merge exclude each other")
+    if args.merge:
+        manifest = merge_prepared(args.merge, args.out, force=args.force)
+    elif args.synthetic:
+        manifest = prepare_synthetic(args.out, args.days, args.seed, options, instruments=args.instruments)
     else:
         if not args.input:
-            raise Stage1Error("prepare needs --input FILE... (or --synthetic)")
+            raise Stage1Error("prepare needs --input FILE... (or --synthetic, or --merge FOLDER...)")
         manifest = prepare_files(args.input, args.out, InputFormat(args.format), args.instrument, options)
     print(summary_table(manifest))
     print(f"prepared data written to {args.out}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import EURUSD_2019, require_histdata
+from conftest import EURUSD_2019, REPO, require_histdata
 from stage1_ds.data.store import load_prepared
 from stage1_ds.data.timeframes import TIMEFRAMES, Timeframe
 
@@ -118,6 +119,23 @@ def test_all_shared_histdata_files_prepare_as_four_instruments(tmp_path: Path) -
     assert eurusd["time_range_utc"][0].startswith("2018-01-0")
     assert eurusd["time_range_utc"][1].startswith("2019-12-31")
     assert "EURUSD" in result.stdout and "h4" in result.stdout
+    # Bit for bit what prepare wrote before it worked one instrument at a time in worker processes
+    # (tests/data/shared_histdata_prepared.json: hashes of every array, the statistics and the manifest,
+    # written by the in-memory version of commit e235074).
+    reference = json.loads((REPO / "tests" / "data" / "shared_histdata_prepared.json").read_text())
+    for name, digest in reference["arrays"].items():
+        assert hashlib.sha256((out / "bars" / name).read_bytes()).hexdigest() == digest, name
+    assert sorted(p.name for p in (out / "bars").iterdir()) == sorted(reference["arrays"])
+    stats = json.loads((out / "stats.json").read_text())
+    for record in stats["instruments"].values():
+        assert set(record.pop("sufficient")) == {"m1", "m5", "m15", "m30", "h1", "h4"}
+    assert stats == reference["stats"]
+    for key in ("created_utc", "code_version"):
+        manifest.pop(key)
+    for record in manifest["instruments"].values():
+        for source in record["sources"]:
+            source["path"] = Path(source["path"]).name
+    assert manifest == reference["manifest"]
 
 
 def test_prepare_refuses_to_overwrite_without_force(

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import shutil
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,9 +32,13 @@ from stage1_ds.data.ingest import (
 from stage1_ds.data.store import (
     FORMAT_VERSION,
     SPLITS,
+    PreparedData,
     SplitRange,
+    assemble_bars,
+    assemble_instrument_slices,
+    load_prepared,
     split_to_json,
-    write_bars,
+    write_instrument_bars,
     write_json,
 )
 from stage1_ds.data.synthetic import SYNTHETIC_INSTRUMENT, generate_synthetic_m1
@@ -58,6 +65,8 @@ class PrepareOptions:
         bucket_origin_minutes: where buckets start, in minutes after midnight of the data clock (all
             timeframes shift together, so they still nest): h4 buckets start at this time plus multiples of
             four hours, h1 at whole hours plus its minutes past the hour.
+        workers: processes preparing instruments in parallel (None: the cores available); the output is
+            the same for any number.
         force: replace an existing prepared folder.
     """
 
@@ -67,6 +76,7 @@ class PrepareOptions:
     csv_columns: CsvColumns = field(default_factory=CsvColumns)
     timezone: str | None = None
     bucket_origin_minutes: int = 0
+    workers: int | None = None
     force: bool = False
 
     def __post_init__(self) -> None:
@@ -97,30 +107,60 @@ def prepare_files(
 ) -> dict[str, Any]:
     """Read, clean and derive every timeframe of the given files; write the prepared folder.
 
+    Instruments are prepared one at a time per worker process (`PrepareOptions.workers`), so memory is
+    bounded by one instrument's rows per worker, whatever the number of instruments.
+
     Returns:
         The manifest that was written.
     """
     options = options or PrepareOptions()
     _claim_output(out, options.force)
-    sources = discover_inputs(inputs, fmt, instrument)
     by_instrument: dict[str, list[SourceFile]] = {}
-    for source in sources:
+    for source in discover_inputs(inputs, fmt, instrument):
         by_instrument.setdefault(source.instrument, []).append(source)
+    jobs: list[Job] = [FilesJob(name, tuple(files)) for name, files in by_instrument.items()]
+    return _prepare(out, jobs, options, synthetic=None)
 
-    m1: dict[str, Bars] = {}
-    records: dict[str, dict[str, Any]] = {}
-    for name, files in by_instrument.items():
+
+def prepare_synthetic(
+    out: Path, days: int, seed: int, options: PrepareOptions | None = None, instruments: int = 1
+) -> dict[str, Any]:
+    """Write a prepared folder of the deterministic synthetic market (the embedded default data): one
+    instrument (SYNTH), or ``instruments`` of them (SYNTH000, ...), each with its own seed, volatility
+    level and price level."""
+    options = options or PrepareOptions()
+    if instruments < 1:
+        raise DataError(f"--instruments {instruments}: expected at least 1")
+    _claim_output(out, options.force)
+    jobs: list[Job]
+    if instruments == 1:
+        jobs = [SyntheticJob(SYNTHETIC_INSTRUMENT, days, seed)]
+        params = {"days": days, "seed": seed}
+    else:
+        jobs = [SyntheticJob(f"{SYNTHETIC_INSTRUMENT}{k:03d}", days, seed, k) for k in range(instruments)]
+        params = {"days": days, "seed": seed, "instruments": instruments}
+    return _prepare(out, jobs, options, synthetic=params)
+
+
+@dataclass(frozen=True)
+class FilesJob:
+    """One instrument's files to read."""
+
+    name: str
+    files: tuple[SourceFile, ...]
+
+    def read(self, options: PrepareOptions) -> tuple[Bars, dict[str, Any]]:
         parts: list[M1Rows] = []
         reports: list[FileReport] = []
-        for source in tqdm(files, desc=f"reading {name}", unit="file", disable=None, leave=False):
+        for source in self.files:
             rows, report = read_source(source, options.on_bad_rows, options.csv_columns, options.timezone)
             parts.append(rows)
             reports.append(report)
         bars, cleaning = clean_m1(parts)
         if len(bars) == 0:
-            raise DataError(f"instrument {name}: no valid 1-minute rows in {[str(f.path) for f in files]}")
-        m1[name] = bars
-        records[name] = {
+            files = [str(f.path) for f in self.files]
+            raise DataError(f"instrument {self.name}: no valid 1-minute rows in {files}")
+        record = {
             "sources": [asdict(r) for r in reports],
             "duplicates_dropped": cleaning.duplicates_dropped,
             "out_of_order_rows": cleaning.out_of_order_rows,
@@ -131,36 +171,52 @@ def prepare_files(
         if cleaning.duplicates_dropped:
             log.warning(
                 "%s: dropped %d duplicate timestamps (kept the first of each)",
-                name,
+                self.name,
                 cleaning.duplicates_dropped,
             )
-        if records[name]["bad_rows_dropped"]:
-            log.warning("%s: dropped bad rows: %s", name, records[name]["bad_rows_dropped"])
-    return _write_prepared(out, m1, records, options, synthetic=None)
+        if record["bad_rows_dropped"]:
+            log.warning("%s: dropped bad rows: %s", self.name, record["bad_rows_dropped"])
+        return bars, record
 
 
-def prepare_synthetic(
-    out: Path, days: int, seed: int, options: PrepareOptions | None = None
-) -> dict[str, Any]:
-    """Write a prepared folder of the deterministic synthetic market (the embedded default data)."""
-    options = options or PrepareOptions()
-    _claim_output(out, options.force)
-    bars = generate_synthetic_m1(days, seed)
-    record = {
-        "sources": [],
-        "duplicates_dropped": 0,
-        "out_of_order_rows": 0,
-        "bad_rows_dropped": {},
-        "has_volume": True,
-        "volume_unit": volume_unit(bars.volume),
-    }
-    return _write_prepared(
-        out,
-        {SYNTHETIC_INSTRUMENT: bars},
-        {SYNTHETIC_INSTRUMENT: record},
-        options,
-        synthetic={"days": days, "seed": seed},
-    )
+@dataclass(frozen=True)
+class SyntheticJob:
+    """One synthetic instrument: its seed, and which one of several it is (None: the single default)."""
+
+    name: str
+    days: int
+    seed: int
+    index: int | None = None
+
+    def read(self, options: PrepareOptions) -> tuple[Bars, dict[str, Any]]:
+        bars = generate_synthetic_m1(self.days, self.seed, self.index)
+        record = {
+            "sources": [],
+            "duplicates_dropped": 0,
+            "out_of_order_rows": 0,
+            "bad_rows_dropped": {},
+            "has_volume": True,
+            "volume_unit": volume_unit(bars.volume),
+        }
+        return bars, record
+
+
+Job = FilesJob | SyntheticJob
+
+
+@dataclass
+class Prepared:
+    """What a worker hands back for one instrument: its manifest record, statistics and bar counts (the
+    bars themselves wait on disk in the parts folder)."""
+
+    name: str
+    record: dict[str, Any]
+    stats: dict[str, Any]
+    lengths: dict[str, int]
+
+
+#: Where workers leave each instrument's arrays until they are assembled, inside the output folder.
+PARTS = "parts.partial"
 
 
 def _claim_output(out: Path, force: bool) -> None:
@@ -170,52 +226,53 @@ def _claim_output(out: Path, force: bool) -> None:
         # The manifest goes first, so an interrupted rewrite never looks complete.
         (out / "manifest.json").unlink()
         shutil.rmtree(out / "bars", ignore_errors=True)
+    shutil.rmtree(out / PARTS, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _write_prepared(
-    out: Path,
-    m1: dict[str, Bars],
-    records: dict[str, dict[str, Any]],
-    options: PrepareOptions,
-    synthetic: dict[str, int] | None,
+def _prepare(
+    out: Path, jobs: list[Job], options: PrepareOptions, synthetic: dict[str, int] | None
 ) -> dict[str, Any]:
-    derived: dict[str, dict[Timeframe, Bars]] = {}
-    stats: dict[str, Any] = {
+    """Prepare every instrument (in worker processes when there are several workers), then assemble the
+    folder in the jobs' order, so that the output does not depend on the number of workers."""
+    parts = out / PARTS
+    parts.mkdir(parents=True)
+    workers = max(1, min(options.workers or len(os.sched_getaffinity(0)), len(jobs)))
+    progress = tqdm(total=len(jobs), desc="preparing", unit="instrument", disable=None)
+    results: dict[str, Prepared] = {}
+    if workers == 1:
+        for job in jobs:
+            results[job.name] = prepare_instrument(job, options, parts)
+            progress.set_postfix_str(job.name)
+            progress.update(1)
+    else:
+        # spawn, not fork: the caller may hold threads (torch, a DataLoader) that a fork would copy mid-lock
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(prepare_instrument, job, options, parts): job.name for job in jobs}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()  # a worker's DataError surfaces here
+                progress.set_postfix_str(futures[future])
+                progress.update(1)
+    progress.close()
+    ordered = [results[job.name] for job in jobs]
+    offsets = assemble_bars(out, [(r.name, parts / r.name, r.lengths) for r in ordered])
+    shutil.rmtree(parts)
+    records = {r.name: {**r.record, "offsets": offsets[r.name]} for r in ordered}
+    stats = {
         "window_bars": options.window_bars,
         "lag_bars": options.window_bars // 2,
-        "instruments": {},
+        "instruments": {r.name: r.stats for r in ordered},
     }
-    origin = 60 * options.bucket_origin_minutes
-    for name in tqdm(m1, desc="deriving timeframes", unit="instrument", disable=None, leave=False):
-        by_tf = {tf: aggregate(m1[name], tf, origin) for tf in TIMEFRAMES}
-        derived[name] = by_tf
-        gap = _longest_window_span(by_tf, options.window_bars, name)
-        splits = _split_ranges(by_tf[BASE], options.split_fractions, gap, name)
-        records[name].update(
-            time_range_utc=[
-                str(np.datetime64(int(by_tf[BASE].start[0]), "s")),
-                str(np.datetime64(int(by_tf[BASE].start[-1]) + 60, "s")),
-            ],
-            gap_seconds=gap,
-            splits={s: split_to_json(r) for s, r in splits.items()},
-            rows={tf.value: _rows_per_split(by_tf[tf], tf, splits) for tf in TIMEFRAMES},
-        )
-        fitted_on = next(split for split in SPLITS if not splits[split].empty)
-        if fitted_on != "train":
-            log.warning(
-                "%s: no train split; feature statistics are fitted on the %s split (a trained model's own "
-                "statistics are used for evaluation and encoding where it has them)",
-                name,
-                fitted_on,
-            )
-        stats["instruments"][name] = _fit_stats(by_tf, splits[fitted_on], options.window_bars // 2)
-        stats["instruments"][name]["fitted_on"] = fitted_on
+    write_json(out / "stats.json", stats)
+    manifest = _manifest(records, options, synthetic)
+    write_json(out / "manifest.json", manifest)  # last: its presence marks a complete folder
+    return manifest
 
-    offsets = write_bars(out, derived)
-    for name in records:
-        records[name]["offsets"] = offsets[name]
-    manifest = {
+
+def _manifest(
+    records: dict[str, Any], options: PrepareOptions, synthetic: dict[str, int] | None
+) -> dict[str, Any]:
+    return {
         "format_version": FORMAT_VERSION,
         "code_version": code_version(),
         "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -226,13 +283,116 @@ def _write_prepared(
         "split_fractions": list(options.split_fractions),
         "window_bars": options.window_bars,
         "timezone": options.timezone,
-        "bucket_origin_seconds": origin,
+        "bucket_origin_seconds": 60 * options.bucket_origin_minutes,
         "on_bad_rows": options.on_bad_rows.value,
         "instruments": records,
     }
+
+
+def prepare_instrument(job: Job, options: PrepareOptions, parts: Path) -> Prepared:
+    """Read, clean, derive, split and fit one instrument; write its arrays to ``parts/<name>/``."""
+    m1, record = job.read(options)
+    name = job.name
+    by_tf = {tf: aggregate(m1, tf, 60 * options.bucket_origin_minutes) for tf in TIMEFRAMES}
+    gap = _longest_window_span(by_tf, options.window_bars, name)
+    splits = _split_ranges(by_tf[BASE], options.split_fractions, gap, name)
+    record.update(
+        time_range_utc=[
+            str(np.datetime64(int(by_tf[BASE].start[0]), "s")),
+            str(np.datetime64(int(by_tf[BASE].start[-1]) + 60, "s")),
+        ],
+        gap_seconds=gap,
+        splits={s: split_to_json(r) for s, r in splits.items()},
+        rows={tf.value: _rows_per_split(by_tf[tf], tf, splits) for tf in TIMEFRAMES},
+    )
+    fitted_on = next(split for split in SPLITS if not splits[split].empty)
+    if fitted_on != "train":
+        log.warning(
+            "%s: no train split; feature statistics are fitted on the %s split (a trained model's own "
+            "statistics are used for evaluation and encoding where it has them)",
+            name,
+            fitted_on,
+        )
+    stats = _fit_stats(by_tf, splits[fitted_on], options.window_bars // 2)
+    stats["fitted_on"] = fitted_on
+    write_instrument_bars(parts / name, by_tf)
+    return Prepared(name, record, stats, {tf.value: len(bars) for tf, bars in by_tf.items()})
+
+
+#: Options that must agree between folders that are merged.
+_MERGE_KEYS = ("format_version", "window_bars", "split_fractions", "timezone", "bucket_origin_seconds")
+
+
+def merge_prepared(folders: list[Path], out: Path, force: bool = False) -> dict[str, Any]:
+    """Merge prepared folders of disjoint instruments (prepared on several machines) into one, as a single
+    ``prepare`` of all their files would have written it: the same arrays, records and statistics
+    (statistics are per instrument, fitted on its own train split, and checked against the sufficient
+    statistics each folder keeps).
+
+    Raises:
+        DataError: a folder is incomplete, the folders were prepared with different options (naming them),
+            an instrument is in two folders, or a folder lacks the sufficient statistics.
+    """
+    datas = [load_prepared(folder) for folder in folders]
+    first = datas[0].manifest
+    for data in datas[1:]:
+        differ = [key for key in _MERGE_KEYS if data.manifest.get(key) != first.get(key)]
+        if differ:
+            detail = "; ".join(
+                f"{key}: {first.get(key)!r} in {datas[0].root}, {data.manifest.get(key)!r}" for key in differ
+            )
+            raise DataError(
+                f"{data.root}: prepared with other options than {datas[0].root} ({detail}); prepare them alike"
+            )
+    owners: dict[str, Path] = {}
+    for data in datas:
+        for name in data.instruments:
+            if name in owners:
+                raise DataError(
+                    f"instrument {name} is in {owners[name]} and {data.root}: prepare all files of an instrument "
+                    "together (its splits are cut over its whole time range)"
+                )
+            owners[name] = data.root
+            _check_sufficient(data, name)
+    _claim_output(out, force)
+    offsets = assemble_instrument_slices(out, [(data, name) for data in datas for name in data.instruments])
+    records = {
+        name: {**data.manifest["instruments"][name], "offsets": offsets[name]}
+        for data in datas
+        for name in data.instruments
+    }
+    stats = {
+        "window_bars": datas[0].stats["window_bars"],
+        "lag_bars": datas[0].stats["lag_bars"],
+        "instruments": {name: data.stats["instruments"][name] for data in datas for name in data.instruments},
+    }
+    synthetic = [d.manifest["synthetic_params"] for d in datas if d.manifest["synthetic"]]
+    manifest = {
+        **{key: first[key] for key in first if key not in ("instruments", "created_utc", "code_version")},
+        "code_version": code_version(),
+        "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "synthetic": len(synthetic) == len(datas),
+        "synthetic_params": synthetic[0] if len(synthetic) == len(datas) == 1 else (synthetic or None),
+        "merged_from": [str(d.root) for d in datas],
+        "instruments": records,
+    }
     write_json(out / "stats.json", stats)
-    write_json(out / "manifest.json", manifest)  # last: its presence marks a complete folder
+    write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def _check_sufficient(data: PreparedData, name: str) -> None:
+    """The folder keeps, per timeframe, the sums the instrument's scale was fitted from, and they give it."""
+    record = data.stats["instruments"][name]
+    if "sufficient" not in record:
+        raise DataError(
+            f"{data.root}: instrument {name} has no sufficient statistics in stats.json (prepared by an older "
+            "version); prepare it again before merging"
+        )
+    for tf, sums in record["sufficient"].items():
+        rms = float(np.sqrt(sums["sum_squares"] / sums["count"])) if sums["count"] else 0.0
+        if power_of_two_scale(rms) != record["scale"][tf]:
+            raise DataError(f"{data.root}: instrument {name}, {tf}: statistics do not agree with their sums")
 
 
 def _longest_window_span(by_tf: dict[Timeframe, Bars], window_bars: int, name: str) -> int:
@@ -289,15 +449,19 @@ def _rows_per_split(bars: Bars, tf: Timeframe, splits: dict[str, SplitRange]) ->
 
 
 def _fit_stats(by_tf: dict[Timeframe, Bars], train: SplitRange, lag: int) -> dict[str, Any]:
-    """Per timeframe: RMS of the log change of close over ``lag`` bars in the training split."""
-    rms, scale = {}, {}
+    """Per timeframe: RMS of the log change of close over ``lag`` bars in the training split, its
+    power-of-two scale, and the sufficient statistics it comes from (sum of squared changes and their
+    count: what `stage1 prepare --merge` checks)."""
+    rms, scale, sufficient = {}, {}, {}
     for tf, bars in by_tf.items():
         close = np.log(bars.ohlc[_in_range(bars, tf, train), 3])
         h = max(1, min(lag, len(close) - 1))
-        value = float(np.sqrt(np.mean((close[h:] - close[:-h]) ** 2))) if len(close) > 1 else 0.0
+        changes = close[h:] - close[:-h] if len(close) > 1 else np.zeros(0)
+        value = float(np.sqrt(np.mean(changes**2))) if len(changes) else 0.0
         rms[tf.value] = value
         scale[tf.value] = power_of_two_scale(value)
-    return {"rms_log_change": rms, "scale": scale}
+        sufficient[tf.value] = {"sum_squares": float(np.sum(changes**2)), "count": len(changes)}
+    return {"rms_log_change": rms, "scale": scale, "sufficient": sufficient}
 
 
 def summary_table(manifest: dict[str, Any]) -> str:

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stage1_ds.data.timeframes import Bars, Timeframe
+from stage1_ds.data.timeframes import TIMEFRAMES, Bars, Timeframe
 from stage1_ds.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -53,22 +54,68 @@ class SplitRange:
         return self.history_start >= self.end
 
 
-def write_bars(data_dir: Path, per_instrument: dict[str, dict[Timeframe, Bars]]) -> dict[str, dict]:
-    """Write all instruments' bars; return ``{instrument: {tf: [begin, end)}}`` row offsets."""
+def write_instrument_bars(folder: Path, by_tf: dict[Timeframe, Bars]) -> None:
+    """One instrument's arrays, ``<tf>_<field>.npy`` (and ``<tf>_log_ohlc.npy``), to be assembled later."""
+    folder.mkdir(parents=True)
+    for tf, bars in by_tf.items():
+        for field_name in _FIELDS:
+            np.save(folder / f"{tf.value}_{field_name}.npy", getattr(bars, field_name))
+        np.save(folder / f"{tf.value}_log_ohlc.npy", np.log(bars.ohlc))
+
+
+def assemble_bars(data_dir: Path, parts: list[tuple[str, Path, dict[str, int]]]) -> dict[str, dict]:
+    """Write the folder's arrays from per-instrument arrays written by `write_instrument_bars`
+    (``(name, folder, rows per timeframe)``, in order). Returns ``{instrument: {tf: [begin, end)}}``."""
+    lengths = {name: rows for name, _, rows in parts}
+    folders = {name: folder for name, folder, _ in parts}
+    return _assemble(
+        data_dir,
+        lengths,
+        lambda name, tf, field: np.load(folders[name] / f"{tf.value}_{field}.npy", mmap_mode="r"),
+    )
+
+
+def assemble_instrument_slices(data_dir: Path, parts: list[tuple[PreparedData, str]]) -> dict[str, dict]:
+    """Write the folder's arrays from instruments of other prepared folders (``(folder, name)``, in order),
+    as `stage1 prepare --merge` does. Returns ``{instrument: {tf: [begin, end)}}``."""
+    sources = {name: data for data, name in parts}
+    lengths = {
+        name: {tf.value: data.rows(name, tf)[1] - data.rows(name, tf)[0] for tf in TIMEFRAMES}
+        for data, name in parts
+    }
+
+    def read(name: str, tf: Timeframe, field_name: str) -> np.ndarray:
+        begin, end = sources[name].rows(name, tf)
+        return np.load(sources[name].root / "bars" / f"{tf.value}_{field_name}.npy", mmap_mode="r")[begin:end]
+
+    return _assemble(data_dir, lengths, read)
+
+
+def _assemble(
+    data_dir: Path, lengths: dict[str, dict[str, int]], read: Callable[[str, Timeframe, str], np.ndarray]
+) -> dict[str, dict]:
+    """Every stored array of every timeframe: the instruments' parts one after another, streamed into a
+    memory-mapped file one instrument at a time, so memory stays at one instrument's part."""
     bars_dir = data_dir / "bars"
     bars_dir.mkdir(parents=True, exist_ok=True)
-    offsets: dict[str, dict] = {name: {} for name in per_instrument}
-    timeframes = next(iter(per_instrument.values())).keys()
-    for tf in timeframes:
+    offsets: dict[str, dict] = {name: {} for name in lengths}
+    for tf in TIMEFRAMES:
         begin = 0
-        for name, by_tf in per_instrument.items():
-            offsets[name][tf.value] = [begin, begin + len(by_tf[tf])]
-            begin += len(by_tf[tf])
-        for field_name in _FIELDS:
-            array = np.concatenate([getattr(by_tf[tf], field_name) for by_tf in per_instrument.values()])
-            np.save(bars_dir / f"{tf.value}_{field_name}.npy", array)
-            if field_name == "ohlc":
-                np.save(bars_dir / f"{tf.value}_log_ohlc.npy", np.log(array))
+        for name, rows in lengths.items():
+            offsets[name][tf.value] = [begin, begin + rows[tf.value]]
+            begin += rows[tf.value]
+        for field_name in _STORED:
+            first = read(next(iter(lengths)), tf, field_name)
+            out = np.lib.format.open_memmap(
+                bars_dir / f"{tf.value}_{field_name}.npy",
+                mode="w+",
+                dtype=first.dtype,
+                shape=(begin, *first.shape[1:]),
+            )
+            for name, (start, end) in ((n, offsets[n][tf.value]) for n in lengths):
+                out[start:end] = read(name, tf, field_name)
+            out.flush()
+            del out
     return offsets
 
 

@@ -19,11 +19,18 @@ _BASE_VOL_PER_MINUTE = 1.2e-4
 _MISSING_FRACTION = 0.01
 
 
-def generate_synthetic_m1(days: int, seed: int) -> Bars:
-    """Return ``days`` calendar days of synthetic 1-minute bars (same seed, same bars)."""
+def generate_synthetic_m1(days: int, seed: int, instrument: int | None = None) -> Bars:
+    """Return ``days`` calendar days of synthetic 1-minute bars (same arguments, same bars).
+
+    ``instrument`` k of several draws from its own stream of ``seed``, with its own volatility level (0.5x
+    to 2x) and price level (0.5 to 200); None is the single default instrument.
+    """
     if days < 1:
         raise ValueError(f"days must be at least 1, got {days}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed if instrument is None else [seed, instrument])
+    volatility, price = (
+        (1.0, 1.1) if instrument is None else (2.0 ** rng.uniform(-1, 1), 10.0 ** rng.uniform(-0.3, 2.3))
+    )
     minutes = np.arange(days * 1440)
     stamps = _EPOCH_START + minutes.astype("timedelta64[m]")
     weekday = (stamps.astype("datetime64[D]").view(np.int64) + 3) % 7  # Monday = 0
@@ -41,14 +48,14 @@ def generate_synthetic_m1(days: int, seed: int) -> Bars:
         log_vol[i] = level
     hourly = np.exp(log_vol - log_vol.var() / 2)[minutes // 60]
     session = 0.45 + 0.9 * np.exp(-(((hour - 9) / 2.5) ** 2)) + 1.1 * np.exp(-(((hour - 14) / 2.0) ** 2))
-    sigma = _BASE_VOL_PER_MINUTE * hourly * session
+    sigma = _BASE_VOL_PER_MINUTE * volatility * hourly * session
 
     t = rng.standard_t(4, len(minutes)) / np.sqrt(2.0)  # unit variance for 4 degrees of freedom
     returns = sigma * t
     week_open = trading & np.r_[True, closed[:-1]]
-    returns[week_open] += rng.normal(0.0, 8 * _BASE_VOL_PER_MINUTE, int(week_open.sum()))
-    log_close = np.log(1.1) + np.cumsum(returns)
-    log_open = np.r_[np.log(1.1), log_close[:-1]]
+    returns[week_open] += rng.normal(0.0, 8 * _BASE_VOL_PER_MINUTE * volatility, int(week_open.sum()))
+    log_close = np.log(price) + np.cumsum(returns)
+    log_open = np.r_[np.log(price), log_close[:-1]]
     wick = np.abs(rng.normal(0.0, 0.5, (2, len(minutes)))) * sigma
     log_high = np.maximum(log_open, log_close) + wick[0]
     log_low = np.minimum(log_open, log_close) - wick[1]
