@@ -3,7 +3,7 @@ of each masking mode built), peak RSS while serving; with --scale, prepare at 1,
 instrument-years (time and peak RSS, 1 and 2 workers) and serving from the 100-instrument folder.
 
 Usage: python scripts/bench_data.py [--histdata ../shared/data/histdata] [--json OUT.json]
-       python scripts/bench_data.py --scale [--scale-dir /tmp/stage1_scale] [--json OUT.json]
+       python scripts/bench_data.py --scale [--scale-sizes 1 10 100] [--scale-dir /tmp/stage1_scale] [--json OUT.json]
 
 Targets: prepare one HistData year < 10 s; >= 20,000 windows/s on one core unmasked and >= 15,000 with
 masks (batches of 256, all six timeframes, 128 bars each, memory-mapped); serving two instruments x one
@@ -15,6 +15,7 @@ serving unchanged (>= 20,000 windows/s per core) from the 100-instrument folder.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -57,28 +58,74 @@ def serve(data_dir: str, batches: int) -> dict[str, float]:
         served = sum(serve_batch(sampler.batch_ids(b)).size for b in range(1, batches + 1))
         results[f"windows_per_s_{name}"] = served / (time.perf_counter() - start)
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results.update(resident_split())
     return results
 
 
+def resident_split() -> dict[str, float]:
+    """This process's resident memory now, split (Linux): its own (anonymous) memory, and pages of mapped
+    files (the memory-mapped bars: page cache, shared and reclaimable)."""
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return {}
+    fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+    return {
+        f"{key.lower()}_mb": int(fields[key].split()[0]) / 1024
+        for key in ("RssAnon", "RssFile")
+        if key in fields
+    }
+
+
 def prepare_child(out: str, instruments: int, workers: int) -> dict[str, float]:
-    """Prepare ``instruments`` synthetic instrument-years in this (fresh) process; time and the peak RSS of
-    this process and of its worker processes."""
+    """Prepare ``instruments`` synthetic instrument-years in this (fresh) process: time, the peak RSS of this
+    process, of one worker process, and of all of them together (sampled every 20 ms: the peak of a worker
+    that exits is not in this process's rusage, and rusage of children counts the parent's pages a child
+    shares between its fork and its exec)."""
+    import threading
+
+    import psutil
+
     from stage1_ds.data.prepare import PrepareOptions, prepare_synthetic
 
+    me = psutil.Process()
+    peaks = {"own": 0, "worker": 0, "total": 0}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            own = me.memory_info().rss
+            children = []
+            for child in me.children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):  # a worker may exit between the two calls
+                    children.append(child.memory_info().rss)
+            peaks["own"] = max(peaks["own"], own)
+            peaks["worker"] = max(peaks["worker"], *children, 0)
+            peaks["total"] = max(peaks["total"], own + sum(children))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     start = time.perf_counter()
     prepare_synthetic(
         Path(out), days=365, seed=0, options=PrepareOptions(workers=workers), instruments=instruments
     )
     seconds = time.perf_counter() - start
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    workers_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"seconds": seconds, "peak_rss_mb": own, "worker_peak_rss_mb": workers_peak}
+    done.set()
+    sampler.join()
+    mb = 1 / 2**20
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "worker_peak_rss_mb": peaks["worker"] * mb,
+        "total_peak_rss_mb": peaks["total"] * mb,
+        "folder_mb": sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file()) * mb,
+    }
 
 
-def scale(scale_dir: Path, batches: int) -> dict[str, object]:
-    """Prepare 1, 10 and 100 instrument-years with 1 and 2 workers; serve from the 100-instrument folder."""
+def scale(scale_dir: Path, batches: int, sizes: list[int]) -> dict[str, object]:
+    """Prepare each size of instrument-years with 1 and 2 workers; serve from the largest folder."""
     results: dict[str, object] = {}
-    for instruments in (1, 10, 100):
+    largest = max(sizes)
+    for instruments in sizes:
         for workers in (1, 2):
             out = scale_dir / f"i{instruments}_w{workers}"
             shutil.rmtree(out, ignore_errors=True)
@@ -87,12 +134,14 @@ def scale(scale_dir: Path, batches: int) -> dict[str, object]:
             measured = json.loads(child.stdout.strip().splitlines()[-1])
             results[f"prepare_{instruments}x1y_{workers}w"] = measured
             print(
-                f"prepare {instruments:>3} instrument-years, {workers} worker(s): {measured['seconds']:7.1f} s, "
-                f"peak RSS {measured['peak_rss_mb']:.0f} MB (workers {measured['worker_peak_rss_mb']:.0f} MB)"
+                f"prepare {instruments:>3} instrument-years, {workers} worker(s): {measured['seconds']:7.1f} s "
+                f"({measured['seconds'] / instruments:.2f} s each), peak RSS {measured['peak_rss_mb']:.0f} MB, "
+                f"one worker {measured['worker_peak_rss_mb']:.0f} MB, all processes "
+                f"{measured['total_peak_rss_mb']:.0f} MB; folder {measured['folder_mb']:,.0f} MB"
             )
-            if instruments < 100 or workers < 2:
+            if instruments < largest or workers < 2:
                 shutil.rmtree(out)
-    folder = scale_dir / "i100_w2"
+    folder = scale_dir / f"i{largest}_w2"
     child = subprocess.run(
         [sys.executable, __file__, "--serve", str(folder), "--batches", str(batches)],
         capture_output=True,
@@ -100,10 +149,12 @@ def scale(scale_dir: Path, batches: int) -> dict[str, object]:
         check=True,
     )
     served = json.loads(child.stdout.strip().splitlines()[-1])
-    results["serve_100_instruments"] = served
+    results[f"serve_{largest}_instruments"] = served
     print(
-        f"windows served on one core from 100 instrument-years: {served['windows_per_s_unmasked']:,.0f} /s unmasked, "
-        f"{served['windows_per_s_mixture']:,.0f} /s with the default masks; peak RSS {served['peak_rss_mb']:.0f} MB"
+        f"windows served on one core from {largest} instrument-years: {served['windows_per_s_unmasked']:,.0f} /s unmasked, "
+        f"{served['windows_per_s_mixture']:,.0f} /s with the default masks; peak RSS {served['peak_rss_mb']:.0f} MB "
+        f"(at the end: {served.get('rssanon_mb', float('nan')):.0f} MB own, "
+        f"{served.get('rssfile_mb', float('nan')):.0f} MB of mapped files)"
     )
     shutil.rmtree(folder)
     return results
@@ -116,6 +167,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--scale", action="store_true", help="the 1/10/100 instrument-year measurements")
     parser.add_argument("--scale-dir", type=Path, default=Path(tempfile.gettempdir()) / "stage1_scale")
+    parser.add_argument("--scale-sizes", type=int, nargs="+", default=[1, 10, 100], help="instrument-years")
     parser.add_argument("--serve", help=argparse.SUPPRESS)  # internal: run `serve` in a fresh process
     parser.add_argument("--prepare-child", nargs=3, help=argparse.SUPPRESS)  # internal: a fresh process
     args = parser.parse_args()
@@ -127,7 +179,7 @@ def main() -> int:
         print(json.dumps(prepare_child(out, int(instruments), int(workers))))
         return 0
     if args.scale:
-        results = scale(args.scale_dir, args.batches)
+        results = scale(args.scale_dir, args.batches, args.scale_sizes)
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
         return 0

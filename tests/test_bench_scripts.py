@@ -1,4 +1,5 @@
-"""The GPU benchmark script keeps working on CPU (the mini preset, one timed step per measurement)."""
+"""The benchmark scripts keep working: the GPU one on CPU (the mini preset, one timed step per measurement),
+the data-at-scale one on two small sizes."""
 
 from __future__ import annotations
 
@@ -50,3 +51,24 @@ def test_bench_gpu_runs_on_cpu_with_the_mini_preset(tmp_path: Path) -> None:
         "offload_over_no_offload_step_full",
     }
     assert "frozen" in result.stdout and "engine_over_plain_full" in result.stdout
+
+
+def test_bench_data_scale_measures_every_size_and_worker_count(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    command = [sys.executable, str(REPO / "scripts" / "bench_data.py"), "--scale", "--scale-sizes", "1", "2"]
+    command += ["--scale-dir", str(tmp_path / "scale"), "--batches", "2", "--json", str(out)]
+    result = subprocess.run(
+        command, cwd=REPO, env=fresh_process_env(), capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for size in (1, 2):
+        for workers in (1, 2):
+            measured = report[f"prepare_{size}x1y_{workers}w"]
+            assert measured["seconds"] > 0 and measured["total_peak_rss_mb"] > 50
+            assert measured["folder_mb"] == pytest.approx(
+                size * report["prepare_1x1y_1w"]["folder_mb"], rel=0.2
+            )
+    assert report["prepare_2x1y_2w"]["worker_peak_rss_mb"] > 50, "the worker processes are measured"
+    assert report["serve_2_instruments"]["windows_per_s_unmasked"] > 0
+    assert not any((tmp_path / "scale").iterdir()), "the prepared folders are removed"

@@ -3,7 +3,11 @@ of workers, synthetic markets of many instruments, and merging folders prepared 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +99,58 @@ def test_merging_refuses_folders_that_do_not_fit_together(tmp_path: Path) -> Non
     prepare_files([y], tmp_path / "b", InputFormat.CSV, options=SMALL)
     with pytest.raises(DataError, match=r"instrument XXX has no sufficient statistics .* prepare it again"):
         merge_prepared([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+
+
+def test_merging_copies_in_blocks_where_the_kernel_cannot_and_names_a_short_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x, y = _csv(tmp_path, "xxx", 1), _csv(tmp_path, "yyy", 2)
+    prepare_files([x], tmp_path / "a", InputFormat.CSV, options=SMALL)
+    prepare_files([y], tmp_path / "b", InputFormat.CSV, options=SMALL)
+    merge_prepared([tmp_path / "a", tmp_path / "b"], tmp_path / "kernel")
+    if hasattr(os, "copy_file_range"):
+        real, started = os.copy_file_range, []
+
+        def stops_after_a_start(src: int, dst: int, count: int, *offsets: int) -> int:
+            # the kernel copies part of a file, then refuses (as across file systems on older kernels)
+            if started:
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
+            started.append(count)
+            return real(src, dst, min(count, 100), *offsets)
+
+        monkeypatch.setattr(os, "copy_file_range", stops_after_a_start)
+        merge_prepared([tmp_path / "a", tmp_path / "b"], tmp_path / "partly")
+        _same_folder(tmp_path / "kernel", tmp_path / "partly")
+    monkeypatch.delattr(os, "copy_file_range", raising=False)  # as on macOS
+    merge_prepared([tmp_path / "a", tmp_path / "b"], tmp_path / "blocks")
+    _same_folder(tmp_path / "kernel", tmp_path / "blocks")
+    short = tmp_path / "b" / "bars" / "m5_ohlc.npy"
+    short.write_bytes(short.read_bytes()[:-64])
+    with pytest.raises(
+        DataError, match=r"b/bars/m5_ohlc\.npy: not a complete array .* prepare the folder again"
+    ):
+        merge_prepared([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+
+
+def test_a_bad_row_in_a_worker_is_reported_with_its_file_and_line(tmp_path: Path) -> None:
+    good, bad = _csv(tmp_path, "xxx", 1), _csv(tmp_path, "yyy", 2)
+    lines = bad.read_text().splitlines()
+    lines[7] = lines[7].replace(",", ",-", 1)  # a negative open price on line 8
+    bad.write_text("\n".join(lines) + "\n")
+    options = PrepareOptions(window_bars=16, split_fractions=(0.6, 0.2, 0.2), workers=2)
+    with pytest.raises(DataError, match=r"yyy\.csv.* line 8"):
+        prepare_files([good, bad], tmp_path / "out", InputFormat.CSV, options=options)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_a_script_without_a_main_guard_gets_told_why_its_workers_died(tmp_path: Path) -> None:
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        "from stage1_ds.data.prepare import PrepareOptions, prepare_synthetic\n"
+        f"prepare_synthetic(Path({str(tmp_path / 'out')!r}), days=20, seed=0, "
+        "options=PrepareOptions(window_bars=16, workers=2), instruments=2)\n"
+    )
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert "a worker process stopped abruptly" in run.stderr and '__name__ == "__main__"' in run.stderr

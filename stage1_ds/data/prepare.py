@@ -8,6 +8,7 @@ import os
 import shutil
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,11 +33,12 @@ from stage1_ds.data.ingest import (
 from stage1_ds.data.store import (
     FORMAT_VERSION,
     SPLITS,
+    BarsWriter,
     PreparedData,
     SplitRange,
-    assemble_bars,
-    assemble_instrument_slices,
     load_prepared,
+    part_rows,
+    prepared_rows,
     split_to_json,
     write_instrument_bars,
     write_json,
@@ -233,29 +235,51 @@ def _claim_output(out: Path, force: bool) -> None:
 def _prepare(
     out: Path, jobs: list[Job], options: PrepareOptions, synthetic: dict[str, int] | None
 ) -> dict[str, Any]:
-    """Prepare every instrument (in worker processes when there are several workers), then assemble the
-    folder in the jobs' order, so that the output does not depend on the number of workers."""
+    """Prepare every instrument (in worker processes when there are several workers) into its own part,
+    appending each part to the folder's arrays, in the jobs' order, as soon as it and every part before it
+    are done (then deleting it): the output does not depend on the number of workers, and at most the
+    parts that finished early wait on disk."""
     parts = out / PARTS
     parts.mkdir(parents=True)
     workers = max(1, min(options.workers or len(os.sched_getaffinity(0)), len(jobs)))
     progress = tqdm(total=len(jobs), desc="preparing", unit="instrument", disable=None)
-    results: dict[str, Prepared] = {}
-    if workers == 1:
-        for job in jobs:
-            results[job.name] = prepare_instrument(job, options, parts)
-            progress.set_postfix_str(job.name)
+    done: dict[str, Prepared] = {}
+    ordered: list[Prepared] = []
+    with BarsWriter(out) as writer:
+
+        def finished(result: Prepared) -> None:
+            done[result.name] = result
+            progress.set_postfix_str(result.name)
             progress.update(1)
-    else:
-        # spawn, not fork: the caller may hold threads (torch, a DataLoader) that a fork would copy mid-lock
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(prepare_instrument, job, options, parts): job.name for job in jobs}
-            for future in as_completed(futures):
-                results[futures[future]] = future.result()  # a worker's DataError surfaces here
-                progress.set_postfix_str(futures[future])
-                progress.update(1)
+            while len(ordered) < len(jobs) and jobs[len(ordered)].name in done:
+                ready = done.pop(jobs[len(ordered)].name)
+                writer.append(ready.name, part_rows(parts / ready.name, ready.lengths))
+                shutil.rmtree(parts / ready.name)
+                ordered.append(ready)
+
+        if workers == 1:
+            for job in jobs:
+                finished(prepare_instrument(job, options, parts))
+        else:
+            # spawn, not fork: the caller may hold threads (torch, a DataLoader) that a fork would copy mid-lock
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = [pool.submit(prepare_instrument, job, options, parts) for job in jobs]
+                try:
+                    for future in as_completed(futures):
+                        finished(future.result())  # a worker's DataError surfaces here
+                except BrokenProcessPool as error:
+                    pool.shutdown(cancel_futures=True)
+                    raise DataError(
+                        f"prepare: a worker process stopped abruptly ({error}). Workers start by importing the "
+                        "main script: a script that calls prepare needs its call under "
+                        '`if __name__ == "__main__":`; a worker killed for lack of memory ends the same way '
+                        "(use fewer --workers)"
+                    ) from None
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)  # report it now, not after every other instrument
+                    raise
+        offsets = writer.close()
     progress.close()
-    ordered = [results[job.name] for job in jobs]
-    offsets = assemble_bars(out, [(r.name, parts / r.name, r.lengths) for r in ordered])
     shutil.rmtree(parts)
     records = {r.name: {**r.record, "offsets": offsets[r.name]} for r in ordered}
     stats = {
@@ -355,7 +379,11 @@ def merge_prepared(folders: list[Path], out: Path, force: bool = False) -> dict[
             owners[name] = data.root
             _check_sufficient(data, name)
     _claim_output(out, force)
-    offsets = assemble_instrument_slices(out, [(data, name) for data in datas for name in data.instruments])
+    with BarsWriter(out) as writer:
+        for data in datas:
+            for name in data.instruments:
+                writer.append(name, prepared_rows(data, name))
+        offsets = writer.close()
     records = {
         name: {**data.manifest["instruments"][name], "offsets": offsets[name]}
         for data in datas

@@ -16,12 +16,15 @@ Each instrument owns the rows ``[begin, end)`` of every timeframe, as recorded i
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -63,60 +66,153 @@ def write_instrument_bars(folder: Path, by_tf: dict[Timeframe, Bars]) -> None:
         np.save(folder / f"{tf.value}_log_ohlc.npy", np.log(bars.ohlc))
 
 
-def assemble_bars(data_dir: Path, parts: list[tuple[str, Path, dict[str, int]]]) -> dict[str, dict]:
-    """Write the folder's arrays from per-instrument arrays written by `write_instrument_bars`
-    (``(name, folder, rows per timeframe)``, in order). Returns ``{instrument: {tf: [begin, end)}}``."""
-    lengths = {name: rows for name, _, rows in parts}
-    folders = {name: folder for name, folder, _ in parts}
-    return _assemble(
-        data_dir,
-        lengths,
-        lambda name, tf, field: np.load(folders[name] / f"{tf.value}_{field}.npy", mmap_mode="r"),
+@dataclass(frozen=True)
+class StoredRows:
+    """Rows ``begin .. end - 1`` of a stored ``.npy`` array: one instrument's part of one field."""
+
+    path: Path
+    begin: int
+    end: int
+
+
+def part_rows(folder: Path, lengths: dict[str, int]) -> Callable[[Timeframe, str], StoredRows]:
+    """The arrays `write_instrument_bars` wrote to ``folder`` (``lengths``: rows per timeframe)."""
+    return lambda tf, field_name: StoredRows(folder / f"{tf.value}_{field_name}.npy", 0, lengths[tf.value])
+
+
+def prepared_rows(data: PreparedData, name: str) -> Callable[[Timeframe, str], StoredRows]:
+    """One instrument's rows in a prepared folder."""
+    return lambda tf, field_name: StoredRows(
+        data.root / "bars" / f"{tf.value}_{field_name}.npy", *data.rows(name, tf)
     )
 
 
-def assemble_instrument_slices(data_dir: Path, parts: list[tuple[PreparedData, str]]) -> dict[str, dict]:
-    """Write the folder's arrays from instruments of other prepared folders (``(folder, name)``, in order),
-    as `stage1 prepare --merge` does. Returns ``{instrument: {tf: [begin, end)}}``."""
-    sources = {name: data for data, name in parts}
-    lengths = {
-        name: {tf.value: data.rows(name, tf)[1] - data.rows(name, tf)[0] for tf in TIMEFRAMES}
-        for data, name in parts
-    }
+@dataclass
+class _OpenArray:
+    out: BinaryIO
+    dtype: np.dtype
+    trailing: tuple[int, ...]
+    header_bytes: int
+    rows: int = 0
 
-    def read(name: str, tf: Timeframe, field_name: str) -> np.ndarray:
-        begin, end = sources[name].rows(name, tf)
-        return np.load(sources[name].root / "bars" / f"{tf.value}_{field_name}.npy", mmap_mode="r")[begin:end]
-
-    return _assemble(data_dir, lengths, read)
+    @property
+    def row_bytes(self) -> int:
+        return self.dtype.itemsize * int(np.prod(self.trailing, dtype=np.int64))
 
 
-def _assemble(
-    data_dir: Path, lengths: dict[str, dict[str, int]], read: Callable[[str, Timeframe, str], np.ndarray]
-) -> dict[str, dict]:
-    """Every stored array of every timeframe: the instruments' parts one after another, streamed into a
-    memory-mapped file one instrument at a time, so memory stays at one instrument's part."""
-    bars_dir = data_dir / "bars"
-    bars_dir.mkdir(parents=True, exist_ok=True)
-    offsets: dict[str, dict] = {name: {} for name in lengths}
-    for tf in TIMEFRAMES:
-        begin = 0
-        for name, rows in lengths.items():
-            offsets[name][tf.value] = [begin, begin + rows[tf.value]]
-            begin += rows[tf.value]
-        for field_name in _STORED:
-            first = read(next(iter(lengths)), tf, field_name)
-            out = np.lib.format.open_memmap(
-                bars_dir / f"{tf.value}_{field_name}.npy",
-                mode="w+",
-                dtype=first.dtype,
-                shape=(begin, *first.shape[1:]),
-            )
-            for name, (start, end) in ((n, offsets[n][tf.value]) for n in lengths):
-                out[start:end] = read(name, tf, field_name)
-            out.flush()
-            del out
-    return offsets
+class BarsWriter:
+    """The folder's arrays (``bars/<tf>_<field>.npy``), written one instrument at a time in the folder's
+    order: each instrument's rows are appended to every array, copied file to file by the kernel, so memory
+    does not grow with the folder; the headers, which hold the row counts, are written by `close`.
+
+    Not through a memory map of the output: its pages would count in the process's resident memory until
+    unmapped, however large the folder, and cost a page fault each.
+    """
+
+    def __init__(self, data_dir: Path):
+        self.bars_dir = data_dir / "bars"
+        self.bars_dir.mkdir(parents=True, exist_ok=True)
+        self.offsets: dict[str, dict[str, list[int]]] = {}
+        self._arrays: dict[str, _OpenArray] = {}
+
+    def append(self, name: str, rows_of: Callable[[Timeframe, str], StoredRows]) -> None:
+        """Append instrument ``name``'s rows of every stored array (``rows_of(tf, field)``)."""
+        self.offsets[name] = {}
+        for tf in TIMEFRAMES:
+            for field_name in _STORED:
+                source = rows_of(tf, field_name)
+                data_offset, dtype, shape = _npy_layout(source.path)
+                key = f"{tf.value}_{field_name}"
+                if key not in self._arrays:
+                    out = open(self.bars_dir / f"{key}.npy", "wb")  # noqa: SIM115 (closed by `close`)
+                    header = _npy_header(dtype, (0, *shape[1:]))  # a placeholder of the final length
+                    out.write(header)
+                    self._arrays[key] = _OpenArray(out, dtype, shape[1:], len(header))
+                array = self._arrays[key]
+                if dtype != array.dtype or shape[1:] != array.trailing or source.end > shape[0]:
+                    raise DataError(
+                        f"{source.path}: array of shape {shape} and type {dtype}, expected rows "
+                        f"{source.begin}..{source.end} of shape (..., {', '.join(map(str, array.trailing))}) "
+                        f"and type {array.dtype}"
+                    )
+                count = source.end - source.begin
+                _copy_range(
+                    source.path,
+                    data_offset + source.begin * array.row_bytes,
+                    count * array.row_bytes,
+                    array.out,
+                    array.header_bytes + array.rows * array.row_bytes,
+                )
+                self.offsets[name][tf.value] = [array.rows, array.rows + count]
+                array.rows += count
+
+    def __enter__(self) -> BarsWriter:
+        return self
+
+    def __exit__(self, error: type[BaseException] | None, *_: object) -> None:
+        if error is not None:  # the folder stays incomplete (no manifest); just release the files
+            for array in self._arrays.values():
+                array.out.close()
+            self._arrays.clear()
+
+    def close(self) -> dict[str, dict[str, list[int]]]:
+        """Write every array's header; returns ``{instrument: {tf: [begin, end)}}``."""
+        for array in self._arrays.values():
+            header = _npy_header(array.dtype, (array.rows, *array.trailing))
+            # numpy pads headers so that the first axis can grow in place (GROWTH_AXIS_MAX_DIGITS): the
+            # placeholder and the final header take the same bytes
+            assert len(header) == array.header_bytes, "npy header length changed with the row count"
+            array.out.seek(0)
+            array.out.write(header)
+            array.out.close()
+        self._arrays.clear()
+        return self.offsets
+
+
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """The header ``np.save`` writes for a C-ordered array of this type and shape."""
+    buffer = io.BytesIO()
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue()
+
+
+def _npy_layout(path: Path) -> tuple[int, np.dtype, tuple[int, ...]]:
+    """Where the data of an ``.npy`` file starts, its dtype and its shape (C order only)."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        if fortran:
+            raise DataError(f"{path}: a Fortran-ordered array; expected one written by stage1 prepare")
+        return f.tell(), dtype, shape
+
+
+def _copy_range(src: Path, offset: int, count: int, out: BinaryIO, position: int) -> None:
+    """Copy ``count`` bytes of ``src`` from ``offset`` to ``out`` at ``position``: in the kernel where it can
+    (``copy_file_range``), else in blocks."""
+    with open(src, "rb") as f:
+        copied = 0
+        if hasattr(os, "copy_file_range"):
+            with contextlib.suppress(OSError):  # e.g. across file systems on an older kernel: copy in blocks
+                while copied < count:
+                    step = os.copy_file_range(
+                        f.fileno(), out.fileno(), count - copied, offset + copied, position + copied
+                    )
+                    if step == 0:
+                        break
+                    copied += step
+        f.seek(offset + copied)
+        out.seek(position + copied)
+        while copied < count:
+            block = f.read(min(count - copied, 1 << 24))
+            if not block:
+                raise DataError(f"{src}: ends {count - copied} bytes early; prepare the folder again")
+            out.write(block)
+            copied += len(block)
+        out.flush()
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -235,6 +331,9 @@ def load_prepared(data_dir: Path | str) -> PreparedData:
             path = root / "bars" / f"{name}_{field_name}.npy"
             if not path.is_file():
                 raise DataError(f"{path}: missing; the prepared folder is incomplete, prepare it again")
-            arrays[field_name] = np.load(path, mmap_mode="r")
+            try:
+                arrays[field_name] = np.load(path, mmap_mode="r")
+            except ValueError as error:  # a file cut short (a full disk, a copy that stopped)
+                raise DataError(f"{path}: not a complete array ({error}); prepare the folder again") from None
         bars[tf] = Bars(**arrays)
     return PreparedData(root=root, manifest=manifest, stats=stats, bars=bars)

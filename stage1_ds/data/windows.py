@@ -92,6 +92,11 @@ class WindowDataset(Dataset):
             tf: np.array([scale_of(stats, name, tf) for name in self.instruments], dtype=np.float32)
             for tf in self.timeframes
         }
+        # Row indexes are held per anchor and per bar, in memory: 32 bits where every array fits, which
+        # halves the index (about 35 bytes per anchor instead of 70; 1.3 GB for the train split of 100
+        # instrument-years of 1-minute bars).
+        rows = max(len(self._bars[tf].start) for tf in self.timeframes)
+        self._index_dtype = np.int32 if rows < 2**31 else np.int64
         self._index_anchors()
         self._index_parents()
 
@@ -129,10 +134,10 @@ class WindowDataset(Dataset):
                 ok &= start[np.clip(first, 0, None)] >= region.history_start
                 lasts[tf] = local_last + tf_begin
             keep = np.flatnonzero(ok)
-            instrument.append(np.full(len(keep), k, dtype=np.int64))
+            instrument.append(np.full(len(keep), k, dtype=np.int32))
             time.append(t[keep])
             for tf in self.timeframes:
-                last[tf].append(lasts[tf][keep])
+                last[tf].append(lasts[tf][keep].astype(self._index_dtype))
         self._anchor_instrument = np.concatenate(instrument)
         self._anchor_time = np.concatenate(time)
         self._last = {tf: np.concatenate(v) for tf, v in last.items()}
@@ -169,11 +174,10 @@ class WindowDataset(Dataset):
                         f"{self.data.root}: {coarse} bars of {name} do not cover its {fine} bars; "
                         "prepare the data again"
                     )
-                parent_rows.append(pos + c_begin)
+                parent_rows.append((pos + c_begin).astype(self._index_dtype))
                 run_start = np.r_[True, key[1:] != key[:-1]]
-                bucket_first.append(
-                    np.maximum.accumulate(np.where(run_start, np.arange(len(key)), 0)) + f_begin
-                )
+                first = np.maximum.accumulate(np.where(run_start, np.arange(len(key)), 0)) + f_begin
+                bucket_first.append(first.astype(self._index_dtype))
             self._parent_row[fine] = np.concatenate(parent_rows)
             self._bucket_first[fine] = np.concatenate(bucket_first)
 
@@ -244,7 +248,7 @@ class WindowDataset(Dataset):
             windows=windows,
             reference_price=torch.from_numpy(np.exp(log_reference)),
             anchor_time=torch.from_numpy(anchor_time),
-            instrument=torch.from_numpy(instrument),
+            instrument=torch.from_numpy(instrument.astype(np.int64)),
             sample_id=torch.from_numpy(ids),
             mask_mode=None if modes is None else torch.from_numpy(modes),
         )
