@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,12 +38,13 @@ def serve(data_dir: str, batches: int) -> dict[str, float]:
 
     torch.set_num_threads(1)
     from stage1_ds.config import DataConfig, MaskingConfig
+    from stage1_ds.data.batch import Batch
     from stage1_ds.data.windows import WindowDataset, WindowSampler
     from stage1_ds.model.masking import MaskedWindows
 
     dataset = WindowDataset(data_dir, "train", DataConfig(), seed=0)
     sampler = WindowSampler(len(dataset), 256, seed=0)
-    variants = {"unmasked": dataset.batch}
+    variants: dict[str, Callable[..., Batch]] = {"unmasked": dataset.batch}
     for name, modes in (
         ("spans", None),
         ("time", None),
@@ -121,6 +123,12 @@ def prepare_child(out: str, instruments: int, workers: int) -> dict[str, float]:
     }
 
 
+def run_child(*args: str) -> dict:
+    """Run this script again with ``args`` in a fresh process (so its peak RSS is its own); its last line is JSON."""
+    child = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
 def scale(scale_dir: Path, batches: int, sizes: list[int]) -> dict[str, object]:
     """Prepare each size of instrument-years with 1 and 2 workers; serve from the largest folder."""
     results: dict[str, object] = {}
@@ -129,9 +137,7 @@ def scale(scale_dir: Path, batches: int, sizes: list[int]) -> dict[str, object]:
         for workers in (1, 2):
             out = scale_dir / f"i{instruments}_w{workers}"
             shutil.rmtree(out, ignore_errors=True)
-            command = [sys.executable, __file__, "--prepare-child", str(out), str(instruments), str(workers)]
-            child = subprocess.run(command, capture_output=True, text=True, check=True)
-            measured = json.loads(child.stdout.strip().splitlines()[-1])
+            measured = run_child("--prepare-child", str(out), str(instruments), str(workers))
             results[f"prepare_{instruments}x1y_{workers}w"] = measured
             print(
                 f"prepare {instruments:>3} instrument-years, {workers} worker(s): {measured['seconds']:7.1f} s "
@@ -142,13 +148,7 @@ def scale(scale_dir: Path, batches: int, sizes: list[int]) -> dict[str, object]:
             if instruments < largest or workers < 2:
                 shutil.rmtree(out)
     folder = scale_dir / f"i{largest}_w2"
-    child = subprocess.run(
-        [sys.executable, __file__, "--serve", str(folder), "--batches", str(batches)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    served = json.loads(child.stdout.strip().splitlines()[-1])
+    served = run_child("--serve", str(folder), "--batches", str(batches))
     results[f"serve_{largest}_instruments"] = served
     print(
         f"windows served on one core from {largest} instrument-years: {served['windows_per_s_unmasked']:,.0f} /s unmasked, "
@@ -198,13 +198,7 @@ def main() -> int:
             prepare_files([year], Path(tmp) / f"one{i}")
             timings.append(time.perf_counter() - start)
         prepare_files(pair, Path(tmp) / "two")
-        child = subprocess.run(
-            [sys.executable, __file__, "--serve", str(Path(tmp) / "two"), "--batches", str(args.batches)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        served = json.loads(child.stdout.strip().splitlines()[-1])
+        served = run_child("--serve", str(Path(tmp) / "two"), "--batches", str(args.batches))
     results = {
         "prepare_one_year_s": min(timings),
         "prepare_one_year_runs_s": timings,
