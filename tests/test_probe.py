@@ -26,7 +26,7 @@ from stage1_ds.probe import (
     probe_set,
     seasonal_profile,
 )
-from stage1_ds.quality import quality_report
+from stage1_ds.quality import quality_report, train_for
 from stage1_ds.statistics import Ridge, auc, diebold_mariano
 
 
@@ -181,7 +181,7 @@ def test_the_quality_report_has_every_section(synthetic_small: Path, tmp_path: P
     evaluated in every mode, probed, and every section and verdict written."""
     doc = quality_report(
         synthetic_small,
-        minutes=0.01,
+        minutes=0.0,  # each run trains the calibration steps
         work=tmp_path,
         max_anchors=80,
         batches=1,
@@ -200,3 +200,14 @@ def test_the_quality_report_has_every_section(synthetic_small: Path, tmp_path: P
     ):
         assert heading in doc, heading
     assert "| embeddings_random_init |" in doc and "`time` mode at most 0.85" in doc
+
+
+def test_a_report_run_starts_afresh_in_the_folder_of_an_earlier_report(
+    synthetic_small: Path, tmp_path: Path
+) -> None:
+    """Re-running the report must not resume the previous report's run (train resumes from any checkpoint
+    in its folder): the second, shorter run ends on its own last step."""
+    tiny = ["model.encoder.preset=tiny"]
+    train_for("a", tiny, 20, synthetic_small, tmp_path)
+    train_for("a", tiny, 10, synthetic_small, tmp_path)
+    assert (tmp_path / "a" / "checkpoints" / "latest").read_text().strip() == "step00000010"
