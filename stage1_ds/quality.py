@@ -71,27 +71,23 @@ def steps_per_minute(data_dir: Path, work: Path, overrides: list[str], steps: in
     seconds = []
     for length in (steps, steps, 2 * steps):
         config = run_config(overrides, length)
-        train_config = config.train
-        train_config.eval_every_steps = train_config.save_every_steps = train_config.image_every_steps = (
-            length
-        )
+        every = config.train
+        every.eval_every_steps = every.save_every_steps = every.image_every_steps = length
         shutil.rmtree(work / "calibration", ignore_errors=True)
         started = time.perf_counter()
         train(config, data_dir, work / "calibration")
         seconds.append(time.perf_counter() - started)
     shutil.rmtree(work / "calibration")
+    _, short, long = seconds
     log.info(
-        "speed calibration: %s s for %d, %d and %d steps",
-        [round(s, 1) for s in seconds],
-        steps,
+        "speed calibration: %.1f s (warm-up), %.1f s and %.1f s for %d and %d steps",
+        *seconds,
         steps,
         2 * steps,
     )
-    if (
-        seconds[2] <= seconds[1]
-    ):  # too short to tell start-up from steps (smoke tests): the longest run's rate
-        return 2 * steps / (seconds[2] / 60)
-    return steps / ((seconds[2] - seconds[1]) / 60)
+    if long <= short:  # too short to tell start-up from steps (smoke tests): the longest run's rate
+        return 2 * steps / (long / 60)
+    return steps / ((long - short) / 60)
 
 
 def train_for(name: str, overrides: list[str], steps: int, data_dir: Path, work: Path) -> Run:
