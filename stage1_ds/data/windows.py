@@ -209,13 +209,10 @@ class WindowDataset(Dataset):
             masks, modes = {tf: np.zeros_like(v) for tf, v in valid.items()}, None
         else:
             masks, modes = masker(ids, start, valid, anchor_time)
-        log_reference, reference_tf = self._reference(
-            rows, {tf: valid[tf] & ~masks[tf] for tf in self.timeframes}
-        )
+        visible = {tf: valid[tf] & ~masks[tf] for tf in self.timeframes}
+        log_reference, reference_tf = self._reference(rows, visible)
         if self.volume:
-            volume_ref = self._volume_reference(
-                rows, {tf: valid[tf] & ~masks[tf] for tf in self.timeframes}, reference_tf
-            )
+            volume_ref = self._volume_reference(rows, visible, reference_tf)
 
         windows = {}
         for i, tf in enumerate(self.timeframes):
