@@ -268,7 +268,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from stage1_ds.config import MaskingMode
-    from stage1_ds.evaluate import evaluate, format_report, write_report
+    from stage1_ds.evaluation import evaluate, format_report, write_report
     from stage1_ds.model.masking import MODES
     from stage1_ds.model.stage1 import Stage1Model, load_export_config
 
@@ -344,8 +344,8 @@ def _add_probe(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_probe(args: argparse.Namespace) -> int:
+    from stage1_ds.evaluation import format_probe, probe, write_probe
     from stage1_ds.model.stage1 import Stage1Model
-    from stage1_ds.probe import format_probe, probe, write_probe
 
     device = "cuda" if torch_cuda_available() else "cpu"
     model = Stage1Model.from_pretrained(args.model, device)

@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from conftest import tiny_train_config
-from stage1_ds.baselines import linear_interpolation, train_mean_predictor
 from stage1_ds.config import Config, Phase, PhaseConfig, Precision
 from stage1_ds.data.batch import Batch
 from stage1_ds.data.store import load_prepared, model_stats
 from stage1_ds.data.windows import WindowDataset, WindowSampler
 from stage1_ds.encoding import encode
 from stage1_ds.errors import CheckpointError, DataError
-from stage1_ds.evaluate import BASELINES, evaluate, format_report, write_report
+from stage1_ds.evaluation.baselines import linear_interpolation, train_mean_predictor
+from stage1_ds.evaluation.reconstruction import BASELINES, evaluate, format_report, write_report
 from stage1_ds.export import convert
 from stage1_ds.model.lora import lora_scaling
 from stage1_ds.model.losses import stage1_loss
@@ -165,7 +165,10 @@ def test_evaluate_reports_every_mode_timeframe_and_baseline(
         for entry in [*scored.values(), result["overall"]]:
             for method in ("model", *BASELINES):
                 assert entry[method]["masked_values"] > 0 and entry[method]["mse"] > 0, (mode, method)
-            assert entry["best_baseline"] in BASELINES and entry["ratio_to_best_baseline"] > 0
+            assert entry["ratio_to_best_baseline"] > 0
+        for entry in scored.values():
+            assert entry["best_baseline_scores"] == entry[entry["best_baseline"]]
+        assert result["overall"]["best_baseline"] == "per_timeframe"
         assert 0 < result["masked_share"]["m1"] <= 1
     assert all(share == 0.0 for share in report["modes"]["time"]["recoverable_share"].values())
     direction = report["modes"]["horizon"]["direction"]["m1"]
@@ -193,6 +196,23 @@ def test_a_model_predicting_the_interpolation_scores_ratio_one(
             if entry["model"]["masked_values"]:
                 assert entry["ratio_to"]["linear_interpolation"] == 1.0
                 assert entry["model"]["rmse_bps"] == entry["linear_interpolation"]["rmse_bps"]
+
+
+def test_the_best_baseline_is_chosen_on_val_and_applied_to_test(
+    synthetic_small: Path, trained_export: Path
+) -> None:
+    config = load_export_config(trained_export)
+    val = evaluate(linear_interpolation, synthetic_small, config, split="val", batches=2, batch_size=16)
+    test = evaluate(linear_interpolation, synthetic_small, config, split="test", batches=2, batch_size=16)
+    assert test["best_baseline_chosen_on"] == "val"
+    disagree = 0
+    for mode, entry in test["modes"].items():
+        for tf, scores in entry["timeframes"].items():
+            on_val = min(BASELINES, key=lambda b: val["modes"][mode]["timeframes"][tf][b]["mse"])
+            on_test = min(BASELINES, key=lambda b: scores[b]["mse"])
+            assert scores["best_baseline"] == on_val, (mode, tf)
+            disagree += on_val != on_test
+    assert disagree > 0, "val and test disagree somewhere, so this test tells the two choices apart"
 
 
 def test_the_train_mean_leaves_dropped_timeframes_out(synthetic_small: Path) -> None:

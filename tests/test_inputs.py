@@ -349,5 +349,7 @@ def test_a_whole_file_test_split_is_evaluated_by_a_trained_model(
         "FRESH is not in the model's statistics"
     )
     assert main(["evaluate", *args, "--json", str(tmp_path / "r.json"), "--allow-other-stats"]) == 0
-    report = json.loads((tmp_path / "r.json").read_text())["modes"]["time"]
+    saved = json.loads((tmp_path / "r.json").read_text())
+    report = saved["modes"]["time"]
     assert "train_mean" not in report["overall"] and report["overall"]["model"]["masked_values"] > 0
+    assert saved["best_baseline_chosen_on"] == "test", "no val split: chosen on the split scored, and said"

@@ -11,12 +11,17 @@ import pytest
 import torch
 
 from conftest import tiny_model_config
-from stage1_ds.baselines import cross_timeframe_rules, last_close, linear_interpolation, recoverable
 from stage1_ds.config import DataConfig, MaskingConfig, MaskingMode
 from stage1_ds.data.batch import Batch
 from stage1_ds.data.streams import COLUMNS, STRIDE, Stream, uniform_hash
 from stage1_ds.data.timeframes import TIMEFRAMES, Timeframe
 from stage1_ds.data.windows import WindowDataset
+from stage1_ds.evaluation.baselines import (
+    cross_timeframe_rules,
+    last_close,
+    linear_interpolation,
+    recoverable,
+)
 from stage1_ds.model.masking import MODES, MaskedWindows, span_mask
 from stage1_ds.model.stage1 import Stage1Model
 
@@ -204,3 +209,20 @@ def test_baselines_read_no_masked_value(synthetic_small: Path, mode: str, channe
         for tf, window in batch.windows.items():
             masked = window.mask & window.valid  # type: ignore[operator]
             assert torch.equal(before[name][tf][masked], after[tf][masked]), (name, tf)
+
+
+def test_rules_give_an_only_childs_volume_as_they_give_its_prices(synthetic_small: Path) -> None:
+    """A masked finer bar that is the only finer bar of a known coarser bar is that bar, volume included
+    (h1 16:00-17:00 UTC on a Friday is the only h1 bar of its h4 bar in the synthetic market)."""
+    data = DataConfig(window_bars=32, channels=["ohlc", "volume"])
+    batch = _masked(synthetic_small, "spans", data, np.arange(0, 12800, 25))
+    rules, exact = cross_timeframe_rules(batch), recoverable(batch)
+    only_children = 0
+    for tf, window in batch.windows.items():
+        given = torch.from_numpy(exact[tf])
+        torch.testing.assert_close(rules[tf][given], window.features[given], atol=1e-5, rtol=0)
+        if window.parent_index is not None:
+            parent = window.parent_index
+            siblings = (parent[:, :, None] == parent[:, None, :]) & (parent >= 0)[:, :, None]
+            only_children += int((given & (siblings.sum(-1) == 1)).sum())
+    assert only_children > 0, "the batch has masked only children that other timeframes give away"

@@ -1,5 +1,6 @@
-"""`stage1 probe`: targets strictly after the anchor, HAR strictly before, the ridge fit, the Diebold-Mariano
-test, the untrained control, and the command end to end on small synthetic data."""
+"""`stage1 probe`: targets strictly after the anchor, the simple rules strictly before it (in trading time,
+finite after weekends and holidays), the best rule chosen on val, the untrained control, and the command
+end to end on small synthetic data."""
 
 from __future__ import annotations
 
@@ -14,20 +15,31 @@ from stage1_ds.cli import main
 from stage1_ds.config import DataConfig
 from stage1_ds.data.store import SplitRange
 from stage1_ds.data.windows import WindowDataset
-from stage1_ds.model.stage1 import Stage1Model
-from stage1_ds.probe import (
+from stage1_ds.evaluation.probe import (
     LONGEST_MINUTES,
-    METHODS,
-    TARGETS,
-    MinuteBars,
-    future_targets,
-    har_features,
-    hour_of_week,
+    InstrumentRules,
+    methods_of,
     probe_set,
-    seasonal_profile,
 )
-from stage1_ds.quality import quality_report, train_for
-from stage1_ds.statistics import Ridge, auc, diebold_mariano
+from stage1_ds.evaluation.quality import quality_report, train_for
+from stage1_ds.evaluation.statistics import Ridge, auc
+from stage1_ds.evaluation.volatility import (
+    HOURS_PER_WEEK,
+    LONGEST_WINDOW_BARS,
+    TARGETS,
+    TRADING_WINDOWS,
+    MinuteBars,
+    calendar_log_variance,
+    deseasonalised,
+    future_targets,
+    hour_of_week,
+    periodicity,
+    seasonal_log_level,
+    seasonal_profile,
+    trading_last_return,
+    trading_log_variance,
+)
+from stage1_ds.model.stage1 import Stage1Model
 
 
 def _minute_bars(seed: int = 0, minutes: int = 30000) -> MinuteBars:
@@ -49,6 +61,11 @@ def _changed(bars: MinuteBars, rows: np.ndarray) -> MinuteBars:
 def test_targets_read_only_bars_after_the_anchor_and_har_only_bars_before() -> None:
     bars = _minute_bars()
     anchors = bars.start[[12000, 15000, 18000]] + 60  # ends of bars: the anchor times
+
+    def har_features(bars: MinuteBars, anchors: np.ndarray) -> np.ndarray:
+        trading = trading_log_variance(bars, anchors, (15, 60, 1440, 7200))
+        return np.c_[trading, trading_last_return(bars, anchors), calendar_log_variance(bars, anchors)]
+
     targets, har = future_targets(bars, anchors), har_features(bars, anchors)
     for k, t in enumerate(anchors):
         before = np.flatnonzero(bars.start < t)
@@ -76,8 +93,8 @@ def test_anchors_near_a_split_end_are_left_out(synthetic_small: Path) -> None:
     region = windows.data.split("SYNTH", "val")
     late = windows.anchor_time + 60 * LONGEST_MINUTES > region.end
     assert late.any(), "the split has anchors whose horizon would leave it"
-    flat = {"SYNTH": np.zeros((168, 2))}
-    chosen = probe_set(windows, max_anchors=10_000, seed=0, profiles=flat)
+    flat = {"SYNTH": InstrumentRules(np.zeros((HOURS_PER_WEEK, 2)), np.zeros(HOURS_PER_WEEK))}
+    chosen = probe_set(windows, max_anchors=10_000, seed=0, known=flat)
     times = windows.anchor_time[chosen.ids]
     assert len(times) > 20 and not late[chosen.ids].any()
     assert (np.diff(times) >= 3600).all(), "at least an hour apart"
@@ -122,19 +139,6 @@ def test_ridge_matches_least_squares_with_augmented_rows() -> None:
     np.testing.assert_allclose(model.predict(x), z @ weights + y.mean(), rtol=1e-10)
 
 
-def test_diebold_mariano_by_hand() -> None:
-    # d = [1, -1, 2, 0]: mean 0.5, variance (0.25 + 2.25 + 2.25 + 0.25) / 4 = 1.25, statistic 0.5 / sqrt(1.25/4).
-    statistic, p = diebold_mariano(np.array([2.0, 0.0, 3.0, 1.0]), np.ones(4))
-    assert statistic == pytest.approx(0.5 / math.sqrt(1.25 / 4))
-    assert p == pytest.approx(0.3711, abs=1e-4)
-    # With lag 1: g1 = (-0.75 * ... ) as the Newey-West weight 1/2 adds 2 * 0.5 * g1.
-    d = np.array([1.0, -1.0, 2.0, 0.0]) - 0.5
-    variance = 1.25 + 2 * 0.5 * float(d[1:] @ d[:-1] / 4)
-    assert diebold_mariano(np.array([2.0, 0.0, 3.0, 1.0]), np.ones(4), lag=1)[0] == pytest.approx(
-        0.5 / math.sqrt(variance / 4)
-    )
-
-
 def test_auc_by_hand() -> None:
     assert auc(np.array([1, 1, 0, 0]), np.array([0.9, 0.4, 0.5, 0.1])) == 0.75
     assert auc(np.array([1, 0]), np.array([0.3, 0.3])) == 0.5
@@ -162,18 +166,19 @@ def test_probe_command_reports_every_target_and_method(
     report = json.loads(out.read_text())
     assert set(report["targets"]) == set(TARGETS)
     for target, results in report["targets"].items():
-        assert set(results) == set(METHODS)
+        assert set(results) == set(methods_of(target))
+        best = report["best_rule"][target]
+        assert best["chosen_on"] == "val" and best["rule"] == min(best["val_mse"], key=best["val_mse"].get)
         for method, scores in results.items():
             assert scores["n"] > 10, (target, method)
             if target == "ret_sign_60m":
                 assert scores["accuracy_low"] <= scores["accuracy"] <= scores["accuracy_high"]
             else:
                 assert math.isfinite(scores["mse"]) and math.isfinite(scores["qlike"])
-                assert math.isfinite(scores["dm_p_vs_har"]) or method == "har"
-                assert math.isfinite(scores["dm_p_vs_har_seasonal"]) or method == "har_seasonal"
+                assert math.isfinite(scores["dm_p_vs_best_rule"]) or method == best["rule"]
     assert report["targets"]["rv_60m"]["constant"]["r2"] == pytest.approx(0.0)
     assert out.with_suffix(".png").stat().st_size > 0
-    assert "har_seasonal_plus_embeddings" in capsys.readouterr().out
+    assert "best_rule_plus_embeddings" in capsys.readouterr().out
 
 
 def test_the_quality_report_has_every_section(synthetic_small: Path, tmp_path: Path) -> None:
@@ -200,6 +205,7 @@ def test_the_quality_report_has_every_section(synthetic_small: Path, tmp_path: P
     ):
         assert heading in doc, heading
     assert "| embeddings_random_init |" in doc and "`time` mode at most 0.85" in doc
+    assert "(best_rule) |" in doc and "chosen on val" in doc
 
 
 def test_a_report_run_starts_afresh_in_the_folder_of_an_earlier_report(
@@ -211,3 +217,78 @@ def test_a_report_run_starts_afresh_in_the_folder_of_an_earlier_report(
     train_for("a", tiny, 20, synthetic_small, tmp_path)
     train_for("a", tiny, 10, synthetic_small, tmp_path)
     assert (tmp_path / "a" / "checkpoints" / "latest").read_text().strip() == "step00000010"
+
+
+def _trading_weeks(weeks: int = 5, seed: int = 0) -> MinuteBars:
+    """Bars of a random walk traded Monday 00:00 to Friday 21:00 UTC, with a 1% jump at every reopening and
+    the Wednesday of the third week closed (a holiday); the first bar after that holiday is flat."""
+    monday = np.datetime64("2024-01-01T00:00", "s").astype(np.int64)
+    minute = np.arange(weeks * 7 * 1440)
+    day = minute // 1440
+    trading = ((day % 7 < 4) | ((day % 7 == 4) & (minute % 1440 < 21 * 60))) & (day != 16)
+    start = monday + 60 * minute[trading]
+    rng = np.random.default_rng(seed)
+    reopening = np.diff(start, prepend=start[0]) > 3600
+    move = rng.normal(0, 1e-4, len(start))
+    move[np.flatnonzero(reopening)[1]] = 0.0  # the holiday's first bar: open = close
+    log_open = np.cumsum(np.where(reopening, 0.01, 0.0) + np.r_[0.0, move[:-1]])
+    return MinuteBars(start, log_open, log_open + move)
+
+
+def test_trading_time_har_is_finite_and_ordinary_right_after_a_weekend_and_a_holiday() -> None:
+    """Anchors 1, 5 and 30 minutes after each weekend and after the holiday: every trading-time feature is
+    finite and within the range of ordinary anchors (every minute at least two hours after any break). The
+    calendar windows of the first version are not: their last hour holds one bar (log of one squared
+    return, or of 0 when that bar is flat), far below any ordinary hour."""
+    bars = _trading_weeks()
+    enough = bars.start[LONGEST_WINDOW_BARS:]  # anchors need a week of trading before them
+    breaks = bars.start[1:][np.diff(bars.start) > 3600]
+    reopened = breaks[breaks > enough[0]]
+    assert len(reopened) == 4, "two weekends and the holiday (and its end) after the first week and a half"
+    special = (reopened[:, None] + 60 * np.array([1, 5, 30])).ravel()
+    anchors = enough + 60
+    since_break = anchors - breaks[np.maximum(np.searchsorted(breaks, anchors) - 1, 0)]
+    ordinary = anchors[(since_break >= 7200) | (anchors < breaks[0])]
+    for name, windows in TRADING_WINDOWS.items():
+        usual = trading_log_variance(bars, ordinary, windows)
+        after = trading_log_variance(bars, special, windows)
+        margin = 0.1 * (usual.max(axis=0) - usual.min(axis=0))
+        assert np.isfinite(after).all(), name
+        assert (after >= usual.min(axis=0) - margin).all() and (after <= usual.max(axis=0) + margin).all(), (
+            name
+        )
+    calendar = calendar_log_variance(bars, special)[:, 0]
+    assert calendar.min() == pytest.approx(np.log(1e-12)), "the flat first bar after the holiday"
+    assert (calendar < calendar_log_variance(bars, ordinary)[:, 0].min()).mean() > 0.5
+
+
+def test_a_flat_window_takes_the_next_longer_windows_value_and_all_flat_is_dropped() -> None:
+    bars = _minute_bars(minutes=3000)
+    log_close, log_open = bars.log_close.copy(), bars.log_open.copy()
+    log_close[-60:] = log_open[-60:] = log_close[-61]
+    flat_hour = MinuteBars(bars.start, log_open, log_close)
+    t = flat_hour.start[-1:] + 60
+    values = trading_log_variance(flat_hour, t, (15, 60, 1440))
+    assert values[0, 0] == values[0, 1] == values[0, 2] and np.isfinite(values).all()
+    log_close[:] = log_open[:] = 0.0
+    assert np.isnan(trading_log_variance(MinuteBars(bars.start, log_open, log_close), t, (15, 60))).all()
+
+
+def test_periodicity_recovers_an_hour_of_fourfold_variance_and_deseasonalising_removes_it() -> None:
+    rng = np.random.default_rng(3)
+    monday = np.datetime64("2024-01-01T00:00", "s").astype(np.int64)
+    start = monday + 60 * np.arange(6 * 7 * 1440)
+    loud = hour_of_week(start) == 10  # Monday 10:00-10:59 UTC
+    move = rng.normal(0, 1e-4, len(start)) * np.where(loud, 2.0, 1.0)
+    log_close = np.cumsum(move)
+    bars = MinuteBars(start, np.r_[0.0, log_close[:-1]], log_close)
+    train = SplitRange(history_start=int(start[0]), anchor_start=int(start[0]), end=int(start[-1]))
+    factor = periodicity(bars, train)
+    assert factor[10] - np.median(factor) == pytest.approx(np.log(4.0), abs=0.1)
+    flat = deseasonalised(bars, factor)
+    hour_starts = start[(start % 3600 == 0) & (start >= start[0] + 3600)][:-1]
+    hourly = flat.variance(flat.first_at_or_after(hour_starts), flat.first_at_or_after(hour_starts + 3600))
+    in_loud = hour_of_week(hour_starts) == 10
+    assert hourly[in_loud].mean() / hourly[~in_loud].mean() == pytest.approx(1.0, abs=0.1)
+    level = seasonal_log_level(factor, np.array([start[0] + 10 * 3600, start[0] + 30 * 3600]), 60)
+    assert level[0] - level[1] == pytest.approx(factor[10] - factor[30])

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from stage1_ds.evaluation.plots import masked_window_figure
 from stage1_ds.model.masking import MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model, parameter_report
-from stage1_ds.plots import masked_window_figure
 from stage1_ds.train.param_groups import ParamGroup
 
 #: Dense bf16 peak FLOP/s of one device, for MFU.

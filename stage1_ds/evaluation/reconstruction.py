@@ -5,7 +5,8 @@ are masked with a fixed seed; on exactly those masked bars of kept timeframes th
 of `stage1_ds.baselines` (which see the same visible bars) are scored. Errors are MSE and MAE in the
 scaled feature space and in basis points of price (feature error x scale x 1e4, features being log price
 ratios), over the four price features; with volume, ``volume_mse`` scores the volume feature alone. Per mode the report gives every method's errors per timeframe and overall, the best baseline and
-the model's ratio to it, the masked share and the share of masked bars the visible bars of other
+the model's ratio to it (the best baseline of each timeframe chosen on the val split, never on the split
+scored), the masked share and the share of masked bars the visible bars of other
 timeframes determine exactly, the cross-timeframe inconsistency of the model's reconstructions, and in
 ``horizon`` mode the accuracy of the direction of the predicted last close against the last visible close,
 the sample's reference price (with its 95% Wilson interval).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from stage1_ds.baselines import (
+from stage1_ds.config import Config, MaskingMode
+from stage1_ds.data.batch import Batch
+from stage1_ds.data.features import NUM_FEATURES
+from stage1_ds.data.store import load_prepared
+from stage1_ds.data.windows import WindowDataset, WindowSampler
+from stage1_ds.evaluation.baselines import (
     Predictor,
     cross_timeframe_rules,
     last_close,
@@ -30,17 +37,13 @@ from stage1_ds.baselines import (
     recoverable,
     train_mean_predictor,
 )
-from stage1_ds.config import Config, MaskingMode
-from stage1_ds.data.batch import Batch
-from stage1_ds.data.features import NUM_FEATURES
-from stage1_ds.data.store import load_prepared
-from stage1_ds.data.windows import WindowDataset, WindowSampler
+from stage1_ds.evaluation.plots import masked_window_figure
+from stage1_ds.evaluation.statistics import wilson_interval
 from stage1_ds.model.losses import cross_timeframe_terms
 from stage1_ds.model.masking import MODES, MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model
-from stage1_ds.plots import masked_window_figure
-from stage1_ds.statistics import wilson_interval
 
+log = logging.getLogger(__name__)
 BASELINES = ("linear_interpolation", "last_close", "train_mean", "cross_timeframe_rules")
 
 
@@ -127,102 +130,161 @@ def evaluate(
     """Score ``model`` (a `Stage1Model` or any function from a batch to reconstructions) and the baselines
     in each masking mode of ``modes``.
 
+    The best baseline of each timeframe is chosen on the val split (the baselines alone, scored the same
+    way) and applied to ``split``; overall it is that choice per timeframe. A folder without a val split
+    (all test) chooses on ``split`` itself and says so in ``best_baseline_chosen_on``.
+
     Args:
         stats: feature statistics to scale with (the model's, `stage1_ds.data.store.model_stats`); None: the
             data folder's own.
 
     Returns:
-        The report: ``modes.<mode>.timeframes.<tf>`` and ``modes.<mode>.overall``, each with every method's
-        errors, ``best_baseline`` and ``ratio_to_best_baseline``; per mode also ``masked_share``,
+        The report: ``best_baseline_chosen_on`` and ``modes.<mode>.timeframes.<tf>`` and
+        ``modes.<mode>.overall``, each with every method's errors, ``best_baseline`` (``per_timeframe``
+        overall), ``best_baseline_scores`` and ``ratio_to_best_baseline``; per mode also ``masked_share``,
         ``recoverable_share``, ``cross_timeframe_inconsistency`` and (horizon) ``direction``.
     """
     config.validate()
     predict = model_predictor(model) if isinstance(model, Stage1Model) else model
-    methods: dict[str, Predictor] = {
-        "model": predict,
+    baselines: dict[str, Predictor] = {
         "linear_interpolation": linear_interpolation,
         "last_close": last_close,
         "cross_timeframe_rules": cross_timeframe_rules,
     }
-    if not all(split_range.empty for split_range in _train_ranges(data_dir)):  # an all-test folder has none
-        methods["train_mean"] = train_mean_predictor(data_dir, config, stats=stats)
-    windows = WindowDataset(data_dir, split, config.data, seed=seed, stats=stats)
-    report: dict[str, Any] = {"split": split, "modes": {}}
+    data = load_prepared(data_dir)
+    if not all(data.split(name, "train").empty for name in data.instruments):  # an all-test folder has none
+        baselines["train_mean"] = train_mean_predictor(data_dir, config, stats=stats)
+    chosen_on = "val" if not all(data.split(name, "val").empty for name in data.instruments) else split
+    if chosen_on != "val":
+        log.warning(
+            "%s has no val split: the best baseline is chosen on the %s split it is scored on",
+            data_dir,
+            split,
+        )
+    report: dict[str, Any] = {"split": split, "best_baseline_chosen_on": chosen_on, "modes": {}}
     for mode in modes:
-        masking = copy.deepcopy(config.model.masking)
-        masking.modes = {mode.value: 1.0}
-        data = MaskedWindows(windows, masking, config.model.patch_len, seed=seed)
-        size = min(batch_size, len(data))
-        sampler = WindowSampler(
-            len(data), size, seed=seed, num_batches=min(batches, max(1, len(data) // size))
+        scored = _score_mode(
+            mode, data_dir, split, config, batches, batch_size, seed, stats, predict, baselines
         )
-        report["modes"][mode.value] = _evaluate_mode(
-            mode, data, sampler, methods, [t.value for t in windows.timeframes]
+        choice = (
+            scored
+            if chosen_on == split
+            else _score_mode(
+                mode, data_dir, chosen_on, config, batches, batch_size, seed, stats, None, baselines
+            )
         )
+        timeframes = list(scored.masked)
+        best = {tf: _lowest_mse(choice, baselines, tf) for tf in timeframes}
+        report["modes"][mode.value] = _entry(scored, best, timeframes)
     return report
 
 
-def _evaluate_mode(
+def _lowest_mse(scored: ModeScores, baselines: dict[str, Predictor], tf: str) -> str:
+    return min(baselines, key=lambda b: scored.scores[b][tf].summary()["mse"])
+
+
+@dataclass
+class ModeScores:
+    """What one pass over a split in one masking mode measured (see `_score_mode`)."""
+
+    scores: dict[str, dict[str, Scores]]  # method -> timeframe -> sums
+    samples: int
+    masked: dict[str, list[int]]  # timeframe -> [masked bars, kept bars]
+    recovered: dict[str, int]
+    inconsistency: dict[str, list[float]]
+    direction: dict[str, list[int]] | None  # horizon mode: timeframe -> [right, scored]
+    example: dict[str, Any] | None
+
+
+def _score_mode(
     mode: MaskingMode,
-    data: MaskedWindows,
-    sampler: WindowSampler,
-    methods: dict[str, Predictor],
-    timeframes: list[str],
-) -> dict[str, Any]:
-    scores = {m: {tf: Scores() for tf in timeframes} for m in methods}
-    inconsistency: dict[str, list[float]] = {}
-    masked = {tf: [0, 0] for tf in timeframes}  # masked bars, kept bars
-    recovered = {tf: 0 for tf in timeframes}
-    direction = {tf: [0, 0] for tf in timeframes}  # right, scored
-    samples, example = 0, None
+    data_dir: Path,
+    split: str,
+    config: Config,
+    batches: int,
+    batch_size: int,
+    seed: int,
+    stats: dict[str, Any] | None,
+    predict: Predictor | None,
+    baselines: dict[str, Predictor],
+) -> ModeScores:
+    """Mask windows of ``split`` in ``mode`` (fixed seed) and score ``predict`` (the model; None: the
+    baselines alone) and ``baselines`` on the masked bars of the samples that kept the mode."""
+    windows = WindowDataset(data_dir, split, config.data, seed=seed, stats=stats)
+    masking = copy.deepcopy(config.model.masking)
+    masking.modes = {mode.value: 1.0}
+    data = MaskedWindows(windows, masking, config.model.patch_len, seed=seed)
+    size = min(batch_size, len(data))
+    sampler = WindowSampler(len(data), size, seed=seed, num_batches=min(batches, max(1, len(data) // size)))
+    methods = baselines if predict is None else {"model": predict, **baselines}
+    timeframes = [t.value for t in windows.timeframes]
+    out = ModeScores(
+        scores={m: {tf: Scores() for tf in timeframes} for m in methods},
+        samples=0,
+        masked={tf: [0, 0] for tf in timeframes},
+        recovered={tf: 0 for tf in timeframes},
+        inconsistency={},
+        direction={tf: [0, 0] for tf in timeframes} if mode == MaskingMode.HORIZON else None,
+        example=None,
+    )
     for ids in sampler:
         batch = data.batch(np.asarray(ids))
         assert batch.mask_mode is not None
         rows = batch.mask_mode == MODES.index(mode)  # samples that fell back to spans are left out
-        samples += int(rows.sum())
+        out.samples += int(rows.sum())
         exact = recoverable(batch)
         for tf in timeframes:
             window = batch.windows[tf]
             kept = window.valid & rows[:, None]
-            masked[tf][0] += int((window.mask & kept).sum())  # type: ignore[operator]
-            masked[tf][1] += int(kept.sum())
-            recovered[tf] += int((torch.from_numpy(exact[tf]) & kept).sum())
+            out.masked[tf][0] += int((window.mask & kept).sum())  # type: ignore[operator]
+            out.masked[tf][1] += int(kept.sum())
+            out.recovered[tf] += int((torch.from_numpy(exact[tf]) & kept).sum())
         for method, fn in methods.items():
             preds = fn(batch)
             for tf in timeframes:
-                scores[method][tf].add(preds[tf], batch, tf, rows)
+                out.scores[method][tf].add(preds[tf], batch, tf, rows)
             if method != "model":
                 continue
             for tf, term in cross_timeframe_terms(preds, batch).items():
                 if term.count > 0:
-                    inconsistency.setdefault(tf, []).append(float(term.value))
-            if mode == MaskingMode.HORIZON:
+                    out.inconsistency.setdefault(tf, []).append(float(term.value))
+            if out.direction is not None:
                 for tf in timeframes:
                     right, scored = _direction(preds[tf], batch, tf, rows)
-                    direction[tf][0] += right
-                    direction[tf][1] += scored
-            if example is None and bool(rows.any()):
+                    out.direction[tf][0] += right
+                    out.direction[tf][1] += scored
+            if out.example is None and bool(rows.any()):
                 first = int(torch.nonzero(rows)[0])
-                example = {"batch": batch, "preds": preds, "sample": first}
-    entry: dict[str, Any] = {"samples": samples, "timeframes": {}}
+                out.example = {"batch": batch, "preds": preds, "sample": first}
+    return out
+
+
+def _entry(scored: ModeScores, best: dict[str, str], timeframes: list[str]) -> dict[str, Any]:
+    """The report of one mode: errors per timeframe and overall with the model's ratios to each baseline
+    and to ``best`` (per timeframe; overall, those choices together), shares, inconsistency, direction."""
+    scores = scored.scores
+    entry: dict[str, Any] = {"samples": scored.samples, "timeframes": {}}
     for tf in timeframes:
-        entry["timeframes"][tf] = _with_ratios({m: scores[m][tf].summary() for m in methods})
-    overall = {m: _sum(scores[m][tf] for tf in timeframes).summary() for m in methods}
-    entry["overall"] = _with_ratios(overall)
+        summary = {m: scores[m][tf].summary() for m in scores}
+        entry["timeframes"][tf] = _with_ratios(summary, best[tf], summary[best[tf]])
+    overall = {m: _sum(scores[m][tf] for tf in timeframes).summary() for m in scores}
+    composite = _sum(scores[best[tf]][tf] for tf in timeframes).summary()
+    entry["overall"] = _with_ratios(overall, "per_timeframe", composite)
+    masked = scored.masked
     entry["masked_share"] = {tf: m / max(k, 1) for tf, (m, k) in masked.items()}
-    entry["recoverable_share"] = {tf: recovered[tf] / max(masked[tf][0], 1) for tf in timeframes}
-    entry["cross_timeframe_inconsistency"] = {tf: float(np.mean(v)) for tf, v in inconsistency.items()}
-    if mode == MaskingMode.HORIZON:
+    entry["recoverable_share"] = {tf: scored.recovered[tf] / max(masked[tf][0], 1) for tf in timeframes}
+    entry["cross_timeframe_inconsistency"] = {tf: float(np.mean(v)) for tf, v in scored.inconsistency.items()}
+    if scored.direction is not None:
         entry["direction"] = {}
-        for tf, (right, scored) in direction.items():
-            low, high = wilson_interval(right, scored)
+        for tf, (right, n) in scored.direction.items():
+            low, high = wilson_interval(right, n)
             entry["direction"][tf] = {
-                "accuracy": right / scored if scored else float("nan"),
+                "accuracy": right / n if n else float("nan"),
                 "low": low,
                 "high": high,
-                "n": scored,
+                "n": n,
             }
-    entry["example"] = example
+    entry["example"] = scored.example
     return entry
 
 
@@ -244,27 +306,36 @@ def _sum(parts: Any) -> Scores:
     return total
 
 
-def _train_ranges(data_dir: Path) -> list[Any]:
-    data = load_prepared(data_dir)
-    return [data.split(name, "train") for name in data.instruments]
-
-
-def _with_ratios(entry: dict[str, dict[str, float]]) -> dict[str, Any]:
+def _with_ratios(
+    entry: dict[str, dict[str, float]], best: str, best_scores: dict[str, float]
+) -> dict[str, Any]:
     baselines = [b for b in BASELINES if b in entry]  # train_mean is absent without a train split
-    best = min(baselines, key=lambda b: entry[b]["mse"])
     model_mse = entry["model"]["mse"]
-    ratios = {b: model_mse / entry[b]["mse"] if entry[b]["mse"] > 0 else float("nan") for b in baselines}
-    return {**entry, "best_baseline": best, "ratio_to_best_baseline": ratios[best], "ratio_to": ratios}
+
+    def ratio(mse: float) -> float:
+        return model_mse / mse if mse > 0 else float("nan")
+
+    return {
+        **entry,
+        "best_baseline": best,
+        "best_baseline_scores": best_scores,
+        "ratio_to_best_baseline": ratio(best_scores["mse"]),
+        "ratio_to": {b: ratio(entry[b]["mse"]) for b in baselines},
+    }
 
 
 def format_report(report: dict[str, Any]) -> str:
     """A plain-text table per mode: MSE of each method, the model in bps, and model / best baseline."""
-    lines = [f"split {report['split']}: masked bars only; MSE in feature units, RMSE in basis points"]
+    lines = [
+        f"split {report['split']}: masked bars only; MSE in feature units, RMSE in basis points; the best "
+        f"baseline chosen per timeframe on the {report['best_baseline_chosen_on']} split"
+    ]
     short = {
         "linear_interpolation": "interp",
         "last_close": "last",
         "train_mean": "mean",
         "cross_timeframe_rules": "rules",
+        "per_timeframe": "per tf",
     }
     for mode, entry in report["modes"].items():
         lines.append(f"mode {mode}: {entry['samples']} windows")

@@ -208,7 +208,8 @@ def _infer(batch: Batch) -> dict[str, _Knowledge]:
 
 def cross_timeframe_rules(batch: Batch) -> dict[str, torch.Tensor]:
     """The cross-timeframe rules baseline (see the module docstring); with volume, a masked bar's volume
-    is the sum of its known finer bars' when they are all known, else interpolated."""
+    is the sum of its finer bars' when they are all known, or its known coarser bar's when it is that bar's
+    only finer bar, else interpolated."""
     know = _infer(batch)
     interpolated = linear_interpolation(batch)
     volumes = _volume_rules(batch, interpolated) if _has_volume(batch) else {}
@@ -238,7 +239,8 @@ def _has_volume(batch: Batch) -> bool:
 
 def _volume_rules(batch: Batch, interpolated: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """Per timeframe (B, L) volume features: visible bars as they are, a masked bar whose finer bars are all
-    known (visible or recovered) their sum, the rest interpolated. Works in units of the reference volume."""
+    known (visible or recovered) their sum, a masked only child of a known coarser bar that bar's volume
+    (as `_infer` recovers its prices), the rest interpolated. Works in units of the reference volume."""
     names = list(batch.windows)
     known, value = {}, {}
     for tf, window in batch.windows.items():
@@ -246,11 +248,9 @@ def _volume_rules(batch: Batch, interpolated: dict[str, torch.Tensor]) -> dict[s
         visible = _visible(window)
         known[tf] = visible.copy()
         value[tf] = np.where(visible, window.features[..., VOLUME].numpy() * vscale, np.nan)
-    for fine, coarse in itertools.pairwise(names):
-        parent = batch.windows[fine].parent_index
-        if parent is None:
-            continue
-        p = parent.numpy()
+    pairs = [(f, c) for f, c in itertools.pairwise(names) if batch.windows[f].parent_index is not None]
+    for fine, coarse in pairs:  # finest first: the sum of known finer bars
+        p = batch.windows[fine].parent_index.numpy()  # type: ignore[union-attr]
         b, lc = known[coarse].shape
         rows = np.repeat(np.arange(b), p.shape[1]).reshape(p.shape)
         has = p >= 0
@@ -261,6 +261,14 @@ def _volume_rules(batch: Batch, interpolated: dict[str, torch.Tensor]) -> dict[s
         whole = (count > 0) & (known_count == count) & ~known[coarse]
         value[coarse] = np.where(whole, total, value[coarse])
         known[coarse] |= whole
+    for fine, coarse in reversed(pairs):  # coarsest first: an only child is its known coarser bar
+        p = batch.windows[fine].parent_index.numpy()  # type: ignore[union-attr]
+        count = _children(p, known[coarse].shape[1])[0]
+        batch_rows = np.arange(p.shape[0])[:, None]
+        q = np.maximum(p, 0)
+        only = (p >= 0) & known[coarse][batch_rows, q] & (count[batch_rows, q] == 1) & ~known[fine]
+        value[fine] = np.where(only, value[coarse][batch_rows, q], value[fine])
+        known[fine] |= only
     out = {}
     for tf, window in batch.windows.items():
         vscale = window.volume_scale.numpy().astype(np.float64)[:, None]  # type: ignore[union-attr]

@@ -1,0 +1,13 @@
+"""Evaluation: what a trained encoder is worth against the strongest simple rules that see the same bars.
+
+- `reconstruction`: `stage1 evaluate`, masked-bar errors per masking mode against `baselines`;
+- `probe`: `stage1 probe`, future realised variance and direction from the embeddings against the simple
+  volatility rules of `volatility`, with the tests and intervals of `statistics`;
+- `quality`: the measured report behind ``scripts/quality_report.py`` (imported from its module: it trains);
+- `plots`: the figures.
+"""
+
+from stage1_ds.evaluation.probe import format_probe, probe, write_probe
+from stage1_ds.evaluation.reconstruction import evaluate, format_report, write_report
+
+__all__ = ["evaluate", "format_probe", "format_report", "probe", "write_probe", "write_report"]

@@ -1,0 +1,478 @@
+"""`stage1 probe`: what the embeddings know about the future, against the strongest simple rule.
+
+For anchors of the train, val and test splits, targets come from the 1-minute bars strictly after the
+anchor time ``t`` (never inside any window; `stage1_ds.evaluation.volatility`): ``rv_60m`` and ``rv_240m``,
+the log realised variance over the next 60 / 240 minutes, and ``ret_sign_60m``, the sign of the next hour's
+return. An anchor qualifies when its 240-minute horizon stays inside its split and its split's history
+holds a calendar week and `LONGEST_WINDOW_BARS` bars before it; anchors are at least an hour apart, then a
+seeded subsample. Anchors whose bars are all flat over the longest look-back, or whose targets are
+unknown (too few bars, or all flat), are dropped and counted per split.
+
+Methods, on the same anchors, fitted on train (closed-form ridge; for the sign a ridge classifier on +-1),
+the regularisation picked on val from a grid, scored on test. The simple rules, from the raw bars before
+``t`` (the windows of the trading-time rules, `TRADING_WINDOWS`, are chosen on val per target with
+``har``):
+
+- ``har_calendar``: log realised variance over the last 60 minutes, day and week of the calendar (the
+  first version of this probe; an empty window enters as ``log(1e-12)``);
+- ``har_calendar_seasonal``: ``har_calendar`` plus the time-of-week profile (below);
+- ``har``: log realised variance per bar over the last N bars (trading time);
+- ``har_seasonal``: ``har`` plus the time-of-week profile: the train split's mean log realised variance over
+  the next 60 and 240 minutes of the bars that start in the same hour of the week (UTC) as ``t``;
+- ``harp``: HAR on realised variances divided by their hour-of-week periodicity, fitted to the target less
+  the periodicity of its horizon, which is multiplied back (added in logs) to forecast;
+- ``har_seasonal_extended``: ``har_seasonal`` plus the horizon's periodicity, one-hot hour of the day and day
+  of the week, the last hour's return and its absolute value;
+- ``har_seasonal_huber``: ``har_seasonal`` fitted with Huber's loss.
+
+For the sign the rules are the sign of the last 60 minutes' (``har_calendar``) or 60 bars' (``har``)
+return, and ``har_seasonal`` adds the profile. ``best_rule`` is the rule of lowest val MSE, per target.
+Beside the rules: ``embeddings`` (every timeframe's pooled encoder states of the unmasked windows,
+concatenated), ``embeddings_random_init`` (the same architecture and config, freshly initialised),
+``best_rule_plus_embeddings``, ``best_rule_plus_embeddings_random_init`` and ``constant`` (the train mean
+or the majority class).
+
+Metrics on test: out-of-sample R^2 (1 - MSE / MSE of the train mean), MSE and QLIKE (on variances
+``exp(log RV)``), with Diebold-Mariano tests (HLN-corrected, Student t) of each method's squared error
+against ``best_rule``; accuracy and AUC with 95% intervals for the sign; ``n`` everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stage1_ds.data.store import PreparedData
+from stage1_ds.data.timeframes import Timeframe
+from stage1_ds.data.windows import WindowDataset
+from stage1_ds.encoding import encode_batch, model_data_config
+from stage1_ds.evaluation.statistics import Ridge, auc, auc_interval, diebold_mariano, wilson_interval
+from stage1_ds.evaluation.volatility import (
+    CALENDAR_MINUTES,
+    LONGEST_WINDOW_BARS,
+    SIGN_TARGET,
+    TARGETS,
+    TRADING_WINDOWS,
+    VARIANCE_TARGETS,
+    MinuteBars,
+    calendar_log_variance,
+    clock_dummies,
+    deseasonalised,
+    future_targets,
+    hour_of_week,
+    periodicity,
+    seasonal_log_level,
+    seasonal_profile,
+    trading_last_return,
+    trading_log_variance,
+)
+from stage1_ds.model.stage1 import Stage1Model
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+VARIANCE_RULES = (
+    "har_calendar",
+    "har_calendar_seasonal",
+    "har",
+    "har_seasonal",
+    "harp",
+    "har_seasonal_extended",
+    "har_seasonal_huber",
+)
+SIGN_RULES = ("har_calendar", "har", "har_seasonal")
+EMBEDDING_METHODS = (
+    "embeddings",
+    "embeddings_random_init",
+    "best_rule_plus_embeddings",
+    "best_rule_plus_embeddings_random_init",
+)
+SPACING_MINUTES = 60
+LONGEST_MINUTES = max(VARIANCE_TARGETS.values())
+ALPHAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
+
+
+def methods_of(target: str) -> tuple[str, ...]:
+    """Every method scored on ``target``, in report order: the rules, the embeddings, the constant."""
+    rules = SIGN_RULES if target == SIGN_TARGET else VARIANCE_RULES
+    return (*rules, *EMBEDDING_METHODS, "constant")
+
+
+@dataclass
+class ProbeSet:
+    """The anchors of one split used by the probe: ids, times, targets, and the blocks of rule features
+    (`rule_blocks`); ``dropped`` counts the anchors left out and why."""
+
+    ids: np.ndarray
+    time: np.ndarray
+    targets: dict[str, np.ndarray]
+    blocks: dict[str, np.ndarray]
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class InstrumentRules:
+    """What the rules know of one instrument from its train split: the time-of-week profile of log realised
+    variance (`seasonal_profile`) and the periodicity of variance (`periodicity`)."""
+
+    profile: np.ndarray
+    periodicity: np.ndarray
+
+
+def rule_blocks(bars: MinuteBars, time: np.ndarray, known: InstrumentRules) -> dict[str, np.ndarray]:
+    """The feature blocks the rules are made of, per anchor, from the bars before ``t`` (and the train
+    split's profiles): ``calendar`` (3 log variances), ``calendar_return``, ``trading/<windows>`` and
+    ``harp/<windows>`` (log variance per bar, raw and deseasonalised, for each `TRADING_WINDOWS` set),
+    ``trading_return``, ``profile`` (2), ``periodicity/<target>`` (the horizon's, HARP's offset) and
+    ``clock`` (31 one-hots)."""
+    calendar = calendar_log_variance(bars, time)
+    adjusted = deseasonalised(bars, known.periodicity)
+    blocks = {"calendar": calendar[:, :3], "calendar_return": calendar[:, 3:]}
+    for name, windows in TRADING_WINDOWS.items():
+        blocks[f"trading/{name}"] = trading_log_variance(bars, time, windows)
+        blocks[f"harp/{name}"] = trading_log_variance(adjusted, time, windows)
+    blocks["trading_return"] = trading_last_return(bars, time)[:, None]
+    blocks["profile"] = known.profile[hour_of_week(time)]
+    for target, minutes in VARIANCE_TARGETS.items():
+        blocks[f"periodicity/{target}"] = seasonal_log_level(known.periodicity, time, minutes)[:, None]
+    blocks["clock"] = clock_dummies(time)
+    return blocks
+
+
+def probe_set(
+    windows: WindowDataset, max_anchors: int, seed: int, known: dict[str, InstrumentRules]
+) -> ProbeSet:
+    """Anchors of a split at least `SPACING_MINUTES` apart whose horizons stay inside the split and whose
+    history (a calendar week, `LONGEST_WINDOW_BARS` bars) is in it, a seeded subsample of at most
+    ``max_anchors``, with their targets and rule features (``known``: each instrument's train profiles)."""
+    data = windows.data
+    ids_all = np.arange(len(windows))
+    chosen: list[np.ndarray] = []
+    times: list[np.ndarray] = []
+    targets: list[dict[str, np.ndarray]] = []
+    blocks: list[dict[str, np.ndarray]] = []
+    dropped = {"flat_history": 0, "unknown_target": 0}
+    for k, name in enumerate(windows.instruments):
+        region = data.split(name, windows.split)
+        bars = minute_bars(data, name)
+        ids = ids_all[windows.anchor_instrument == k]
+        time = windows.anchor_time[ids]
+        history_bars = bars.first_at_or_after(time) - bars.first_at_or_after(np.array([region.history_start]))
+        inside = (
+            (time + 60 * LONGEST_MINUTES <= region.end)
+            & (time - 60 * max(CALENDAR_MINUTES) >= region.history_start)
+            & (history_bars >= LONGEST_WINDOW_BARS)
+        )
+        ids, time = ids[inside], time[inside]
+        keep, last = [], -np.inf
+        for i, t in enumerate(time):  # anchors are in time order within an instrument
+            if t >= last + 60 * SPACING_MINUTES:
+                keep.append(i)
+                last = t
+        ids, time = ids[keep], time[keep]
+        found = future_targets(bars, time)
+        features = rule_blocks(bars, time, known[name])
+        flat = np.zeros(len(time), dtype=bool)
+        for key, block in features.items():
+            if key.startswith(("trading/", "harp/")):
+                flat |= np.isnan(block).any(axis=1)
+        unknown = ~np.all([np.isfinite(v) for v in found.values()], axis=0) & ~flat
+        dropped["flat_history"] += int(flat.sum())
+        dropped["unknown_target"] += int(unknown.sum())
+        complete = ~flat & ~unknown
+        chosen.append(ids[complete])
+        times.append(time[complete])
+        targets.append({key: v[complete] for key, v in found.items()})
+        blocks.append({key: v[complete] for key, v in features.items()})
+    ids = np.concatenate(chosen)
+    order = np.random.default_rng(seed).permutation(len(ids))[:max_anchors]
+    order.sort()
+    return ProbeSet(
+        ids=ids[order],
+        time=np.concatenate(times)[order],
+        targets={key: np.concatenate([t[key] for t in targets])[order] for key in TARGETS},
+        blocks={key: np.concatenate([b[key] for b in blocks])[order] for key in blocks[0]},
+        dropped=dropped,
+    )
+
+
+def minute_bars(data: PreparedData, instrument: str) -> MinuteBars:
+    """An instrument's 1-minute bars from a prepared folder."""
+    begin, end = data.rows(instrument, Timeframe.M1)
+    m1 = data.bars[Timeframe.M1]
+    log_ohlc = np.asarray(m1.log_ohlc[begin:end])  # type: ignore[index]
+    return MinuteBars(np.asarray(m1.start[begin:end]), log_ohlc[:, 0], log_ohlc[:, 3])
+
+
+@torch.no_grad()
+def pooled_embeddings(
+    model: Stage1Model, windows: WindowDataset, ids: np.ndarray, batch_size: int = 256
+) -> np.ndarray:
+    """(N, timeframes x d_model): each timeframe's pooled encoder states of the unmasked windows, side by side."""
+    parts = []
+    for i in range(0, len(ids), batch_size):
+        pooled = encode_batch(model, windows.batch(ids[i : i + batch_size]))
+        parts.append(np.concatenate([pooled[tf]["pooled"].numpy() for tf in pooled], axis=1))
+    return np.concatenate(parts).astype(np.float64)
+
+
+@dataclass
+class Design:
+    """What one method is fitted on, per split: features ``x`` (N, k), an ``offset`` (N,) added to its
+    predictions and taken from the target before fitting (HARP's known periodicity; zeros for none), and
+    whether the fit uses Huber's loss."""
+
+    x: dict[str, np.ndarray]
+    offset: dict[str, np.ndarray]
+    huber: bool = False
+
+    def plus(self, extra: dict[str, np.ndarray]) -> Design:
+        """The same design with more feature columns."""
+        return Design(
+            {s: np.concatenate([self.x[s], extra[s]], axis=1) for s in self.x}, self.offset, self.huber
+        )
+
+
+@dataclass
+class Fitted:
+    """A method fitted on train with the ridge penalty of lowest val MSE: its test predictions, that val
+    MSE and the penalty."""
+
+    test: np.ndarray
+    val_mse: float
+    alpha: float
+
+
+def fit(design: Design, y: dict[str, np.ndarray]) -> Fitted:
+    """Fit on train for every penalty of `ALPHAS`, keep the one of lowest val MSE, predict test."""
+    scored = []
+    for alpha in ALPHAS:
+        model = Ridge(alpha, huber=design.huber).fit(design.x["train"], y["train"] - design.offset["train"])
+        val = model.predict(design.x["val"]) + design.offset["val"]
+        scored.append((float(np.mean((val - y["val"]) ** 2)), alpha, model))
+    val_mse, alpha, model = min(scored, key=lambda s: s[0])
+    return Fitted(model.predict(design.x["test"]) + design.offset["test"], val_mse, alpha)
+
+
+def rule_designs(
+    sets: dict[str, ProbeSet], target: str, rows: dict[str, np.ndarray], windows: str
+) -> dict[str, Design]:
+    """The simple rules of ``target`` (see the module docstring) on the anchors ``rows`` of each split, with
+    the trading-time look-backs ``windows`` (a key of `TRADING_WINDOWS`)."""
+
+    def block(*names: str) -> dict[str, np.ndarray]:
+        return {s: np.concatenate([sets[s].blocks[n][rows[s]] for n in names], axis=1) for s in sets}
+
+    zero = {s: np.zeros(int(rows[s].sum())) for s in sets}
+
+    def design(*names: str, offset: str | None = None, huber: bool = False) -> Design:
+        shift = zero if offset is None else {s: v[:, 0] for s, v in block(offset).items()}
+        return Design(block(*names), shift, huber)
+
+    if target == SIGN_TARGET:
+        last_hour = Design({s: np.sign(v) for s, v in block("trading_return").items()}, zero)
+        return {
+            "har_calendar": Design({s: np.sign(v) for s, v in block("calendar_return").items()}, zero),
+            "har": last_hour,
+            "har_seasonal": last_hour.plus(block("profile")),
+        }
+    trading, harp, level = f"trading/{windows}", f"harp/{windows}", f"periodicity/{target}"
+    absolute_return = {s: np.abs(v) for s, v in block("trading_return").items()}
+    return {
+        "har_calendar": design("calendar"),
+        "har_calendar_seasonal": design("calendar", "profile"),
+        "har": design(trading),
+        "har_seasonal": design(trading, "profile"),
+        "harp": design(harp, offset=level),
+        "har_seasonal_extended": design(trading, "profile", level, "clock", "trading_return").plus(
+            absolute_return
+        ),
+        "har_seasonal_huber": design(trading, "profile", huber=True),
+    }
+
+
+def _variance_scores(truth: np.ndarray, pred: np.ndarray, train_mean: float) -> dict[str, float]:
+    mse = float(np.mean((pred - truth) ** 2))
+    ratio = np.exp(truth - pred)  # realised over forecast variance
+    return {
+        "r2": 1.0 - mse / float(np.mean((train_mean - truth) ** 2)),
+        "mse": mse,
+        "qlike": float(np.mean(ratio - np.log(ratio) - 1.0)),
+        "n": len(truth),
+    }
+
+
+def _sign_scores(truth: np.ndarray, score: np.ndarray) -> dict[str, float]:
+    right = int(np.sum(np.sign(score) == truth))
+    low, high = wilson_interval(right, len(truth))
+    area = auc(truth > 0, score)
+    area_low, area_high = auc_interval(area, int(np.sum(truth > 0)), int(np.sum(truth < 0)))
+    return {
+        "accuracy": right / len(truth),
+        "accuracy_low": low,
+        "accuracy_high": high,
+        "auc": area,
+        "auc_low": area_low,
+        "auc_high": area_high,
+        "n": len(truth),
+    }
+
+
+def probe(
+    model: Stage1Model,
+    untrained: Stage1Model,
+    data_dir: Path | str,
+    max_anchors: int = 3000,
+    seed: int = 0,
+    stats: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fit and score every method on every target (see the module docstring).
+
+    Args:
+        model: the trained encoder. untrained: the same architecture, freshly initialised (the control).
+        max_anchors: at most this many anchors per split.
+        stats: feature statistics to scale with (the model's); None: the folder's own.
+
+    Returns:
+        ``targets.<target>.<method>.<metric>``; ``best_rule.<target>``: the rule chosen on val (``rule``,
+        ``chosen_on``, every rule's ``val_mse``, the trading-time ``windows`` and their val MSEs with
+        ``har``); the anchors used and dropped per split; the penalties chosen; the test predictions.
+    """
+    config = model_data_config(model)
+    sets: dict[str, ProbeSet] = {}
+    embeddings: dict[str, dict[str, np.ndarray]] = {"embeddings": {}, "embeddings_random_init": {}}
+    known: dict[str, InstrumentRules] = {}
+    for split in SPLITS:
+        windows = WindowDataset(data_dir, split, config, seed=seed, stats=stats)
+        if split == "train":
+            for name in windows.instruments:
+                bars, train = minute_bars(windows.data, name), windows.data.split(name, "train")
+                known[name] = InstrumentRules(seasonal_profile(bars, train), periodicity(bars, train))
+        chosen = sets[split] = probe_set(windows, max_anchors, seed, known)
+        log.info("probe: %d %s anchors (dropped: %s)", len(chosen.ids), split, chosen.dropped)
+        embeddings["embeddings"][split] = pooled_embeddings(model, windows, chosen.ids)
+        embeddings["embeddings_random_init"][split] = pooled_embeddings(untrained, windows, chosen.ids)
+    report: dict[str, Any] = {
+        "anchors": {split: len(s.ids) for split, s in sets.items()},
+        "anchors_dropped": {split: s.dropped for split, s in sets.items()},
+        "spacing_minutes": SPACING_MINUTES,
+        "targets": {},
+        "best_rule": {},
+        "alphas": {},
+        "predictions": {},
+    }
+    for target in TARGETS:
+        is_sign = target == SIGN_TARGET
+        rows = {
+            s: (sets[s].targets[target] != 0) if is_sign else np.ones(len(sets[s].ids), bool) for s in sets
+        }
+        y = {s: sets[s].targets[target][rows[s]] for s in sets}
+        by_windows = {w: fit(rule_designs(sets, target, rows, w)["har"], y).val_mse for w in TRADING_WINDOWS}
+        windows_name = min(by_windows, key=lambda w: by_windows[w])
+        designs = rule_designs(sets, target, rows, windows_name)
+        fitted = {name: fit(design, y) for name, design in designs.items()}
+        best = min(designs, key=lambda name: fitted[name].val_mse)
+        for name in ("embeddings", "embeddings_random_init"):
+            values = {s: embeddings[name][s][rows[s]] for s in sets}
+            zero = {s: np.zeros(int(rows[s].sum())) for s in sets}
+            fitted[name] = fit(Design(values, zero), y)
+            fitted[f"best_rule_plus_{name}"] = fit(designs[best].plus(values), y)
+        report["best_rule"][target] = {
+            "rule": best,
+            "chosen_on": "val",
+            "val_mse": {name: fitted[name].val_mse for name in designs},
+            "windows": windows_name,
+            "windows_chosen_on": "val",
+            "windows_val_mse_with_har": by_windows,
+        }
+        predictions = {name: fitted[name].test for name in methods_of(target)[:-1]}
+        train_mean = float(y["train"].mean())
+        results: dict[str, dict[str, float]] = {}
+        if is_sign:
+            predictions["constant"] = np.full(len(y["test"]), 1.0 if train_mean >= 0 else -1.0)
+            for method, pred in predictions.items():
+                results[method] = _sign_scores(y["test"], pred)
+        else:
+            predictions["constant"] = np.full(len(y["test"]), train_mean)
+            horizon = -(-VARIANCE_TARGETS[target] // SPACING_MINUTES)  # forecasts that overlap
+            reference = (predictions[best] - y["test"]) ** 2
+            for method, pred in predictions.items():
+                stat, p = diebold_mariano((pred - y["test"]) ** 2, reference, horizon)
+                results[method] = {
+                    **_variance_scores(y["test"], pred, train_mean),
+                    "dm_stat_vs_best_rule": stat,
+                    "dm_p_vs_best_rule": p,
+                }
+        report["targets"][target] = results
+        report["alphas"][target] = {name: f.alpha for name, f in fitted.items()}
+        report["predictions"][target] = {"truth": y["test"], **predictions}
+    return report
+
+
+def format_p(p: float) -> str:
+    """A p-value for a table; ``-`` where there is none (a method against itself)."""
+    return f"{p:.2g}" if np.isfinite(p) else "-"
+
+
+def method_label(report: dict[str, Any], target: str, method: str) -> str:
+    """The method's name, marked when it is the target's ``best_rule``."""
+    return f"{method} (best_rule)" if report["best_rule"][target]["rule"] == method else method
+
+
+def format_probe(report: dict[str, Any]) -> str:
+    lines = [f"probe anchors (train/val/test): {report['anchors']}; dropped: {report['anchors_dropped']}"]
+    lines.append("test split scores; best_rule chosen per target on val")
+    for target, results in report["targets"].items():
+        lines.append(f"{target}:")
+        if target == SIGN_TARGET:
+            lines.append(
+                f"  {'method':<46}{'accuracy':>10}{'95% interval':>18}{'AUC':>8}{'95% interval':>18}{'n':>7}"
+            )
+            for method, r in results.items():
+                accuracy = f"[{r['accuracy_low']:.3f}, {r['accuracy_high']:.3f}]"
+                area = f"[{r['auc_low']:.3f}, {r['auc_high']:.3f}]"
+                lines.append(
+                    f"  {method_label(report, target, method):<46}{r['accuracy']:>10.3f}{accuracy:>18}"
+                    f"{r['auc']:>8.3f}{area:>18}{r['n']:>7}"
+                )
+        else:
+            lines.append(
+                f"  {'method':<46}{'R2':>8}{'MSE':>9}{'QLIKE':>9}{'DM vs best_rule':>17}{'p':>9}{'n':>7}"
+            )
+            for method, r in results.items():
+                lines.append(
+                    f"  {method_label(report, target, method):<46}{r['r2']:>8.3f}{r['mse']:>9.4f}"
+                    f"{r['qlike']:>9.4f}{r['dm_stat_vs_best_rule']:>17.2f}{format_p(r['dm_p_vs_best_rule']):>9}"
+                    f"{r['n']:>7}"
+                )
+    return "\n".join(lines)
+
+
+def write_probe(report: dict[str, Any], json_path: Path, figure_path: Path | None) -> None:
+    """The JSON report (without the predictions) and a PNG of predicted against realised log variance
+    (``rv_60m``, test split) for ``best_rule`` and ``best_rule_plus_embeddings``."""
+    json_path.write_text(json.dumps({k: v for k, v in report.items() if k != "predictions"}, indent=2) + "\n")
+    if figure_path is None:
+        return
+    from matplotlib import pyplot as plt
+
+    values = report["predictions"]["rv_60m"]
+    best = report["best_rule"]["rv_60m"]["rule"]
+    figure, axes = plt.subplots(1, 2, figsize=(9, 4), sharex=True, sharey=True)
+    for ax, method in zip(axes, (best, "best_rule_plus_embeddings"), strict=True):
+        ax.scatter(values[method], values["truth"], s=4, alpha=0.4)
+        low, high = float(np.min(values["truth"])), float(np.max(values["truth"]))
+        ax.plot([low, high], [low, high], color="black", linewidth=0.8)
+        r2 = report["targets"]["rv_60m"][method]["r2"]
+        ax.set_title(f"{method_label(report, 'rv_60m', method)} (R^2 {r2:.3f})", fontsize=9)
+        ax.set_xlabel("predicted log realised variance, next 60 min")
+    axes[0].set_ylabel("realised")
+    figure.tight_layout()
+    figure.savefig(figure_path, dpi=110)
+    plt.close(figure)
