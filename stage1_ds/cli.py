@@ -97,7 +97,12 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
     csv.add_argument("--high-column", default=columns.high)
     csv.add_argument("--low-column", default=columns.low)
     csv.add_argument("--close-column", default=columns.close)
-    csv.add_argument("--volume-column", default=columns.volume, help="optional; absent means no volume")
+    csv.add_argument(
+        "--volume-column",
+        default=columns.volume,
+        help="the volume column, which must then exist (default: a column named 'volume' if the header has "
+        "one, else no volume)",
+    )
     csv.add_argument("--delimiter", default=columns.delimiter)
     p.set_defaults(run=_run_prepare)
 

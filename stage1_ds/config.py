@@ -493,6 +493,19 @@ class Config(Section):
             for key in self.model.loss.timeframe_weights
             if key not in self.data.timeframes
         ]
+        short: dict[str, list[str]] = {}  # config key -> timeframes whose window is one patch at most
+        for tf in self.data.timeframes:
+            if 0 < self.data.bars(tf) <= self.model.patch_len:
+                per_tf = tf in self.data.window_bars_per_timeframe
+                short.setdefault(
+                    f"data.window_bars_per_timeframe.{tf}" if per_tf else "data.window_bars", []
+                ).append(tf)
+        problems += [
+            f"{key}: windows of {' '.join(tfs)} of {self.data.bars(tfs[0])} bars make one patch of "
+            f"model.patch_len {self.model.patch_len}; every window needs at least two patches (more than "
+            f"{self.model.patch_len} bars), or masking hides it whole and leaves no visible bar"
+            for key, tfs in short.items()
+        ]
         masking = self.model.masking
         spans = {
             tf: self.data.bars(tf) * Timeframe(tf).minutes

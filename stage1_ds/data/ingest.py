@@ -8,7 +8,14 @@ happen in `clean_m1`. Bad rows either stop the run with the file, line number an
 `DataError` naming it and why, never a traceback.
 
 Clocks: naive timestamps (HistData, ISO without offset) are taken as given, or converted from
-``timezone`` (IANA) to UTC when one is given; timestamps with an offset and epoch timestamps are UTC.
+``timezone`` (IANA) to UTC when one is given; timestamps with an offset and epoch timestamps are UTC. One
+file may not mix naive and offset timestamps (such rows are bad rows), and one instrument's files must
+share a clock (`check_clocks`). Epoch numbers are seconds, milliseconds, microseconds or nanoseconds, decided
+per value by magnitude within 1990-2100 (`EARLIEST_UTC`, `LATEST_UTC`): a column whose values span two
+units is an error; a value that is a date in none of them is a bad row.
+
+Instrument names come from file names by one rule (`name_from_file`). Text is read as UTF-8, a byte-order
+mark dropped.
 """
 
 from __future__ import annotations
@@ -17,11 +24,12 @@ import bz2
 import gzip
 import hashlib
 import io
+import logging
 import lzma
 import re
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -31,6 +39,8 @@ import pandas as pd
 
 from stage1_ds.data.timeframes import Bars, volume_unit, volume_units
 from stage1_ds.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 class InputFormat(StrEnum):
@@ -55,15 +65,18 @@ class CsvColumns:
     high: str = "high"
     low: str = "low"
     close: str = "close"
-    volume: str | None = "volume"
+    volume: str | None = None  # None: a column named "volume" if the header has one; a name: it must exist
     delimiter: str = ","
 
 
 @dataclass(frozen=True)
 class SourceFile:
+    """One input file, the instrument it belongs to and, from its name, the quote side (bid, ask, mid)."""
+
     path: Path
     instrument: str
     format: InputFormat
+    side: str | None = None
 
 
 @dataclass
@@ -71,6 +84,8 @@ class FileReport:
     path: str
     sha256: str
     clock: str = ""
+    side: str | None = None
+    volume_column: str | None = None
     rows_read: int = 0
     rows_kept: int = 0
     bad_rows_dropped: dict[str, int] = field(default_factory=dict)
@@ -91,14 +106,55 @@ _DATA_SUFFIXES = (".zip", ".csv", ".txt", ".parquet", *_COMPRESSED)
 _OHLC = ("open", "high", "low", "close")
 _BINANCE_COLUMNS = ("timestamp", *_OHLC, "volume", "close_time")
 _TZ_OFFSET = re.compile(r"(Z|[+-]\d{2}:?\d{2})$")
+_BOM = b"\xef\xbb\xbf"
+#: Tokens of a file name that are not the instrument: sources' prefixes and words for 1-minute bars.
+_NAME_NOISE = frozenset(
+    {"histdata", "com", "ascii", "dat", "m1", "1min", "minute", "ohlc", "ohlcv", "klines"}
+)
+_SIDES = frozenset({"bid", "ask", "mid"})
+_INTERVAL = re.compile(r"(\d+)([smhdw])")  # 1m, 5m, 1h: a kline interval in a file name
+
+
+@dataclass(frozen=True)
+class FileName:
+    """What a file name says: the instrument (None when nothing is left), the quote side, a bar interval."""
+
+    instrument: str | None
+    side: str | None
+    interval: str | None
+
+
+def name_from_file(path: Path) -> FileName:
+    """The one rule for instrument names: split the name (without its data and compression suffixes) at
+    ``_``, ``-``, ``.`` and spaces, and take the first word, upper case, that is not a number (a year, a
+    month, a day), HistData's ``M12019``, an interval such as ``1m``, a word of `_NAME_NOISE`, or a quote
+    side (bid, ask, mid: recorded). ``HISTDATA_COM_ASCII_EURUSD_M12019.zip``,
+    ``DAT_ASCII_EURUSD_M1_2019.csv``, ``EURUSD_2019.zip`` and ``eurusd-bid-2019.csv.gz`` are EURUSD (the last
+    bid); ``gbpusd-m1-bid-2012.csv`` is GBPUSD (bid); ``BTCUSDT-1m-2024-01.zip`` is BTCUSDT (interval 1m)."""
+    stem = path.name
+    while Path(stem).suffix.lower() in _DATA_SUFFIXES:
+        stem = stem[: -len(Path(stem).suffix)]
+    instrument, side, interval = None, None, None
+    for token in re.split(r"[_\-\s.]+", stem):
+        low = token.lower()
+        if not low or low.isdigit() or low in _NAME_NOISE or re.fullmatch(r"m1\d{4,6}", low):
+            continue
+        if low in _SIDES:
+            side = side or low
+        elif _INTERVAL.fullmatch(low):
+            interval = interval or low
+        elif instrument is None:
+            instrument = token.upper()
+    return FileName(instrument, side, interval)
 
 
 def discover_inputs(paths: Iterable[Path], fmt: InputFormat, instrument: str | None) -> list[SourceFile]:
-    """Expand files and folders into `SourceFile`s, each with its instrument name.
+    """Expand files and folders into `SourceFile`s, each with its instrument name (``instrument``, or from
+    the file name by `name_from_file`) and quote side.
 
     Raises:
-        DataError: a path does not exist, a folder holds no data file, or an instrument name cannot be
-            derived (a non-HistData file name without ``--instrument``).
+        DataError: a path does not exist, a folder holds no data file, or a file name leaves no instrument
+            name without ``--instrument``.
     """
     files: list[Path] = []
     for path in paths:
@@ -115,23 +171,29 @@ def discover_inputs(paths: Iterable[Path], fmt: InputFormat, instrument: str | N
             raise DataError(f"{path}: no such file or folder")
     sources = []
     for path in files:
-        name = instrument
+        named = name_from_file(path)
+        name = instrument or named.instrument
         if name is None:
-            match = _HISTDATA_NAME.search(path.name)
-            if match:
-                name = match.group(1).upper()
-            elif fmt == InputFormat.BINANCE:  # BTCUSDT-1m-2024-01.zip
-                name = path.name.split("-")[0].upper()
-            elif fmt != InputFormat.HISTDATA:
-                name = path.name.split(".")[0].upper()
-            else:
-                raise DataError(
-                    f"{path}: cannot tell the instrument from the file name "
-                    "(expected HISTDATA_COM_ASCII_<PAIR>_M1<YEAR>.zip or DAT_ASCII_<PAIR>_M1_<YEAR>.csv); "
-                    "pass --instrument"
-                )
-        sources.append(SourceFile(path=path, instrument=name, format=fmt))
+            raise DataError(
+                f"{path}: the file name holds no instrument name (only numbers, dates, intervals or source "
+                "words); pass --instrument"
+            )
+        sources.append(SourceFile(path=path, instrument=name, format=fmt, side=named.side))
+    _note_year_suffixes(sources, instrument)
     return sources
+
+
+def _note_year_suffixes(sources: list[SourceFile], instrument: str | None) -> None:
+    """Files that differ only by numbers (``BTC_2023.csv``, ``BTC_2024.csv``) are one instrument by the
+    naming rule: say so, since a user may have meant otherwise."""
+    if instrument is not None:
+        return
+    by_name: dict[str, list[str]] = {}
+    for source in sources:
+        by_name.setdefault(source.instrument, []).append(source.path.name)
+    for name, files in by_name.items():
+        if len(files) > 1:
+            log.info("%s are one instrument, %s (numbers in file names are dates, not names)", files, name)
 
 
 def sha256_of(path: Path) -> str:
@@ -212,10 +274,16 @@ def read_source(
         timezone: IANA name of the clock of naive timestamps, converted to UTC; None keeps them as given.
 
     Raises:
-        DataError: the file cannot be read, is empty, lacks a column, or (with ``on_bad_rows="error"``)
-            has a bad row; the message names the file, the line and the row.
+        DataError: the file cannot be read, is empty, lacks a column, is of another format than asked for,
+            mixes clocks across its tables, or (with ``on_bad_rows="error"``) has a bad row; the message
+            names the file, the line and the row.
     """
-    report = FileReport(path=str(source.path), sha256=sha256_of(source.path))
+    interval = name_from_file(source.path).interval
+    if source.format == InputFormat.BINANCE and interval not in (None, "1m"):
+        raise DataError(
+            f"{source.path}: the file name says {interval} klines; only 1-minute klines (1m) are read"
+        )
+    report = FileReport(path=str(source.path), sha256=sha256_of(source.path), side=source.side)
     parts, clocks = [], set()
     for table, display in _members(source.path, source.format):
         rows, clock = _read_table(
@@ -223,6 +291,8 @@ def read_source(
         )
         parts.append(rows)
         clocks.add(clock)
+    if len({_clock_kind(c) for c in clocks}) > 1:
+        raise DataError(f"{source.path}: its tables use different clocks ({sorted(clocks)}); {_CLOCK_FIX}")
     report.clock = " + ".join(sorted(clocks))
     return (
         M1Rows(
@@ -232,6 +302,34 @@ def read_source(
         ),
         report,
     )
+
+
+UTC_CLOCK = "UTC (timestamps with an offset or epoch time)"
+NAIVE_CLOCK = "as given (naive)"
+_CLOCK_FIX = (
+    "one instrument's timestamps must share a clock: give every timestamp a UTC offset (or epoch time), or "
+    "none, and pass --timezone ZONE to convert naive ones to UTC (HistData: America/New_York)"
+)
+
+
+def _clock_kind(clock: str) -> str:
+    """``naive`` for timestamps taken as given, ``utc`` for offsets, epoch times and converted ones."""
+    return "naive" if clock == NAIVE_CLOCK else "utc"
+
+
+def check_clocks(instrument: str, reports: list[FileReport]) -> None:
+    """One instrument's files must share a clock: all UTC (offsets, epoch times, or naive ones converted
+    with --timezone) or all naive as given; otherwise their bars would be merged hours apart.
+
+    Raises:
+        DataError: naming a file of each clock and the fix.
+    """
+    kinds = {_clock_kind(r.clock): r.path for r in reports}
+    if len(kinds) > 1:
+        raise DataError(
+            f"instrument {instrument}: {kinds['utc']} has UTC timestamps (offsets or epoch time) and "
+            f"{kinds['naive']} naive ones; {_CLOCK_FIX}"
+        )
 
 
 def _read_table(
@@ -245,51 +343,133 @@ def _read_table(
 ) -> tuple[M1Rows, str]:
     """Parse and check one table; returns its good rows and a description of its clock."""
     if isinstance(raw, pd.DataFrame):
-        table, header_lines, text = _select_columns(raw.astype(str), display, columns), 1, b""
-    elif not raw.strip():
-        raise DataError(f"{display}: file is empty (expected 1-minute OHLC rows)")
-    elif fmt == InputFormat.HISTDATA:
-        table, header_lines, text = _read_histdata_table(raw, display), 0, raw
-    elif fmt == InputFormat.BINANCE:
-        table, header_lines = _read_binance_table(raw, display)
+        # Parquet: every cell as text, nulls as empty text (a missing value, never a crash)
+        table = _select_columns(raw.astype(object).where(raw.notna(), "").astype(str), display, columns)
+        header_lines, text = 1, b""
+    else:
+        raw = raw.removeprefix(_BOM)
+        if not raw.strip():
+            raise DataError(f"{display}: file is empty (expected 1-minute OHLC rows)")
         text = raw
-    else:
-        table, header_lines, text = _read_csv_table(raw, display, columns), 1, raw
-    if fmt == InputFormat.HISTDATA:
-        stamps, aware = (
-            _to_seconds(pd.to_datetime(table["timestamp"], format="%Y%m%d %H%M%S", errors="coerce")),
-            False,
-        )
-    else:
-        stamps, aware = _parse_time(table["timestamp"])
-    clock = "UTC (timestamps with an offset or epoch time)" if aware else "as given (naive)"
+        if fmt == InputFormat.HISTDATA:
+            table, header_lines = _read_histdata_table(raw, display), 0
+        elif fmt == InputFormat.BINANCE:
+            table, header_lines = _read_binance_table(raw, display)
+        else:
+            table, header_lines = _read_csv_table(raw, display, columns), 1
+
+    def at(row: int, what: str) -> str:
+        """``what`` of data row ``row``, with the file, the line and the row's text."""
+        if not text:
+            return f"{display}, row {row + 1}: {what}: {' '.join(str(v) for v in table.iloc[row])!r}"
+        line, shown = _source_line(text, row, header_lines)
+        return f"{display}, line {line}: {what}: {shown!r}"
+
+    try:
+        if fmt == InputFormat.HISTDATA:
+            parsed = pd.to_datetime(table["timestamp"], format="%Y%m%d %H%M%S", errors="coerce")
+            times = ParsedTimes(*_to_seconds(parsed), aware=False, unit_factor=1)
+        else:
+            times = _parse_time(
+                table["timestamp"], "timestamp" if fmt != InputFormat.CSV else columns.timestamp
+            )
+    except _ColumnError as error:
+        raise DataError(at(error.row, str(error))) from None
+    stamps, aware = times.seconds, times.aware
+    clock = UTC_CLOCK if aware else NAIVE_CLOCK
+    outside = (stamps != _NAT) & ((stamps < EARLIEST_UTC) | (stamps >= LATEST_UTC))
     if timezone is not None and not aware:
-        stamps = _to_utc(stamps, timezone, display)
+        stamps = _to_utc(np.where(outside, _NAT, stamps), timezone, display)
         clock = f"UTC (converted from {timezone})"
     report.rows_read += len(table)
+    if fmt == InputFormat.BINANCE:
+        _check_kline_interval(table, times, at)
 
     prices = np.stack([pd.to_numeric(table[c], errors="coerce").to_numpy(np.float64) for c in _OHLC], axis=1)
     if "volume" in table:
         volume = pd.to_numeric(table["volume"], errors="coerce").to_numpy(np.float64)
+        report.volume_column = columns.volume or "volume" if fmt == InputFormat.CSV else "volume (6th field)"
     else:
         volume = np.zeros(len(table), dtype=np.float64)
 
-    reasons = _bad_row_reasons(stamps, prices, volume, timezone if not aware else None)
+    reasons = _bad_row_reasons(
+        stamps, prices, volume, timezone if not aware else None, outside, times.fraction, times.mixed
+    )
     bad = np.zeros(len(table), dtype=bool)
     for reason, mask in reasons.items():
         mask &= ~bad  # count each row under its first reason only
         if mask.any():
             report.bad_rows_dropped[reason] = report.bad_rows_dropped.get(reason, 0) + int(mask.sum())
             bad |= mask
-    if on_bad_rows == OnBadRows.ERROR and bad.any():
+    if bad.any() and (on_bad_rows == OnBadRows.ERROR or bad.all()):
+        looks = sniff_format(text) if text else None
+        hint = (
+            f"; the file looks like {_FORMAT_NAMES[looks]}: --format {looks.value}"
+            if looks not in (None, fmt)
+            else ""
+        )
         row = int(np.flatnonzero(bad)[0])  # the first bad line of the file, whatever its reason
         reason = next(r for r, mask in reasons.items() if mask[row])
-        line, shown = _source_line(text, row, header_lines) if text else (row + 2, " ".join(table.iloc[row]))
-        where = f"{display}, line {line}" if text else f"{display}, row {row + 1}"
-        raise DataError(f"{where}: {reason}: {shown!r} (use --on-bad-rows drop to drop such rows)")
+        if on_bad_rows == OnBadRows.ERROR or hint:
+            raise DataError(at(row, reason) + (hint or " (use --on-bad-rows drop to drop such rows)"))
     keep = ~bad
     report.rows_kept += int(keep.sum())
     return M1Rows(start=stamps[keep], ohlc=prices[keep], volume=volume[keep]), clock
+
+
+_FORMAT_NAMES = {
+    InputFormat.HISTDATA: "HistData ASCII M1 (YYYYMMDD HHMMSS;open;high;low;close;volume)",
+    InputFormat.CSV: "a CSV file with a header",
+    InputFormat.BINANCE: "Binance klines (open time, open, high, low, close, volume, close time, ...)",
+}
+
+
+def sniff_format(raw: bytes) -> InputFormat | None:
+    """The format the first non-blank line of a text file looks like: HistData (``YYYYMMDD HHMMSS;``), Binance
+    klines (an epoch-millisecond or -microsecond number, then at least six more comma-separated fields), or a
+    CSV with a header (letters and a delimiter); None when none fits."""
+    first = next((line.strip() for line in raw.removeprefix(_BOM).split(b"\n") if line.strip()), b"")
+    line = first.decode("utf-8", errors="replace")
+    if re.match(r"\d{8} \d{6};", line):
+        return InputFormat.HISTDATA
+    fields = line.split(",")
+    if len(fields) >= 7 and (re.fullmatch(r"\d{12,17}", fields[0]) or fields[0].lower() == "open_time"):
+        return InputFormat.BINANCE
+    if re.search(r"[A-Za-z]", line) and re.search(r"[,;\t|]", line):
+        return InputFormat.CSV
+    return None
+
+
+def _format_hint(raw: bytes, asked: InputFormat) -> str:
+    """``; the file looks like ...: --format X`` when its first line looks like another format than asked."""
+    looks = sniff_format(raw)
+    return (
+        ""
+        if looks in (None, asked)
+        else f"; the file looks like {_FORMAT_NAMES[looks]}: --format {looks.value}"
+    )
+
+
+def _check_kline_interval(table: pd.DataFrame, times: ParsedTimes, at: Callable[[int, str], str]) -> None:
+    """Klines carry their close time: ``close - open + 1`` (in the open time's unit) must be one minute."""
+    opened = pd.to_numeric(table["timestamp"], errors="coerce").to_numpy(np.float64)
+    closed = pd.to_numeric(table["close_time"], errors="coerce").to_numpy(np.float64)
+    seconds = (closed - opened + 1) / times.unit_factor
+    known = np.isfinite(seconds)
+    if known.any() and not np.isclose(np.median(seconds[known]), 60.0):
+        found = _duration(float(np.median(seconds[known])))
+        raise DataError(
+            at(int(np.flatnonzero(known)[0]), f"klines of {found} (close time - open time)")
+            + "; expected 1-minute klines (1m): download the 1m dumps"
+        )
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds:g} seconds"
 
 
 def _read_csv(raw: bytes, display: str, **options: object) -> pd.DataFrame:
@@ -313,14 +493,16 @@ def _read_histdata_table(raw: bytes, display: str) -> pd.DataFrame:
 
 
 def _read_binance_table(raw: bytes, display: str) -> tuple[pd.DataFrame, int]:
-    """Kline rows: open time, open, high, low, close, volume, close time, ... (recent dumps add a header)."""
-    first = raw.lstrip().split(b"\n", 1)[0].split(b",", 1)[0].strip()
+    """Kline rows: open time, open, high, low, close, volume, close time, ... (recent dumps add a header).
+    Blank lines before the first row are skipped (the header is the first line with text)."""
+    body = raw.lstrip()
+    first = body.split(b"\n", 1)[0].split(b",", 1)[0].strip()
     header_lines = 0 if first.isdigit() else 1
-    table = _read_csv(raw, display, header=None, skiprows=header_lines)
+    table = _read_csv(body, display, header=None, skiprows=header_lines)
     if table.shape[1] < len(_BINANCE_COLUMNS):
         raise DataError(
             f"{display}: {table.shape[1]} columns, expected the kline layout "
-            f"({', '.join(_BINANCE_COLUMNS)}, ...)"
+            f"({', '.join(_BINANCE_COLUMNS)}, ...){_format_hint(raw, InputFormat.BINANCE)}"
         )
     return table.iloc[:, : len(_BINANCE_COLUMNS)].set_axis(list(_BINANCE_COLUMNS), axis=1), header_lines
 
@@ -337,46 +519,122 @@ def _select_columns(table: pd.DataFrame, display: str, columns: CsvColumns) -> p
         "low": columns.low,
         "close": columns.close,
     }
+    if columns.volume is not None:
+        wanted["volume"] = columns.volume
+    elif "volume" in table.columns:
+        wanted["volume"] = "volume"
     missing = [name for name in wanted.values() if name not in table.columns]
     if missing:
+        looks = sniff_format(",".join(map(str, table.columns)).encode())
+        hint = (
+            ""
+            if looks in (None, InputFormat.CSV)
+            else f"; the file looks like {_FORMAT_NAMES[looks]}: --format {looks.value}"
+        )
         raise DataError(
             f"{display}, line 1: missing column(s) {missing}; the header has {list(table.columns)} "
-            "(set the names with --timestamp-column, --open-column, ... or --delimiter)"
+            f"(set the names with --timestamp-column, --open-column, ..., --volume-column or --delimiter){hint}"
         )
-    if columns.volume is not None and columns.volume in table.columns:
-        wanted["volume"] = columns.volume
     return table[list(wanted.values())].set_axis(list(wanted), axis=1)
 
 
 _NAT = np.iinfo(np.int64).min
+#: Timestamps must fall in [1990-01-01, 2100-01-01) UTC: what epoch numbers are read as decides their unit.
+EARLIEST_UTC, LATEST_UTC = 631_152_000, 4_102_444_800
+_EPOCH_UNITS = {"seconds": 1, "milliseconds": 10**3, "microseconds": 10**6, "nanoseconds": 10**9}
 
 
-def _parse_time(text: pd.Series) -> tuple[np.ndarray, bool]:
-    """Seconds since the epoch, and whether they are UTC by construction (epoch numbers, or ISO 8601 with an
-    offset); naive ISO 8601 times are returned as given. Epoch numbers are seconds, milliseconds or
-    microseconds by their magnitude (1e11 s is the year 5138)."""
+class _ColumnError(Exception):
+    """A timestamp column that cannot be read as a whole; ``row`` is an example row."""
+
+    def __init__(self, message: str, row: int):
+        super().__init__(message)
+        self.row = row
+
+
+@dataclass(frozen=True)
+class ParsedTimes:
+    """Whole seconds since the epoch (`_NAT` where unreadable), the rows with a sub-second part, whether the
+    times are UTC by construction, how many of the column's units make a second (epoch numbers), and the
+    rows whose clock (naive or with an offset) differs from the column's first row."""
+
+    seconds: np.ndarray
+    fraction: np.ndarray
+    aware: bool
+    unit_factor: int
+    mixed: np.ndarray | None = None
+
+
+def _parse_time(text: pd.Series, column: str) -> ParsedTimes:
+    """Epoch numbers (UTC; the unit by magnitude, see the module docstring) or ISO 8601 text (with an offset:
+    UTC; naive: as given). Within one column naive and offset times may not mix: rows of the other clock
+    than the first row's are marked ``mixed``.
+
+    Raises:
+        _ColumnError: epoch numbers in two units, or none a date of 1990-2100 in any unit (with the
+            YYYYMMDDHHMMSS shape named).
+    """
     numeric = pd.to_numeric(text, errors="coerce")
     if numeric.notna().mean() > 0.5:
-        values = numeric.to_numpy(np.float64)
-        magnitude = np.nanmedian(np.abs(values))
-        seconds = values / (1e6 if magnitude > 1e14 else 1e3 if magnitude > 1e11 else 1.0)
-        out = np.full(len(values), _NAT, dtype=np.int64)
-        finite = np.isfinite(seconds) & (seconds == np.round(seconds))
-        out[finite] = seconds[finite].astype(np.int64)
-        return out, True
-    sample = next((t for t in text if t.strip()), "")
-    aware = bool(_TZ_OFFSET.search(sample.strip()))
-    return _to_seconds(pd.to_datetime(text, format="ISO8601", errors="coerce", utc=aware)), aware
+        return _parse_epoch(numeric.to_numpy(np.float64), column)
+    cells = text.astype(str).str.strip()
+    has_offset = cells.str.contains(_TZ_OFFSET).to_numpy(bool)
+    filled = (cells != "").to_numpy(bool)
+    aware = bool(has_offset[np.argmax(filled)]) if filled.any() else False
+    mixed = filled & (has_offset != aware)
+    parsed = pd.to_datetime(cells.where(~mixed, ""), format="ISO8601", errors="coerce", utc=aware)
+    return ParsedTimes(*_to_seconds(parsed), aware, 1, mixed)
 
 
-def _to_seconds(parsed: pd.Series) -> np.ndarray:
-    values = parsed.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+def _parse_epoch(values: np.ndarray, column: str) -> ParsedTimes:
+    unit = np.full(len(values), -1)
+    for k, factor in enumerate(_EPOCH_UNITS.values()):
+        unit[(values >= EARLIEST_UTC * factor) & (values < LATEST_UTC * factor)] = k
+    names = list(_EPOCH_UNITS)
+    seen = np.unique(unit[unit >= 0])
+    if len(seen) > 1:
+        first = int(np.flatnonzero(unit >= 0)[0])
+        other = int(np.flatnonzero((unit >= 0) & (unit != unit[first]))[0])
+        raise _ColumnError(
+            f"column {column!r} holds epoch times in two units ({names[unit[first]]} from its first value, "
+            f"{names[unit[other]]} here); one file must use one unit",
+            other,
+        )
+    if len(seen) == 0:
+        row = int(np.argmax(np.isfinite(values)))
+        digits = f"{values[row]:.0f}"
+        shaped = len(digits) == 14 and not pd.isna(
+            pd.to_datetime(digits, format="%Y%m%d%H%M%S", errors="coerce")
+        )
+        raise _ColumnError(
+            f"not a timestamp this reader knows in column {column!r}: "
+            + (
+                f"{digits} looks like YYYYMMDDHHMMSS; write it as ISO 8601 ({pd.to_datetime(digits, format='%Y%m%d%H%M%S')}) "
+                "or as epoch seconds"
+                if shaped
+                else "epoch numbers are read as seconds, milliseconds, microseconds or nanoseconds of a date in "
+                "1990-2100, and these are none"
+            ),
+            row,
+        )
+    factor = list(_EPOCH_UNITS.values())[int(seen[0])]
+    out = np.full(len(values), _NAT, dtype=np.int64)
+    known = unit >= 0
+    out[known] = (values[known] // factor).astype(np.int64)
+    out[np.isfinite(values) & ~known] = EARLIEST_UTC - 60  # a number, but no date of 1990-2100: out of range
+    return ParsedTimes(out, known & (values % factor != 0), True, factor)
+
+
+def _to_seconds(parsed: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Whole seconds of parsed times at any resolution pandas chose (years beyond 2262 included; `_NAT`
+    where unreadable), and where the text had a sub-second part (never silently floored)."""
+    unit = parsed.dt.unit
+    factor = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[unit]
+    values = parsed.to_numpy(dtype=f"datetime64[{unit}]").astype(np.int64)
     out = np.full(len(values), _NAT, dtype=np.int64)
     ok = values != _NAT
-    out[ok] = values[ok] // 1_000_000_000
-    # Sub-second parts must not be silently floored: mark them as not on a whole minute.
-    out[ok & (values % 1_000_000_000 != 0)] = 1
-    return out
+    out[ok] = values[ok] // factor
+    return out, ok & (values % factor != 0)
 
 
 def _to_utc(stamps: np.ndarray, timezone: str, display: str) -> np.ndarray:
@@ -391,16 +649,23 @@ def _to_utc(stamps: np.ndarray, timezone: str, display: str) -> np.ndarray:
             f"--timezone {timezone!r}: not an IANA time zone name ({error}) for {display}"
         ) from None
     out = np.full(len(stamps), _NAT, dtype=np.int64)
-    out[ok] = _to_seconds(pd.Series(converted.tz_localize(None)))
+    out[ok] = _to_seconds(pd.Series(converted.tz_localize(None)))[0]
     return out
 
 
 def _bad_row_reasons(
-    stamps: np.ndarray, prices: np.ndarray, volume: np.ndarray, timezone: str | None
+    stamps: np.ndarray,
+    prices: np.ndarray,
+    volume: np.ndarray,
+    timezone: str | None,
+    outside: np.ndarray,
+    fraction: np.ndarray,
+    mixed: np.ndarray | None,
 ) -> dict[str, np.ndarray]:
-    """Masks of bad rows by reason, in the order they are checked."""
-    malformed_time = stamps == _NAT
-    off_minute = ~malformed_time & (stamps % 60 != 0)
+    """Masks of bad rows by reason, in the order they are checked (``outside``: dates not in 1990-2100;
+    ``fraction``: a sub-second part; ``mixed``: naive among offset timestamps or the reverse)."""
+    malformed_time = (stamps == _NAT) & ~outside
+    off_minute = ~malformed_time & ~outside & (fraction | (stamps % 60 != 0))
     not_finite = ~np.isfinite(prices).all(axis=1)
     with np.errstate(invalid="ignore"):
         non_positive = ~not_finite & (prices <= 0).any(axis=1)
@@ -413,6 +678,10 @@ def _bad_row_reasons(
         else f"malformed timestamp, or not a unique time in {timezone}"
     )
     return {
+        "naive and offset timestamps mixed in one file (give every timestamp an offset, or none)": (
+            np.zeros(len(stamps), dtype=bool) if mixed is None else mixed
+        ),
+        "date outside 1990-2100": outside,
         time_reason: malformed_time,
         "timestamp not on a whole minute": off_minute,
         "missing or non-numeric price": not_finite,
@@ -438,10 +707,12 @@ def _source_line(raw: bytes, row: int, header_lines: int) -> tuple[int, str]:
 class CleanReport:
     duplicates_dropped: int
     out_of_order_rows: int
+    volume_unit: float
 
 
 def clean_m1(parts: list[M1Rows]) -> tuple[Bars, CleanReport]:
-    """Merge rows of one instrument, sort them by time and drop duplicate timestamps (keep the first)."""
+    """Merge rows of one instrument, sort them by time and drop duplicate timestamps (keep the first);
+    volumes in whole units of `volume_unit`."""
     start = np.concatenate([p.start for p in parts])
     ohlc = np.concatenate([p.ohlc for p in parts])
     volume = np.concatenate([p.volume for p in parts])
@@ -449,11 +720,12 @@ def clean_m1(parts: list[M1Rows]) -> tuple[Bars, CleanReport]:
     order = np.argsort(start, kind="stable")  # stable: the first of equal timestamps stays first
     start, ohlc, volume = start[order], ohlc[order], volume[order]
     keep = np.r_[True, start[1:] != start[:-1]] if len(start) else np.zeros(0, dtype=bool)
+    unit = volume_unit(volume[keep], start[keep])
     bars = Bars(
         start=start[keep],
         ohlc=ohlc[keep],
         volume=volume[keep],
         count=np.ones(int(keep.sum()), dtype=np.int32),
-        units=volume_units(volume[keep], volume_unit(volume[keep])),
+        units=volume_units(volume[keep], unit),
     )
-    return bars, CleanReport(duplicates_dropped=int((~keep).sum()), out_of_order_rows=out_of_order)
+    return bars, CleanReport(int((~keep).sum()), out_of_order, unit)

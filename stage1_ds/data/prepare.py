@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing
 import os
@@ -26,6 +27,7 @@ from stage1_ds.data.ingest import (
     M1Rows,
     OnBadRows,
     SourceFile,
+    check_clocks,
     clean_m1,
     discover_inputs,
     read_source,
@@ -44,7 +46,15 @@ from stage1_ds.data.store import (
     write_json,
 )
 from stage1_ds.data.synthetic import SYNTHETIC_INSTRUMENT, generate_synthetic_m1
-from stage1_ds.data.timeframes import BASE, TIMEFRAMES, Bars, Timeframe, aggregate, volume_unit
+from stage1_ds.data.timeframes import (
+    BASE,
+    MAX_UNITS,
+    TIMEFRAMES,
+    Bars,
+    Timeframe,
+    aggregate,
+    volume_unit,
+)
 from stage1_ds.errors import DataError
 from stage1_ds.version import code_version
 
@@ -158,6 +168,8 @@ class FilesJob:
             rows, report = read_source(source, options.on_bad_rows, options.csv_columns, options.timezone)
             parts.append(rows)
             reports.append(report)
+        check_clocks(self.name, reports)
+        _check_overlaps(self.name, parts, reports)
         bars, cleaning = clean_m1(parts)
         if len(bars) == 0:
             files = [str(f.path) for f in self.files]
@@ -168,7 +180,7 @@ class FilesJob:
             "out_of_order_rows": cleaning.out_of_order_rows,
             "bad_rows_dropped": dict(sum((Counter(r.bad_rows_dropped) for r in reports), Counter())),
             "has_volume": bool(np.any(bars.volume != 0)),
-            "volume_unit": volume_unit(bars.volume),
+            "volume_unit": cleaning.volume_unit,
         }
         if cleaning.duplicates_dropped:
             log.warning(
@@ -179,6 +191,36 @@ class FilesJob:
         if record["bad_rows_dropped"]:
             log.warning("%s: dropped bad rows: %s", self.name, record["bad_rows_dropped"])
         return bars, record
+
+
+#: One instrument's files may share at most this share of the timestamps of the smaller one.
+MAX_OVERLAP = 0.1
+
+
+def _check_overlaps(name: str, parts: list[M1Rows], reports: list[FileReport]) -> None:
+    """Files of one instrument cover different times (a few shared minutes where files meet, or a
+    source's doubled hour, are duplicates); files that share many timestamps are bid and ask quotes, or
+    two instruments under one name, which no de-duplication makes one series.
+
+    Raises:
+        DataError: naming the two files, the share of timestamps they share, and the fix.
+    """
+    for i, j in itertools.combinations(range(len(parts)), 2):
+        shared = len(np.intersect1d(parts[i].start, parts[j].start))
+        smaller = min(len(parts[i].start), len(parts[j].start))
+        if smaller and shared > MAX_OVERLAP * smaller:
+            pair = sorted({r.side for r in (reports[i], reports[j]) if r.side is not None})
+            what = " and ".join(pair) + " quotes" if len(pair) > 1 else "bid and ask quotes"
+            raise DataError(
+                f"instrument {name}: {reports[i].path} and {reports[j].path} share {shared:,} of their "
+                f"timestamps ({shared / smaller:.0%} of the smaller): {what}, or two instruments under one "
+                "name? One instrument's files must not overlap: prepare each under its own --instrument"
+            )
+    sides = sorted({r.side for r in reports if r.side is not None})
+    if len(sides) > 1:
+        log.warning(
+            "%s: files of different quote sides (%s) are joined into one series", name, ", ".join(sides)
+        )
 
 
 @dataclass(frozen=True)
@@ -198,7 +240,7 @@ class SyntheticJob:
             "out_of_order_rows": 0,
             "bad_rows_dropped": {},
             "has_volume": True,
-            "volume_unit": volume_unit(bars.volume),
+            "volume_unit": volume_unit(bars.volume, bars.start),
         }
         return bars, record
 
@@ -318,6 +360,11 @@ def prepare_instrument(job: Job, options: PrepareOptions, parts: Path) -> Prepar
     m1, record = job.read(options)
     name = job.name
     by_tf = {tf: aggregate(m1, tf, 60 * options.bucket_origin_minutes) for tf in TIMEFRAMES}
+    most = max(int(bars.units.max(initial=0)) for bars in by_tf.values())
+    if most >= MAX_UNITS:  # volume_unit bounds every bucket; this guards that promise
+        raise DataError(
+            f"{name}: a bar holds {most:,} volume units, not exact in float32 (limit {MAX_UNITS:,})"
+        )
     gap = _longest_window_span(by_tf, options.window_bars, name)
     splits = _split_ranges(by_tf[BASE], options.split_fractions, gap, name)
     record.update(
@@ -499,8 +546,19 @@ def summary_table(manifest: dict[str, Any]) -> str:
         for tf, rows in record["rows"].items():
             lines.append(f"{name:<12}{tf:<10}" + "".join(f"{rows[k]:>10}" for k in ("total", *SPLITS)))
         dropped = record["bad_rows_dropped"] or "none"
+        columns = sorted({src["volume_column"] for src in record["sources"] if src.get("volume_column")})
+        volume = (
+            (
+                "volume from " + ", ".join(repr(c) for c in columns)
+                if record["sources"]
+                else "volume (synthetic)"
+            )
+            if record["has_volume"]
+            else "no volume"
+            + (f" (all zero in {', '.join(repr(c) for c in columns)})" if columns else " column")
+        )
         lines.append(
             f"{name}: {record['duplicates_dropped']} duplicate timestamps dropped; bad rows dropped: "
-            f"{dropped}; range {record['time_range_utc'][0]} .. {record['time_range_utc'][1]}"
+            f"{dropped}; {volume}; range {record['time_range_utc'][0]} .. {record['time_range_utc'][1]}"
         )
     return "\n".join(lines)

@@ -63,10 +63,11 @@ def generate_synthetic_m1(days: int, seed: int, instrument: int | None = None) -
     ohlc = np.round(np.exp(np.stack([log_open, log_high, log_low, log_close], axis=1)), 6)
     volume = np.round(rng.gamma(2.0, 50.0 * sigma / _BASE_VOL_PER_MINUTE))
     keep = np.flatnonzero(trading)
+    start = stamps[keep].astype("datetime64[s]").view(np.int64)
     return Bars(
-        start=stamps[keep].astype("datetime64[s]").view(np.int64),
+        start=start,
         ohlc=ohlc[keep],
         volume=volume[keep],
         count=np.ones(len(keep), dtype=np.int32),
-        units=volume_units(volume[keep], volume_unit(volume[keep])),
+        units=volume_units(volume[keep], volume_unit(volume[keep], start)),
     )

@@ -110,15 +110,30 @@ def aggregate(m1: Bars, timeframe: Timeframe, origin: int = 0) -> Bars:
     )
 
 
-def volume_unit(volume: np.ndarray) -> float:
+#: Whole units a bar may hold and stay exact in float32, its sums across timeframes included.
+MAX_UNITS = 2**24
+
+
+def volume_unit(volume: np.ndarray, start: np.ndarray) -> float:
     """The quantum of an instrument's volume: a power of two near 1/16 of its median non-zero 1-minute
-    volume (1.0 without volume). Whole units make sums across timeframes exact in float32 (below 2^24
-    units a bar, millions of typical minutes); a bar's feature is its units over a per-sample reference,
-    so the unit itself never reaches the model."""
+    volume (1.0 without volume), or the smallest coarser power of two with which every bar of every timeframe
+    holds fewer than `MAX_UNITS` units: whole units make sums across timeframes exact in float32. The bound
+    is the most volume in any span of the longest timeframe (any bucket of it lies in such a span), plus half
+    a unit of rounding for each of its 1-minute bars. A bar's feature is its units over a per-sample
+    reference, so the unit itself never reaches the model.
+
+    Args:
+        volume, start: (N,) 1-minute volumes and start times (seconds), sorted by time.
+    """
     positive = volume[volume > 0]
     if len(positive) == 0:
         return 1.0
-    return float(2.0 ** np.round(np.log2(np.median(positive) / 16)))
+    unit = float(2.0 ** np.round(np.log2(np.median(positive) / 16)))
+    longest = max(tf.seconds for tf in TIMEFRAMES)
+    total = np.r_[0.0, np.cumsum(volume)]
+    widest = float(np.max(total[np.searchsorted(start, start + longest)] - total[: len(start)]))
+    needed = widest / (MAX_UNITS - longest // 60)
+    return unit if needed <= unit else float(2.0 ** np.ceil(np.log2(needed)))
 
 
 def volume_units(volume: np.ndarray, unit: float) -> np.ndarray:
