@@ -1,5 +1,6 @@
-"""Model benchmark: forward+backward of the shared encoder called once per batch (fusion joint and
-per_timeframe) against a loop that calls the encoder once per timeframe (the design this project replaces).
+"""Model benchmark: forward+backward of the shared encoder called once per batch (fusion joint, with and
+without the time bias and calendar inputs, and per_timeframe) against a loop that calls the encoder once
+per timeframe (the design this project replaces).
 
 Usage: python scripts/bench_model.py [--preset mini] [--batch-size 32] [--repeats 10]
 
@@ -9,6 +10,7 @@ Same model weights, same batch, same masks; figures are medians and ratios withi
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import tempfile
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 
 from stage1_ds.benchmark import bench_config, loop_forward, masked_batches, time_steps
-from stage1_ds.config import WINDOW_BARS, EncoderPreset, Fusion
+from stage1_ds.config import CALENDAR_FEATURES, WINDOW_BARS, EncoderPreset, Fusion, PositionBias
 from stage1_ds.data.prepare import PrepareOptions, prepare_synthetic
 from stage1_ds.model.masking import num_patches
 from stage1_ds.model.stage1 import Stage1Model
@@ -50,6 +52,17 @@ def main() -> int:
     model = Stage1Model(config.model, config.data)
     results: dict[str, float] = {}
     results["joint_s"] = forward_backward_s(lambda: model(batch).reconstruction, args.repeats)
+    for name, calendar in (("joint_time_s", []), ("joint_time_calendar_s", list(CALENDAR_FEATURES))):
+        variant = copy.deepcopy(config.model)
+        variant.position_bias, variant.timeframe_pair_bias, variant.calendar = (
+            PositionBias.TIME,
+            True,
+            calendar,
+        )
+        torch.manual_seed(0)
+        timed = Stage1Model(variant, config.data)
+        results[name] = forward_backward_s(lambda m=timed: m(batch).reconstruction, args.repeats)
+        results[name.replace("_s", "_over_joint")] = results[name] / results["joint_s"]
     model.config.fusion = Fusion.PER_TIMEFRAME
     results["per_timeframe_s"] = forward_backward_s(lambda: model(batch).reconstruction, args.repeats)
     results["loop_s"] = forward_backward_s(lambda: loop_forward(model, batch), args.repeats)
@@ -61,6 +74,14 @@ def main() -> int:
         f"({tokens} patch tokens per sample), torch threads {torch.get_num_threads()}"
     )
     print(f"forward+backward, fusion joint:          {results['joint_s'] * 1000:8.1f} ms")
+    print(
+        f"  ... with the time bias:                {results['joint_time_s'] * 1000:8.1f} ms "
+        f"({results['joint_time_over_joint']:.2f}x)"
+    )
+    print(
+        f"  ... with the time bias and calendar:   {results['joint_time_calendar_s'] * 1000:8.1f} ms "
+        f"({results['joint_time_calendar_over_joint']:.2f}x)"
+    )
     print(f"forward+backward, fusion per_timeframe:  {results['per_timeframe_s'] * 1000:8.1f} ms")
     print(f"forward+backward, encoder loop per tf:   {results['loop_s'] * 1000:8.1f} ms")
     print(

@@ -1,14 +1,17 @@
 """Train, evaluate and probe the demo-sized model on real data; write docs/quality.md (`stage1_ds.evaluation.quality`).
 
     python scripts/quality_report.py DATA_DIR --minutes 20 [--steps N] [--out runs/quality] [--doc docs/quality.md]
+    python scripts/quality_report.py DATA_DIR --variants --steps N [key=value ...]
 
 DATA_DIR is a prepared folder (e.g. `stage1 prepare --input ../shared/data/histdata/*EURUSD* --window-bars
 32 --out runs/eurusd32`). Trains (a) the demo config and (b) the same without the cross-timeframe loss,
 MINUTES each (or STEPS each: training is deterministic, so the step count of an earlier report trains the
 same models again), then evaluates both in every masking mode and probes both against the simple rules
-(the best chosen on val) and the untrained control. Everything it writes is measured; nothing is tuned on
-the test split. The section of an existing report headed "Reading the figures (by hand)" is kept at its
-end, to be revised against the new figures.
+(the best chosen on val) and the untrained control. With --variants it trains the time-aware variants
+instead (`stage1_ds.evaluation.quality.TIME_VARIANTS`, STEPS each), chooses one on val and rewrites only
+their section. Everything it writes is measured; nothing is tuned on the test split. A rewrite keeps the
+variants section and the hand-written reading ("Reading the figures (by hand)", at the end), to be
+revised against the new figures.
 """
 
 from __future__ import annotations
@@ -17,21 +20,44 @@ import argparse
 import sys
 from pathlib import Path
 
-from stage1_ds.evaluation.quality import quality_report
+from stage1_ds.evaluation.quality import VARIANTS_HEADING, quality_report, variants_report
 from stage1_ds.logs import setup_logging
 
 #: The heading of the hand-written reading of the figures, kept when the report is rewritten.
 BY_HAND = "## Reading the figures (by hand)"
 
 
-def kept_by_hand(doc: Path) -> str:
-    """The section of an existing report that was written by hand (from `BY_HAND` to the end): it survives a
-    rewrite, to be revised against the new figures."""
+def section(text: str, heading: str) -> str:
+    """The section of a markdown text that begins with ``heading``, to the next heading of its level (the
+    hand-written one runs to the end); empty when there is none."""
+    at = text.find(heading + "\n")
+    if at < 0:
+        return ""
+    if heading == BY_HAND:
+        return text[at:]
+    after = text.find("\n## ", at + len(heading))
+    return text[at : after + 1] if after >= 0 else text[at:]
+
+
+def kept(doc: Path) -> str:
+    """What a rewrite of the main report keeps from an existing one: the variants section (written by its
+    own runs) and the hand-written reading, to be revised against the new figures."""
     if not doc.exists():
         return ""
     text = doc.read_text()
+    return "".join(
+        "\n" + part.rstrip("\n") + "\n" for h in (VARIANTS_HEADING, BY_HAND) if (part := section(text, h))
+    )
+
+
+def with_variants(doc: Path, variants: str) -> str:
+    """The report with its variants section replaced by ``variants`` (or inserted before the reading)."""
+    text = doc.read_text() if doc.exists() else ""
+    old = section(text, VARIANTS_HEADING)
+    if old:
+        return text.replace(old, variants)
     at = text.find(BY_HAND)
-    return "\n" + text[at:] if at >= 0 else ""
+    return text[:at] + variants + "\n" + text[at:] if at >= 0 else text + "\n" + variants
 
 
 def main() -> int:
@@ -43,16 +69,37 @@ def main() -> int:
         type=int,
         help="train this many steps per model instead (no speed calibration; reproducible)",
     )
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="train the time-aware variants (index/time bias x calendar) for --steps each instead, choose "
+        "on val, and rewrite only their section of the report",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/quality"), help="runs and exports go here")
     parser.add_argument("--doc", type=Path, default=Path("docs/quality.md"), help="the report to write")
     parser.add_argument("--max-anchors", type=int, default=3000, help="probe anchors per split at most")
     parser.add_argument("--batches", type=int, default=40, help="evaluation batches of 64 per masking mode")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of every run's config")
     args = parser.parse_args()
     setup_logging()
-    report = quality_report(
-        args.data, args.minutes, args.out, args.max_anchors, args.batches, steps=args.steps
-    )
-    args.doc.write_text(report + kept_by_hand(args.doc))
+    if args.variants:
+        if args.steps is None:
+            parser.error("--variants needs --steps: every variant trains the same number of steps")
+        body = variants_report(
+            args.data, args.out, args.steps, args.max_anchors, args.batches, overrides=args.overrides
+        )
+        args.doc.write_text(with_variants(args.doc, body))
+    else:
+        report = quality_report(
+            args.data,
+            args.minutes,
+            args.out,
+            args.max_anchors,
+            args.batches,
+            overrides=args.overrides,
+            steps=args.steps,
+        )
+        args.doc.write_text(report + kept(args.doc))
     print(f"written {args.doc}")
     return 0
 

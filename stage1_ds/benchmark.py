@@ -106,7 +106,7 @@ def loop_forward(model: Stage1Model, batch: Batch) -> dict[str, torch.Tensor]:
     out = {}
     for tf, window in batch.windows.items():
         mask = window.mask if window.mask is not None else torch.zeros_like(window.valid)
-        tokens, _, valid = model.embed(tf, window.features, mask, window.valid)
+        tokens, _, valid, _ = model.embed(tf, window.features, mask, window.valid, window.start_time)
         hidden = t5.run_encoder(model.encoder, tokens, valid.long())
         out[tf] = model.heads(tf, hidden, window.features.shape[1])
     return out

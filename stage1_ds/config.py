@@ -136,6 +136,17 @@ class Fusion(StrEnum):
     PER_TIMEFRAME = "per_timeframe"
 
 
+class PositionBias(StrEnum):
+    """What T5's attention bias between two tokens measures."""
+
+    INDEX = "index"  # T5's own: the difference of their indices in the sequence
+    TIME = "time"  # the difference of their patches' end times, in minutes (`stage1_ds.model.time_aware`)
+
+
+#: Calendar inputs a patch can be given, of its end time on the data clock (`stage1_ds.model.time_aware`).
+CALENDAR_FEATURES = ("hour_of_week", "minute_of_hour")
+
+
 class LossKind(StrEnum):
     MSE = "mse"
     HUBER = "huber"
@@ -308,6 +319,13 @@ class ModelConfig(Section):
         masking: span masking of input patches.
         lora: LoRA adapters, used in the lora phase.
         loss: the training objective.
+        position_bias: ``index`` (T5's relative position bias over the token sequence) or ``time`` (a learned
+            bias from the difference of two tokens' patch end times in minutes, per head, shared by all
+            layers; T5's index bias unused and frozen). ``time`` needs ``fusion: joint``.
+        timeframe_pair_bias: with ``position_bias: time``, add a learned bias per head for each (query
+            timeframe, key timeframe).
+        calendar: calendar inputs added to each patch token, of its end time on the data clock (UTC when
+            the data was prepared on UTC): any of `CALENDAR_FEATURES`; empty: none.
     """
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -316,11 +334,27 @@ class ModelConfig(Section):
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    position_bias: PositionBias = PositionBias.INDEX
+    timeframe_pair_bias: bool = False
+    calendar: list[str] = field(default_factory=list)
 
     def check(self, prefix: str) -> list[str]:
+        problems = []
         if self.patch_len < 1:
-            return [f"{prefix}.patch_len: {self.patch_len}, expected at least 1"]
-        return []
+            problems.append(f"{prefix}.patch_len: {self.patch_len}, expected at least 1")
+        if self.position_bias == PositionBias.TIME and self.fusion != Fusion.JOINT:
+            problems.append(
+                f"{prefix}.position_bias: time measures distances across the joint sequence; it needs "
+                f"{prefix}.fusion: joint (is {self.fusion})"
+            )
+        if self.timeframe_pair_bias and self.position_bias != PositionBias.TIME:
+            problems.append(f"{prefix}.timeframe_pair_bias: needs {prefix}.position_bias: time")
+        for name in self.calendar:
+            if name not in CALENDAR_FEATURES:
+                problems.append(f"{prefix}.calendar: {name!r}, expected any of {list(CALENDAR_FEATURES)}")
+        if len(set(self.calendar)) != len(self.calendar):
+            problems.append(f"{prefix}.calendar: {self.calendar} names a feature twice")
+        return problems
 
 
 class Precision(StrEnum):

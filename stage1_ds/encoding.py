@@ -12,6 +12,7 @@ import torch
 from stage1_ds.config import DataConfig
 from stage1_ds.data.batch import Batch, TimeframeWindow
 from stage1_ds.data.windows import WindowDataset
+from stage1_ds.errors import ConfigError
 from stage1_ds.model.stage1 import Stage1Model
 
 
@@ -64,7 +65,8 @@ def encode(
     max_batches: int | None = None,
     stats: dict[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Embeddings of a prepared split (every anchor in order, or ``max_batches`` batches) or of raw arrays.
+    """Embeddings of a prepared split (every anchor in order, or ``max_batches`` batches) or of raw arrays
+    (``features``; not for a model that reads bar times: time bias or calendar inputs).
 
     ``stats``: feature statistics to scale with (the model's, `stage1_ds.data.store.model_stats`); None: the
     data folder's own.
@@ -75,6 +77,11 @@ def encode(
     """
     model.eval()
     batches: Iterable[Batch]
+    if features is not None and (model.embed.time_bias is not None or model.embed.calendar is not None):
+        raise ConfigError(
+            "encode(features=...): this model reads bar times (model.position_bias: time or model.calendar), "
+            "which raw feature arrays do not carry; encode a prepared folder (data_dir) instead"
+        )
     if features is not None:
         batches = [
             batch_from_arrays({tf: v[i : i + batch_size] for tf, v in features.items()})

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import tiny_train_config
-from stage1_ds.config import Config, Phase, PhaseConfig, Precision
+from stage1_ds.config import Config, Phase, PhaseConfig, PositionBias, Precision
 from stage1_ds.data.batch import Batch
 from stage1_ds.data.store import load_prepared, model_stats
 from stage1_ds.data.windows import WindowDataset, WindowSampler
@@ -33,9 +33,16 @@ def _batch(folder: Path, config: Config, offset: int = 0) -> Batch:
     return data.batch(np.arange(4) * 41 + offset)
 
 
-def _train_and_save(folder: Path, run_dir: Path, phase: Phase, precision: Precision, ds_config: str):
-    """Three steps of a real engine in ``phase``, a checkpoint, and the live module kept for comparison."""
+def _train_and_save(
+    folder: Path, run_dir: Path, phase: Phase, precision: Precision, ds_config: str, time_aware: bool = False
+):
+    """Three steps of a real engine in ``phase``, a checkpoint, and the live module kept for comparison;
+    ``time_aware``: with the time bias (and the timeframe-pair bias) and calendar inputs."""
     config = tiny_train_config(ds_config=ds_config, precision=precision, phases=[PhaseConfig(phase)])
+    if time_aware:
+        config.model.position_bias = PositionBias.TIME
+        config.model.timeframe_pair_bias = True
+        config.model.calendar = ["hour_of_week", "minute_of_hour"]
     init_distributed()
     torch.manual_seed(0)
     model = Stage1Model(config.model, config.data)
@@ -60,19 +67,28 @@ def _train_and_save(folder: Path, run_dir: Path, phase: Phase, precision: Precis
 
 
 @pytest.mark.parametrize(
-    ("phase", "precision", "ds_config"),
+    ("phase", "precision", "ds_config", "time_aware"),
     [
-        (Phase.FROZEN, Precision.FP32, "ds_configs/zero2.json"),
-        (Phase.LORA, Precision.FP32, "ds_configs/zero2_offload.json"),
-        (Phase.FULL, Precision.FP32, "ds_configs/zero2_offload.json"),
-        (Phase.FULL, Precision.BF16, "ds_configs/zero2.json"),
-        (Phase.LORA, Precision.BF16, "ds_configs/zero2_offload.json"),
+        (Phase.FROZEN, Precision.FP32, "ds_configs/zero2.json", False),
+        (Phase.LORA, Precision.FP32, "ds_configs/zero2_offload.json", False),
+        (Phase.FULL, Precision.FP32, "ds_configs/zero2_offload.json", False),
+        (Phase.FULL, Precision.BF16, "ds_configs/zero2.json", False),
+        (Phase.LORA, Precision.BF16, "ds_configs/zero2_offload.json", False),
+        (Phase.LORA, Precision.FP32, "ds_configs/zero2_offload.json", True),
+        (Phase.FULL, Precision.BF16, "ds_configs/zero2.json", True),
     ],
 )
 def test_export_reproduces_the_live_engine(
-    synthetic_small: Path, tmp_path: Path, phase: Phase, precision: Precision, ds_config: str
+    synthetic_small: Path,
+    tmp_path: Path,
+    phase: Phase,
+    precision: Precision,
+    ds_config: str,
+    time_aware: bool,
 ) -> None:
-    config, bundle, model = _train_and_save(synthetic_small, tmp_path / "run", phase, precision, ds_config)
+    config, bundle, model = _train_and_save(
+        synthetic_small, tmp_path / "run", phase, precision, ds_config, time_aware
+    )
     batch = _batch(synthetic_small, config, offset=99)
     module = bundle.engine.module.eval()
     with torch.no_grad():

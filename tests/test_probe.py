@@ -292,3 +292,39 @@ def test_periodicity_recovers_an_hour_of_fourfold_variance_and_deseasonalising_r
     assert hourly[in_loud].mean() / hourly[~in_loud].mean() == pytest.approx(1.0, abs=0.1)
     level = seasonal_log_level(factor, np.array([start[0] + 10 * 3600, start[0] + 30 * 3600]), 60)
     assert level[0] - level[1] == pytest.approx(factor[10] - factor[30])
+
+
+def test_the_variants_report_chooses_on_val_and_keeps_its_place_in_the_report(
+    synthetic_small: Path, tmp_path: Path
+) -> None:
+    """Two variants at the tiny size: both trained the same steps, one chosen by its val MSE, its verdicts
+    and every variant's tables written; the script splices the section in without touching the rest."""
+    import importlib.util
+
+    from stage1_ds.evaluation.quality import VARIANTS_HEADING, variants_report
+
+    section = variants_report(
+        synthetic_small,
+        tmp_path,
+        steps=12,
+        max_anchors=80,
+        batches=1,
+        variants={"index": ["model.position_bias=index"], "time": ["model.position_bias=time"]},
+        overrides=["model.encoder.preset=tiny"],
+    )
+    assert section.startswith(VARIANTS_HEADING) and section.count("(chosen)") == 1
+    assert "### Variant index: the probe" in section and "### Variant time: reconstruction" in section
+    assert "beats `best_rule`" in section
+    spec = importlib.util.spec_from_file_location(
+        "quality_report", Path(__file__).parent.parent / "scripts/quality_report.py"
+    )
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    doc = tmp_path / "quality.md"
+    doc.write_text("# Quality\n\n## Setup\n\nfigures\n\n" + script.BY_HAND + "\n\nby hand\n")
+    once = script.with_variants(doc, section)
+    assert once.index("## Setup") < once.index(VARIANTS_HEADING) < once.index(script.BY_HAND)
+    doc.write_text(once)
+    assert script.with_variants(doc, section.replace("(chosen)", "(picked)")).count(VARIANTS_HEADING) == 1
+    assert script.kept(doc) == "\n" + section.rstrip("\n") + "\n" + "\n" + script.BY_HAND + "\n\nby hand\n"

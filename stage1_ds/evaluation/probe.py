@@ -342,7 +342,8 @@ def probe(
     Returns:
         ``targets.<target>.<method>.<metric>``; ``best_rule.<target>``: the rule chosen on val (``rule``,
         ``chosen_on``, every rule's ``val_mse``, the trading-time ``windows`` and their val MSEs with
-        ``har``); the anchors used and dropped per split; the penalties chosen; the test predictions.
+        ``har``); the anchors used and dropped per split; the penalties chosen and each method's val MSE
+        there (``val_mse``: what choices between models may read); the test predictions.
     """
     config = model_data_config(model)
     sets: dict[str, ProbeSet] = {}
@@ -365,6 +366,7 @@ def probe(
         "targets": {},
         "best_rule": {},
         "alphas": {},
+        "val_mse": {},
         "predictions": {},
     }
     for target in TARGETS:
@@ -411,6 +413,7 @@ def probe(
                 }
         report["targets"][target] = results
         report["alphas"][target] = {name: f.alpha for name, f in fitted.items()}
+        report["val_mse"][target] = {name: f.val_mse for name, f in fitted.items()}
         report["predictions"][target] = {"truth": y["test"], **predictions}
     return report
 

@@ -151,6 +151,112 @@ def quality_report(
     return _markdown(data_dir, budget, option, runs, evaluations, probes, max_anchors, batches)
 
 
+#: The time-aware variants (`stage1_ds.model.time_aware`): {index, time} x {no calendar, calendar}.
+CALENDAR = "model.calendar=[hour_of_week,minute_of_hour]"
+TIME_BIAS = ["model.position_bias=time", "model.timeframe_pair_bias=true"]
+TIME_VARIANTS = {
+    "index": ["model.position_bias=index"],
+    "index_calendar": ["model.position_bias=index", CALENDAR],
+    "time": TIME_BIAS,
+    "time_calendar": [*TIME_BIAS, CALENDAR],
+}
+#: How a variant is chosen: the val MSE of the strongest rule plus its embeddings on this target.
+CHOICE_TARGET, CHOICE_METHOD = "rv_60m", "best_rule_plus_embeddings"
+VARIANTS_HEADING = "## The time-aware encoder: variants chosen on val"
+
+
+def variants_report(
+    data_dir: Path,
+    work: Path,
+    steps: int,
+    max_anchors: int,
+    batches: int,
+    variants: dict[str, list[str]] | None = None,
+    overrides: list[str] | None = None,
+) -> str:
+    """Train each variant (``variants``: name to overrides of the demo config; default `TIME_VARIANTS`) the
+    same ``steps`` on the same data, evaluate and probe each, choose on val (the val MSE of
+    `CHOICE_METHOD` on `CHOICE_TARGET`), and report every variant's test figures; the markdown section
+    headed `VARIANTS_HEADING`."""
+    data_dir, work = Path(data_dir), Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    shared = ["train.micro_batch_size=32", *(overrides or [])]
+    plans = {name: [*shared, *extra] for name, extra in (variants or TIME_VARIANTS).items()}
+    runs = {name: train_for(name, plan, steps, data_dir, work) for name, plan in plans.items()}
+    evaluations, probes = {}, {}
+    for name, run in runs.items():
+        model = Stage1Model.from_pretrained(run.export)
+        stats = load_export_stats(run.export)
+        config = load_export_config(run.export)
+        evaluations[name] = evaluate(model, data_dir, config, "test", batches, 64, stats=stats)
+        probes[name] = probe(
+            model, Stage1Model.untrained_like(run.export), data_dir, max_anchors, stats=stats
+        )
+    chosen = min(runs, key=lambda n: probes[n]["val_mse"][CHOICE_TARGET][CHOICE_METHOD])
+    config = load_export_config(runs[chosen].export)
+    lines = [
+        VARIANTS_HEADING,
+        "",
+        f"Written by `scripts/quality_report.py --variants`. Data `{data_dir}` ({config.data.window_bars}-bar "
+        f"windows); every variant is `{DEMO_CONFIG}` with micro batch 32 and the overrides below, trained "
+        f"{steps:,} steps (frozen for 10%, LoRA to a third, then full), on "
+        f"{platform.processor() or platform.machine()} with {torch.get_num_threads()} torch threads, one after "
+        f"another. Chosen on the VAL split: the lowest val MSE of `{CHOICE_METHOD}` on `{CHOICE_TARGET}` (ridge "
+        "fitted on train); every figure after that choice is on test.",
+        "",
+        f"| variant | overrides | minutes | final val loss | val MSE `{CHOICE_METHOD}` {CHOICE_TARGET} | "
+        "test R^2 rv_60m: embeddings / best_rule / + embeddings (DM p) | rv_240m: same | "
+        "`time` mode worst model / best baseline |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, run in runs.items():
+        targets = probes[name]["targets"]
+        cells = []
+        for target in VARIANCE_TARGETS:
+            best = probes[name]["best_rule"][target]["rule"]
+            plus = targets[target]["best_rule_plus_embeddings"]
+            cells.append(
+                f"{targets[target]['embeddings']['r2']:.3f} / {targets[target][best]['r2']:.3f} (`{best}`) / "
+                f"{plus['r2']:.3f} (p {format_p(plus['dm_p_vs_best_rule'])})"
+            )
+        time_mode = evaluations[name]["modes"].get("time")
+        worst = (
+            max(e["ratio_to_best_baseline"] for e in time_mode["timeframes"].values())
+            if time_mode
+            else float("nan")
+        )
+        mark = " (chosen)" if name == chosen else ""
+        lines.append(
+            f"| {name}{mark} | {' '.join(f'`{o}`' for o in run.overrides[len(shared) :])} | {run.minutes:.1f} | "
+            f"{run.val_loss:.4f} | {probes[name]['val_mse'][CHOICE_TARGET][CHOICE_METHOD]:.4f} | "
+            f"{cells[0]} | {cells[1]} | {worst:.3f} |"
+        )
+    lines += ["", f"### Targets, as measured, for the chosen variant ({chosen})", ""]
+    lines += _verdicts(evaluations[chosen], probes[chosen])
+    for name in runs:
+        lines += ["", f"### Variant {name}: the probe (test split)", ""]
+        lines += _probe_tables(probes[name])
+        lines += [
+            f"### Variant {name}: reconstruction, model / best baseline (chosen on val) per timeframe",
+            "",
+        ]
+        lines += _ratio_table(evaluations[name])
+    return "\n".join(lines) + "\n"
+
+
+def _ratio_table(evaluation: dict[str, Any]) -> list[str]:
+    modes = list(evaluation["modes"])
+    timeframes = list(evaluation["modes"][modes[0]]["timeframes"])
+    lines = ["| mode | " + " | ".join(timeframes) + " | overall |", "|---|" + "---|" * (len(timeframes) + 1)]
+    for mode in modes:
+        entry = evaluation["modes"][mode]
+        cells = [f"{entry['timeframes'][tf]['ratio_to_best_baseline']:.3f}" for tf in timeframes]
+        lines.append(
+            f"| {mode} | " + " | ".join(cells) + f" | {entry['overall']['ratio_to_best_baseline']:.3f} |"
+        )
+    return [*lines, ""]
+
+
 def _markdown(
     data_dir: Path,
     budget: str,

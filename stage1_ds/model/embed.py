@@ -6,6 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stage1_ds.data.timeframes import Timeframe
+from stage1_ds.model.time_aware import CalendarEmbedding, TimeBias
+
 
 def patchify(values: torch.Tensor, patch_len: int) -> torch.Tensor:
     """(B, L, ...) to (B, P, patch_len, ...), padding the oldest end with zeros to a whole patch."""
@@ -16,49 +19,83 @@ def patchify(values: torch.Tensor, patch_len: int) -> torch.Tensor:
     return values.reshape(values.shape[0], -1, patch_len, *values.shape[2:])
 
 
+def patch_end_times(
+    start_time: torch.Tensor, valid: torch.Tensor, seconds: int, patch_len: int
+) -> torch.Tensor:
+    """(B, P) end time of each patch (seconds): the end of its newest existing bar; 0 for a patch of
+    padding only.
+
+    Args:
+        start_time: (B, L) bar start times (seconds); valid: (B, L) bool, the bar exists.
+    """
+    ends = torch.where(valid, start_time + seconds, torch.zeros_like(start_time))
+    return patchify(ends, patch_len).amax(-1)
+
+
 class PatchEmbedding(nn.Module):
     """Tokens of every timeframe for the shared encoder.
 
-    token = stem_tf(patch) + timeframe_embedding[tf] + position_embedding[p], where a masked patch's stem
-    output is replaced by the learned mask embedding (and its bars are zeroed before the stem), so masked
-    values cannot reach the encoder. Positions count from the window end: position 0 is the patch ending at
-    the anchor in every timeframe.
+    token = stem_tf(patch) + timeframe_embedding[tf] + position_embedding[p] (+ calendar(end of the patch)),
+    where a masked patch's stem output is replaced by the learned mask embedding (and its bars are zeroed
+    before the stem), so masked values cannot reach the encoder. Positions count from the window end:
+    position 0 is the patch ending at the anchor in every timeframe. With ``model.position_bias: time`` it
+    also holds the `TimeBias` (``time_bias``) that the model applies across all timeframes' tokens: it
+    trains with the stems in every phase.
     """
 
     def __init__(
-        self, timeframes: list[str], max_patches: int, patch_len: int, num_features: int, d_model: int
+        self,
+        timeframes: list[str],
+        max_patches: int,
+        patch_len: int,
+        num_features: int,
+        d_model: int,
+        calendar: list[str] | None = None,
+        time_bias: TimeBias | None = None,
     ):
         super().__init__()
         self.patch_len = patch_len
         self.index = {tf: i for i, tf in enumerate(timeframes)}
+        self.seconds = {tf: Timeframe(tf).seconds for tf in timeframes}
         self.stems = nn.ModuleDict({tf: nn.Linear(patch_len * num_features, d_model) for tf in timeframes})
         self.timeframe = nn.Embedding(len(timeframes), d_model)
         self.position = nn.Embedding(max_patches, d_model)
         self.mask_token = nn.Parameter(torch.empty(d_model))
         for weight in (self.timeframe.weight, self.position.weight, self.mask_token):
             nn.init.normal_(weight, std=0.02)
+        self.calendar = CalendarEmbedding(calendar, d_model) if calendar else None
+        self.time_bias = time_bias
 
     def forward(
-        self, tf: str, features: torch.Tensor, bar_mask: torch.Tensor, valid: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self,
+        tf: str,
+        features: torch.Tensor,
+        bar_mask: torch.Tensor,
+        valid: torch.Tensor,
+        start_time: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Embed one timeframe.
 
         Args:
             features: (B, L, F) scale-free features.
             bar_mask: (B, L) bool, True for masked bars.
             valid: (B, L) bool, True for bars that exist in a kept timeframe.
+            start_time: (B, L) bar start times, seconds.
 
         Returns:
-            tokens (B, P, d_model), patch_mask (B, P) bool, patch_valid (B, P) bool.
+            tokens (B, P, d_model), patch_mask (B, P) bool, patch_valid (B, P) bool, patch end times (B, P).
         """
         hidden = features.masked_fill(bar_mask.unsqueeze(-1), 0.0)
         patches = patchify(hidden, self.patch_len).flatten(2)  # (B, P, patch_len * F)
         patch_mask = patchify(bar_mask, self.patch_len).any(-1)  # (B, P)
         patch_valid = patchify(valid, self.patch_len).any(-1)  # (B, P)
+        end_time = patch_end_times(start_time, valid, self.seconds[tf], self.patch_len)  # (B, P)
         stem = self.stems[tf](patches.to(self.mask_token.dtype))
         tokens = torch.where(patch_mask.unsqueeze(-1), self.mask_token.expand_as(stem), stem)
         num = tokens.shape[1]
         positions = torch.arange(num - 1, -1, -1, device=tokens.device)  # 0 at the window end
         tf_index = torch.tensor(self.index[tf], device=tokens.device)
         tokens = tokens + self.position(positions) + self.timeframe(tf_index)
-        return tokens, patch_mask, patch_valid
+        if self.calendar is not None:
+            tokens = tokens + self.calendar(end_time)
+        return tokens, patch_mask, patch_valid, end_time

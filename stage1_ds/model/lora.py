@@ -50,6 +50,11 @@ def has_lora(encoder: nn.Module) -> bool:
     return isinstance(encoder, PeftModel)
 
 
+def base_model(encoder: nn.Module) -> nn.Module:
+    """The encoder inside peft's wrapper (its adapted layers carry the adapters), or the encoder itself."""
+    return encoder.get_base_model() if isinstance(encoder, PeftModel) else encoder
+
+
 def merge_lora(encoder: nn.Module) -> nn.Module:
     """Fold the adapters into the base weights; return the plain encoder."""
     if not isinstance(encoder, PeftModel):

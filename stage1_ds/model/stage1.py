@@ -11,7 +11,16 @@ import yaml
 from safetensors.torch import load_file
 from torch import nn
 
-from stage1_ds.config import Config, DataConfig, Fusion, LoraConfig, ModelConfig, Phase, config_from_dict
+from stage1_ds.config import (
+    Config,
+    DataConfig,
+    Fusion,
+    LoraConfig,
+    ModelConfig,
+    Phase,
+    PositionBias,
+    config_from_dict,
+)
 from stage1_ds.data.batch import Batch
 from stage1_ds.data.features import num_features
 from stage1_ds.data.timeframes import sort_timeframes
@@ -19,8 +28,9 @@ from stage1_ds.errors import CheckpointError
 from stage1_ds.model import t5
 from stage1_ds.model.embed import PatchEmbedding
 from stage1_ds.model.heads import ReconstructionHeads
-from stage1_ds.model.lora import has_lora, is_adapter, merge_lora, plain_name, wrap_with_lora
+from stage1_ds.model.lora import base_model, has_lora, is_adapter, merge_lora, plain_name, wrap_with_lora
 from stage1_ds.model.masking import num_patches
+from stage1_ds.model.time_aware import TimeBias
 
 #: Files of an export folder (written by `stage1_ds.export`).
 EXPORT_WEIGHTS = "model.safetensors"
@@ -82,19 +92,29 @@ class Stage1Model(nn.Module):
         d_model = t5.d_model(self.encoder)
         max_patches = max(num_patches(n, config.patch_len) for n in self.window_bars.values())
         features = num_features(data.volume)
-        self.embed = PatchEmbedding(self.timeframes, max_patches, config.patch_len, features, d_model)
+        time_bias = (
+            TimeBias(t5.num_heads(self.encoder), len(self.timeframes), config.timeframe_pair_bias)
+            if config.position_bias == PositionBias.TIME
+            else None
+        )
+        self.embed = PatchEmbedding(
+            self.timeframes, max_patches, config.patch_len, features, d_model, config.calendar, time_bias
+        )
         self.heads = ReconstructionHeads(self.timeframes, config.patch_len, features, d_model)
 
     def forward(self, batch: Batch) -> Stage1Output:
         names = [tf for tf in batch.windows if tf in self.embed.stems]
-        tokens, valid = [], []
+        tokens, valid, ends = [], [], []
         for tf in names:
             window = batch.windows[tf]
             mask = window.mask if window.mask is not None else torch.zeros_like(window.valid)
-            tok, _, patch_valid = self.embed(tf, window.features, mask, window.valid)
+            tok, _, patch_valid, end_time = self.embed(
+                tf, window.features, mask, window.valid, window.start_time
+            )
             tokens.append(tok)
             valid.append(patch_valid)
-        hidden = self._encode(tokens, valid)
+            ends.append(end_time)
+        hidden = self._encode(names, tokens, valid, ends)
         reconstruction = {
             tf: self.heads(tf, h, batch.windows[tf].features.shape[1])
             for tf, h in zip(names, hidden, strict=True)
@@ -105,11 +125,29 @@ class Stage1Model(nn.Module):
             patch_valid=dict(zip(names, valid, strict=True)),
         )
 
-    def _encode(self, tokens: list[torch.Tensor], valid: list[torch.Tensor]) -> list[torch.Tensor]:
-        """One encoder call for every timeframe; returns per-timeframe hidden states (B, P_tf, d)."""
+    def _encode(
+        self,
+        names: list[str],
+        tokens: list[torch.Tensor],
+        valid: list[torch.Tensor],
+        ends: list[torch.Tensor],
+    ) -> list[torch.Tensor]:
+        """One encoder call for every timeframe; returns per-timeframe hidden states (B, P_tf, d). With the
+        time bias, attention between any two tokens is biased by the minutes between their ends."""
         lengths = [t.shape[1] for t in tokens]
         if self.config.fusion == Fusion.JOINT:
-            hidden = t5.run_encoder(self.encoder, torch.cat(tokens, dim=1), torch.cat(valid, dim=1).long())
+            joined, mask = torch.cat(tokens, dim=1), torch.cat(valid, dim=1).long()
+            if self.embed.time_bias is None:
+                hidden = t5.run_encoder(self.encoder, joined, mask)
+            else:
+                which = torch.cat(
+                    [
+                        torch.full((n,), self.embed.index[tf], device=joined.device)
+                        for tf, n in zip(names, lengths, strict=True)
+                    ]
+                )
+                bias = self.embed.time_bias(torch.cat(ends, dim=1), which)  # (B, heads, T, T)
+                hidden = t5.run_encoder(base_model(self.encoder), joined, mask, position_bias=bias)
             return list(hidden.split(lengths, dim=1))
         longest = max(lengths)
         b = tokens[0].shape[0]
@@ -166,18 +204,22 @@ class Stage1Model(nn.Module):
         self.encoder = merge_lora(self.encoder)
 
     def set_phase(self, phase: Phase, lora: LoraConfig | None = None) -> None:
-        """Set ``requires_grad`` for a phase: stems, embeddings and heads always train; the encoder is frozen
-        (``frozen``), adapters only (``lora``, added if missing), or every weight (``full``, adapters merged
-        first). The unused token embedding never trains."""
+        """Set ``requires_grad`` for a phase: stems, embeddings (the time bias included) and heads always
+        train; the encoder is frozen (``frozen``), adapters only (``lora``, added if missing), or every weight
+        (``full``, adapters merged first). The unused token embedding never trains, nor T5's index bias
+        with ``position_bias: time``."""
         if phase == Phase.LORA:
             self.add_lora(lora or self.config.lora)
         elif phase == Phase.FULL:
             self.merge_lora()
+        unused_index_bias = self.config.position_bias == PositionBias.TIME
         for name, param in self.named_parameters():
             if not name.startswith(ENCODER_PREFIX):
                 param.requires_grad_(True)
             elif is_token_embedding(name) or phase == Phase.FROZEN:
                 param.requires_grad_(False)
+            elif unused_index_bias and t5.is_index_bias(plain_name(name)):
+                param.requires_grad_(False)  # the time bias replaces it: a weight without a gradient
             else:
                 param.requires_grad_(phase == Phase.FULL or is_adapter(name))
 

@@ -236,14 +236,43 @@ def lora_target_names(encoder: nn.Module) -> list[str]:
     return sorted([*ATTENTION_PROJECTIONS, *feed_forward])
 
 
-def run_encoder(encoder: nn.Module, embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def num_heads(encoder: nn.Module) -> int:
+    return int(encoder_config(encoder).num_heads)
+
+
+def is_index_bias(parameter_name: str) -> bool:
+    """Whether a plain encoder parameter name is T5's relative position bias (over sequence indices)."""
+    return bool(_SHARED_BY_BLOCKS.search(parameter_name))
+
+
+def run_encoder(
+    encoder: nn.Module,
+    embeddings: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Run the encoder on embeddings.
 
     Args:
+        encoder: a `T5EncoderModel` (the model inside peft's wrapper when adapters are on: peft adapts the
+            layers in place).
         embeddings: (B, T, d_model).
         attention_mask: (B, T) 1 for tokens to attend to, 0 for padding.
+        position_bias: (B, heads, T, T) an attention bias to use in every layer instead of T5's relative
+            position bias over indices (None: T5's own). T5's blocks take it as they take the bias their
+            first block computes, and add it to the attention scores; padding is added to it here.
 
     Returns:
         (B, T, d_model) last hidden states.
     """
-    return encoder(inputs_embeds=embeddings, attention_mask=attention_mask).last_hidden_state
+    if position_bias is None:
+        return encoder(inputs_embeds=embeddings, attention_mask=attention_mask).last_hidden_state
+    assert isinstance(encoder, T5EncoderModel), "the T5 model itself, not a wrapper"
+    stack = encoder.encoder
+    dtype = embeddings.dtype
+    padding = (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min  # (B, 1, 1, T)
+    bias = position_bias.to(dtype) + padding
+    hidden = stack.dropout(embeddings)
+    for block in stack.block:  # what T5Stack.forward does, with our bias in place of its own
+        hidden = block(hidden, attention_mask=None, position_bias=bias)[0]
+    return stack.dropout(stack.final_layer_norm(hidden))
