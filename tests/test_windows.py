@@ -219,3 +219,31 @@ def test_windows_longer_than_the_split_allows_are_an_error(synthetic_small: Path
 
     with pytest.raises(DataError, match=r"lower data\.window_bars"):
         WindowDataset(synthetic_small, "val", DataConfig(window_bars=400))
+
+
+@pytest.mark.parametrize(
+    ("anchors", "batch", "ranks"), [(97, 8, 3), (25, 8, 3), (1, 1, 1), (2**17 + 1, 64, 4), (7, 2, 3)]
+)
+def test_the_sampler_serves_every_anchor_once_per_epoch_across_ranks(
+    anchors: int, batch: int, ranks: int
+) -> None:
+    """Awkward sizes (prime; smaller than a batch times the ranks, plus one): the positions of an epoch, over
+    all ranks' batches, are a permutation of the anchors; nothing of the anchors' size is held."""
+    samplers = [WindowSampler(anchors, batch, seed=5, rank=r, world_size=ranks) for r in range(ranks)]
+    per_batch = batch * ranks
+    batches = -(-2 * anchors // per_batch) + 1  # past two epochs
+    ids = np.stack([np.concatenate([s.batch_ids(b) for s in samplers]) for b in range(batches)])
+    stream = np.empty(batches * per_batch, dtype=np.int64)
+    for b in range(batches):  # rank r holds positions r, r + w, ... of each batch
+        for r in range(ranks):
+            stream[b * per_batch + r : (b + 1) * per_batch : ranks] = ids[b, r * batch : (r + 1) * batch]
+    for epoch in range(2):
+        part = stream[epoch * anchors : (epoch + 1) * anchors]
+        assert sorted(part - epoch * anchors) == list(range(anchors)), epoch
+    if anchors > 50:
+        first, second = stream[:anchors], stream[anchors : 2 * anchors] - anchors
+        assert not np.array_equal(first, second), "each epoch its own order"
+        assert abs(np.corrcoef(np.arange(anchors), first)[0, 1]) < 0.1, "shuffled, not in order"
+    held = [vars(s) for s in samplers] + [vars(p) for s in samplers for p in s._permutations.values()]
+    arrays = [v.size for state in held for v in state.values() if isinstance(v, np.ndarray)]
+    assert all(size < max(anchors // ranks, 2) for size in arrays), "nothing of the anchors' size is held"

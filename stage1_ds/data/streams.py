@@ -1,4 +1,5 @@
-"""Counter-based random numbers: a uniform float per (seed, sample id, stream), and the named streams.
+"""Counter-based random numbers: a uniform float per (seed, sample id, stream), the named streams, and the
+keyed permutation that orders each epoch's anchors.
 
 Everything random about a sample (which timeframes it keeps, its masking mode, where its masks fall) is a
 hash of ``(seed, sample id, stream)``, so a batch is a pure function of its sample ids: the same on any
@@ -45,3 +46,51 @@ def uniform_columns(seed: int, ids: np.ndarray, stream: int, width: int) -> np.n
     if width == 0:
         return np.zeros((len(ids), 0))
     return np.stack([uniform_hash(seed, ids, stream + j) for j in range(width)], axis=1)
+
+
+#: Rounds of the Feistel network of `permuted` (Luby and Rackoff: four make a pseudo-random permutation).
+FEISTEL_ROUNDS = 6
+_ROUND_STREAM = 1 << 30  # streams of the round keys, apart from every sample decision's
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser on uint64 (wrapping)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+class EpochPermutation:
+    """A keyed pseudo-random bijection of ``[0, n)``, evaluated on demand: nothing of size ``n`` is built.
+
+    A balanced Feistel network of `FEISTEL_ROUNDS` rounds permutes ``[0, 4^h)`` (``h`` bits a half, the
+    fewest with ``4^h >= n``); a value that lands at ``n`` or above is permuted again until it lands below
+    (cycle walking: still a bijection of ``[0, n)``; the domain is under ``4n``, so few walks). The round
+    keys are hashes of ``(seed, epoch, round)``.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int):
+        self.n = n
+        self.half = np.uint64(max(1, (max(n - 1, 1).bit_length() + 1) // 2))
+        self.mask = np.uint64((1 << int(self.half)) - 1)
+        self.keys = [
+            np.uint64(int(uniform_hash(seed, np.array([epoch]), _ROUND_STREAM + r)[0] * float(1 << 53)))
+            for r in range(FEISTEL_ROUNDS)
+        ]
+
+    def _network(self, x: np.ndarray) -> np.ndarray:
+        left, right = x >> self.half, x & self.mask
+        for key in self.keys:
+            left, right = right, left ^ (_mix(right ^ key) & self.mask)
+        return (left << self.half) | right
+
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        """Where the bijection takes each position (int64 values in ``[0, n)``)."""
+        out = self._network(np.asarray(positions).astype(np.uint64))
+        outside = out >= np.uint64(self.n)
+        while outside.any():
+            out[outside] = self._network(out[outside])
+            outside = out >= np.uint64(self.n)
+        return out.astype(np.int64)

@@ -27,7 +27,7 @@ from stage1_ds.config import DataConfig
 from stage1_ds.data.batch import Batch, TimeframeWindow
 from stage1_ds.data.features import to_features, volume_reference, volume_scale
 from stage1_ds.data.store import SPLITS, PreparedData, load_prepared, scale_of
-from stage1_ds.data.streams import Stream, uniform_hash
+from stage1_ds.data.streams import EpochPermutation, Stream, uniform_hash
 from stage1_ds.data.timeframes import BASE, Timeframe, bucket_start, sort_timeframes
 from stage1_ds.errors import DataError
 
@@ -297,11 +297,16 @@ class WindowDataset(Dataset):
 
 
 class WindowSampler(Sampler[list[int]]):
-    """Batches of sample ids, deterministic given the seed, sharded over ranks, resumable by position.
+    """Batches of sample ids, deterministic given the seed, sharded over ranks, resumable by position, in
+    memory that does not grow with the number of anchors.
 
-    Epoch ``e`` is a seeded permutation of the anchors; rank ``r`` of ``w`` takes every ``w``-th anchor of
-    it, so ranks see disjoint shares. Batch ``b`` (counted across epochs) is a pure function of
-    ``(seed, rank, world_size, b)``: resuming means starting at the number of batches already consumed.
+    Samples form one stream of positions across epochs: position ``P`` is anchor ``perm_e(P mod N)`` of
+    epoch ``e = P div N``, where ``perm_e`` is a keyed pseudo-random bijection of the ``N`` anchors
+    (`stage1_ds.data.streams.EpochPermutation`, evaluated on demand); its sample id is ``e * N`` plus that
+    anchor. Batch ``b`` of all ``w`` ranks covers positions ``b w B .. (b + 1) w B - 1`` and rank ``r``
+    takes every ``w``-th of them from ``r``: ranks are disjoint, every anchor comes exactly once per epoch
+    across ranks, and batch ``b`` is a pure function of ``(seed, rank, world_size, b)``. Resuming means
+    starting at the number of batches consumed; on another number of ranks, at the same number of samples.
 
     Args:
         num_anchors: ``len(dataset)``.
@@ -329,14 +334,14 @@ class WindowSampler(Sampler[list[int]]):
         self.world_size = world_size
         self.start_batch = start_batch
         self.num_batches = num_batches
+        #: Whole batches of every rank in one epoch (the stream itself runs across epochs).
         self.batches_per_epoch = num_anchors // world_size // batch_size
         if self.batches_per_epoch < 1:
             raise DataError(
                 f"{num_anchors} anchors cannot fill one batch of {batch_size} on each of {world_size} ranks; "
                 "lower the batch size or use more data"
             )
-        self._cached_epoch = -1
-        self._cached_share = np.zeros(0, dtype=np.int64)
+        self._permutations: dict[int, EpochPermutation] = {}
 
     def __len__(self) -> int:
         if self.num_batches is None:
@@ -351,13 +356,21 @@ class WindowSampler(Sampler[list[int]]):
 
     def batch_ids(self, b: int) -> np.ndarray:
         """Sample ids of batch ``b`` of this rank."""
-        epoch, k = divmod(b, self.batches_per_epoch)
-        if epoch != self._cached_epoch:
-            order = np.random.default_rng([self.seed, epoch]).permutation(self.num_anchors)
-            self._cached_share = order[self.rank :: self.world_size]
-            self._cached_epoch = epoch
-        chunk = self._cached_share[k * self.batch_size : (k + 1) * self.batch_size]
-        return chunk + epoch * self.num_anchors
+        first = b * self.world_size * self.batch_size + self.rank
+        positions = first + self.world_size * np.arange(self.batch_size, dtype=np.int64)
+        epoch, position = np.divmod(positions, self.num_anchors)
+        anchors = np.empty(self.batch_size, dtype=np.int64)
+        for e in np.unique(epoch):  # one epoch, or two where the batch spans their boundary
+            chosen = epoch == e
+            anchors[chosen] = self._permutation(int(e))(position[chosen])
+        return anchors + epoch * self.num_anchors
+
+    def _permutation(self, epoch: int) -> EpochPermutation:
+        if epoch not in self._permutations:
+            self._permutations = {
+                epoch: EpochPermutation(self.num_anchors, self.seed, epoch)
+            }  # the latest only
+        return self._permutations[epoch]
 
 
 def _unwrap(batch: Any) -> Any:
