@@ -109,8 +109,9 @@ def test_no_window_of_one_split_touches_bars_of_another(eurusd_2019: Path) -> No
     for split in SPLITS:
         dataset = WindowDataset(eurusd_2019, split, DataConfig())
         used[split] = {
-            tf: (int(dataset._last[tf].min()) - dataset.window_bars[tf] + 1, int(dataset._last[tf].max()))
+            tf: (int(rows.min()), int(rows.max()))
             for tf in dataset.timeframes
+            for rows in [dataset.rows(np.arange(len(dataset)), tf)]
         }
     for tf in used["train"]:
         assert used["train"][tf][1] < used["val"][tf][0]
@@ -247,3 +248,32 @@ def test_the_sampler_serves_every_anchor_once_per_epoch_across_ranks(
     held = [vars(s) for s in samplers] + [vars(p) for s in samplers for p in s._permutations.values()]
     arrays = [v.size for state in held for v in state.values() if isinstance(v, np.ndarray)]
     assert all(size < max(anchors // ranks, 2) for size in arrays), "nothing of the anchors' size is held"
+
+
+def _arrays(value: object) -> list[np.ndarray]:
+    if isinstance(value, np.ndarray):
+        return [value]
+    if isinstance(value, dict):
+        return [a for v in value.values() for a in _arrays(v)]
+    return []
+
+
+def _file_backed(array: np.ndarray) -> bool:
+    """Whether an array's memory is a memory-mapped file (shared through the page cache), not private."""
+    import mmap
+
+    base: object = array
+    while isinstance(base, np.ndarray):
+        if isinstance(base, np.memmap):
+            return True
+        base = base.base
+    return isinstance(base, mmap.mmap)
+
+
+def test_a_dataset_holds_no_private_array_that_grows_with_the_anchors(synthetic_small: Path) -> None:
+    """Everything the size of the anchors or the bars is the folder's memory-mapped arrays; what the dataset
+    keeps of its own is per instrument and per timeframe."""
+    dataset = WindowDataset(synthetic_small, "train", DataConfig(window_bars=32, channels=["ohlc", "volume"]))
+    assert len(dataset) > 10_000
+    private = [a.size for value in vars(dataset).values() for a in _arrays(value) if not _file_backed(a)]
+    assert max(private) < 100, private

@@ -386,7 +386,7 @@ def prepare_instrument(job: Job, options: PrepareOptions, parts: Path) -> Prepar
         )
     stats = _fit_stats(by_tf, splits[fitted_on], options.window_bars // 2)
     stats["fitted_on"] = fitted_on
-    write_instrument_bars(parts / name, by_tf)
+    write_instrument_bars(parts / name, by_tf, 60 * options.bucket_origin_minutes)
     return Prepared(name, record, stats, {tf.value: len(bars) for tf, bars in by_tf.items()})
 
 

@@ -10,6 +10,8 @@ Layout of DATA_DIR::
     bars/<tf>_count.npy  (N,) int32, 1-minute bars per bar
     bars/<tf>_units.npy  (N,) int64 volume in whole units of the instrument's volume unit
     bars/<tf>_log_ohlc.npy (N, 4) float64 log of ohlc: serving windows then needs no log
+    bars/m1_last_<tf>.npy  (N_m1,) int32 the serving index (`serving_index`), rows local to the instrument:
+    bars/<tf>_parent.npy   (N,) int32   ... see there
 
 Each instrument owns the rows ``[begin, end)`` of every timeframe, as recorded in the manifest.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -28,11 +31,11 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from stage1_ds.data.timeframes import TIMEFRAMES, Bars, Timeframe
+from stage1_ds.data.timeframes import TIMEFRAMES, Bars, Timeframe, bucket_start
 from stage1_ds.errors import DataError
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 2  # 2: volume units per bar (bars/<tf>_units.npy), bucket origin, empty splits
+FORMAT_VERSION = 3  # 2: volume units, bucket origin, empty splits; 3: the serving index (`serving_index`)
 SPLITS = ("train", "val", "test")
 _FIELDS = ("start", "ohlc", "volume", "count", "units")
 _STORED = (*_FIELDS, "log_ohlc")
@@ -57,13 +60,49 @@ class SplitRange:
         return self.history_start >= self.end
 
 
-def write_instrument_bars(folder: Path, by_tf: dict[Timeframe, Bars]) -> None:
-    """One instrument's arrays, ``<tf>_<field>.npy`` (and ``<tf>_log_ohlc.npy``), to be assembled later."""
+def index_fields(tf: Timeframe) -> tuple[str, ...]:
+    """The arrays of the serving index stored beside ``tf``'s bars (see `serving_index`)."""
+    coarser = [f"last_{c.value}" for c in TIMEFRAMES[1:]] if tf == TIMEFRAMES[0] else []
+    return (*coarser, *(["parent"] if tf != TIMEFRAMES[-1] else []))
+
+
+def serving_index(by_tf: dict[Timeframe, Bars], origin: int) -> dict[str, np.ndarray]:
+    """What serving needs to find every window's rows without an index in memory, for one instrument, as
+    int32 rows local to it (memory-mapped and shared by every process that serves the folder):
+
+    - ``m1_last_<tf>``: for each 1-minute bar, the last ``tf`` bar complete at its end (its bucket ends at or
+      before it; -1 before the first), the newest bar of a window anchored there;
+    - ``<tf>_parent``: for each bar, the bar of the next coarser timeframe whose bucket holds it.
+    """
+    first = TIMEFRAMES[0]
+    m1_end = by_tf[first].start + first.seconds
+    index = {}
+    for tf in TIMEFRAMES[1:]:
+        last = np.searchsorted(by_tf[tf].start + tf.seconds, m1_end, side="right") - 1
+        index[f"{first.value}_last_{tf.value}"] = last.astype(np.int32)
+    for fine, coarse in itertools.pairwise(TIMEFRAMES):
+        key = bucket_start(by_tf[fine].start, coarse, origin)
+        parent = np.searchsorted(by_tf[coarse].start, key)
+        if len(key) and not np.array_equal(
+            by_tf[coarse].start[np.minimum(parent, len(by_tf[coarse]) - 1)], key
+        ):
+            raise DataError(
+                f"{coarse.value} bars do not cover the {fine.value} bars (a bucket without its bar)"
+            )
+        index[f"{fine.value}_parent"] = parent.astype(np.int32)
+    return index
+
+
+def write_instrument_bars(folder: Path, by_tf: dict[Timeframe, Bars], origin: int) -> None:
+    """One instrument's arrays, ``<tf>_<field>.npy`` (with ``<tf>_log_ohlc.npy`` and the serving index of
+    bucket origin ``origin``), to be assembled later."""
     folder.mkdir(parents=True)
     for tf, bars in by_tf.items():
         for field_name in _FIELDS:
             np.save(folder / f"{tf.value}_{field_name}.npy", getattr(bars, field_name))
         np.save(folder / f"{tf.value}_log_ohlc.npy", np.log(bars.ohlc))
+    for key, rows in serving_index(by_tf, origin).items():
+        np.save(folder / f"{key}.npy", rows)
 
 
 @dataclass(frozen=True)
@@ -119,7 +158,7 @@ class BarsWriter:
         """Append instrument ``name``'s rows of every stored array (``rows_of(tf, field)``)."""
         self.offsets[name] = {}
         for tf in TIMEFRAMES:
-            for field_name in _STORED:
+            for field_name in (*_STORED, *index_fields(tf)):
                 source = rows_of(tf, field_name)
                 data_offset, dtype, shape = _npy_layout(source.path)
                 key = f"{tf.value}_{field_name}"
@@ -236,6 +275,7 @@ class PreparedData:
     manifest: dict[str, Any]
     stats: dict[str, Any]
     bars: dict[Timeframe, Bars]
+    index: dict[str, np.ndarray]  # the serving index (`serving_index`), memory-mapped
 
     @property
     def instruments(self) -> list[str]:
@@ -319,21 +359,30 @@ def load_prepared(data_dir: Path | str) -> PreparedData:
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("format_version") != FORMAT_VERSION:
         raise DataError(
-            f"{manifest_path}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}; "
-            "prepare the data again with this version of stage1"
+            f"{manifest_path}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION} "
+            "(3 stores the serving index that keeps memory flat in the number of anchors); prepare the data "
+            "again with this version of stage1"
         )
     stats = json.loads(stats_path.read_text())
-    bars = {}
+    bars, index = {}, {}
     for name in manifest["timeframes"]:
         tf = Timeframe(name)
-        arrays = {}
-        for field_name in _STORED:
-            path = root / "bars" / f"{name}_{field_name}.npy"
-            if not path.is_file():
-                raise DataError(f"{path}: missing; the prepared folder is incomplete, prepare it again")
-            try:
-                arrays[field_name] = np.load(path, mmap_mode="r")
-            except ValueError as error:  # a file cut short (a full disk, a copy that stopped)
-                raise DataError(f"{path}: not a complete array ({error}); prepare the folder again") from None
+        arrays = {f: _open_array(root / "bars" / f"{name}_{f}.npy") for f in _STORED}
         bars[tf] = Bars(**arrays)
-    return PreparedData(root=root, manifest=manifest, stats=stats, bars=bars)
+        for field_name in index_fields(tf):
+            index[f"{name}_{field_name}"] = _open_array(root / "bars" / f"{name}_{field_name}.npy")
+    return PreparedData(root=root, manifest=manifest, stats=stats, bars=bars, index=index)
+
+
+def _open_array(path: Path) -> np.ndarray:
+    """A stored array, memory-mapped.
+
+    Raises:
+        DataError: it is missing or cut short.
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: missing; the prepared folder is incomplete, prepare it again")
+    try:
+        return np.load(path, mmap_mode="r")
+    except ValueError as error:  # a file cut short (a full disk, a copy that stopped)
+        raise DataError(f"{path}: not a complete array ({error}); prepare the folder again") from None

@@ -28,7 +28,7 @@ from stage1_ds.data.batch import Batch, TimeframeWindow
 from stage1_ds.data.features import to_features, volume_reference, volume_scale
 from stage1_ds.data.store import SPLITS, PreparedData, load_prepared, scale_of
 from stage1_ds.data.streams import EpochPermutation, Stream, uniform_hash
-from stage1_ds.data.timeframes import BASE, Timeframe, bucket_start, sort_timeframes
+from stage1_ds.data.timeframes import BASE, TIMEFRAMES, Timeframe, bucket_start, sort_timeframes
 from stage1_ds.errors import DataError
 
 
@@ -92,55 +92,43 @@ class WindowDataset(Dataset):
             tf: np.array([scale_of(stats, name, tf) for name in self.instruments], dtype=np.float32)
             for tf in self.timeframes
         }
-        # Row indexes are held per anchor and per bar, in memory: 32 bits where every array fits, which
-        # halves the index (about 35 bytes per anchor instead of 70; 1.3 GB for the train split of 100
-        # instrument-years of 1-minute bars).
-        rows = max(len(self._bars[tf].start) for tf in self.timeframes)
-        self._index_dtype = np.int32 if rows < 2**31 else np.int64
+        # Nothing is held per anchor or per bar: the anchors of each instrument are one run of its 1-minute
+        # rows, and the rows of every window come from the folder's memory-mapped serving index.
+        self._index = {key: np.asarray(array) for key, array in self.data.index.items()}
+        self._offset = {
+            tf: np.array([self.data.rows(name, tf)[0] for name in self.instruments], dtype=np.int64)
+            for tf in TIMEFRAMES
+        }
         self._index_anchors()
-        self._index_parents()
 
     def __len__(self) -> int:
-        return len(self._anchor_instrument)
-
-    @property
-    def anchor_time(self) -> np.ndarray:
-        """(anchors,) end of each anchor bar, seconds; in time order within each instrument."""
-        return self._anchor_time
-
-    @property
-    def anchor_instrument(self) -> np.ndarray:
-        """(anchors,) index into `instruments` of each anchor."""
-        return self._anchor_instrument
+        return int(self._anchors_before[-1])
 
     def _index_anchors(self) -> None:
-        instrument, time = [], []
-        last: dict[Timeframe, list[np.ndarray]] = {tf: [] for tf in self.timeframes}
-        for k, name in enumerate(self.instruments):
+        """Per instrument, the run of its 1-minute rows that are anchors: their end in the split, and every
+        timeframe's window of full length inside the split's history (both conditions hold from some row
+        on, since the last complete bar of a timeframe never moves back)."""
+        first, count = [], []
+        for name in self.instruments:
             region = self.data.split(name, self.split)
             begin, end = self.data.rows(name, BASE)
-            m1_start = np.asarray(self._bars[BASE].start[begin:end])
-            anchor_end = m1_start + BASE.seconds
-            in_split = np.flatnonzero((anchor_end > region.anchor_start) & (anchor_end <= region.end))
-            t = anchor_end[in_split]
-            ok = np.ones(len(t), dtype=bool)
-            lasts = {}
+            m1_start = self._start[BASE][begin:end]
+            low = int(np.searchsorted(m1_start, region.anchor_start - BASE.seconds, side="right"))
+            high = int(np.searchsorted(m1_start, region.end - BASE.seconds, side="right"))
+            row = low
             for tf in self.timeframes:
                 tf_begin, tf_end = self.data.rows(name, tf)
-                start = np.asarray(self._bars[tf].start[tf_begin:tf_end])
-                local_last = np.searchsorted(start + tf.seconds, t, side="right") - 1
-                first = local_last - self.window_bars[tf] + 1
-                ok &= first >= 0
-                ok &= start[np.clip(first, 0, None)] >= region.history_start
-                lasts[tf] = local_last + tf_begin
-            keep = np.flatnonzero(ok)
-            instrument.append(np.full(len(keep), k, dtype=np.int32))
-            time.append(t[keep])
-            for tf in self.timeframes:
-                last[tf].append(lasts[tf][keep].astype(self._index_dtype))
-        self._anchor_instrument = np.concatenate(instrument)
-        self._anchor_time = np.concatenate(time)
-        self._last = {tf: np.concatenate(v) for tf, v in last.items()}
+                oldest = int(np.searchsorted(self._start[tf][tf_begin:tf_end], region.history_start))
+                needed = oldest + self.window_bars[tf] - 1  # the newest bar of the first full window
+                if tf == BASE:
+                    row = max(row, needed)
+                else:
+                    last = self._index[f"{BASE.value}_last_{tf.value}"][begin:end]
+                    row = max(row, low + int(np.searchsorted(last[low:high], needed)))
+            first.append(row)
+            count.append(max(0, high - row))
+        self._first_anchor = np.array(first, dtype=np.int64)  # local 1-minute row of each instrument's first
+        self._anchors_before = np.r_[0, np.cumsum(count)].astype(np.int64)
         if all(self.data.split(name, self.split).empty for name in self.instruments):
             raise DataError(
                 f"{self.data.root}: the {self.split} split is empty (prepared with --split "
@@ -155,31 +143,23 @@ class WindowDataset(Dataset):
                 "lower data.window_bars or prepare more data"
             )
 
-    def _index_parents(self) -> None:
-        """For each consecutive pair (finer f, coarser c): per f bar, the global row of its c bar, and the
-        global row of the first f bar in the same c bucket."""
-        self._parent_row: dict[Timeframe, np.ndarray] = {}
-        self._bucket_first: dict[Timeframe, np.ndarray] = {}
-        origin = self.data.bucket_origin
-        for fine, coarse in zip(self.timeframes[:-1], self.timeframes[1:], strict=True):
-            parent_rows, bucket_first = [], []
-            for name in self.instruments:
-                f_begin, f_end = self.data.rows(name, fine)
-                c_begin, c_end = self.data.rows(name, coarse)
-                key = bucket_start(np.asarray(self._bars[fine].start[f_begin:f_end]), coarse, origin)
-                c_start = np.asarray(self._bars[coarse].start[c_begin:c_end])
-                pos = np.searchsorted(c_start, key)
-                if len(c_start) == 0 or not np.array_equal(c_start[np.minimum(pos, len(c_start) - 1)], key):
-                    raise DataError(
-                        f"{self.data.root}: {coarse} bars of {name} do not cover its {fine} bars; "
-                        "prepare the data again"
-                    )
-                parent_rows.append((pos + c_begin).astype(self._index_dtype))
-                run_start = np.r_[True, key[1:] != key[:-1]]
-                first = np.maximum.accumulate(np.where(run_start, np.arange(len(key)), 0)) + f_begin
-                bucket_first.append(first.astype(self._index_dtype))
-            self._parent_row[fine] = np.concatenate(parent_rows)
-            self._bucket_first[fine] = np.concatenate(bucket_first)
+    def _locate(self, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B,) instrument index and global 1-minute row of each anchor."""
+        instrument = np.searchsorted(self._anchors_before, anchors, side="right") - 1
+        local = self._first_anchor[instrument] + anchors - self._anchors_before[instrument]
+        return instrument, self._offset[BASE][instrument] + local
+
+    @property
+    def anchor_instrument(self) -> np.ndarray:
+        """(anchors,) index into `instruments` of each anchor; built on request (it has one entry per
+        anchor: for evaluation, not serving)."""
+        return np.repeat(np.arange(len(self.instruments)), np.diff(self._anchors_before))
+
+    @property
+    def anchor_time(self) -> np.ndarray:
+        """(anchors,) end of each anchor bar, seconds, in time order within each instrument; built on
+        request, as `anchor_instrument`."""
+        return self._start[BASE][self._locate(np.arange(len(self)))[1]] + BASE.seconds
 
     def __getitems__(self, ids: list[int]) -> Batch:
         return self.batch(np.asarray(ids, dtype=np.int64))
@@ -189,9 +169,8 @@ class WindowDataset(Dataset):
 
     def batch(self, ids: np.ndarray, masker: BarMasker | None = None) -> Batch:
         """Assemble the batch of the given sample ids, masked by ``masker`` (unmasked without one)."""
-        anchors = ids % len(self)
-        instrument = self._anchor_instrument[anchors]
-        anchor_time = self._anchor_time[anchors]
+        instrument, m1_row = self._locate(ids % len(self))
+        anchor_time = self._start[BASE][m1_row] + BASE.seconds
         keep = {
             tf: uniform_hash(self.seed, ids, Stream.KEEP + i) < self.keep_probability[tf]
             for i, tf in enumerate(self.timeframes)
@@ -201,7 +180,7 @@ class WindowDataset(Dataset):
 
         rows, firsts, start, valid = {}, {}, {}, {}
         for tf in self.timeframes:
-            rows[tf] = self.rows(ids, tf)  # (B, L) global rows
+            rows[tf] = self._rows(instrument, m1_row, tf)  # (B, L) global rows
             firsts[tf] = rows[tf][:, 0]
             start[tf] = self._start[tf][rows[tf]]
             valid[tf] = np.repeat(keep[tf][:, None], rows[tf].shape[1], axis=1)
@@ -227,8 +206,8 @@ class WindowDataset(Dataset):
             parent = None
             if i + 1 < len(self.timeframes):
                 coarse = self.timeframes[i + 1]
-                pos = self._parent_row[tf][rows[tf]] - firsts[coarse][:, None]
-                inside = self._bucket_first[tf][rows[tf]] >= firsts[tf][:, None]
+                pos = self._parent(instrument, rows[tf], tf, coarse) - firsts[coarse][:, None]
+                inside = self._bucket_inside(instrument, rows[tf], start[tf], tf, coarse)
                 ok = (pos >= 0) & (pos < self.window_bars[coarse]) & inside
                 ok &= (keep[tf] & keep[coarse])[:, None]
                 parent = torch.from_numpy(np.where(ok, pos, -1))
@@ -288,8 +267,38 @@ class WindowDataset(Dataset):
 
     def rows(self, ids: np.ndarray, tf: Timeframe) -> np.ndarray:
         """(B, L) rows of the prepared ``tf`` arrays that the samples' windows of ``tf`` hold."""
-        length = self.window_bars[tf]
-        return self._last[tf][np.asarray(ids) % len(self)][:, None] + np.arange(1 - length, 1)
+        return self._rows(*self._locate(np.asarray(ids) % len(self)), tf)
+
+    def _rows(self, instrument: np.ndarray, m1_row: np.ndarray, tf: Timeframe) -> np.ndarray:
+        if tf == BASE:
+            last = m1_row
+        else:
+            last = self._offset[tf][instrument] + self._index[f"{BASE.value}_last_{tf.value}"][m1_row]
+        return last[:, None] + np.arange(1 - self.window_bars[tf], 1)
+
+    def _parent(
+        self, instrument: np.ndarray, rows: np.ndarray, fine: Timeframe, coarse: Timeframe
+    ) -> np.ndarray:
+        """(B, L) global rows of the ``coarse`` bars that hold ``fine`` bars (global ``rows``), through the
+        stored parent of each prepared timeframe in between."""
+        at = TIMEFRAMES.index(fine)
+        while TIMEFRAMES[at] != coarse:
+            step, up = TIMEFRAMES[at], TIMEFRAMES[at + 1]
+            rows = self._offset[up][instrument][:, None] + self._index[f"{step.value}_parent"][rows]
+            at += 1
+        return rows
+
+    def _bucket_inside(
+        self, instrument: np.ndarray, rows: np.ndarray, start: np.ndarray, fine: Timeframe, coarse: Timeframe
+    ) -> np.ndarray:
+        """(B, L) whether the ``coarse`` bucket of each ``fine`` bar lies wholly inside the fine window: it
+        starts at or after the window's first bar, or no fine bar lies between its start and that bar (the
+        bar before the window, if the instrument has one, is older than the bucket)."""
+        key = bucket_start(start, coarse, self.data.bucket_origin)
+        before = rows[:, 0] - 1
+        has_before = before >= self._offset[fine][instrument]
+        before_start = np.where(has_before, self._start[fine][np.maximum(before, 0)], np.iinfo(np.int64).min)
+        return (key >= start[:, :1]) | (before_start[:, None] < key)
 
     def true_ohlc(self, ids: np.ndarray, tf: Timeframe) -> np.ndarray:
         """(B, L, 4) float64 true prices of the windows of ``tf`` (for tests and evaluation)."""
