@@ -4,12 +4,15 @@ instrument-years (time and peak RSS, 1 and 2 workers) and serving from the 100-i
 
 Usage: python scripts/bench_data.py [--histdata ../shared/data/histdata] [--json OUT.json]
        python scripts/bench_data.py --scale [--scale-sizes 1 10 100] [--scale-dir /tmp/stage1_scale] [--json OUT.json]
+       python scripts/bench_data.py --serve-scale [--serve-sizes 1 10 100 300] [--batches N] [--json OUT.json]
 
 Targets: prepare one HistData year < 10 s; >= 20,000 windows/s on one core unmasked and >= 15,000 with
 masks (batches of 256, all six timeframes, 128 bars each, memory-mapped); serving two instruments x one
 year < 500 MB RSS. Scale: peak RSS of prepare independent of the number of instruments (100
 instrument-years within 1.2x of one), time linear in rows, at least 1.7x faster with 2 workers than 1,
-serving unchanged (>= 20,000 windows/s per core) from the 100-instrument folder.
+serving unchanged (>= 20,000 windows/s per core) from the 100-instrument folder. Serve-scale: private
+memory (USS) of a serving process within 1.2x from 1 to 300 instrument-years; four at once at most 4x one
+over 1 instrument-year plus 10%; >= 20,000 windows/s per core with the default masks; first batch < 5 s.
 """
 
 from __future__ import annotations
@@ -160,6 +163,70 @@ def scale(scale_dir: Path, batches: int, sizes: list[int]) -> dict[str, object]:
     return results
 
 
+def serve_memory(data_dir: str, batches: int) -> dict[str, float]:
+    """A serving process as one rank would be: open the train split with the default config, serve its
+    first batch (start-up, timed from opening the folder, imports excluded), then ``batches`` batches of
+    256 with the default masks on one core; report windows/s and this process's memory at the end: USS
+    (pages no other process shares: its private memory), RSS and the part of RSS that is mapped files."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    import psutil
+    import torch
+
+    torch.set_num_threads(1)
+    from stage1_ds.config import DataConfig, MaskingConfig
+    from stage1_ds.data.windows import WindowDataset, WindowSampler
+    from stage1_ds.model.masking import MaskedWindows
+
+    opened = time.perf_counter()
+    dataset = WindowDataset(data_dir, "train", DataConfig(), seed=0)
+    masked = MaskedWindows(dataset, MaskingConfig(), patch_len=8, seed=os.getpid())
+    sampler = WindowSampler(len(dataset), 256, seed=os.getpid())
+    masked.batch(sampler.batch_ids(0))
+    first_batch = time.perf_counter() - opened
+    start = time.perf_counter()
+    served = sum(masked.batch(sampler.batch_ids(b)).size for b in range(1, batches + 1))
+    per_s = served / (time.perf_counter() - start)
+    memory = psutil.Process().memory_full_info()
+    mb = 1 / 2**20
+    return {
+        "anchors": len(dataset),
+        "first_batch_s": first_batch,
+        "windows_per_s": per_s,
+        "uss_mb": memory.uss * mb,
+        "rss_mb": memory.rss * mb,
+        "shared_mb": memory.shared * mb,
+        **resident_split(),
+    }
+
+
+def serve_scale(scale_dir: Path, batches: int, sizes: list[int], ranks: int = 4) -> dict[str, object]:
+    """For each size of synthetic instrument-years: one serving process alone, then ``ranks`` at once (as the
+    ranks of one node), each in a fresh process; their private memory (USS), first-batch latency and
+    windows/s. The folder is prepared with 2 workers and removed after."""
+    results: dict[str, object] = {}
+    for instruments in sizes:
+        folder = scale_dir / f"serve_i{instruments}"
+        shutil.rmtree(folder, ignore_errors=True)
+        run_child("--prepare-child", str(folder), str(instruments), "2")
+        alone = run_child("--serve-memory", str(folder), "--batches", str(batches))
+        command = [sys.executable, __file__, "--serve-memory", str(folder), "--batches", str(batches)]
+        children = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(ranks)]
+        together = [json.loads(child.communicate()[0].strip().splitlines()[-1]) for child in children]
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
+        results[f"{instruments}_instrument_years"] = {"alone": alone, "together": together, "folder_mb": size}
+        print(
+            f"{instruments:>4} instrument-years ({alone['anchors']:,} train anchors, folder {size:,.0f} MB): "
+            f"alone USS {alone['uss_mb']:.0f} MB, RSS {alone['rss_mb']:.0f} MB ({alone.get('rssfile_mb', 0):.0f} "
+            f"MB mapped files), first batch {alone['first_batch_s']:.2f} s, {alone['windows_per_s']:,.0f} "
+            f"windows/s with the default masks; {ranks} at once: USS "
+            + " + ".join(f"{t['uss_mb']:.0f}" for t in together)
+            + f" = {sum(t['uss_mb'] for t in together):.0f} MB, first batch up to "
+            f"{max(t['first_batch_s'] for t in together):.2f} s"
+        )
+        shutil.rmtree(folder)
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--histdata", type=Path, default=REPO.parent / "shared" / "data" / "histdata")
@@ -168,11 +235,28 @@ def main() -> int:
     parser.add_argument("--scale", action="store_true", help="the 1/10/100 instrument-year measurements")
     parser.add_argument("--scale-dir", type=Path, default=Path(tempfile.gettempdir()) / "stage1_scale")
     parser.add_argument("--scale-sizes", type=int, nargs="+", default=[1, 10, 100], help="instrument-years")
+    parser.add_argument(
+        "--serve-scale",
+        action="store_true",
+        help="private memory and speed of serving at 1 to 300 instrument-years",
+    )
+    parser.add_argument(
+        "--serve-sizes", type=int, nargs="+", default=[1, 10, 100, 300], help="instrument-years"
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)  # internal: run `serve` in a fresh process
+    parser.add_argument("--serve-memory", help=argparse.SUPPRESS)  # internal: `serve_memory`, fresh process
     parser.add_argument("--prepare-child", nargs=3, help=argparse.SUPPRESS)  # internal: a fresh process
     args = parser.parse_args()
     if args.serve:
         print(json.dumps(serve(args.serve, args.batches)))
+        return 0
+    if args.serve_memory:
+        print(json.dumps(serve_memory(args.serve_memory, args.batches)))
+        return 0
+    if args.serve_scale:
+        results = serve_scale(args.scale_dir, args.batches, args.serve_sizes)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
         return 0
     if args.prepare_child:
         out, instruments, workers = args.prepare_child

@@ -72,3 +72,19 @@ def test_bench_data_scale_measures_every_size_and_worker_count(tmp_path: Path) -
     assert report["prepare_2x1y_2w"]["worker_peak_rss_mb"] > 50, "the worker processes are measured"
     assert report["serve_2_instruments"]["windows_per_s_unmasked"] > 0
     assert not any((tmp_path / "scale").iterdir()), "the prepared folders are removed"
+
+
+def test_bench_data_serve_scale_measures_one_and_four_serving_processes(tmp_path: Path) -> None:
+    out = tmp_path / "serve.json"
+    command = [sys.executable, str(REPO / "scripts" / "bench_data.py"), "--serve-scale", "--serve-sizes", "1"]
+    command += ["--scale-dir", str(tmp_path / "scale"), "--batches", "2", "--json", str(out)]
+    result = subprocess.run(
+        command, cwd=REPO, env=fresh_process_env(), capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    measured = json.loads(out.read_text())["1_instrument_years"]
+    assert len(measured["together"]) == 4
+    for process in [measured["alone"], *measured["together"]]:
+        assert 50 < process["uss_mb"] <= process["rss_mb"] and process["windows_per_s"] > 0
+        assert process["first_batch_s"] > 0 and process["anchors"] > 100_000
+    assert not any((tmp_path / "scale").iterdir()), "the prepared folder is removed"
