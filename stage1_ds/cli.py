@@ -152,7 +152,15 @@ def _run_prepare(args: argparse.Namespace) -> int:
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `stage1 train` and scripts/train_stage1.py (which any launcher runs)."""
     p.add_argument("--config", type=Path, required=True, help="experiment YAML (see configs/)")
-    p.add_argument("--data", "--data_dir", dest="data", type=Path, required=True, help="prepared data folder")
+    p.add_argument(
+        "--data",
+        "--data_dir",
+        dest="data",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="a prepared data folder, or several (or a catalog file listing them) served as one corpus",
+    )
     p.add_argument("--out", type=Path, help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     p.add_argument(
@@ -239,7 +247,13 @@ def _run_convert(args: argparse.Namespace) -> int:
 def _add_model_data_split(p: argparse.ArgumentParser) -> None:
     """``--model``, ``--data``, ``--split`` and ``--allow-other-stats``: what `evaluate` and `encode` read."""
     p.add_argument("--model", type=Path, required=True, help="an export folder (stage1 convert)")
-    p.add_argument("--data", type=Path, required=True, help="a prepared data folder")
+    p.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="a prepared data folder, several, or a catalog file",
+    )
     p.add_argument("--split", choices=list(SPLITS), default="test")
     p.add_argument(
         "--allow-other-stats",
@@ -250,10 +264,14 @@ def _add_model_data_split(p: argparse.ArgumentParser) -> None:
 
 def _model_stats(args: argparse.Namespace) -> dict:
     """The export's feature statistics, checked against the data folder's (`model_stats`)."""
-    from stage1_ds.data.store import load_prepared, model_stats
+    from stage1_ds.data.corpus import load_corpus
+    from stage1_ds.data.store import model_stats
     from stage1_ds.model.stage1 import load_export_stats
 
-    return model_stats(load_export_stats(args.model), load_prepared(args.data), args.allow_other_stats)
+    stats = load_export_stats(args.model)
+    for data in load_corpus(args.data):
+        stats = model_stats(stats, data, args.allow_other_stats)
+    return stats
 
 
 def _add_evaluate(commands: argparse._SubParsersAction) -> None:
@@ -336,7 +354,13 @@ def _add_probe(commands: argparse._SubParsersAction) -> None:
         "probe", help="forecast future realised variance and direction from the embeddings, against HAR"
     )
     p.add_argument("--model", type=Path, required=True, help="an export folder (stage1 convert)")
-    p.add_argument("--data", type=Path, required=True, help="a prepared data folder with train, val and test")
+    p.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="a prepared data folder with train, val and test (or several, or a catalog file)",
+    )
     p.add_argument("--json", type=Path, required=True, help="write the report here (and a PNG beside it)")
     p.add_argument("--max-anchors", type=int, default=3000, help="at most this many anchors per split")
     p.add_argument("--seed", type=int, default=0, help="anchor subsample and the untrained control's init")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 
 from stage1_ds.config import DataConfig
 from stage1_ds.data.batch import Batch, TimeframeWindow
-from stage1_ds.data.windows import WindowDataset
+from stage1_ds.data.corpus import DataSource, open_windows
 from stage1_ds.errors import ConfigError
 from stage1_ds.model.stage1 import Stage1Model
 
@@ -58,7 +57,7 @@ def batch_from_arrays(features: dict[str, np.ndarray]) -> Batch:
 
 def encode(
     model: Stage1Model,
-    data_dir: Path | str | None = None,
+    data_dir: DataSource | None = None,
     split: str = "test",
     features: dict[str, np.ndarray] | None = None,
     batch_size: int = 256,
@@ -90,7 +89,7 @@ def encode(
     else:
         if data_dir is None:
             raise ValueError("encode needs data_dir or features")
-        windows = WindowDataset(data_dir, split, model_data_config(model), seed=0, stats=stats)
+        windows = open_windows(data_dir, split, model_data_config(model), seed=0, stats=stats)
         total = len(windows) if max_batches is None else min(len(windows), max_batches * batch_size)
         batches = (
             windows.batch(np.arange(i, min(i + batch_size, total))) for i in range(0, total, batch_size)

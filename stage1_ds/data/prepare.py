@@ -38,6 +38,7 @@ from stage1_ds.data.store import (
     BarsWriter,
     PreparedData,
     SplitRange,
+    check_alike,
     load_prepared,
     part_rows,
     prepared_rows,
@@ -390,10 +391,6 @@ def prepare_instrument(job: Job, options: PrepareOptions, parts: Path) -> Prepar
     return Prepared(name, record, stats, {tf.value: len(bars) for tf, bars in by_tf.items()})
 
 
-#: Options that must agree between folders that are merged.
-_MERGE_KEYS = ("format_version", "window_bars", "split_fractions", "timezone", "bucket_origin_seconds")
-
-
 def merge_prepared(folders: list[Path], out: Path, force: bool = False) -> dict[str, Any]:
     """Merge prepared folders of disjoint instruments (prepared on several machines) into one, as a single
     ``prepare`` of all their files would have written it: the same arrays, records and statistics
@@ -405,26 +402,11 @@ def merge_prepared(folders: list[Path], out: Path, force: bool = False) -> dict[
             an instrument is in two folders, or a folder lacks the sufficient statistics.
     """
     datas = [load_prepared(folder) for folder in folders]
-    first = datas[0].manifest
-    for data in datas[1:]:
-        differ = [key for key in _MERGE_KEYS if data.manifest.get(key) != first.get(key)]
-        if differ:
-            detail = "; ".join(
-                f"{key}: {first.get(key)!r} in {datas[0].root}, {data.manifest.get(key)!r}" for key in differ
-            )
-            raise DataError(
-                f"{data.root}: prepared with other options than {datas[0].root} ({detail}); prepare them alike"
-            )
-    owners: dict[str, Path] = {}
+    check_alike(datas)
     for data in datas:
         for name in data.instruments:
-            if name in owners:
-                raise DataError(
-                    f"instrument {name} is in {owners[name]} and {data.root}: prepare all files of an instrument "
-                    "together (its splits are cut over its whole time range)"
-                )
-            owners[name] = data.root
             _check_sufficient(data, name)
+    first = datas[0].manifest
     _claim_output(out, force)
     with BarsWriter(out) as writer:
         for data in datas:

@@ -345,6 +345,37 @@ def model_stats(model_stats: dict[str, Any], data: PreparedData, allow_other: bo
     return {**model_stats, "instruments": merged}
 
 
+#: Options that must agree between folders served together or merged.
+ALIKE_KEYS = ("format_version", "window_bars", "split_fractions", "timezone", "bucket_origin_seconds")
+
+
+def check_alike(datas: list[PreparedData]) -> None:
+    """Folders served or merged together were prepared with the same options and hold disjoint instruments.
+
+    Raises:
+        DataError: naming the folders and the options that differ, or an instrument in two folders.
+    """
+    first = datas[0].manifest
+    for data in datas[1:]:
+        differ = [key for key in ALIKE_KEYS if data.manifest.get(key) != first.get(key)]
+        if differ:
+            detail = "; ".join(
+                f"{key}: {first.get(key)!r} in {datas[0].root}, {data.manifest.get(key)!r}" for key in differ
+            )
+            raise DataError(
+                f"{data.root}: prepared with other options than {datas[0].root} ({detail}); prepare them alike"
+            )
+    owners: dict[str, Path] = {}
+    for data in datas:
+        for name in data.instruments:
+            if name in owners:
+                raise DataError(
+                    f"instrument {name} is in {owners[name]} and {data.root}: prepare all files of an instrument "
+                    "together (its splits are cut over its whole time range)"
+                )
+            owners[name] = data.root
+
+
 def load_prepared(data_dir: Path | str) -> PreparedData:
     """Open DATA_DIR written by ``stage1 prepare``.
 

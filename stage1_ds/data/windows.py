@@ -149,6 +149,10 @@ class WindowDataset(Dataset):
         local = self._first_anchor[instrument] + anchors - self._anchors_before[instrument]
         return instrument, self._offset[BASE][instrument] + local
 
+    def data_of(self, instrument: str) -> PreparedData:
+        """The folder that holds an instrument (this dataset's one folder)."""
+        return self.data
+
     @property
     def anchor_instrument(self) -> np.ndarray:
         """(anchors,) index into `instruments` of each anchor; built on request (it has one entry per
@@ -167,9 +171,16 @@ class WindowDataset(Dataset):
     def __getitem__(self, sample_id: int) -> Batch:
         return self.batch(np.asarray([sample_id], dtype=np.int64))
 
-    def batch(self, ids: np.ndarray, masker: BarMasker | None = None) -> Batch:
-        """Assemble the batch of the given sample ids, masked by ``masker`` (unmasked without one)."""
-        instrument, m1_row = self._locate(ids % len(self))
+    def batch(
+        self, ids: np.ndarray, masker: BarMasker | None = None, anchors: np.ndarray | None = None
+    ) -> Batch:
+        """Assemble the batch of the given sample ids, masked by ``masker`` (unmasked without one).
+
+        Args:
+            anchors: the anchor of each sample when it is not ``ids % len(self)`` (a folder of a
+                `stage1_ds.data.corpus.CorpusWindows`, whose ids run over every folder's anchors).
+        """
+        instrument, m1_row = self._locate(ids % len(self) if anchors is None else anchors)
         anchor_time = self._start[BASE][m1_row] + BASE.seconds
         keep = {
             tf: uniform_hash(self.seed, ids, Stream.KEEP + i) < self.keep_probability[tf]

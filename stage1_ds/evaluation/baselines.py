@@ -21,14 +21,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from stage1_ds.config import Config
 from stage1_ds.data.batch import Batch, TimeframeWindow
-from stage1_ds.data.windows import WindowDataset, WindowSampler
+from stage1_ds.data.corpus import DataSource, open_windows
+from stage1_ds.data.windows import WindowSampler
 
 Predictor = Callable[[Batch], dict[str, torch.Tensor]]
 OPEN, HIGH, LOW, CLOSE = range(4)
@@ -84,11 +84,11 @@ def last_close(batch: Batch) -> dict[str, torch.Tensor]:
 
 
 def train_mean_predictor(
-    data_dir: Path, config: Config, batches: int = 16, batch_size: int = 64, stats: dict | None = None
+    data_dir: DataSource, config: Config, batches: int = 16, batch_size: int = 64, stats: dict | None = None
 ) -> Predictor:
     """The training split's mean feature per timeframe and window position, over the samples that keep the
     timeframe (a dropped timeframe's zeros are not prices), as a constant prediction."""
-    windows = WindowDataset(data_dir, "train", config.data, seed=config.seed, stats=stats)
+    windows = open_windows(data_dir, "train", config.data, seed=config.seed, stats=stats)
     sampler = WindowSampler(len(windows), min(batch_size, len(windows)), seed=12345, num_batches=batches)
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, torch.Tensor] = {}

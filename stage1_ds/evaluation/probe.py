@@ -48,9 +48,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from stage1_ds.data.corpus import DataSource, Windows, open_windows
 from stage1_ds.data.store import PreparedData
 from stage1_ds.data.timeframes import Timeframe
-from stage1_ds.data.windows import WindowDataset
 from stage1_ds.encoding import encode_batch, model_data_config
 from stage1_ds.evaluation.statistics import Ridge, auc, auc_interval, diebold_mariano, wilson_interval
 from stage1_ds.evaluation.volatility import (
@@ -145,24 +145,23 @@ def rule_blocks(bars: MinuteBars, time: np.ndarray, known: InstrumentRules) -> d
     return blocks
 
 
-def probe_set(
-    windows: WindowDataset, max_anchors: int, seed: int, known: dict[str, InstrumentRules]
-) -> ProbeSet:
+def probe_set(windows: Windows, max_anchors: int, seed: int, known: dict[str, InstrumentRules]) -> ProbeSet:
     """Anchors of a split at least `SPACING_MINUTES` apart whose horizons stay inside the split and whose
     history (a calendar week, `LONGEST_WINDOW_BARS` bars) is in it, a seeded subsample of at most
     ``max_anchors``, with their targets and rule features (``known``: each instrument's train profiles)."""
-    data = windows.data
     ids_all = np.arange(len(windows))
+    anchor_instrument, anchor_time = windows.anchor_instrument, windows.anchor_time
     chosen: list[np.ndarray] = []
     times: list[np.ndarray] = []
     targets: list[dict[str, np.ndarray]] = []
     blocks: list[dict[str, np.ndarray]] = []
     dropped = {"flat_history": 0, "unknown_target": 0}
     for k, name in enumerate(windows.instruments):
+        data = windows.data_of(name)
         region = data.split(name, windows.split)
         bars = minute_bars(data, name)
-        ids = ids_all[windows.anchor_instrument == k]
-        time = windows.anchor_time[ids]
+        ids = ids_all[anchor_instrument == k]
+        time = anchor_time[ids]
         history_bars = bars.first_at_or_after(time) - bars.first_at_or_after(np.array([region.history_start]))
         inside = (
             (time + 60 * LONGEST_MINUTES <= region.end)
@@ -212,7 +211,7 @@ def minute_bars(data: PreparedData, instrument: str) -> MinuteBars:
 
 @torch.no_grad()
 def pooled_embeddings(
-    model: Stage1Model, windows: WindowDataset, ids: np.ndarray, batch_size: int = 256
+    model: Stage1Model, windows: Windows, ids: np.ndarray, batch_size: int = 256
 ) -> np.ndarray:
     """(N, timeframes x d_model): each timeframe's pooled encoder states of the unmasked windows, side by side."""
     parts = []
@@ -327,7 +326,7 @@ def _sign_scores(truth: np.ndarray, score: np.ndarray) -> dict[str, float]:
 def probe(
     model: Stage1Model,
     untrained: Stage1Model,
-    data_dir: Path | str,
+    data_dir: DataSource,
     max_anchors: int = 3000,
     seed: int = 0,
     stats: dict[str, Any] | None = None,
@@ -350,10 +349,11 @@ def probe(
     embeddings: dict[str, dict[str, np.ndarray]] = {"embeddings": {}, "embeddings_random_init": {}}
     known: dict[str, InstrumentRules] = {}
     for split in SPLITS:
-        windows = WindowDataset(data_dir, split, config, seed=seed, stats=stats)
+        windows = open_windows(data_dir, split, config, seed=seed, stats=stats)
         if split == "train":
             for name in windows.instruments:
-                bars, train = minute_bars(windows.data, name), windows.data.split(name, "train")
+                data = windows.data_of(name)
+                bars, train = minute_bars(data, name), data.split(name, "train")
                 known[name] = InstrumentRules(seasonal_profile(bars, train), periodicity(bars, train))
         chosen = sets[split] = probe_set(windows, max_anchors, seed, known)
         log.info("probe: %d %s anchors (dropped: %s)", len(chosen.ids), split, chosen.dropped)

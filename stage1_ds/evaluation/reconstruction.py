@@ -26,9 +26,9 @@ import torch
 
 from stage1_ds.config import Config, MaskingMode
 from stage1_ds.data.batch import Batch
+from stage1_ds.data.corpus import DataSource, load_corpus, open_windows
 from stage1_ds.data.features import NUM_FEATURES
-from stage1_ds.data.store import load_prepared
-from stage1_ds.data.windows import WindowDataset, WindowSampler
+from stage1_ds.data.windows import WindowSampler
 from stage1_ds.evaluation.baselines import (
     Predictor,
     cross_timeframe_rules,
@@ -118,7 +118,7 @@ def model_predictor(model: Stage1Model) -> Predictor:
 
 def evaluate(
     model: Stage1Model | Predictor,
-    data_dir: Path,
+    data_dir: DataSource,
     config: Config,
     split: str = "test",
     batches: int = 20,
@@ -151,10 +151,14 @@ def evaluate(
         "last_close": last_close,
         "cross_timeframe_rules": cross_timeframe_rules,
     }
-    data = load_prepared(data_dir)
-    if not all(data.split(name, "train").empty for name in data.instruments):  # an all-test folder has none
+    datas = load_corpus(data_dir)
+
+    def has(split_name: str) -> bool:
+        return not all(d.split(name, split_name).empty for d in datas for name in d.instruments)
+
+    if has("train"):  # an all-test folder has none
         baselines["train_mean"] = train_mean_predictor(data_dir, config, stats=stats)
-    chosen_on = "val" if not all(data.split(name, "val").empty for name in data.instruments) else split
+    chosen_on = "val" if has("val") else split
     if chosen_on != "val":
         log.warning(
             "%s has no val split: the best baseline is chosen on the %s split it is scored on",
@@ -198,7 +202,7 @@ class ModeScores:
 
 def _score_mode(
     mode: MaskingMode,
-    data_dir: Path,
+    data_dir: DataSource,
     split: str,
     config: Config,
     batches: int,
@@ -210,7 +214,7 @@ def _score_mode(
 ) -> ModeScores:
     """Mask windows of ``split`` in ``mode`` (fixed seed) and score ``predict`` (the model; None: the
     baselines alone) and ``baselines`` on the masked bars of the samples that kept the mode."""
-    windows = WindowDataset(data_dir, split, config.data, seed=seed, stats=stats)
+    windows = open_windows(data_dir, split, config.data, seed=seed, stats=stats)
     masking = copy.deepcopy(config.model.masking)
     masking.modes = {mode.value: 1.0}
     data = MaskedWindows(windows, masking, config.model.patch_len, seed=seed)

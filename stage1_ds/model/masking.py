@@ -32,9 +32,9 @@ from torch.utils.data import Dataset
 
 from stage1_ds.config import MaskingConfig, MaskingMode
 from stage1_ds.data.batch import Batch
+from stage1_ds.data.corpus import Windows
 from stage1_ds.data.streams import COLUMNS, STRIDE, Stream, uniform_columns, uniform_hash
 from stage1_ds.data.timeframes import Timeframe
-from stage1_ds.data.windows import WindowDataset
 
 #: Index of each mode in `Batch.mask_mode`.
 MODES: tuple[MaskingMode, ...] = tuple(MaskingMode)
@@ -234,7 +234,7 @@ class Masker:
 class MaskedWindows(Dataset):
     """A `WindowDataset` whose batches come masked (use it with `build_loader` like the dataset)."""
 
-    def __init__(self, windows: WindowDataset, config: MaskingConfig, patch_len: int, seed: int):
+    def __init__(self, windows: Windows, config: MaskingConfig, patch_len: int, seed: int):
         self.windows = windows
         self.masker = Masker(config, patch_len, seed)
 

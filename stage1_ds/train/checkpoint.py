@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from stage1_ds.config import Config, config_from_dict, config_to_dict
+from stage1_ds.data.corpus import DataSource, corpus_stats, load_corpus
+from stage1_ds.data.store import write_json
 from stage1_ds.errors import CheckpointError
 from stage1_ds.model import t5
 from stage1_ds.model.stage1 import EXPORT_ENCODER_CONFIG, EXPORT_STATS, Stage1Model
@@ -66,10 +68,11 @@ class ResumePoint:
         return {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
 
 
-def write_run_files(run_dir: Path, model: Stage1Model, data_dir: Path) -> None:
-    """What `stage1 convert` needs besides the weights: the exact T5 layout and the data statistics."""
+def write_run_files(run_dir: Path, model: Stage1Model, data: DataSource) -> None:
+    """What `stage1 convert` needs besides the weights: the exact T5 layout and the data statistics (of
+    every instrument of the folder, or of the folders of a corpus)."""
     t5.write_layout(model.encoder, run_dir / EXPORT_ENCODER_CONFIG)
-    shutil.copyfile(Path(data_dir) / "stats.json", run_dir / EXPORT_STATS)
+    write_json(run_dir / EXPORT_STATS, corpus_stats(load_corpus(data)))
 
 
 def tag_for(step: int) -> str:

@@ -23,8 +23,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from stage1_ds.config import Config, config_to_dict
 from stage1_ds.data.batch import Batch
+from stage1_ds.data.corpus import DataSource, open_windows
 from stage1_ds.data.timeframes import sort_timeframes
-from stage1_ds.data.windows import WindowDataset, WindowSampler, build_loader
+from stage1_ds.data.windows import WindowSampler, build_loader
 from stage1_ds.errors import Stage1Error
 from stage1_ds.model.losses import LossOutput, stage1_loss
 from stage1_ds.model.masking import MaskedWindows, num_patches
@@ -70,11 +71,12 @@ class TrainResult:
 
 
 def train(
-    config: Config, data_dir: Path, run_dir: Path, resume: bool = False, stop_at_step: int | None = None
+    config: Config, data_dir: DataSource, run_dir: Path, resume: bool = False, stop_at_step: int | None = None
 ) -> TrainResult:
     """Train the Stage-1 model; see the module docstring.
 
     Args:
+        data_dir: a prepared folder, or several (or a catalog file listing them) served as one corpus.
         resume: continue from the newest complete checkpoint (an existing checkpoint in ``run_dir`` also
             resumes). A checkpoint written by another number of ranks is loaded through a universal copy,
             optimizer state included, and the data position is carried over in samples.
@@ -98,13 +100,13 @@ def train(
 
     patch_len = config.model.patch_len
     train_data = MaskedWindows(
-        WindowDataset(data_dir, "train", config.data, seed=config.seed),
+        open_windows(data_dir, "train", config.data, seed=config.seed),
         config.model.masking,
         patch_len,
         seed=config.seed,
     )
     val_data = MaskedWindows(
-        WindowDataset(data_dir, "val", config.data, seed=config.seed + 1),
+        open_windows(data_dir, "val", config.data, seed=config.seed + 1),
         config.model.masking,
         patch_len,
         seed=config.seed + 1,
