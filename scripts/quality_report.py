@@ -80,7 +80,7 @@ def main() -> int:
     parser.add_argument("--max-anchors", type=int, default=3000, help="probe anchors per split at most")
     parser.add_argument("--batches", type=int, default=40, help="evaluation batches of 64 per masking mode")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of every run's config")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may follow the options
     setup_logging()
     if args.variants:
         if args.steps is None:

@@ -419,7 +419,11 @@ def _probe_tables(report: dict[str, Any]) -> list[str]:
         chosen = (
             f"`best_rule` = `{best['rule']}`, chosen on val (val MSE: "
             + ", ".join(f"{rule} {mse:.4f}" for rule, mse in best["val_mse"].items())
-            + f"); trading-time look-backs {best['windows']} bars, chosen on val with `har`."
+            + (
+                ")."
+                if target == SIGN_TARGET
+                else f"); trading-time look-backs {best['windows']} bars, chosen on val with `har`."
+            )
         )
         if target == SIGN_TARGET:
             lines += [
@@ -493,12 +497,12 @@ def _verdicts(evaluation: dict[str, Any], probed: dict[str, Any]) -> list[str]:
         best = probed["best_rule"][target]["rule"]
         rule, plus = targets[target][best], targets[target]["best_rule_plus_embeddings"]
         stat, p = plus["dm_stat_vs_best_rule"], plus["dm_p_vs_best_rule"]
-        gain = 1 - plus["mse"] / rule["mse"]
-        met = stat < 0 and p < 0.05 and (gain >= 0.10 or target != "rv_60m")
+        change = plus["mse"] / rule["mse"] - 1
+        met = stat < 0 and p < 0.05 and (change <= -0.10 or target != "rv_60m")
         lines.append(
             f"- `best_rule_plus_embeddings` beats `best_rule` (`{best}`) on `{target}` (DM p < 0.05"
             + (", MSE at least 10% lower" if target == "rv_60m" else "")
-            + f"): {'met' if met else 'missed'} (R^2 {plus['r2']:.3f} vs {rule['r2']:.3f}, MSE {gain:+.1%} lower, "
+            + f"): {'met' if met else 'missed'} (R^2 {plus['r2']:.3f} vs {rule['r2']:.3f}, MSE {change:+.1%}, "
             f"DM {stat:.2f}, p {format_p(p)})."
         )
     for target in VARIANCE_TARGETS:
