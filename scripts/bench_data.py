@@ -253,17 +253,15 @@ def main() -> int:
     if args.serve_memory:
         print(json.dumps(serve_memory(args.serve_memory, args.batches)))
         return 0
-    if args.serve_scale:
-        results = serve_scale(args.scale_dir, args.batches, args.serve_sizes)
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2) + "\n")
-        return 0
     if args.prepare_child:
         out, instruments, workers = args.prepare_child
         print(json.dumps(prepare_child(out, int(instruments), int(workers))))
         return 0
-    if args.scale:
-        results = scale(args.scale_dir, args.batches, args.scale_sizes)
+    if args.scale or args.serve_scale:
+        if args.scale:
+            results = scale(args.scale_dir, args.batches, args.scale_sizes)
+        else:
+            results = serve_scale(args.scale_dir, args.batches, args.serve_sizes)
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
         return 0

@@ -426,33 +426,24 @@ def _probe_tables(report: dict[str, Any]) -> list[str]:
             )
         )
         if target == SIGN_TARGET:
-            lines += [
-                f"`{target}`: {chosen}",
-                "",
-                "| method | accuracy | 95% interval | AUC | 95% interval | n |",
-                "|---|---|---|---|---|---|",
-            ]
-            for method in methods_of(target):
-                r = results[method]
-                lines.append(
-                    f"| {method_label(report, target, method)} | {r['accuracy']:.3f} | "
-                    f"[{r['accuracy_low']:.3f}, {r['accuracy_high']:.3f}] | "
-                    f"{r['auc']:.3f} | [{r['auc_low']:.3f}, {r['auc_high']:.3f}] | {r['n']} |"
+            header = "| method | accuracy | 95% interval | AUC | 95% interval | n |"
+
+            def cells(r: dict[str, Any]) -> str:
+                return (
+                    f"{r['accuracy']:.3f} | [{r['accuracy_low']:.3f}, {r['accuracy_high']:.3f}] | "
+                    f"{r['auc']:.3f} | [{r['auc_low']:.3f}, {r['auc_high']:.3f}] | {r['n']}"
                 )
         else:
-            lines += [
-                f"`{target}`: {chosen}",
-                "",
-                "| method | R^2 | MSE | QLIKE | DM vs best_rule | p (HLN) | n |",
-                "|---|---|---|---|---|---|---|",
-            ]
-            for method in methods_of(target):
-                r = results[method]
-                lines.append(
-                    f"| {method_label(report, target, method)} | {r['r2']:.3f} | {r['mse']:.4f} | "
-                    f"{r['qlike']:.4f} | {r['dm_stat_vs_best_rule']:.2f} | {format_p(r['dm_p_vs_best_rule'])} | "
-                    f"{r['n']} |"
+            header = "| method | R^2 | MSE | QLIKE | DM vs best_rule | p (HLN) | n |"
+
+            def cells(r: dict[str, Any]) -> str:
+                return (
+                    f"{r['r2']:.3f} | {r['mse']:.4f} | {r['qlike']:.4f} | {r['dm_stat_vs_best_rule']:.2f} | "
+                    f"{format_p(r['dm_p_vs_best_rule'])} | {r['n']}"
                 )
+
+        lines += [f"`{target}`: {chosen}", "", header, "|---" * header.count(" | ") + "|---|"]
+        lines += [f"| {method_label(report, target, m)} | {cells(results[m])} |" for m in methods_of(target)]
         lines.append("")
     return lines
 
