@@ -1,7 +1,7 @@
 """Train, evaluate and probe the demo-sized model on real data; write docs/quality.md (`stage1_ds.evaluation.quality`).
 
     python scripts/quality_report.py DATA_DIR --minutes 20 [--steps N] [--out runs/quality] [--doc docs/quality.md]
-    python scripts/quality_report.py DATA_DIR --variants --steps N [key=value ...]
+    python scripts/quality_report.py DATA_DIR --variants time|signal --steps N [key=value ...]
 
 DATA_DIR is a prepared folder (e.g. `stage1 prepare --input ../shared/data/histdata/*EURUSD* --window-bars
 32 --out runs/eurusd32`). Trains (a) the demo config and (b) the same without the cross-timeframe loss,
@@ -20,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from stage1_ds.evaluation.quality import VARIANTS_HEADING, quality_report, variants_report
+from stage1_ds.evaluation.quality import VARIANT_SETS, quality_report, variants_report
 from stage1_ds.logs import setup_logging
 
 #: The heading of the hand-written reading of the figures, kept when the report is rewritten.
@@ -40,20 +40,20 @@ def section(text: str, heading: str) -> str:
 
 
 def kept(doc: Path) -> str:
-    """What a rewrite of the main report keeps from an existing one: the variants section (written by its
-    own runs) and the hand-written reading, to be revised against the new figures."""
+    """What a rewrite of the main report keeps from an existing one: the variants sections (written by
+    their own runs) and the hand-written reading, to be revised against the new figures."""
     if not doc.exists():
         return ""
     text = doc.read_text()
-    return "".join(
-        "\n" + part.rstrip("\n") + "\n" for h in (VARIANTS_HEADING, BY_HAND) if (part := section(text, h))
-    )
+    headings = [heading for heading, _ in VARIANT_SETS.values()] + [BY_HAND]
+    return "".join("\n" + part.rstrip("\n") + "\n" for h in headings if (part := section(text, h)))
 
 
-def with_variants(doc: Path, variants: str) -> str:
-    """The report with its variants section replaced by ``variants`` (or inserted before the reading)."""
+def with_variants(doc: Path, heading: str, variants: str) -> str:
+    """The report with the section of ``heading`` replaced by ``variants`` (or inserted before the
+    reading)."""
     text = doc.read_text() if doc.exists() else ""
-    old = section(text, VARIANTS_HEADING)
+    old = section(text, heading)
     if old:
         return text.replace(old, variants)
     at = text.find(BY_HAND)
@@ -71,9 +71,9 @@ def main() -> int:
     )
     parser.add_argument(
         "--variants",
-        action="store_true",
-        help="train the time-aware variants (index/time bias x calendar) for --steps each instead, choose "
-        "on val, and rewrite only their section of the report",
+        choices=list(VARIANT_SETS),
+        help="train a set of variants for --steps each instead (time: index/time bias x calendar; signal: "
+        "changes to the pretraining signal), choose on val, and rewrite only their section of the report",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/quality"), help="runs and exports go here")
     parser.add_argument("--doc", type=Path, default=Path("docs/quality.md"), help="the report to write")
@@ -85,10 +85,18 @@ def main() -> int:
     if args.variants:
         if args.steps is None:
             parser.error("--variants needs --steps: every variant trains the same number of steps")
+        heading, variants = VARIANT_SETS[args.variants]
         body = variants_report(
-            args.data, args.out, args.steps, args.max_anchors, args.batches, overrides=args.overrides
+            args.data,
+            args.out,
+            args.steps,
+            args.max_anchors,
+            args.batches,
+            variants,
+            args.overrides,
+            heading,
         )
-        args.doc.write_text(with_variants(args.doc, body))
+        args.doc.write_text(with_variants(args.doc, heading, body))
     else:
         report = quality_report(
             args.data,

@@ -319,11 +319,11 @@ class ModelConfig(Section):
         masking: span masking of input patches.
         lora: LoRA adapters, used in the lora phase.
         loss: the training objective.
-        position_bias: ``index`` (T5's relative position bias over the token sequence) or ``time`` (a learned
-            bias from the difference of two tokens' patch end times in minutes, per head, shared by all
-            layers; T5's index bias unused and frozen). ``time`` needs ``fusion: joint``.
+        position_bias: ``time`` (a learned bias from the difference of two tokens' patch end times in minutes,
+            per head, shared by all layers; T5's index bias unused and frozen; chosen on val, see the README)
+            or ``index`` (T5's relative position bias over the token sequence, the model before it).
         timeframe_pair_bias: with ``position_bias: time``, add a learned bias per head for each (query
-            timeframe, key timeframe).
+            timeframe, key timeframe); ignored with ``index``.
         calendar: calendar inputs added to each patch token, of its end time on the data clock (UTC when
             the data was prepared on UTC): any of `CALENDAR_FEATURES`; empty: none.
     """
@@ -334,21 +334,14 @@ class ModelConfig(Section):
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    position_bias: PositionBias = PositionBias.INDEX
-    timeframe_pair_bias: bool = False
+    position_bias: PositionBias = PositionBias.TIME
+    timeframe_pair_bias: bool = True
     calendar: list[str] = field(default_factory=list)
 
     def check(self, prefix: str) -> list[str]:
         problems = []
         if self.patch_len < 1:
             problems.append(f"{prefix}.patch_len: {self.patch_len}, expected at least 1")
-        if self.position_bias == PositionBias.TIME and self.fusion != Fusion.JOINT:
-            problems.append(
-                f"{prefix}.position_bias: time measures distances across the joint sequence; it needs "
-                f"{prefix}.fusion: joint (is {self.fusion})"
-            )
-        if self.timeframe_pair_bias and self.position_bias != PositionBias.TIME:
-            problems.append(f"{prefix}.timeframe_pair_bias: needs {prefix}.position_bias: time")
         for name in self.calendar:
             if name not in CALENDAR_FEATURES:
                 problems.append(f"{prefix}.calendar: {name!r}, expected any of {list(CALENDAR_FEATURES)}")
@@ -620,6 +613,28 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
 #: Keys renamed since checkpoints and exports were first written, old dotted key to new: a snapshot that
 #: uses an old name still loads (with a warning), so no earlier run is lost to a rename.
 RENAMED_KEYS = {"model.encoder.pretrained_path": "model.encoder.pretrained"}
+
+
+#: Keys added after run snapshots (checkpoints, exports) were first written, with the values that give the
+#: model those snapshots describe: a snapshot without them loads as what it was, whatever today's defaults.
+SNAPSHOT_DEFAULTS = {
+    "model.position_bias": PositionBias.INDEX.value,
+    "model.timeframe_pair_bias": False,
+    "model.calendar": [],
+}
+
+
+def config_from_snapshot(raw: dict[str, Any], source: str) -> Config:
+    """A config from a run's own snapshot (a checkpoint's or an export's): keys it lacks that were added
+    later take their `SNAPSHOT_DEFAULTS`, so an earlier run keeps its architecture."""
+    raw = copy.deepcopy(raw)
+    for key, value in SNAPSHOT_DEFAULTS.items():
+        *path, leaf = key.split(".")
+        node = raw
+        for part in path:
+            node = node.setdefault(part, {})
+        node.setdefault(leaf, value)
+    return config_from_dict(raw, source)
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from stage1_ds.config import (
     Config,
@@ -120,3 +121,21 @@ def tiny_train_config(ds_config: str = "ds_configs/zero2.json", **train: object)
     for key, value in train.items():
         setattr(config.train, key, value)
     return config
+
+
+def encoder_inputs(model: torch.nn.Module, batch: object) -> list[torch.Tensor]:
+    """Everything the shared encoder's first block receives for a batch (its input states, the attention
+    mask and position bias T5 passes it, or the time bias and padding the model passes it)."""
+    from stage1_ds.model.lora import base_model
+
+    block = base_model(model.encoder).encoder.block[0]  # type: ignore[attr-defined]
+    seen: list[torch.Tensor] = []
+
+    def keep(_: object, args: tuple, kwargs: dict) -> None:
+        seen.extend(v.clone() for v in [*args, *kwargs.values()] if isinstance(v, torch.Tensor))
+
+    hook = block.register_forward_pre_hook(keep, with_kwargs=True)
+    with torch.no_grad():
+        model(batch)
+    hook.remove()
+    return seen

@@ -14,7 +14,7 @@ import torch
 from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
 
 from conftest import tiny_train_config
-from stage1_ds.config import Config, EncoderPreset, Phase, PhaseConfig, Precision
+from stage1_ds.config import Config, EncoderPreset, Phase, PhaseConfig, PositionBias, Precision
 from stage1_ds.data.batch import Batch
 from stage1_ds.data.windows import WindowDataset
 from stage1_ds.errors import ConfigError
@@ -143,6 +143,7 @@ def test_engine_rebuilds_release_everything(synthetic_small: Path) -> None:
 
 def test_group_lrs_follow_the_schedule_and_layer_decay(synthetic_small: Path) -> None:
     config = tiny_train_config(max_steps=20)
+    config.model.position_bias = PositionBias.INDEX  # T5's shared index bias, trained at the top lr
     opt = config.train.optimizer
     opt.warmup_steps, opt.weight_decay, opt.layer_decay = 4, 0.0, 0.5
     opt.lr_heads, opt.lr_stems, opt.lr_encoder_top = 2e-3, 1e-3, 4e-4

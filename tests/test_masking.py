@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_model_config
+from conftest import encoder_inputs, tiny_model_config
 from stage1_ds.config import DataConfig, MaskingConfig, MaskingMode
 from stage1_ds.data.batch import Batch
 from stage1_ds.data.streams import COLUMNS, STRIDE, Stream, uniform_hash
@@ -37,19 +37,6 @@ def _masked(folder: Path, mode: str, data: DataConfig, ids: np.ndarray, seed: in
     return MaskedWindows(windows, MaskingConfig(modes={mode: 1.0}), 8, seed=seed).batch(ids)
 
 
-def _encoder_inputs(model: Stage1Model, batch: Batch) -> list[torch.Tensor]:
-    """Everything the shared encoder receives for a batch: its input embeddings and attention mask."""
-    seen: list[torch.Tensor] = []
-    hook = model.encoder.register_forward_pre_hook(
-        lambda _, args, kwargs: seen.extend([kwargs["inputs_embeds"], kwargs["attention_mask"]]),
-        with_kwargs=True,
-    )
-    with torch.no_grad():
-        model(batch)
-    hook.remove()
-    return seen
-
-
 @pytest.mark.parametrize("mode", [m.value for m in MaskingMode])
 def test_changing_masked_prices_changes_no_input_but_the_targets(
     eurusd_2019: Path, tmp_path: Path, mode: str
@@ -65,7 +52,7 @@ def test_changing_masked_prices_changes_no_input_but_the_targets(
     for sample in np.linspace(0, len(dataset) - 1, 6).astype(np.int64):
         ids = np.array([sample])
         before = _masked(folder, mode, data, ids)
-        inputs = _encoder_inputs(model, before)
+        inputs = encoder_inputs(model, before)
         anchors_masked += int(before.windows["m1"].mask[0, -1])  # type: ignore[index]
         arrays = {}
         for tf in TIMEFRAMES:
@@ -76,7 +63,7 @@ def test_changing_masked_prices_changes_no_input_but_the_targets(
                 array[rows] = array[rows] * shift if name == "ohlc" else array[rows] + shift
                 array.flush()
         after = _masked(folder, mode, data, ids)
-        for original, changed in zip(inputs, _encoder_inputs(model, after), strict=True):
+        for original, changed in zip(inputs, encoder_inputs(model, after), strict=True):
             assert torch.equal(original, changed), f"{mode}: an encoder input moved with a masked price"
         assert torch.equal(before.reference_price, after.reference_price)
         for name, window in before.windows.items():

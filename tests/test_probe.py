@@ -323,8 +323,13 @@ def test_the_variants_report_chooses_on_val_and_keeps_its_place_in_the_report(
     spec.loader.exec_module(script)
     doc = tmp_path / "quality.md"
     doc.write_text("# Quality\n\n## Setup\n\nfigures\n\n" + script.BY_HAND + "\n\nby hand\n")
-    once = script.with_variants(doc, section)
+    once = script.with_variants(doc, VARIANTS_HEADING, section)
     assert once.index("## Setup") < once.index(VARIANTS_HEADING) < once.index(script.BY_HAND)
     doc.write_text(once)
-    assert script.with_variants(doc, section.replace("(chosen)", "(picked)")).count(VARIANTS_HEADING) == 1
+    assert (
+        script.with_variants(doc, VARIANTS_HEADING, section.replace("(chosen)", "(picked)")).count(
+            VARIANTS_HEADING
+        )
+        == 1
+    )
     assert script.kept(doc) == "\n" + section.rstrip("\n") + "\n" + "\n" + script.BY_HAND + "\n\nby hand\n"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import tiny_model_config, tiny_train_config
-from stage1_ds.config import DataConfig, Phase, PhaseConfig, PositionBias
+from stage1_ds.config import DataConfig, Fusion, Phase, PhaseConfig, PositionBias
 from stage1_ds.data.batch import Batch
 from stage1_ds.data.windows import WindowDataset
 from stage1_ds.model import t5
@@ -111,16 +111,37 @@ def test_the_calendar_sees_the_clock_a_week_later_the_same(synthetic_small: Path
         assert (ours[tf] - hour_later[tf]).abs().max() > 1e-4, tf
 
 
+def test_per_timeframe_fusion_runs_each_timeframe_alone_with_the_time_bias(synthetic_small: Path) -> None:
+    """With ``per_timeframe`` fusion the time bias measures minutes within each timeframe's own sequence:
+    each timeframe's output is the joint model's output for a batch holding that timeframe alone (the
+    padding to the longest sequence changes nothing), and a shift of every time changes nothing."""
+    batch, model = _batch(synthetic_small), _model(PositionBias.TIME)
+    joint = _hidden(model, batch)
+    model.config.fusion = Fusion.PER_TIMEFRAME
+    separate = _hidden(model, batch)
+    for tf in batch.windows:
+        alone = copy.copy(batch)
+        alone.windows = {tf: batch.windows[tf]}
+        model.config.fusion = Fusion.JOINT
+        expected = _hidden(model, alone)[tf]
+        model.config.fusion = Fusion.PER_TIMEFRAME
+        torch.testing.assert_close(separate[tf], expected, atol=1e-5, rtol=1e-5)
+        assert (separate[tf] - joint[tf]).abs().max() > 1e-4, "joint attention sees the other timeframes"
+    shifted = _hidden(model, _shifted(batch, 5 * HOUR))
+    for tf in separate:
+        torch.testing.assert_close(separate[tf], shifted[tf], atol=1e-5, rtol=1e-5)
+
+
 def test_a_dropped_timeframe_leaves_the_others_attention_geometry_unchanged() -> None:
     bias = TimeBias(heads=2, timeframes=3, pairwise=True)
     with torch.no_grad():
         for param in bias.parameters():
             param.normal_()
     ends = torch.tensor([[600, 1200, 1800, 3600, 7200, 14400]]) + 1_700_000_000
-    timeframe = torch.tensor([0, 0, 1, 1, 2, 2])
+    timeframe = torch.tensor([[0, 0, 1, 1, 2, 2]])
     full = bias(ends, timeframe)
     kept = torch.tensor([0, 1, 4, 5])  # timeframe 1 dropped
-    torch.testing.assert_close(bias(ends[:, kept], timeframe[kept]), full[:, :, kept][:, :, :, kept])
+    torch.testing.assert_close(bias(ends[:, kept], timeframe[:, kept]), full[:, :, kept][:, :, :, kept])
 
 
 def test_time_buckets_are_exact_at_zero_signed_and_monotone_in_distance() -> None:
@@ -174,27 +195,34 @@ def test_time_aware_training_moves_the_bias_in_every_phase_and_never_t5s_index_b
     )
 
 
-def test_earlier_exports_and_configs_still_load_with_the_index_bias(trained_export: Path) -> None:
-    """An export written before these keys existed: its config has no position_bias or calendar, and it
-    loads strictly as the model it was (T5's index bias, no calendar)."""
-    import yaml
-
-    config_path = trained_export / "config.yaml"
-    raw = yaml.safe_load(config_path.read_text())
-    for key in ("position_bias", "timeframe_pair_bias", "calendar"):
-        raw["model"].pop(key, None)
-    older = trained_export.parent / "older_export"
+def test_earlier_exports_and_configs_still_load_with_the_index_bias(
+    trained_export: Path, tmp_path: Path
+) -> None:
+    """An export written before these keys existed (index bias, no calendar): its config has no
+    position_bias, timeframe_pair_bias or calendar, and it loads strictly as the model it was, whatever
+    today's defaults (the time bias)."""
     import shutil
 
-    shutil.copytree(trained_export, older, dirs_exist_ok=True)
+    import yaml
+    from safetensors.torch import save_file
+
+    from stage1_ds.model.stage1 import ENCODER_PREFIX, EXPORT_WEIGHTS
+
+    older = tmp_path / "older_export"
+    shutil.copytree(trained_export, older)
+    raw = yaml.safe_load((older / "config.yaml").read_text())
+    for key in ("position_bias", "timeframe_pair_bias", "calendar"):
+        raw["model"].pop(key)
     (older / "config.yaml").write_text(yaml.safe_dump(raw))
+    state = Stage1Model.from_pretrained(trained_export).state_dict()
+    index_state = {k: v for k, v in state.items() if not k.startswith("embed.time_bias")}
+    save_file(t5.untie(index_state, ENCODER_PREFIX), str(older / EXPORT_WEIGHTS))
     model = Stage1Model.from_pretrained(older)
     assert model.config.position_bias == PositionBias.INDEX and model.embed.time_bias is None
+    assert Stage1Model.from_pretrained(trained_export).config.position_bias == PositionBias.TIME
 
 
-@pytest.mark.parametrize(
-    "bad", [["model.position_bias=time", "model.fusion=per_timeframe"], ["model.calendar=[weekday]"]]
-)
+@pytest.mark.parametrize("bad", [["model.position_bias=minutes"], ["model.calendar=[weekday]"]])
 def test_time_aware_configs_that_cannot_work_are_named(bad: list[str]) -> None:
     from stage1_ds.config import ConfigError, load_config
 

@@ -160,9 +160,16 @@ TIME_VARIANTS = {
     "time": TIME_BIAS,
     "time_calendar": [*TIME_BIAS, CALENDAR],
 }
+#: Changes to the pretraining signal tried on top of the chosen time-aware variant.
+SIGNAL_VARIANTS = {"time_horizon240": [*TIME_BIAS, "model.masking.horizon_minutes=240"]}
 #: How a variant is chosen: the val MSE of the strongest rule plus its embeddings on this target.
 CHOICE_TARGET, CHOICE_METHOD = "rv_60m", "best_rule_plus_embeddings"
-VARIANTS_HEADING = "## The time-aware encoder: variants chosen on val"
+#: The sets of variants `scripts/quality_report.py --variants SET` trains, each with the heading of its section.
+VARIANT_SETS = {
+    "time": ("## The time-aware encoder: variants chosen on val", TIME_VARIANTS),
+    "signal": ("## The time-aware encoder: further changes to the pretraining signal", SIGNAL_VARIANTS),
+}
+VARIANTS_HEADING = VARIANT_SETS["time"][0]
 
 
 def variants_report(
@@ -173,11 +180,12 @@ def variants_report(
     batches: int,
     variants: dict[str, list[str]] | None = None,
     overrides: list[str] | None = None,
+    heading: str = VARIANTS_HEADING,
 ) -> str:
     """Train each variant (``variants``: name to overrides of the demo config; default `TIME_VARIANTS`) the
     same ``steps`` on the same data, evaluate and probe each, choose on val (the val MSE of
     `CHOICE_METHOD` on `CHOICE_TARGET`), and report every variant's test figures; the markdown section
-    headed `VARIANTS_HEADING`."""
+    headed ``heading``."""
     data_dir, work = Path(data_dir), Path(work)
     work.mkdir(parents=True, exist_ok=True)
     shared = ["train.micro_batch_size=32", *(overrides or [])]
@@ -195,7 +203,7 @@ def variants_report(
     chosen = min(runs, key=lambda n: probes[n]["val_mse"][CHOICE_TARGET][CHOICE_METHOD])
     config = load_export_config(runs[chosen].export)
     lines = [
-        VARIANTS_HEADING,
+        heading,
         "",
         f"Written by `scripts/quality_report.py --variants`. Data `{data_dir}` ({config.data.window_bars}-bar "
         f"windows); every variant is `{DEMO_CONFIG}` with micro batch 32 and the overrides below, trained "
@@ -231,7 +239,9 @@ def variants_report(
             f"{run.val_loss:.4f} | {probes[name]['val_mse'][CHOICE_TARGET][CHOICE_METHOD]:.4f} | "
             f"{cells[0]} | {cells[1]} | {worst:.3f} |"
         )
-    lines += ["", f"### Targets, as measured, for the chosen variant ({chosen})", ""]
+    lines += (
+        ["", f"### Targets, as measured, for the chosen variant ({chosen})", ""] if len(runs) > 1 else [""]
+    )
     lines += _verdicts(evaluations[chosen], probes[chosen])
     for name in runs:
         lines += ["", f"### Variant {name}: the probe (test split)", ""]

@@ -19,7 +19,7 @@ from stage1_ds.config import (
     ModelConfig,
     Phase,
     PositionBias,
-    config_from_dict,
+    config_from_snapshot,
 )
 from stage1_ds.data.batch import Batch
 from stage1_ds.data.features import num_features
@@ -55,7 +55,7 @@ def load_export_config(export_dir: Path | str) -> Config:
     path = Path(export_dir) / EXPORT_CONFIG
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; is {path.parent} a folder written by 'stage1 convert'?")
-    return config_from_dict(yaml.safe_load(path.read_text()), source=str(path))
+    return config_from_snapshot(yaml.safe_load(path.read_text()), source=str(path))
 
 
 @dataclass
@@ -133,31 +133,37 @@ class Stage1Model(nn.Module):
         ends: list[torch.Tensor],
     ) -> list[torch.Tensor]:
         """One encoder call for every timeframe; returns per-timeframe hidden states (B, P_tf, d). With the
-        time bias, attention between any two tokens is biased by the minutes between their ends."""
+        time bias, attention between any two tokens of a sequence is biased by the minutes between their
+        ends (across timeframes with ``joint`` fusion, within one with ``per_timeframe``)."""
         lengths = [t.shape[1] for t in tokens]
+        which = [torch.full((n,), self.embed.index[tf]) for tf, n in zip(names, lengths, strict=True)]
         if self.config.fusion == Fusion.JOINT:
             joined, mask = torch.cat(tokens, dim=1), torch.cat(valid, dim=1).long()
-            if self.embed.time_bias is None:
-                hidden = t5.run_encoder(self.encoder, joined, mask)
-            else:
-                which = torch.cat(
-                    [
-                        torch.full((n,), self.embed.index[tf], device=joined.device)
-                        for tf, n in zip(names, lengths, strict=True)
-                    ]
-                )
-                bias = self.embed.time_bias(torch.cat(ends, dim=1), which)  # (B, heads, T, T)
-                hidden = t5.run_encoder(base_model(self.encoder), joined, mask, position_bias=bias)
+            hidden = self._run(joined, mask, torch.cat(ends, dim=1), torch.cat(which).expand(len(joined), -1))
             return list(hidden.split(lengths, dim=1))
         longest = max(lengths)
         b = tokens[0].shape[0]
-        padded = torch.stack([nn.functional.pad(t, (0, 0, 0, longest - t.shape[1])) for t in tokens])
-        mask = torch.stack([nn.functional.pad(v, (0, longest - v.shape[1])) for v in valid])
-        hidden = t5.run_encoder(
-            self.encoder, padded.flatten(0, 1), mask.flatten(0, 1).long()
-        )  # (n_tf * B, P, d)
-        hidden = hidden.reshape(len(tokens), b, longest, -1)
+
+        def fold(parts: list[torch.Tensor], pad: tuple[int, ...]) -> torch.Tensor:
+            """(n_tf * B, P, ...): each timeframe's sequences padded to the longest, folded into the batch."""
+            return torch.stack(
+                [nn.functional.pad(t, (*pad, 0, longest - t.shape[1])) for t in parts]
+            ).flatten(0, 1)
+
+        timeframe = fold([w.expand(b, -1) for w in which], ())
+        hidden = self._run(fold(tokens, (0, 0)), fold(valid, ()).long(), fold(ends, ()), timeframe)
+        hidden = hidden.reshape(len(tokens), b, longest, -1)  # (n_tf, B, P, d)
         return [hidden[i, :, :n] for i, n in enumerate(lengths)]
+
+    def _run(
+        self, tokens: torch.Tensor, mask: torch.Tensor, ends: torch.Tensor, timeframe: torch.Tensor
+    ) -> torch.Tensor:
+        """The encoder on (B, T, d) tokens: T5's own position bias, or the time bias from the (B, T) token
+        end times and timeframes."""
+        if self.embed.time_bias is None:
+            return t5.run_encoder(self.encoder, tokens, mask)
+        bias = self.embed.time_bias(ends, timeframe.to(ends.device))  # (B, heads, T, T)
+        return t5.run_encoder(base_model(self.encoder), tokens, mask, position_bias=bias)
 
     @classmethod
     def from_pretrained(cls, export_dir: Path | str, device: torch.device | str = "cpu") -> Stage1Model:

@@ -82,12 +82,12 @@ class TimeBias(nn.Module):
         """
         Args:
             end_time: (B, T) token end times, seconds.
-            timeframe: (T,) index of each token's timeframe.
+            timeframe: (B, T) index of each token's timeframe.
         """
         minutes = torch.div(
             end_time[:, :, None] - end_time[:, None, :], 60, rounding_mode="floor"
         )  # (B, T, T)
         bias = self.distance(time_bucket(minutes))  # (B, T, T, heads)
         if self.pairs is not None:
-            bias = bias + self.pairs(timeframe[:, None] * self.timeframes + timeframe[None, :])
+            bias = bias + self.pairs(timeframe[:, :, None] * self.timeframes + timeframe[:, None, :])
         return bias.permute(0, 3, 1, 2)

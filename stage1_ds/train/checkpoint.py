@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stage1_ds.config import Config, config_from_dict, config_to_dict
+from stage1_ds.config import Config, config_from_snapshot, config_to_dict
 from stage1_ds.data.corpus import DataSource, corpus_stats, load_corpus
 from stage1_ds.data.store import write_json
 from stage1_ds.errors import CheckpointError
@@ -170,8 +170,7 @@ def check_compatible(meta: dict[str, Any], config: Config, shapes: dict[str, lis
     Raises:
         CheckpointError: the parameters' names or shapes differ (naming the config keys that changed).
     """
-    saved = meta["config"]
-    changed = _diff(saved, config_to_dict(config))
+    changed = _diff(config_to_dict(config_of(meta)), config_to_dict(config))  # keys added since: as they were
     if shapes != meta["parameter_shapes"]:
         missing = sorted(set(meta["parameter_shapes"]) - set(shapes))[:5]
         extra = sorted(set(shapes) - set(meta["parameter_shapes"]))[:5]
@@ -270,4 +269,4 @@ def restore_rng(run_dir: Path, tag: str, rank: int) -> None:
 
 def config_of(meta: dict[str, Any]) -> Config:
     """The config snapshot stored in a checkpoint's meta."""
-    return config_from_dict(meta["config"], source="checkpoint config snapshot")
+    return config_from_snapshot(meta["config"], source="checkpoint config snapshot")
