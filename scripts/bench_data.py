@@ -166,8 +166,9 @@ def scale(scale_dir: Path, batches: int, sizes: list[int]) -> dict[str, object]:
 def serve_memory(data_dir: str, batches: int) -> dict[str, float]:
     """A serving process as one rank would be: open the train split with the default config, serve its
     first batch (start-up, timed from opening the folder, imports excluded), then ``batches`` batches of
-    256 with the default masks on one core; report windows/s and this process's memory at the end: USS
-    (pages no other process shares: its private memory), RSS and the part of RSS that is mapped files."""
+    256 with the default masks on one core; report windows/s and this process's memory at the end: its own
+    (anonymous) resident memory, RSS and the part of RSS that is mapped files, and USS (pages no other
+    process maps: it counts the mapped bar pages too when no other process maps them)."""
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     import psutil
     import torch
@@ -216,11 +217,12 @@ def serve_scale(scale_dir: Path, batches: int, sizes: list[int], ranks: int = 4)
         results[f"{instruments}_instrument_years"] = {"alone": alone, "together": together, "folder_mb": size}
         print(
             f"{instruments:>4} instrument-years ({alone['anchors']:,} train anchors, folder {size:,.0f} MB): "
-            f"alone USS {alone['uss_mb']:.0f} MB, RSS {alone['rss_mb']:.0f} MB ({alone.get('rssfile_mb', 0):.0f} "
-            f"MB mapped files), first batch {alone['first_batch_s']:.2f} s, {alone['windows_per_s']:,.0f} "
-            f"windows/s with the default masks; {ranks} at once: USS "
-            + " + ".join(f"{t['uss_mb']:.0f}" for t in together)
-            + f" = {sum(t['uss_mb'] for t in together):.0f} MB, first batch up to "
+            f"alone: own memory {alone.get('rssanon_mb', float('nan')):.0f} MB (RSS {alone['rss_mb']:.0f} MB, "
+            f"of it {alone.get('rssfile_mb', float('nan')):.0f} MB mapped bar files; USS {alone['uss_mb']:.0f} "
+            f"MB), first batch {alone['first_batch_s']:.2f} s, {alone['windows_per_s']:,.0f} windows/s with "
+            f"the default masks; {ranks} at once: own memory "
+            + " + ".join(f"{t.get('rssanon_mb', float('nan')):.0f}" for t in together)
+            + f" MB (USS {sum(t['uss_mb'] for t in together):.0f} MB in all), first batch up to "
             f"{max(t['first_batch_s'] for t in together):.2f} s"
         )
         shutil.rmtree(folder)

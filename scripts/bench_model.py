@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,11 +66,25 @@ def main() -> int:
     def timed(model: Stage1Model) -> float:
         return forward_backward_s(lambda: model(batch).reconstruction, args.repeats)
 
-    model = built(PositionBias.INDEX, False, [])
-    results: dict[str, float] = {"joint_s": timed(model)}
-    for name, calendar in (("joint_time_s", []), ("joint_time_calendar_s", list(CALENDAR_FEATURES))):
-        results[name] = timed(built(PositionBias.TIME, True, calendar))
+    # The three joint models take turns step by step, so that a drift of the machine's speed during the run
+    # (several percent on this shared CPU) falls on each alike; each figure is the median of its steps.
+    joint = {
+        "joint_s": built(PositionBias.INDEX, False, []),
+        "joint_time_s": built(PositionBias.TIME, True, []),
+        "joint_time_calendar_s": built(PositionBias.TIME, True, list(CALENDAR_FEATURES)),
+    }
+    steps: dict[str, list[float]] = {name: [] for name in joint}
+    for turn in range(2 + args.repeats):
+        for name, variant in joint.items():
+            start = time.perf_counter()
+            loss = torch.stack([v.square().mean() for v in variant(batch).reconstruction.values()]).sum()
+            loss.backward()
+            if turn >= 2:  # two warm-up turns
+                steps[name].append(time.perf_counter() - start)
+    results: dict[str, float] = {name: statistics.median(times) for name, times in steps.items()}
+    for name in ("joint_time_s", "joint_time_calendar_s"):
         results[name.replace("_s", "_over_joint")] = results[name] / results["joint_s"]
+    model = joint["joint_s"]
     model.config.fusion = Fusion.PER_TIMEFRAME
     results["per_timeframe_s"] = timed(model)
     results["loop_s"] = forward_backward_s(lambda: loop_forward(model, batch), args.repeats)

@@ -86,5 +86,6 @@ def test_bench_data_serve_scale_measures_one_and_four_serving_processes(tmp_path
     assert len(measured["together"]) == 4
     for process in [measured["alone"], *measured["together"]]:
         assert 50 < process["uss_mb"] <= process["rss_mb"] and process["windows_per_s"] > 0
+        assert 50 < process["rssanon_mb"] < process["rss_mb"], "own memory is what RSS has beyond the files"
         assert process["first_batch_s"] > 0 and process["anchors"] > 100_000
     assert not any((tmp_path / "scale").iterdir()), "the prepared folder is removed"

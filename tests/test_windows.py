@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -277,3 +279,27 @@ def test_a_dataset_holds_no_private_array_that_grows_with_the_anchors(synthetic_
     assert len(dataset) > 10_000
     private = [a.size for value in vars(dataset).values() for a in _arrays(value) if not _file_backed(a)]
     assert max(private) < 100, private
+
+
+def test_a_fresh_serving_process_reuses_the_memory_of_its_last_batch(synthetic_small: Path) -> None:
+    """In a fresh process (the allocator's state is the point, so not this one) a batch's arrays reuse the
+    pages the previous batch freed: no page faults per batch once warm (glibc returned them to the system
+    after every batch, about 2,000 faults per batch of 256 windows of 128 bars, 0.6x the speed)."""
+    if sys.platform != "linux":
+        pytest.skip("page-fault counts and glibc's allocator are Linux facts")
+    script = f"""
+import resource
+from stage1_ds.config import DataConfig
+from stage1_ds.data.windows import WindowDataset, WindowSampler
+dataset = WindowDataset({str(synthetic_small)!r}, "train", DataConfig(window_bars=32), seed=0)
+sampler = WindowSampler(len(dataset), 1024, seed=0)
+for b in range(3):
+    dataset.batch(sampler.batch_ids(b))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for b in range(3, 23):
+    dataset.batch(sampler.batch_ids(b))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    faults_per_batch = float(out.stdout.strip().splitlines()[-1])
+    assert faults_per_batch < 20, f"{faults_per_batch:.0f} page faults per batch"

@@ -210,7 +210,12 @@ def variants_report(
         f"{steps:,} steps (frozen for 10%, LoRA to a third, then full), on "
         f"{platform.processor() or platform.machine()} with {torch.get_num_threads()} torch threads, one after "
         f"another. Chosen on the VAL split: the lowest val MSE of `{CHOICE_METHOD}` on `{CHOICE_TARGET}` (ridge "
-        "fitted on train); every figure after that choice is on test.",
+        "fitted on train); every figure after that choice is on test."
+        + (
+            ""
+            if len(runs) > 1
+            else " One variant: it is kept only if it beats, on val, the variant it changes."
+        ),
         "",
         f"| variant | overrides | minutes | final val loss | val MSE `{CHOICE_METHOD}` {CHOICE_TARGET} | "
         "test R^2 rv_60m: embeddings / best_rule / + embeddings (DM p) | rv_240m: same | "
@@ -233,7 +238,7 @@ def variants_report(
             if time_mode
             else float("nan")
         )
-        mark = " (chosen)" if name == chosen else ""
+        mark = " (chosen)" if name == chosen and len(runs) > 1 else ""
         lines.append(
             f"| {name}{mark} | {' '.join(f'`{o}`' for o in run.overrides[len(shared) :])} | {run.minutes:.1f} | "
             f"{run.val_loss:.4f} | {probes[name]['val_mse'][CHOICE_TARGET][CHOICE_METHOD]:.4f} | "
