@@ -2,6 +2,7 @@
 
     python scripts/quality_report.py DATA_DIR --minutes 20 [--steps N] [--out runs/quality] [--doc docs/quality.md]
     python scripts/quality_report.py DATA_DIR --variants time|signal --steps N [key=value ...]
+    python scripts/quality_report.py ROOT --transfer USDCHF BCOUSD SPXUSD --steps N [key=value ...]
 
 DATA_DIR is a prepared folder (e.g. `stage1 prepare --input ../shared/data/histdata/*EURUSD* --window-bars
 32 --out runs/eurusd32`). Trains (a) the demo config and (b) the same without the cross-timeframe loss,
@@ -9,7 +10,10 @@ MINUTES each (or STEPS each: training is deterministic, so the step count of an 
 same models again), then evaluates both in every masking mode and probes both against the simple rules
 (the best chosen on val) and the untrained control. With --variants it trains the time-aware variants
 instead (`stage1_ds.evaluation.quality.TIME_VARIANTS`, STEPS each), chooses one on val and rewrites only
-their section. Everything it writes is measured; nothing is tuned on the test split. A rewrite keeps the
+their section. With --transfer, ROOT holds one prepared folder per instrument and each named instrument
+is held out in turn (`stage1_ds.evaluation.quality.transfer_report`): a model trained on the others, one
+trained on it alone, the untrained control and the rules, on its test split; only that section is
+rewritten. Everything it writes is measured; nothing is tuned on the test split. A rewrite keeps the
 variants section and the hand-written reading ("Reading the figures (by hand)", at the end), to be
 revised against the new figures.
 """
@@ -20,7 +24,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from stage1_ds.evaluation.quality import VARIANT_SETS, quality_report, variants_report
+from stage1_ds.evaluation.quality import (
+    TRANSFER_HEADING,
+    VARIANT_SETS,
+    quality_report,
+    transfer_report,
+    variants_report,
+)
 from stage1_ds.logs import setup_logging
 
 #: The heading of the hand-written reading of the figures, kept when the report is rewritten.
@@ -45,7 +55,7 @@ def kept(doc: Path) -> str:
     if not doc.exists():
         return ""
     text = doc.read_text()
-    headings = [heading for heading, _ in VARIANT_SETS.values()] + [BY_HAND]
+    headings = [heading for heading, _ in VARIANT_SETS.values()] + [TRANSFER_HEADING, BY_HAND]
     return "".join("\n" + part.rstrip("\n") + "\n" for h in headings if (part := section(text, h)))
 
 
@@ -75,6 +85,13 @@ def main() -> int:
         help="train a set of variants for --steps each instead (time: index/time bias x calendar; signal: "
         "changes to the pretraining signal), choose on val, and rewrite only their section of the report",
     )
+    parser.add_argument(
+        "--transfer",
+        nargs="+",
+        metavar="INSTRUMENT",
+        help="DATA holds one prepared folder per instrument: hold each named one out in turn (--steps each "
+        "run) and rewrite only the transfer section of the report",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/quality"), help="runs and exports go here")
     parser.add_argument("--doc", type=Path, default=Path("docs/quality.md"), help="the report to write")
     parser.add_argument("--max-anchors", type=int, default=3000, help="probe anchors per split at most")
@@ -82,7 +99,14 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides of every run's config")
     args = parser.parse_intermixed_args()  # overrides may follow the options
     setup_logging()
-    if args.variants:
+    if args.transfer:
+        if args.steps is None:
+            parser.error("--transfer needs --steps: every run trains the same number of steps")
+        body = transfer_report(
+            args.data, args.transfer, args.out, args.steps, args.max_anchors, args.batches, args.overrides
+        )
+        args.doc.write_text(with_variants(args.doc, TRANSFER_HEADING, body))
+    elif args.variants:
         if args.steps is None:
             parser.error("--variants needs --steps: every variant trains the same number of steps")
         heading, variants = VARIANT_SETS[args.variants]

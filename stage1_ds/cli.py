@@ -7,6 +7,7 @@ DeepSpeed) happen inside the subcommands that need them, so ``stage1 prepare`` s
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -263,7 +264,8 @@ def _add_model_data_split(p: argparse.ArgumentParser) -> None:
 
 
 def _model_stats(args: argparse.Namespace) -> dict:
-    """The export's feature statistics, checked against the data folder's (`model_stats`)."""
+    """The feature statistics for the data: the export's for instruments the model was trained on, the
+    folder's own for the others (`model_stats`)."""
     from stage1_ds.data.corpus import load_corpus
     from stage1_ds.data.store import model_stats
     from stage1_ds.model.stage1 import load_export_stats
@@ -272,6 +274,23 @@ def _model_stats(args: argparse.Namespace) -> dict:
     for data in load_corpus(args.data):
         stats = model_stats(stats, data, args.allow_other_stats)
     return stats
+
+
+def _stats_source(stats: dict) -> dict:
+    """`stats_source` of every instrument served, for a report's JSON, said in one line too."""
+    from stage1_ds.data.store import stats_source
+
+    source = stats_source(stats, list(stats["sources"]))
+    folder = [name for name, kind in source["stats_source_by_instrument"].items() if kind == "folder"]
+    if folder:
+        print(
+            f"features scaled with the data folder's own statistics (fitted on its train split) for "
+            f"{', '.join(folder)}, which the model never saw; with the model's for the others"
+            if source["stats_source"] == "mixed"
+            else f"features scaled with the data folder's own statistics (fitted on its train split): the "
+            f"model never saw {', '.join(folder)}"
+        )
+    return source
 
 
 def _add_evaluate(commands: argparse._SubParsersAction) -> None:
@@ -298,6 +317,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     device = "cuda" if torch_cuda_available() else "cpu"
     model = Stage1Model.from_pretrained(args.model, device)
     modes = MODES if args.mode == "all" else (MaskingMode(args.mode),)
+    stats = _model_stats(args)
     report = evaluate(
         model,
         args.data,
@@ -306,8 +326,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         args.batches,
         args.batch_size,
         modes=modes,
-        stats=_model_stats(args),
+        stats=stats,
     )
+    report.update(_stats_source(stats))
     json_path = args.json or args.model / f"eval_{args.split}.json"
     figure_path = json_path.with_suffix(".png")
     write_report(report, json_path, figure_path)
@@ -330,21 +351,27 @@ def _add_encode(commands: argparse._SubParsersAction) -> None:
 def _run_encode(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from stage1_ds.data.corpus import load_corpus
     from stage1_ds.encoding import encode
     from stage1_ds.model.stage1 import Stage1Model
 
     model = Stage1Model.from_pretrained(args.model, "cuda" if torch_cuda_available() else "cpu")
+    stats = _model_stats(args)
     arrays = encode(
         model,
         args.data,
         args.split,
         batch_size=args.batch_size,
         max_batches=args.max_batches,
-        stats=_model_stats(args),
+        stats=stats,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     for name, array in arrays.items():
         np.save(args.out / f"{name}.npy", array)
+    # The codes in instrument.npy index this list (the corpus's order).
+    names = [name for data in load_corpus(args.data) for name in data.instruments]
+    about = {"instruments": names, "split": args.split, **_stats_source(stats)}
+    (args.out / "encoding.json").write_text(json.dumps(about, indent=2) + "\n")
     print(f"wrote {len(arrays)} arrays for {len(arrays['sample_id'])} windows to {args.out}")
     return 0
 
@@ -369,6 +396,13 @@ def _add_probe(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="go on (with a warning) when the data folder's feature statistics differ from the model's",
     )
+    p.add_argument(
+        "--readout-from",
+        type=Path,
+        nargs="+",
+        help="zero-shot readout: also fit the readouts on the train split of this folder (other instruments, "
+        "e.g. those the model was trained on) and score them on --data's test split",
+    )
     p.set_defaults(run=_run_probe)
 
 
@@ -379,7 +413,21 @@ def _run_probe(args: argparse.Namespace) -> int:
     device = "cuda" if torch_cuda_available() else "cpu"
     model = Stage1Model.from_pretrained(args.model, device)
     untrained = Stage1Model.untrained_like(args.model, args.seed).to(device)
-    report = probe(model, untrained, args.data, args.max_anchors, args.seed, stats=_model_stats(args))
+    stats = _model_stats(args)
+    readout_stats = None
+    if args.readout_from:
+        readout_stats = _model_stats(argparse.Namespace(**{**vars(args), "data": args.readout_from}))
+    report = probe(
+        model,
+        untrained,
+        args.data,
+        args.max_anchors,
+        args.seed,
+        stats=stats,
+        readout_from=args.readout_from,
+        readout_stats=readout_stats,
+    )
+    report.update(_stats_source(stats))
     figure = args.json.with_suffix(".png")
     write_probe(report, args.json, figure)
     print(format_probe(report))

@@ -49,6 +49,16 @@ class Section:
         return []
 
 
+class InstrumentSampling(StrEnum):
+    """How training batches share out among instruments (`stage1_ds.data.windows.InstrumentMix`):
+    ``proportional`` to their anchors (every anchor once per epoch), ``uniform`` (each instrument alike), or
+    ``temperature`` (weights proportional to anchors ** (1 / data.instrument_temperature))."""
+
+    PROPORTIONAL = "proportional"
+    UNIFORM = "uniform"
+    TEMPERATURE = "temperature"
+
+
 @dataclass
 class DataConfig(Section):
     """How windows are cut from a prepared data folder.
@@ -62,6 +72,9 @@ class DataConfig(Section):
         channels: what each bar holds: ``[ohlc]`` (open, high, low, close) or ``[ohlc, volume]`` (and its
             traded volume, relative to the visible bars' volume; needs data with real volume).
         num_workers: DataLoader worker processes per rank.
+        instrument_sampling: how training batches share out among instruments (`InstrumentSampling`).
+        instrument_temperature: with ``temperature`` sampling, T in anchors ** (1 / T): 1 is proportional,
+            larger evens the instruments out.
     """
 
     timeframes: list[str] = field(default_factory=lambda: list(_ALL_TIMEFRAMES))
@@ -70,6 +83,8 @@ class DataConfig(Section):
     keep_probability: dict[str, float] = field(default_factory=dict)
     channels: list[str] = field(default_factory=lambda: ["ohlc"])
     num_workers: int = 0
+    instrument_sampling: InstrumentSampling = InstrumentSampling.PROPORTIONAL
+    instrument_temperature: float = 2.0
 
     @property
     def volume(self) -> bool:
@@ -111,6 +126,10 @@ class DataConfig(Section):
             problems.append(f"{prefix}.num_workers: {self.num_workers}, expected at least 0")
         if self.channels not in (["ohlc"], ["ohlc", "volume"]):
             problems.append(f"{prefix}.channels: {self.channels}, expected [ohlc] or [ohlc, volume]")
+        if not self.instrument_temperature > 0:
+            problems.append(
+                f"{prefix}.instrument_temperature: {self.instrument_temperature}, expected a number above 0"
+            )
         return problems
 
 

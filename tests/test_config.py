@@ -27,13 +27,17 @@ def test_overrides_parse_yaml_values(tmp_path: Path) -> None:
 
 def test_every_problem_is_reported_together_with_choices(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text("data:\n  windw_bars: 64\n  timeframes: [m1, m7]\n  keep_probability: {h1: 1.5}\n")
+    path.write_text(
+        "data:\n  windw_bars: 64\n  timeframes: [m1, m7]\n  keep_probability: {h1: 1.5}\n"
+        "  instrument_sampling: even\n  instrument_temperature: 0\n"
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path)
     message = str(info.value)
     assert "data.windw_bars: unknown key" in message and "window_bars" in message
     assert "data.timeframes: unknown ['m7']" in message and "h4" in message
     assert "data.keep_probability.h1" in message
+    assert "data.instrument_sampling" in message and "temperature" in message
 
 
 def test_wrong_types_are_named(tmp_path: Path) -> None:
@@ -71,3 +75,9 @@ def test_a_snapshot_with_a_renamed_key_still_loads(tmp_path: Path) -> None:
     both = ["model.encoder.pretrained_path=a", "model.encoder.pretrained=b"]
     with pytest.raises(ConfigError, match=r"pretrained_path is the old name of model\.encoder\.pretrained"):
         load_config(None, both)
+
+
+def test_the_instrument_temperature_must_be_above_zero() -> None:
+    assert DataConfig(instrument_temperature=0).check("data") == [
+        "data.instrument_temperature: 0, expected a number above 0"
+    ]

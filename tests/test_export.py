@@ -272,6 +272,9 @@ def test_encode_gives_pooled_and_token_embeddings(synthetic_small: Path, trained
     assert arrays["m1_pooled"].shape == (16, 32) and arrays["h4_tokens"].shape == (16, 2, 32)
     np.testing.assert_allclose(arrays["m1_pooled"], arrays["m1_tokens"].mean(1), rtol=1e-5, atol=1e-6)
     assert len(set(arrays["sample_id"].tolist())) == 16
-    raw = {tf: np.random.default_rng(0).normal(size=(5, 16, 4)) for tf in model.timeframes}
-    from_arrays = encode(model, features=raw, batch_size=2)
+    config = load_export_config(trained_export)  # raw arrays carry no bar times: a model of the index bias
+    config.model.position_bias, config.model.timeframe_pair_bias = PositionBias.INDEX, False
+    index_model = Stage1Model(config.model, config.data).eval()
+    raw = {tf: np.random.default_rng(0).normal(size=(5, 16, 4)) for tf in index_model.timeframes}
+    from_arrays = encode(index_model, features=raw, batch_size=2)
     assert from_arrays["h1_pooled"].shape == (5, 32) and np.isfinite(from_arrays["h1_pooled"]).all()

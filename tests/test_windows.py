@@ -11,14 +11,22 @@ import numpy as np
 import pytest
 from torch.utils.data import BatchSampler, DistributedSampler
 
-from stage1_ds.config import DataConfig
+from stage1_ds.config import DataConfig, InstrumentSampling
 from stage1_ds.data.features import to_prices
 from stage1_ds.data.ingest import InputFormat
 from stage1_ds.data.prepare import PrepareOptions, prepare_files
 from stage1_ds.data.store import SPLITS, load_prepared
 from stage1_ds.data.synthetic import generate_synthetic_m1
 from stage1_ds.data.timeframes import Timeframe, sort_timeframes
-from stage1_ds.data.windows import WindowDataset, WindowSampler, build_loader
+from stage1_ds.data.windows import (
+    MIX_BLOCK,
+    InstrumentMix,
+    WindowDataset,
+    WindowSampler,
+    build_loader,
+    instrument_weights,
+    training_mix,
+)
 
 SMALL = DataConfig(window_bars=32)
 
@@ -303,3 +311,61 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     faults_per_batch = float(out.stdout.strip().splitlines()[-1])
     assert faults_per_batch < 20, f"{faults_per_batch:.0f} page faults per batch"
+
+
+MIX_ANCHORS = np.array([5_000, 120, 40_000, 9])
+
+
+@pytest.mark.parametrize("sampling", [InstrumentSampling.UNIFORM, InstrumentSampling.TEMPERATURE])
+def test_instruments_get_their_share_of_batches_on_two_disjoint_ranks(sampling: InstrumentSampling) -> None:
+    weights = instrument_weights(MIX_ANCHORS, sampling, temperature=2.0)
+    mix = InstrumentMix(MIX_ANCHORS, weights, seed=5)
+    np.testing.assert_allclose(mix.shares, weights / weights.sum(), atol=1 / MIX_BLOCK)
+    ranks = [WindowSampler(int(MIX_ANCHORS.sum()), 64, 5, rank, 2, mix=mix) for rank in range(2)]
+    ids = [np.concatenate([sampler.batch_ids(b) for b in range(256)]) for sampler in ranks]
+    assert not np.intersect1d(ids[0], ids[1]).size, "ranks draw disjoint samples"
+    every = np.concatenate(ids)
+    assert len(np.unique(every)) == len(every), "a repeated anchor is another sample (other masks)"
+    before = np.r_[0, np.cumsum(MIX_ANCHORS)]
+    instrument = np.searchsorted(before, every % before[-1], side="right") - 1
+    seen = np.bincount(instrument, minlength=len(MIX_ANCHORS)) / len(every)
+    np.testing.assert_allclose(seen, mix.shares, atol=2e-3)  # 8 whole blocks: exact but for rounding
+    first = np.searchsorted(before, ids[0][:64] % before[-1], side="right") - 1
+    assert len(np.unique(first)) >= 3, "the slots are scattered over a block, not in runs"
+
+
+def test_an_instrument_runs_through_its_anchors_before_repeating_them() -> None:
+    mix = InstrumentMix(MIX_ANCHORS, instrument_weights(MIX_ANCHORS, InstrumentSampling.UNIFORM, 1.0), seed=1)
+    ids = mix.sample_ids(np.arange(39 * mix.block))
+    before = np.r_[0, np.cumsum(MIX_ANCHORS)]
+    anchor = ids % before[-1]
+    instrument = np.searchsorted(before, anchor, side="right") - 1
+    large = anchor[instrument == 2]  # 39 blocks of 1,024 draws: fewer than its 40,000 anchors
+    assert len(large) == 39 * mix.slots[2] and len(np.unique(large)) == len(large)
+    tiny = np.bincount(anchor[instrument == 3][: mix.slots[3]] - before[3], minlength=9)
+    assert tiny.max() - tiny.min() <= 1, f"9 anchors over one block of draws: {tiny}"
+
+
+def test_a_resumed_instrument_mix_serves_the_same_batches() -> None:
+    mix = InstrumentMix(MIX_ANCHORS, instrument_weights(MIX_ANCHORS, InstrumentSampling.UNIFORM, 1.0), seed=2)
+    whole = list(WindowSampler(int(MIX_ANCHORS.sum()), 32, 2, 1, 3, num_batches=90, mix=mix))
+    again = InstrumentMix(
+        MIX_ANCHORS, instrument_weights(MIX_ANCHORS, InstrumentSampling.UNIFORM, 1.0), seed=2
+    )
+    resumed = list(
+        WindowSampler(int(MIX_ANCHORS.sum()), 32, 2, 1, 3, start_batch=60, num_batches=30, mix=again)
+    )
+    assert resumed == whole[60:]
+
+
+def test_training_mix_follows_the_config_and_proportional_keeps_the_plain_sampler(
+    synthetic_small: Path,
+) -> None:
+    dataset = WindowDataset(synthetic_small, "train", DataConfig(window_bars=16))
+    assert training_mix(dataset, DataConfig(window_bars=16), seed=0) is None
+    uniform = DataConfig(window_bars=16, instrument_sampling=InstrumentSampling.UNIFORM)
+    mix = training_mix(dataset, uniform, seed=0)
+    assert mix is not None and np.array_equal(mix.anchors, dataset.instrument_anchors)
+    ids = mix.sample_ids(np.arange(512))
+    assert (ids % len(dataset) < len(dataset)).all()
+    dataset.batch(ids[:8])  # the ids are the dataset's

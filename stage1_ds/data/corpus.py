@@ -91,6 +91,10 @@ class CorpusWindows(torch.utils.data.Dataset):
         return self._owner[instrument]
 
     @property
+    def instrument_anchors(self) -> np.ndarray:
+        return np.concatenate([part.instrument_anchors for part in self.parts])
+
+    @property
     def anchor_time(self) -> np.ndarray:
         return np.concatenate([part.anchor_time for part in self.parts])
 

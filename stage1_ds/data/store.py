@@ -305,29 +305,48 @@ def scale_of(stats: dict[str, Any], instrument: str, tf: Timeframe) -> float:
 
 
 def model_stats(model_stats: dict[str, Any], data: PreparedData, allow_other: bool) -> dict[str, Any]:
-    """The statistics to scale a data folder's features with for a trained model: the model's own (its
-    export's ``stats.json``), so that its inputs mean what they meant in training.
+    """The statistics to scale a data folder's features with for a trained model, instrument by instrument:
+
+    - an instrument the model was trained on: the model's own (its export's ``stats.json``), so that its
+      inputs mean what they meant in training; a folder that scales it otherwise is an error;
+    - an instrument the model never saw: the folder's own, fitted on that instrument's train split (its
+      past only), with a log line; if the folder has no train split for it (an all-test folder: fitted on
+      the very split to evaluate), only with ``allow_other``.
+
+    The result's ``sources`` maps every instrument served so far to ``model`` or ``folder`` (`stats_source`).
 
     Args:
-        model_stats: the export's statistics.
-        data: the folder to evaluate or encode.
-        allow_other: where the folder's statistics differ (another scale, or an instrument the model never
-            saw), warn and go on (the model's scale where it has one, else the folder's) instead of raising.
+        model_stats: the export's statistics (or the result of an earlier call, for a corpus).
+        data: the folder to evaluate, encode or probe.
+        allow_other: go on with a warning where the folder's scales differ from the model's (the model's are
+            used) or come from a folder without a train split (the folder's are used).
 
     Raises:
-        DataError: naming each instrument and timeframe whose statistics differ, unless ``allow_other``.
+        DataError: naming each instrument and timeframe at fault, unless ``allow_other``.
     """
     known = model_stats["instruments"]
+    sources = dict(model_stats.get("sources", {}))
     problems, merged = [], {name: dict(record) for name, record in known.items()}
     for name in data.instruments:
-        own = data.stats["instruments"][name]["scale"]
-        if name not in known:
-            problems.append(
-                f"instrument {name}: the model has no statistics for it (it knows {sorted(known)})"
-            )
-            merged[name] = data.stats["instruments"][name]
+        own = data.stats["instruments"][name]
+        if name not in known or sources.get(name) == "folder":
+            merged[name], sources[name] = own, "folder"
+            fitted_on = own.get("fitted_on", "train")
+            if fitted_on == "train":
+                log.info(
+                    "%s: the model never saw this instrument; its features are scaled with statistics fitted "
+                    "on the train split of %s (its past only)",
+                    name,
+                    data.root,
+                )
+            else:
+                problems.append(
+                    f"instrument {name}: the model never saw it and {data.root} has no train split for it; "
+                    f"its statistics were fitted on the {fitted_on} split"
+                )
             continue
-        for tf, value in own.items():
+        sources[name] = "model"
+        for tf, value in own["scale"].items():
             theirs = known[name]["scale"].get(tf)
             if theirs != value:
                 problems.append(
@@ -335,14 +354,27 @@ def model_stats(model_stats: dict[str, Any], data: PreparedData, allow_other: bo
                 )
     if problems and not allow_other:
         raise DataError(
-            f"{data.root}: feature statistics differ from the model's:\n  "
+            f"{data.root}: feature statistics cannot be taken as they are:\n  "
             + "\n  ".join(problems)
-            + "\n(pass --allow-other-stats to go on with the model's scales, or the folder's where the model "
-            "has none)"
+            + "\n(pass --allow-other-stats to go on with the model's scales where it has them, else the "
+            "folder's)"
         )
     for problem in problems:
         log.warning("%s", problem)
-    return {**model_stats, "instruments": merged}
+    return {**model_stats, "instruments": merged, "sources": sources}
+
+
+def stats_source(stats: dict[str, Any], instruments: list[str]) -> dict[str, Any]:
+    """Where the statistics that scaled ``instruments`` came from: ``stats_source`` is ``model`` (the
+    model's own, every instrument), ``folder`` (the data folder's, fitted on its train split: instruments
+    the model never saw) or ``mixed``; ``stats_source_by_instrument`` says it per instrument."""
+    sources = stats.get("sources", {})
+    by_instrument = {name: sources.get(name, "model") for name in instruments}
+    kinds = set(by_instrument.values())
+    return {
+        "stats_source": kinds.pop() if len(kinds) == 1 else "mixed",
+        "stats_source_by_instrument": by_instrument,
+    }
 
 
 #: Options that must agree between folders served together or merged.

@@ -62,35 +62,70 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-class EpochPermutation:
-    """A keyed pseudo-random bijection of ``[0, n)``, evaluated on demand: nothing of size ``n`` is built.
+def _round_keys(seed: int, keys: np.ndarray, stream: int = _ROUND_STREAM) -> np.ndarray:
+    """(FEISTEL_ROUNDS, len(keys)) uint64 round keys, hashes of ``(seed, key, stream + round)``."""
+    return np.stack(
+        [
+            (uniform_hash(seed, np.asarray(keys), stream + r) * float(1 << 53)).astype(np.uint64)
+            for r in range(FEISTEL_ROUNDS)
+        ]
+    )
+
+
+def permute(positions: np.ndarray, n: np.ndarray, round_keys: np.ndarray) -> np.ndarray:
+    """Keyed pseudo-random bijections of ``[0, n)``, one per element, evaluated on demand: element ``k``
+    is where the bijection of domain ``n[k]`` keyed by ``round_keys[:, k]`` takes ``positions[k]`` (so
+    elements that share ``n`` and keys share one bijection).
 
     A balanced Feistel network of `FEISTEL_ROUNDS` rounds permutes ``[0, 4^h)`` (``h`` bits a half, the
     fewest with ``4^h >= n``); a value that lands at ``n`` or above is permuted again until it lands below
-    (cycle walking: still a bijection of ``[0, n)``; the domain is under ``4n``, so few walks). The round
-    keys are hashes of ``(seed, epoch, round)``.
+    (cycle walking: still a bijection of ``[0, n)``; the domain is under ``4n``, so few walks).
     """
+    n = np.broadcast_to(np.asarray(n, dtype=np.uint64), np.shape(positions))
+    # The bit length of n - 1 (at least 1), exact: frexp's exponent of an integer below 2^53.
+    bits = np.frexp(np.maximum(n, np.uint64(2)) - np.uint64(1))[1].astype(np.uint64)
+    half = (bits + np.uint64(1)) // np.uint64(2)
+    mask = (np.uint64(1) << half) - np.uint64(1)
+    keys = np.broadcast_to(round_keys, (FEISTEL_ROUNDS, *np.shape(positions)))
+
+    def network(x: np.ndarray, at: np.ndarray) -> np.ndarray:
+        h, m = half[at], mask[at]
+        left, right = x >> h, x & m
+        for key in keys[:, at]:
+            left, right = right, left ^ (_mix(right ^ key) & m)
+        return (left << h) | right
+
+    everywhere = np.arange(np.size(positions))
+    out = network(np.asarray(positions).astype(np.uint64).reshape(-1), everywhere)
+    outside = np.flatnonzero(out >= n.reshape(-1))
+    while len(outside):
+        out[outside] = network(out[outside], outside)
+        outside = outside[out[outside] >= n.reshape(-1)[outside]]
+    return out.astype(np.int64).reshape(np.shape(positions))
+
+
+class EpochPermutation:
+    """A keyed pseudo-random bijection of ``[0, n)`` (`permute`), the round keys hashes of ``(seed, epoch,
+    round)``: nothing of size ``n`` is built."""
 
     def __init__(self, n: int, seed: int, epoch: int):
         self.n = n
-        self.half = np.uint64(max(1, (max(n - 1, 1).bit_length() + 1) // 2))
-        self.mask = np.uint64((1 << int(self.half)) - 1)
-        self.keys = [
-            np.uint64(int(uniform_hash(seed, np.array([epoch]), _ROUND_STREAM + r)[0] * float(1 << 53)))
-            for r in range(FEISTEL_ROUNDS)
-        ]
-
-    def _network(self, x: np.ndarray) -> np.ndarray:
-        left, right = x >> self.half, x & self.mask
-        for key in self.keys:
-            left, right = right, left ^ (_mix(right ^ key) & self.mask)
-        return (left << self.half) | right
+        self.keys = _round_keys(seed, np.array([epoch]))
 
     def __call__(self, positions: np.ndarray) -> np.ndarray:
         """Where the bijection takes each position (int64 values in ``[0, n)``)."""
-        out = self._network(np.asarray(positions).astype(np.uint64))
-        outside = out >= np.uint64(self.n)
-        while outside.any():
-            out[outside] = self._network(out[outside])
-            outside = out >= np.uint64(self.n)
-        return out.astype(np.int64)
+        return permute(np.asarray(positions), np.asarray(self.n, dtype=np.uint64), self.keys)
+
+
+def keyed_permute(positions: np.ndarray, n: np.ndarray, seed: int, keys: np.ndarray) -> np.ndarray:
+    """`permute` with each element's bijection keyed by ``(seed, keys[k])`` (e.g. an instrument and its
+    epoch folded into one integer)."""
+    return permute(positions, n, _round_keys(seed, np.asarray(keys)))
+
+
+_BLOCK_STREAM = 1 << 31  # the keys of `InstrumentMix`'s blocks, apart from the epochs' and every decision's
+
+
+def block_keys(seed: int, blocks: np.ndarray) -> np.ndarray:
+    """Round keys of each block's bijection (hashes of ``(seed, block)`` on streams of their own)."""
+    return _round_keys(seed, blocks, _BLOCK_STREAM)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,13 +27,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from stage1_ds.config import DataConfig
+from stage1_ds.config import DataConfig, InstrumentSampling
 from stage1_ds.data.batch import Batch, TimeframeWindow
 from stage1_ds.data.features import to_features, volume_reference, volume_scale
 from stage1_ds.data.store import SPLITS, PreparedData, load_prepared, scale_of
-from stage1_ds.data.streams import EpochPermutation, Stream, uniform_hash
+from stage1_ds.data.streams import EpochPermutation, Stream, block_keys, keyed_permute, permute, uniform_hash
 from stage1_ds.data.timeframes import BASE, TIMEFRAMES, Timeframe, bucket_start, sort_timeframes
 from stage1_ds.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 class BarMasker(Protocol):
@@ -180,6 +183,12 @@ class WindowDataset(Dataset):
     def data_of(self, instrument: str) -> PreparedData:
         """The folder that holds an instrument (this dataset's one folder)."""
         return self.data
+
+    @property
+    def instrument_anchors(self) -> np.ndarray:
+        """(instruments,) anchors of each instrument, in the order of `instruments` (their ids are
+        consecutive, in that order)."""
+        return np.diff(self._anchors_before)
 
     @property
     def anchor_instrument(self) -> np.ndarray:
@@ -364,6 +373,8 @@ class WindowSampler(Sampler[list[int]]):
         rank, world_size: this rank's share.
         start_batch: the first batch to yield (the resume position).
         num_batches: how many batches to yield; None for an endless stream.
+        mix: share the positions out among instruments by weight instead of by anchors
+            (`InstrumentMix`); None: every anchor once per epoch as above.
     """
 
     def __init__(
@@ -375,7 +386,9 @@ class WindowSampler(Sampler[list[int]]):
         world_size: int = 1,
         start_batch: int = 0,
         num_batches: int | None = None,
+        mix: InstrumentMix | None = None,
     ):
+        self.mix = mix
         self.num_anchors = num_anchors
         self.batch_size = batch_size
         self.seed = seed
@@ -407,6 +420,8 @@ class WindowSampler(Sampler[list[int]]):
         """Sample ids of batch ``b`` of this rank."""
         first = b * self.world_size * self.batch_size + self.rank
         positions = first + self.world_size * np.arange(self.batch_size, dtype=np.int64)
+        if self.mix is not None:
+            return self.mix.sample_ids(positions)
         epoch, position = np.divmod(positions, self.num_anchors)
         anchors = np.empty(self.batch_size, dtype=np.int64)
         for e in np.unique(epoch):  # one epoch, or two where the batch spans their boundary
@@ -420,6 +435,93 @@ class WindowSampler(Sampler[list[int]]):
                 epoch: EpochPermutation(self.num_anchors, self.seed, epoch)
             }  # the latest only
         return self._permutations[epoch]
+
+
+#: Positions per block of `InstrumentMix`: each instrument's share is exact within every block.
+MIX_BLOCK = 4096
+
+
+class InstrumentMix:
+    """Positions of the sample stream shared out among instruments by weight, in memory of the number of
+    instruments (nothing per anchor).
+
+    The stream is cut into blocks of ``M`` positions (`MIX_BLOCK` or more). Instrument ``i`` owns ``c_i``
+    slots of every block, its weight times ``M`` rounded (largest remainders; at least one slot each), and
+    a keyed bijection of the block (`stage1_ds.data.streams.permute`, keyed by the block) scatters the
+    slots over it. Block ``k`` holds instrument ``i``'s draws ``k c_i`` to ``(k + 1) c_i - 1``; its
+    ``q``-th draw is its anchor ``perm_{i, e}(q mod n_i)`` in its own epoch ``e = q div n_i``. So an
+    instrument runs through all its anchors before it repeats one (to within the order inside a block),
+    and a small instrument repeats sooner. The sample id is ``e * N`` plus the anchor (``N`` all anchors),
+    unique per draw, so a repeated anchor gets other masks. Like the plain sampler, batch ``b`` of rank
+    ``r`` is a pure function of the seed, the rank, the world size and ``b``.
+
+    Args:
+        anchors: (instruments,) anchors of each instrument, their ids consecutive in this order.
+        weights: (instruments,) relative weights (`instrument_weights`).
+        seed: the sampler's seed.
+    """
+
+    def __init__(self, anchors: np.ndarray, weights: np.ndarray, seed: int):
+        self.anchors = np.asarray(anchors, dtype=np.int64)
+        self.before = np.r_[0, np.cumsum(self.anchors)].astype(np.int64)
+        used = self.anchors > 0
+        share = np.where(used, np.asarray(weights, dtype=np.float64), 0.0)
+        self.block = max(MIX_BLOCK, 2 * int(used.sum()))
+        exact = share / share.sum() * self.block
+        slots = np.where(used, np.maximum(np.floor(exact), 1), 0).astype(np.int64)
+        spare = self.block - int(slots.sum())
+        if spare > 0:  # largest remainders first
+            order = np.argsort(-(exact - np.floor(exact)) + np.where(used, 0, np.inf), kind="stable")
+            slots[order[:spare]] += 1
+        self.block = int(slots.sum())  # the floor of one slot each can only add
+        self.slots = slots
+        self.slots_before = np.r_[0, np.cumsum(slots)].astype(np.int64)
+        self.seed = seed
+
+    @property
+    def shares(self) -> np.ndarray:
+        """(instruments,) the fraction of positions each instrument gets."""
+        return self.slots / self.block
+
+    def sample_ids(self, positions: np.ndarray) -> np.ndarray:
+        """Sample ids at the given stream positions."""
+        block, offset = np.divmod(positions, self.block)
+        slot = permute(offset, np.asarray(self.block, dtype=np.uint64), block_keys(self.seed, block))
+        instrument = np.searchsorted(self.slots_before, slot, side="right") - 1
+        draw = block * self.slots[instrument] + slot - self.slots_before[instrument]
+        epoch, position = np.divmod(draw, self.anchors[instrument])
+        local = keyed_permute(
+            position, self.anchors[instrument].astype(np.uint64), self.seed, instrument + (epoch << 20)
+        )
+        return epoch * self.before[-1] + self.before[instrument] + local
+
+
+def instrument_weights(anchors: np.ndarray, sampling: InstrumentSampling, temperature: float) -> np.ndarray:
+    """(instruments,) relative weights of the instruments for `InstrumentMix`."""
+    anchors = np.asarray(anchors, dtype=np.float64)
+    if sampling == InstrumentSampling.UNIFORM:
+        return (anchors > 0).astype(np.float64)
+    power = 1.0 if sampling == InstrumentSampling.PROPORTIONAL else 1.0 / temperature
+    return anchors**power
+
+
+def training_mix(windows: Any, config: DataConfig, seed: int) -> InstrumentMix | None:
+    """The `InstrumentMix` of ``config.instrument_sampling`` over ``windows``' instruments (None for
+    ``proportional``: the plain sampler), its shares logged."""
+    if config.instrument_sampling == InstrumentSampling.PROPORTIONAL:
+        return None
+    anchors = windows.instrument_anchors
+    mix = InstrumentMix(
+        anchors, instrument_weights(anchors, config.instrument_sampling, config.instrument_temperature), seed
+    )
+    shares = sorted(zip(mix.shares, anchors / anchors.sum(), windows.instruments, strict=True), reverse=True)
+    log.info(
+        "instrument sampling %s: %s",
+        config.instrument_sampling.value,
+        ", ".join(f"{name} {share:.1%} (of anchors {own:.1%})" for share, own, name in shares[:8])
+        + (f", and {len(shares) - 8} more" if len(shares) > 8 else ""),
+    )
+    return mix
 
 
 def _unwrap(batch: Any) -> Any:

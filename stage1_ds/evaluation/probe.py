@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stage1_ds.data.corpus import DataSource, Windows, open_windows
+from stage1_ds.data.corpus import DataSource, Windows, data_folders, open_windows
 from stage1_ds.data.store import PreparedData
 from stage1_ds.data.timeframes import Timeframe
 from stage1_ds.encoding import encode_batch, model_data_config
@@ -323,6 +323,39 @@ def _sign_scores(truth: np.ndarray, score: np.ndarray) -> dict[str, float]:
     }
 
 
+#: Methods fitted on another folder's instruments (``probe(readout_from=...)``) and scored on this one.
+ZERO_SHOT_METHODS = ("best_rule_zero_shot", "embeddings_zero_shot", "best_rule_plus_embeddings_zero_shot")
+
+
+def _probe_sets(
+    model: Stage1Model,
+    untrained: Stage1Model,
+    data_dir: DataSource,
+    splits: tuple[str, ...],
+    max_anchors: int,
+    seed: int,
+    stats: dict[str, Any] | None,
+) -> tuple[dict[str, ProbeSet], dict[str, dict[str, np.ndarray]]]:
+    """The probe's anchors of each split of ``data_dir`` (`probe_set`; the rules know each instrument's
+    train split) and both encoders' embeddings of them, by method name then split."""
+    config = model_data_config(model)
+    sets: dict[str, ProbeSet] = {}
+    embeddings: dict[str, dict[str, np.ndarray]] = {"embeddings": {}, "embeddings_random_init": {}}
+    known: dict[str, InstrumentRules] = {}
+    for split in splits:
+        windows = open_windows(data_dir, split, config, seed=seed, stats=stats)
+        if not known:
+            for name in windows.instruments:
+                data = windows.data_of(name)
+                bars, train = minute_bars(data, name), data.split(name, "train")
+                known[name] = InstrumentRules(seasonal_profile(bars, train), periodicity(bars, train))
+        chosen = sets[split] = probe_set(windows, max_anchors, seed, known)
+        log.info("probe: %d %s anchors of %s (dropped: %s)", len(chosen.ids), split, data_dir, chosen.dropped)
+        embeddings["embeddings"][split] = pooled_embeddings(model, windows, chosen.ids)
+        embeddings["embeddings_random_init"][split] = pooled_embeddings(untrained, windows, chosen.ids)
+    return sets, embeddings
+
+
 def probe(
     model: Stage1Model,
     untrained: Stage1Model,
@@ -330,6 +363,8 @@ def probe(
     max_anchors: int = 3000,
     seed: int = 0,
     stats: dict[str, Any] | None = None,
+    readout_from: DataSource | None = None,
+    readout_stats: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fit and score every method on every target (see the module docstring).
 
@@ -337,28 +372,25 @@ def probe(
         model: the trained encoder. untrained: the same architecture, freshly initialised (the control).
         max_anchors: at most this many anchors per split.
         stats: feature statistics to scale with (the model's); None: the folder's own.
+        readout_from: another folder (instruments the model was trained on, say): the zero-shot readout.
+            `ZERO_SHOT_METHODS` are then fitted on its train split (penalty chosen on its val split) and
+            scored on this folder's test split, beside every method fitted on this folder's own train split.
+        readout_stats: feature statistics for ``readout_from``.
 
     Returns:
         ``targets.<target>.<method>.<metric>``; ``best_rule.<target>``: the rule chosen on val (``rule``,
         ``chosen_on``, every rule's ``val_mse``, the trading-time ``windows`` and their val MSEs with
         ``har``); the anchors used and dropped per split; the penalties chosen and each method's val MSE
-        there (``val_mse``: what choices between models may read); the test predictions.
+        there (``val_mse``: what choices between models may read); the test predictions; with
+        ``readout_from``, ``readout_from`` and ``readout_anchors``.
     """
-    config = model_data_config(model)
-    sets: dict[str, ProbeSet] = {}
-    embeddings: dict[str, dict[str, np.ndarray]] = {"embeddings": {}, "embeddings_random_init": {}}
-    known: dict[str, InstrumentRules] = {}
-    for split in SPLITS:
-        windows = open_windows(data_dir, split, config, seed=seed, stats=stats)
-        if split == "train":
-            for name in windows.instruments:
-                data = windows.data_of(name)
-                bars, train = minute_bars(data, name), data.split(name, "train")
-                known[name] = InstrumentRules(seasonal_profile(bars, train), periodicity(bars, train))
-        chosen = sets[split] = probe_set(windows, max_anchors, seed, known)
-        log.info("probe: %d %s anchors (dropped: %s)", len(chosen.ids), split, chosen.dropped)
-        embeddings["embeddings"][split] = pooled_embeddings(model, windows, chosen.ids)
-        embeddings["embeddings_random_init"][split] = pooled_embeddings(untrained, windows, chosen.ids)
+    sets, embeddings = _probe_sets(model, untrained, data_dir, SPLITS, max_anchors, seed, stats)
+    other_sets: dict[str, ProbeSet] = {}
+    other_embeddings: dict[str, dict[str, np.ndarray]] = {}
+    if readout_from is not None:
+        other_sets, other_embeddings = _probe_sets(
+            model, untrained, readout_from, ("train", "val"), max_anchors, seed, readout_stats
+        )
     report: dict[str, Any] = {
         "anchors": {split: len(s.ids) for split, s in sets.items()},
         "anchors_dropped": {split: s.dropped for split, s in sets.items()},
@@ -369,11 +401,17 @@ def probe(
         "val_mse": {},
         "predictions": {},
     }
+    if readout_from is not None:
+        report["readout_from"] = [str(folder) for folder in data_folders(readout_from)]
+        report["readout_anchors"] = {split: len(s.ids) for split, s in other_sets.items()}
     for target in TARGETS:
         is_sign = target == SIGN_TARGET
-        rows = {
-            s: (sets[s].targets[target] != 0) if is_sign else np.ones(len(sets[s].ids), bool) for s in sets
-        }
+
+        def used(chosen: ProbeSet, target: str = target, is_sign: bool = is_sign) -> np.ndarray:
+            """The anchors of a set that score on the target (a direction needs a move)."""
+            return (chosen.targets[target] != 0) if is_sign else np.ones(len(chosen.ids), bool)
+
+        rows = {s: used(sets[s]) for s in sets}
         y = {s: sets[s].targets[target][rows[s]] for s in sets}
         by_windows = {w: fit(rule_designs(sets, target, rows, w)["har"], y).val_mse for w in TRADING_WINDOWS}
         windows_name = min(by_windows, key=lambda w: by_windows[w])
@@ -385,6 +423,19 @@ def probe(
             zero = {s: np.zeros(int(rows[s].sum())) for s in sets}
             fitted[name] = fit(Design(values, zero), y)
             fitted[f"best_rule_plus_{name}"] = fit(designs[best].plus(values), y)
+        if readout_from is not None:  # fitted on the other folder's train and val, scored on this test
+            mixed = {**other_sets, "test": sets["test"]}
+            other_rows = {s: used(mixed[s]) for s in mixed}
+            other_y = {s: mixed[s].targets[target][other_rows[s]] for s in mixed}
+            other_rule = rule_designs(mixed, target, other_rows, windows_name)[best]
+            values = {
+                **{s: other_embeddings["embeddings"][s][other_rows[s]] for s in other_sets},
+                "test": embeddings["embeddings"]["test"][rows["test"]],
+            }
+            zero = {s: np.zeros(int(other_rows[s].sum())) for s in mixed}
+            fitted["best_rule_zero_shot"] = fit(other_rule, other_y)
+            fitted["embeddings_zero_shot"] = fit(Design(values, zero), other_y)
+            fitted["best_rule_plus_embeddings_zero_shot"] = fit(other_rule.plus(values), other_y)
         report["best_rule"][target] = {
             "rule": best,
             "chosen_on": "val",
@@ -393,7 +444,8 @@ def probe(
             "windows_chosen_on": "val",
             "windows_val_mse_with_har": by_windows,
         }
-        predictions = {name: fitted[name].test for name in methods_of(target)[:-1]}
+        scored = [*methods_of(target)[:-1], *(ZERO_SHOT_METHODS if readout_from is not None else ())]
+        predictions = {name: fitted[name].test for name in scored}
         train_mean = float(y["train"].mean())
         results: dict[str, dict[str, float]] = {}
         if is_sign:

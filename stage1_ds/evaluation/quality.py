@@ -21,9 +21,11 @@ import torch
 import transformers
 
 from stage1_ds.config import SPLIT_FRACTIONS, Config, PhaseConfig, load_config, resolve_path
-from stage1_ds.data.store import load_prepared
-from stage1_ds.evaluation.probe import format_p, method_label, methods_of, probe
+from stage1_ds.data.corpus import DataSource
+from stage1_ds.data.store import load_prepared, model_stats
+from stage1_ds.evaluation.probe import SPACING_MINUTES, format_p, method_label, methods_of, probe
 from stage1_ds.evaluation.reconstruction import BASELINES, evaluate
+from stage1_ds.evaluation.statistics import diebold_mariano
 from stage1_ds.evaluation.volatility import SIGN_TARGET, TARGETS, VARIANCE_TARGETS
 from stage1_ds.export import convert
 from stage1_ds.model.stage1 import Stage1Model, load_export_config, load_export_stats
@@ -91,7 +93,7 @@ def steps_per_minute(data_dir: Path, work: Path, overrides: list[str], steps: in
     return steps / ((long - short) / 60)
 
 
-def train_for(name: str, overrides: list[str], steps: int, data_dir: Path, work: Path) -> Run:
+def train_for(name: str, overrides: list[str], steps: int, data_dir: DataSource, work: Path) -> Run:
     """Train run ``name`` from scratch in ``work/name`` (a folder left by an earlier report is removed:
     `train` would resume from its checkpoint) and convert it to ``work/name_export``."""
     shutil.rmtree(work / name, ignore_errors=True)
@@ -532,5 +534,216 @@ def _verdicts(evaluation: dict[str, Any], probed: dict[str, Any]) -> list[str]:
         f"- Direction (`ret_sign_60m`) from the embeddings: accuracy {sign['accuracy']:.3f} "
         f"[{sign['accuracy_low']:.3f}, {sign['accuracy_high']:.3f}]: "
         + ("the interval excludes 50%." if skill else "the interval includes 50%: no claim of skill.")
+    )
+    return lines
+
+
+#: The transfer report's section of docs/quality.md.
+TRANSFER_HEADING = "## One encoder for many markets: instruments it never saw"
+#: Held out by default: an FX pair, a commodity, an equity index.
+TRANSFER_HELD_OUT = ("USDCHF", "BCOUSD", "SPXUSD")
+#: Rows of the transfer tables: (label, which run's probe, method).
+_TRANSFER_ROWS = (
+    ("(iii) untrained encoder, embeddings", "others", "embeddings_random_init"),
+    ("(i) pretrained on the others, embeddings", "others", "embeddings"),
+    ("(i) ... zero-shot readout", "others", "embeddings_zero_shot"),
+    ("(ii) trained on it alone, embeddings", "alone", "embeddings"),
+    ("best_rule + (i)", "others", "best_rule_plus_embeddings"),
+    ("best_rule + (i), zero-shot readout", "others", "best_rule_plus_embeddings_zero_shot"),
+    ("best_rule + (ii)", "alone", "best_rule_plus_embeddings"),
+    ("best_rule, zero-shot readout", "others", "best_rule_zero_shot"),
+)
+
+
+def instrument_folders(root: Path) -> dict[str, Path]:
+    """The prepared folders directly under ``root``, each holding one instrument, by instrument."""
+    folders = {}
+    for folder in sorted(p for p in Path(root).iterdir() if (p / "manifest.json").is_file()):
+        names = load_prepared(folder).instruments
+        if len(names) != 1:
+            raise ValueError(f"{folder}: holds {names}; the transfer report needs one instrument per folder")
+        folders[names[0]] = folder
+    return folders
+
+
+def transfer_report(
+    root: Path,
+    held_out: list[str],
+    work: Path,
+    steps: int,
+    max_anchors: int,
+    batches: int,
+    overrides: list[str] | None = None,
+) -> str:
+    """Leave-one-instrument-out (issue 22): for each held-out instrument, (i) the demo-sized model trained
+    ``steps`` on the other instruments' folders (temperature sampling), (ii) the same trained ``steps`` on
+    the held-out instrument alone, (iii) the untrained control and (iv) the simple rules fitted on it;
+    reconstruction per masking mode and the probe on its test split, with (i)'s zero-shot readout fitted on
+    the other instruments. Returns the markdown section `TRANSFER_HEADING`."""
+    folders, work = instrument_folders(root), Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    shared = ["train.micro_batch_size=32", *(overrides or [])]
+    lines = [TRANSFER_HEADING, ""]
+    verdicts: list[str] = []
+    setup: list[str] = []
+    for name in held_out:
+        others = [folder for other, folder in folders.items() if other != name]
+        runs = {
+            "others": train_for(
+                f"{name}_others", [*shared, "data.instrument_sampling=temperature"], steps, others, work
+            ),
+            "alone": train_for(f"{name}_alone", shared, steps, folders[name], work),
+        }
+        evaluations, probes = {}, {}
+        for kind, run in runs.items():
+            model = Stage1Model.from_pretrained(run.export)
+            exported = load_export_stats(run.export)
+            stats = model_stats(exported, load_prepared(folders[name]), allow_other=False)
+            config = load_export_config(run.export)
+            evaluations[kind] = evaluate(model, folders[name], config, "test", batches, 64, stats=stats)
+            readout: dict[str, Any] = {}
+            if kind == "others":
+                other_stats = exported
+                for folder in others:
+                    other_stats = model_stats(other_stats, load_prepared(folder), allow_other=False)
+                readout = {"readout_from": others, "readout_stats": other_stats}
+            probes[kind] = probe(
+                model,
+                Stage1Model.untrained_like(run.export),
+                folders[name],
+                max_anchors,
+                stats=stats,
+                **readout,
+            )
+        setup.append(
+            f"- {name}: (i) {runs['others'].minutes:.1f} min, final val loss {runs['others'].val_loss:.4f} "
+            f"(on the others' val splits); (ii) {runs['alone'].minutes:.1f} min, {runs['alone'].val_loss:.4f}"
+        )
+        lines += _transfer_tables(name, probes, evaluations)
+        verdicts += _transfer_verdicts(name, probes, evaluations)
+    sources = []
+    for name, folder in folders.items():
+        record = load_prepared(folder).manifest["instruments"][name]
+        sources.append(
+            f"{name} ("
+            + ", ".join(f"`{Path(s['path']).name}` sha256 {s['sha256'][:12]}" for s in record["sources"])
+            + ")"
+        )
+    config = load_export_config(work / f"{held_out[0]}_others_export")
+    head = [
+        f"Written by `scripts/quality_report.py {root} --transfer {' '.join(held_out)} --steps {steps}"
+        + "".join(f" {o}" for o in overrides or [])
+        + f"`, code {code_version()}. Data: one prepared folder per instrument under `{root}`: "
+        + "; ".join(sources)
+        + f". Model: `{DEMO_CONFIG}` (mini preset) with micro batch 32 and the shipped defaults "
+        f"(position bias `{config.model.position_bias.value}`, timeframe-pair bias "
+        f"{config.model.timeframe_pair_bias}, calendar {config.model.calendar or 'off'}), "
+        f"{config.data.window_bars}-bar windows, {steps:,} steps per run (frozen for 10%, LoRA to a third, then "
+        f"full), on {platform.processor() or platform.machine()} with {torch.get_num_threads()} torch threads, "
+        "one run after another. (i) trains on the other instruments' folders served as one corpus with "
+        "`data.instrument_sampling=temperature` (T = 2); (ii) on the held-out instrument alone, the same steps. "
+        "The held-out instrument's features are scaled with statistics fitted on its own train split for "
+        "both (for (ii) they are the model's own). Every readout's penalty and every rule is chosen on val; "
+        "all figures are on the held-out instrument's test split. Minutes are wall time.",
+        "",
+        *setup,
+        "",
+        "### Targets, as measured",
+        "",
+        *verdicts,
+        "",
+    ]
+    return "\n".join(lines[:2] + head + lines[2:]) + "\n"
+
+
+def _transfer_tables(
+    name: str, probes: dict[str, dict[str, Any]], evaluations: dict[str, dict[str, Any]]
+) -> list[str]:
+    """The probe and reconstruction tables of one held-out instrument."""
+    lines = [f"### {name} held out", ""]
+    best = {t: probes["others"]["best_rule"][t]["rule"] for t in VARIANCE_TARGETS}
+    lines.append(
+        f"Anchors (train / val / test): {probes['others']['anchors']}; zero-shot readout fitted on "
+        f"{probes['others']['readout_anchors']} anchors of the other instruments. `best_rule`: "
+        + ", ".join(
+            f"`{t}` {best[t]} (R^2 {probes['others']['targets'][t][best[t]]['r2']:.3f})" for t in best
+        )
+        + ", chosen on val."
+    )
+    lines += [
+        "",
+        "| method | R^2 rv_60m | DM p vs best_rule | R^2 rv_240m | DM p vs best_rule |",
+        "|---|---|---|---|---|",
+    ]
+    for label, kind, method in _TRANSFER_ROWS:
+        cells = []
+        for target in VARIANCE_TARGETS:
+            r = probes[kind]["targets"][target][method]
+            cells.append(f"{r['r2']:.3f} | {format_p(r['dm_p_vs_best_rule'])}")
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    lines += ["", "Reconstruction, model / best baseline (chosen on val) per timeframe, `time` mode:", ""]
+    timeframes = list(evaluations["others"]["modes"]["time"]["timeframes"])
+    lines += ["| run | " + " | ".join(timeframes) + " | overall |", "|---|" + "---|" * (len(timeframes) + 1)]
+    for kind, label in (("others", "(i) pretrained on the others"), ("alone", "(ii) trained on it alone")):
+        mode = evaluations[kind]["modes"]["time"]
+        ratios = [mode["timeframes"][tf]["ratio_to_best_baseline"] for tf in timeframes]
+        lines.append(
+            f"| {label} | "
+            + " | ".join(f"{r:.3f}" for r in ratios)
+            + f" | {mode['overall']['ratio_to_best_baseline']:.3f} |"
+        )
+    return [*lines, ""]
+
+
+def _transfer_verdicts(
+    name: str, probes: dict[str, dict[str, Any]], evaluations: dict[str, dict[str, Any]]
+) -> list[str]:
+    """The issue's four targets for one held-out instrument, met or missed, with their figures."""
+    others, alone = probes["others"], probes["alone"]
+    lines = []
+    for target in VARIANCE_TARGETS:
+        values = others["predictions"][target]
+        horizon = -(-VARIANCE_TARGETS[target] // SPACING_MINUTES)
+        stat, p = diebold_mariano(
+            (values["embeddings"] - values["truth"]) ** 2,
+            (values["embeddings_random_init"] - values["truth"]) ** 2,
+            horizon,
+        )
+        r2 = others["targets"][target]
+        met = "met" if stat < 0 and p < 0.05 else "missed"
+        lines.append(
+            f"- {name}, `{target}`: (i) beats the untrained control (iii): {met} (R^2 {r2['embeddings']['r2']:.3f} "
+            f"vs {r2['embeddings_random_init']['r2']:.3f}, DM {stat:.2f}, p {format_p(p)})."
+        )
+    own, pooled = (
+        alone["targets"]["rv_60m"]["embeddings"]["r2"],
+        others["targets"]["rv_60m"]["embeddings"]["r2"],
+    )
+    lines.append(
+        f"- {name}, `rv_60m`: (i) at least as good as (ii), within 0.01 R^2: "
+        f"{'met' if pooled >= own - 0.01 else 'missed'} (embeddings {pooled:.3f} vs {own:.3f}; with the rule "
+        f"{others['targets']['rv_60m']['best_rule_plus_embeddings']['r2']:.3f} vs "
+        f"{alone['targets']['rv_60m']['best_rule_plus_embeddings']['r2']:.3f})."
+    )
+    rule = others["best_rule"]["rv_60m"]["rule"]
+    for method, readout in (
+        ("best_rule_plus_embeddings", "own"),
+        ("best_rule_plus_embeddings_zero_shot", "zero-shot"),
+    ):
+        r = others["targets"]["rv_60m"][method]
+        base = others["targets"]["rv_60m"][rule]
+        better = r["mse"] < base["mse"] and r["dm_p_vs_best_rule"] < 0.05
+        lines.append(
+            f"- {name}, `rv_60m`: the rule plus (i)'s embeddings ({readout} readout) beats `best_rule` ({rule}): "
+            f"{'met' if better else 'missed'} (R^2 {r['r2']:.3f} vs {base['r2']:.3f}, MSE "
+            f"{100 * (r['mse'] / base['mse'] - 1):+.1f}%, DM {r['dm_stat_vs_best_rule']:.2f}, p "
+            f"{format_p(r['dm_p_vs_best_rule'])})."
+        )
+    mode = evaluations["others"]["modes"]["time"]["timeframes"]
+    worst = max(mode, key=lambda tf: mode[tf]["ratio_to_best_baseline"])
+    ratio = mode[worst]["ratio_to_best_baseline"]
+    lines.append(
+        f"- {name}: `time`-mode reconstruction of (i) at most 0.85 of the best baseline on every timeframe: "
+        f"{'met' if ratio <= 0.85 else 'missed'} (worst {worst}: {ratio:.3f})."
     )
     return lines

@@ -25,7 +25,7 @@ from stage1_ds.config import Config, config_to_dict
 from stage1_ds.data.batch import Batch
 from stage1_ds.data.corpus import DataSource, open_windows
 from stage1_ds.data.timeframes import sort_timeframes
-from stage1_ds.data.windows import WindowSampler, build_loader
+from stage1_ds.data.windows import WindowSampler, build_loader, training_mix
 from stage1_ds.errors import Stage1Error
 from stage1_ds.model.losses import LossOutput, stage1_loss
 from stage1_ds.model.masking import MaskedWindows, num_patches
@@ -149,6 +149,7 @@ def train(
             rank=rank,
             world_size=world,
             start_batch=state.batches_consumed,
+            mix=training_mix(train_data.windows, config.data, config.seed),
         )
         batches = iter(build_loader(train_data, sampler, config.data.num_workers))
 
