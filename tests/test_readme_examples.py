@@ -63,11 +63,18 @@ def _kline_zip(path: Path, frame: pd.DataFrame) -> None:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with the README's input files, and ../shared/data/histdata beside it."""
+    """A folder with the README's input files, and ../shared/data/histdata and ../shared/data/corpus
+    beside it."""
     root = tmp_path_factory.mktemp("readme")
-    work, histdata = root / "repo", root / "shared" / "data" / "histdata"
+    work, histdata, corpus = (
+        root / "repo",
+        root / "shared" / "data" / "histdata",
+        root / "shared" / "data" / "corpus",
+    )
     work.mkdir()
     histdata.mkdir(parents=True)
+    corpus.mkdir()
+    _histdata_zip(corpus / "HISTDATA_COM_ASCII_USDCHF_M12018.zip", _bars(DAYS, 9))
     _histdata_zip(histdata / "HISTDATA_COM_ASCII_EURUSD_M12018.zip", _bars(DAYS, 1))
     _histdata_zip(histdata / "HISTDATA_COM_ASCII_GBPUSD_M12018.zip", _bars(DAYS, 2))
     _histdata_zip(work / "EURUSD_2018.zip", _bars(DAYS // 2, 3))
