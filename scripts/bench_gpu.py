@@ -6,7 +6,8 @@
 For each phase (frozen, lora, full) and ZeRO-2 without and with CPU offload, under the DeepSpeed engine:
 samples/s, patch-tokens/s, MFU, peak accelerator memory and (on a GPU) the largest micro-batch that fits.
 In the same run, for the full phase: the engine against a plain PyTorch AdamW loop, and the shared encoder
-called once against a loop that calls it once per timeframe. MFU counts forward + backward as
+called once against a loop that calls it once per timeframe, and the time-aware attention bias (the
+default) against T5's index bias. MFU counts forward + backward as
 (6 x trainable + 4 x frozen parameters) x patch tokens, against the GPU's dense bf16 peak (989 TFLOP/s for
 H100/H200). Six timeframes x 128 bars, patch 8: 96 patch tokens per sample. Prints a table, writes JSON.
 """
@@ -14,6 +15,7 @@ H100/H200). Six timeframes x 128 bars, patch 8: 96 patch tokens per sample. Prin
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import sys
@@ -33,7 +35,7 @@ from stage1_ds.benchmark import (
     time_engine,
     time_plain,
 )
-from stage1_ds.config import WINDOW_BARS, EncoderPreset, Phase
+from stage1_ds.config import WINDOW_BARS, EncoderPreset, Phase, PositionBias
 from stage1_ds.data.prepare import PrepareOptions, prepare_synthetic
 from stage1_ds.logs import setup_logging
 from stage1_ds.model.masking import num_patches
@@ -131,6 +133,9 @@ def main() -> int:
         full = bench_config(args.preset, WINDOW_BARS, args.batch_size)
         plain = time_plain(full, Phase.FULL, batches, **timing).median_s
         loop = time_plain(full, Phase.FULL, batches, forward=loop_forward, **timing).median_s
+        index = copy.deepcopy(full)  # the model before the time-aware keys: T5's index bias
+        index.model.position_bias, index.model.timeframe_pair_bias = PositionBias.INDEX, False
+        index_plain = time_plain(index, Phase.FULL, batches, **timing).median_s
     by = {(r["phase"], r["offload"]): r for r in results["runs"]}
     engine_full = by[("full", False)]["step_s"]
     results["ratios"] = {
@@ -139,8 +144,10 @@ def main() -> int:
         "frozen_over_full_samples_per_s": by[("frozen", False)]["samples_per_s"]
         / by[("full", False)]["samples_per_s"],
         "offload_over_no_offload_step_full": by[("full", True)]["step_s"] / engine_full,
+        "time_bias_over_index_bias_plain_full": plain / index_plain,
     }
     results["plain_full_step_s"], results["loop_full_step_s"] = plain, loop
+    results["index_bias_plain_full_step_s"] = index_plain
     print(
         f"{results['device']}, preset {args.preset}, micro-batch {args.batch_size}, {tokens} patch tokens/sample"
     )

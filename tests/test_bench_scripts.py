@@ -49,6 +49,7 @@ def test_bench_gpu_runs_on_cpu_with_the_mini_preset(tmp_path: Path) -> None:
         "loop_per_timeframe_over_shared_plain_full",
         "frozen_over_full_samples_per_s",
         "offload_over_no_offload_step_full",
+        "time_bias_over_index_bias_plain_full",
     }
     assert "frozen" in result.stdout and "engine_over_plain_full" in result.stdout
 
