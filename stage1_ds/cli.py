@@ -284,11 +284,10 @@ def _stats_source(stats: dict) -> dict:
     folder = [name for name, kind in source["stats_source_by_instrument"].items() if kind == "folder"]
     if folder:
         print(
-            f"features scaled with the data folder's own statistics (fitted on its train split) for "
-            f"{', '.join(folder)}, which the model never saw; with the model's for the others"
+            f"features scaled with the data folder's own statistics for {', '.join(folder)}, which the model "
+            "never saw; with the model's for the others"
             if source["stats_source"] == "mixed"
-            else f"features scaled with the data folder's own statistics (fitted on its train split): the "
-            f"model never saw {', '.join(folder)}"
+            else f"features scaled with the data folder's own statistics: the model never saw {', '.join(folder)}"
         )
     return source
 
