@@ -370,6 +370,7 @@ def test_training_mix_follows_the_config_and_proportional_keeps_the_plain_sample
     uniform = DataConfig(window_bars=16, instrument_sampling=InstrumentSampling.UNIFORM)
     mix = training_mix(dataset, uniform, seed=0)
     assert mix is not None and np.array_equal(mix.anchors, dataset.instrument_anchors)
-    ids = mix.sample_ids(np.arange(512))
-    assert (ids % len(dataset) < len(dataset)).all()
-    dataset.batch(ids[:8])  # the ids are the dataset's
+    whole_blocks = mix.block * -(-len(dataset) // mix.block)  # an epoch of draws, to within a block
+    ids = mix.sample_ids(np.arange(whole_blocks))
+    assert len(np.unique(ids)) == len(ids), "one instrument: a new id for every draw"
+    assert np.array_equal(np.unique(ids % len(dataset)), np.arange(len(dataset))), "every anchor drawn"

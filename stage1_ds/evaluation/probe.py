@@ -329,7 +329,7 @@ ZERO_SHOT_METHODS = ("best_rule_zero_shot", "embeddings_zero_shot", "best_rule_p
 
 def _probe_sets(
     model: Stage1Model,
-    untrained: Stage1Model,
+    untrained: Stage1Model | None,
     data_dir: DataSource,
     splits: tuple[str, ...],
     max_anchors: int,
@@ -337,7 +337,8 @@ def _probe_sets(
     stats: dict[str, Any] | None,
 ) -> tuple[dict[str, ProbeSet], dict[str, dict[str, np.ndarray]]]:
     """The probe's anchors of each split of ``data_dir`` (`probe_set`; the rules know each instrument's
-    train split) and both encoders' embeddings of them, by method name then split."""
+    train split) and the encoders' embeddings of them, by method name then split (no untrained control's
+    for ``untrained=None``: the zero-shot readout does not use them)."""
     config = model_data_config(model)
     sets: dict[str, ProbeSet] = {}
     embeddings: dict[str, dict[str, np.ndarray]] = {"embeddings": {}, "embeddings_random_init": {}}
@@ -352,7 +353,8 @@ def _probe_sets(
         chosen = sets[split] = probe_set(windows, max_anchors, seed, known)
         log.info("probe: %d %s anchors of %s (dropped: %s)", len(chosen.ids), split, data_dir, chosen.dropped)
         embeddings["embeddings"][split] = pooled_embeddings(model, windows, chosen.ids)
-        embeddings["embeddings_random_init"][split] = pooled_embeddings(untrained, windows, chosen.ids)
+        if untrained is not None:
+            embeddings["embeddings_random_init"][split] = pooled_embeddings(untrained, windows, chosen.ids)
     return sets, embeddings
 
 
@@ -389,7 +391,7 @@ def probe(
     other_embeddings: dict[str, dict[str, np.ndarray]] = {}
     if readout_from is not None:
         other_sets, other_embeddings = _probe_sets(
-            model, untrained, readout_from, ("train", "val"), max_anchors, seed, readout_stats
+            model, None, readout_from, ("train", "val"), max_anchors, seed, readout_stats
         )
     report: dict[str, Any] = {
         "anchors": {split: len(s.ids) for split, s in sets.items()},
