@@ -23,6 +23,7 @@ from stage1_ds.data.prepare import (
 from stage1_ds.data.store import SPLITS
 from stage1_ds.errors import Stage1Error
 from stage1_ds.logs import setup_logging
+from stage1_ds.outputs import claim_file, claim_folder
 
 log = logging.getLogger("stage1_ds")
 
@@ -137,6 +138,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
     )
     if sum(map(bool, (args.synthetic, args.input, args.merge))) > 1:
         raise Stage1Error("--synthetic, --input and --merge exclude each other")
+    claim_folder(args.out.parent, "--out")
     if args.merge:
         manifest = merge_prepared(args.merge, args.out, force=args.force)
     elif args.synthetic:
@@ -181,10 +183,12 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from stage1_ds.config import load_config
-    from stage1_ds.train.loop import train
 
     config = load_config(args.config, args.overrides)
-    out = args.out or Path("runs") / args.config.stem
+    out = claim_folder(args.out or Path("runs") / args.config.stem, "--out")
+    log.info("loading torch, transformers and DeepSpeed")
+    from stage1_ds.train.loop import train
+
     result = train(config, args.data, out, resume=args.resume, stop_at_step=args.stop_at_step)
     log.info(
         "training finished at step %d; checkpoint %s; TensorBoard: tensorboard --logdir %s",
@@ -211,6 +215,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from stage1_ds.train.loop import train
 
     data, run = args.out / "data", args.out / "run"
+    claim_folder(args.out, "--out")
     if not (data / "manifest.json").exists():
         options = PrepareOptions(split_fractions=(0.6, 0.2, 0.2), window_bars=32)
         print(summary_table(prepare_synthetic(data, days=120, seed=0, options=options)))
@@ -235,6 +240,7 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
+    claim_folder(args.out.parent, "--out")
     from stage1_ds.export import convert
 
     info = convert(args.run_dir, args.out, tag=args.tag, force=args.force)
@@ -308,6 +314,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    json_path = claim_file(args.json or args.model / f"eval_{args.split}.json", "--json")
     from stage1_ds.config import MaskingMode
     from stage1_ds.evaluation import evaluate, format_report, write_report
     from stage1_ds.model.masking import MODES
@@ -328,7 +335,6 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         stats=stats,
     )
     report.update(_stats_source(stats))
-    json_path = args.json or args.model / f"eval_{args.split}.json"
     figure_path = json_path.with_suffix(".png")
     write_report(report, json_path, figure_path)
     print(format_report(report))
@@ -341,13 +347,19 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _add_encode(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("encode", help="per-timeframe embeddings of a prepared split, as .npy files")
     _add_model_data_split(p)
-    p.add_argument("--out", type=Path, required=True, help="folder for <tf>_pooled.npy, <tf>_tokens.npy, ...")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder for <tf>_pooled.npy, <tf>_tokens.npy, ..., instruments.json",
+    )
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--max-batches", type=int, help="encode only this many batches")
     p.set_defaults(run=_run_encode)
 
 
 def _run_encode(args: argparse.Namespace) -> int:
+    claim_folder(args.out, "--out")
     import numpy as np
 
     from stage1_ds.data.corpus import load_corpus
@@ -364,13 +376,14 @@ def _run_encode(args: argparse.Namespace) -> int:
         max_batches=args.max_batches,
         stats=stats,
     )
-    args.out.mkdir(parents=True, exist_ok=True)
     for name, array in arrays.items():
         np.save(args.out / f"{name}.npy", array)
     # The codes in instrument.npy index this list (the corpus's order).
     names = [name for data in load_corpus(args.data) for name in data.instruments]
     about = {"instruments": names, "split": args.split, **_stats_source(stats)}
     (args.out / "encoding.json").write_text(json.dumps(about, indent=2) + "\n")
+    codes = {str(code): name for code, name in enumerate(names)}
+    (args.out / "instruments.json").write_text(json.dumps(codes, indent=2) + "\n")
     print(f"wrote {len(arrays)} arrays for {len(arrays['sample_id'])} windows to {args.out}")
     return 0
 
@@ -406,6 +419,7 @@ def _add_probe(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_probe(args: argparse.Namespace) -> int:
+    claim_file(args.json, "--json")
     from stage1_ds.evaluation import format_probe, probe, write_probe
     from stage1_ds.model.stage1 import Stage1Model
 

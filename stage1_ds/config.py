@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import itertools
 import logging
 import types
 import typing
@@ -238,7 +239,7 @@ class MaskingConfig(Section):
 
     ratio: float = 0.3
     mean_span_patches: float = 2.0
-    # Measured on EURUSD validation windows (README, "Masking"): of four mixtures, time 0.7 + horizon 0.3
+    # Measured on EURUSD validation windows (docs/model.md, "Masking"): of four mixtures, time 0.7 + horizon 0.3
     # reconstructed time-masked bars best; spans masks teach copying across timeframes.
     modes: dict[str, float] = field(default_factory=lambda: {"time": 0.7, "horizon": 0.3})
     horizon_minutes: int = 60
@@ -339,7 +340,7 @@ class ModelConfig(Section):
         lora: LoRA adapters, used in the lora phase.
         loss: the training objective.
         position_bias: ``time`` (a learned bias from the difference of two tokens' patch end times in minutes,
-            per head, shared by all layers; T5's index bias unused and frozen; chosen on val, see the README)
+            per head, shared by all layers; T5's index bias unused and frozen; chosen on val, see docs/model.md)
             or ``index`` (T5's relative position bias over the token sequence, the model before it).
         timeframe_pair_bias: with ``position_bias: time``, add a learned bias per head for each (query
             timeframe, key timeframe); ignored with ``index``.
@@ -609,9 +610,54 @@ def load_config(path: Path | str | None = None, overrides: list[str] | None = No
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
         raw = loaded or {}
+    configured_steps = raw.get("train", {}).get("max_steps", TrainConfig.max_steps)
     for override in overrides or []:
         apply_override(raw, override)
+    keys = [override.partition("=")[0].strip() for override in overrides or []]
+    if "train.max_steps" in keys and not any(key.startswith("train.phases") for key in keys):
+        _scale_phases(raw, configured_steps)
     return config_from_dict(raw, source=str(path) if path else "defaults")
+
+
+def _scale_phases(raw: dict[str, Any], configured_steps: Any) -> None:
+    """``train.max_steps`` was overridden and the phases were not: move the config's own phase boundaries
+    (and re-warm-ups) in proportion, so that ``train.max_steps=50`` runs every phase of a 300-step config.
+
+    Raises:
+        ConfigError: too few steps for the phases, naming the overrides that work.
+    """
+    train = raw.setdefault("train", {})
+    steps = train.get("max_steps")
+    if not isinstance(steps, int) or not isinstance(configured_steps, int) or steps < 1:
+        return  # validation names the bad value
+    if steps == configured_steps:
+        return
+    phases = train.get("phases", config_to_dict(TrainConfig().phases))
+    if not isinstance(phases, list) or not all(isinstance(phase, dict) for phase in phases):
+        return
+    scaled = copy.deepcopy(phases)
+    for phase in scaled:
+        for key in ("until_step", "rewarmup_steps"):
+            if isinstance(phase.get(key), int):
+                phase[key] = round(phase[key] * steps / configured_steps)
+    bounds = [0, *(phase.get("until_step") for phase in scaled[:-1]), steps]
+    if not all(isinstance(b, int) for b in bounds) or any(a >= b for a, b in itertools.pairwise(bounds)):
+        names = [phase.get("name") for phase in phases]
+        raise ConfigError(
+            f"train.max_steps={steps}: too few steps for the config's {len(phases)} phases {names} (of "
+            f"{configured_steps} steps); give at least {len(phases)} steps, or set the phases too, e.g. "
+            f"'train.phases=[{{name: full}}]'"
+        )
+    train["phases"] = scaled
+    log.info(
+        "train.max_steps=%d replaces the config's %d: its phases are scaled in proportion (%s); give "
+        "train.phases=... to set them yourself",
+        steps,
+        configured_steps,
+        ", ".join(
+            f"{phase.get('name')} to step {end}" for phase, end in zip(scaled, bounds[1:], strict=True)
+        ),
+    )
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:

@@ -40,6 +40,7 @@ from stage1_ds.model.stage1 import (
     Stage1Model,
     parameter_report,
 )
+from stage1_ds.outputs import make_readable
 from stage1_ds.train.checkpoint import checkpoint_dir, config_of, read_meta
 from stage1_ds.version import code_version
 
@@ -109,6 +110,7 @@ def convert(run_dir: Path, out: Path, tag: str | None = None, force: bool = Fals
     shutil.copyfile(run_dir / EXPORT_ENCODER_CONFIG, staging / EXPORT_ENCODER_CONFIG)
     shutil.copyfile(run_dir / EXPORT_STATS, staging / EXPORT_STATS)
     (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    make_readable(staging)
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)  # the export appears whole or not at all
     return info

@@ -6,6 +6,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import json
+import logging
 import lzma
 import shutil
 import sys
@@ -293,15 +294,32 @@ def test_masked_volume_reaches_no_input(synthetic_small: Path, tmp_path: Path) -
             )
 
 
-def test_a_volume_model_trains_with_the_volume_loss(synthetic_small: Path, tmp_path: Path) -> None:
+def test_a_volume_model_trains_with_the_volume_loss_and_logs_its_curves(
+    synthetic_small: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     from conftest import tiny_train_config
     from stage1_ds.train.loop import train
 
     config = tiny_train_config(max_steps=3)
     config.data.channels = ["ohlc", "volume"]
-    result = train(config, synthetic_small, tmp_path / "run")
+    with caplog.at_level(logging.INFO):
+        result = train(config, synthetic_small, tmp_path / "run")
     assert result.global_step == 3 and np.isfinite(result.last_losses["loss/total"])
     assert result.val_losses["val/loss/cross/m5"] > 0
+    assert (
+        result.val_losses["val/loss/reconstruction/volume"] > 0
+        and result.val_losses["val/loss/cross/volume"] > 0
+    )
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    assert {"loss/reconstruction/volume", "loss/cross/volume", "val/loss/cross/volume"} <= set(
+        events.Tags()["scalars"]
+    )
+    started = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("data read: ") for m in started) and any(
+        m.startswith("engine ready (") for m in started
+    )
 
 
 def test_more_unreadable_inputs_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

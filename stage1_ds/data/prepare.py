@@ -366,8 +366,12 @@ def prepare_instrument(job: Job, options: PrepareOptions, parts: Path) -> Prepar
         raise DataError(
             f"{name}: a bar holds {most:,} volume units, not exact in float32 (limit {MAX_UNITS:,})"
         )
-    gap = _longest_window_span(by_tf, options.window_bars, name)
-    splits = _split_ranges(by_tf[BASE], options.split_fractions, gap, name)
+    try:
+        gap = _longest_window_span(by_tf, options.window_bars, name)
+        splits = _split_ranges(by_tf[BASE], options.split_fractions, gap, name)
+    except DataError as error:
+        raise DataError(f"{error}. {_flags_that_work(by_tf, options)}") from None
+    _warn_few_anchors(by_tf[BASE], splits, name)
     record.update(
         time_range_utc=[
             str(np.datetime64(int(by_tf[BASE].start[0]), "s")),
@@ -452,6 +456,88 @@ def _check_sufficient(data: PreparedData, name: str) -> None:
             raise DataError(f"{data.root}: instrument {name}, {tf}: statistics do not agree with their sums")
 
 
+#: Fewer 1-minute anchors than a day's worth in a val or test split and `prepare` warns.
+FEW_ANCHORS = 1440
+#: The windows `_flags_that_work` tries, longest first (the demo's model needs at least 2 patches of 8).
+WINDOW_CANDIDATES = (96, 64, 48, 32, 24, 16)
+
+
+def _splits_fit(
+    by_tf: dict[Timeframe, Bars], fractions: tuple[float, float, float], window_bars: int
+) -> bool:
+    """Whether every non-empty split is longer than the gap that ``window_bars`` needs."""
+    try:
+        _split_ranges(by_tf[BASE], fractions, _longest_window_span(by_tf, window_bars, ""), "")
+    except DataError:
+        return False
+    return True
+
+
+def _flags_that_work(by_tf: dict[Timeframe, Bars], options: PrepareOptions) -> str:
+    """What to pass instead, computed on this data: the longest `WINDOW_CANDIDATES` window that fits the
+    requested split; the smallest equal val/test shares (keeping zeros) that fit the requested window; when
+    neither does, the shorter window and shares that fit together and keep the most for training."""
+    fractions, window = options.split_fractions, options.window_bars
+
+    def split_flag(split: tuple[float, float, float]) -> str:
+        return "--split " + " ".join(f"{f:g}" for f in split)
+
+    def smallest_shares(w: int) -> tuple[float, float, float] | None:
+        if any(len(bars) < w for bars in by_tf.values()):
+            return None
+        for share in np.arange(0.05, 0.46, 0.05):
+            held = [share if f > 0 else 0.0 for f in fractions[1:]]
+            tried = (round(1.0 - sum(held), 2), round(held[0], 2), round(held[1], 2))
+            if tried != fractions and _splits_fit(by_tf, tried, w):
+                return tried
+        return None
+
+    found = []
+    shorter = [w for w in WINDOW_CANDIDATES if w < window]
+    fits = [w for w in shorter if _splits_fit(by_tf, fractions, w)]
+    if fits:
+        found.append(f"--window-bars {fits[0]} (keeping {split_flag(fractions)})")
+    shares = smallest_shares(window)
+    if shares is not None:
+        found.append(f"{split_flag(shares)} (keeping --window-bars {window})")
+    if not found:  # the pair that keeps the most for training, then the longest window
+        pairs = [(w, shares) for w in shorter if (shares := smallest_shares(w)) is not None]
+        if pairs:
+            w, shares = max(pairs, key=lambda pair: (pair[1][0], pair[0]))
+            found.append(f"--window-bars {w} {split_flag(shares)}")
+    if not found:
+        return (
+            f"No --window-bars down to {WINDOW_CANDIDATES[-1]} with val/test shares up to 0.45 fits this data "
+            f"({len(by_tf[BASE]):,} 1-minute bars): give a longer file"
+        )
+    return "Flags that fit this data: " + ", or ".join(found)
+
+
+def _warn_few_anchors(m1: Bars, splits: dict[str, SplitRange], name: str) -> None:
+    """Warn when a non-empty val or test split has fewer than `FEW_ANCHORS` 1-minute bars after its history
+    (the anchors its windows can end at, so the bars that can be scored)."""
+    for split in ("val", "test"):
+        r = splits[split]
+        if r.empty:
+            continue
+        anchors = int(
+            ((m1.start >= r.anchor_start - BASE.seconds) & (m1.start + BASE.seconds <= r.end)).sum()
+        )
+        if anchors < FEW_ANCHORS:
+            log.warning(
+                "%s: the %s split's windows can end at only %d 1-minute bars (%.1f hours of trading after its "
+                "%.1f days of history), fewer than a day's worth (%d): its scores will be noisy; a longer "
+                "file, a larger %s share (--split) or a smaller --window-bars gives more",
+                name,
+                split,
+                anchors,
+                anchors / 60,
+                (r.anchor_start - r.history_start) / 86400,
+                FEW_ANCHORS,
+                split,
+            )
+
+
 def _longest_window_span(by_tf: dict[Timeframe, Bars], window_bars: int, name: str) -> int:
     """The longest time, in seconds, that ``window_bars`` consecutive bars of any timeframe cover."""
     longest = 0
@@ -523,10 +609,11 @@ def _fit_stats(by_tf: dict[Timeframe, Bars], train: SplitRange, lag: int) -> dic
 
 def summary_table(manifest: dict[str, Any]) -> str:
     """A plain-text table of bars per timeframe and split, and what cleaning dropped."""
-    lines = [f"{'instrument':<12}{'timeframe':<10}{'total':>10}{'train':>10}{'val':>10}{'test':>10}"]
+    width = max(12, *(len(name) + 2 for name in manifest["instruments"]))
+    lines = [f"{'instrument':<{width}}{'timeframe':<10}{'total':>10}{'train':>10}{'val':>10}{'test':>10}"]
     for name, record in manifest["instruments"].items():
         for tf, rows in record["rows"].items():
-            lines.append(f"{name:<12}{tf:<10}" + "".join(f"{rows[k]:>10}" for k in ("total", *SPLITS)))
+            lines.append(f"{name:<{width}}{tf:<10}" + "".join(f"{rows[k]:>10}" for k in ("total", *SPLITS)))
         dropped = record["bad_rows_dropped"] or "none"
         columns = sorted({src["volume_column"] for src in record["sources"] if src.get("volume_column")})
         volume = (

@@ -52,6 +52,7 @@ from stage1_ds.data.corpus import DataSource, Windows, data_folders, open_window
 from stage1_ds.data.store import PreparedData
 from stage1_ds.data.timeframes import Timeframe
 from stage1_ds.encoding import encode_batch, model_data_config
+from stage1_ds.errors import DataError
 from stage1_ds.evaluation.statistics import Ridge, auc, auc_interval, diebold_mariano, wilson_interval
 from stage1_ds.evaluation.volatility import (
     CALENDAR_MINUTES,
@@ -96,6 +97,12 @@ EMBEDDING_METHODS = (
 SPACING_MINUTES = 60
 LONGEST_MINUTES = max(VARIANCE_TARGETS.values())
 ALPHAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
+#: Fewer anchors than this in any split and the probe refuses: a ridge penalty chosen on a handful of val
+#: anchors and a test of a handful of forecasts mean nothing.
+MIN_ANCHORS = 30
+#: Below this many anchors in the val or test split the probe warns: a 95% interval of R^2 or accuracy is
+#: then wider than about +-0.1.
+RECOMMENDED_ANCHORS = 200
 
 
 def methods_of(target: str) -> tuple[str, ...]:
@@ -114,6 +121,7 @@ class ProbeSet:
     targets: dict[str, np.ndarray]
     blocks: dict[str, np.ndarray]
     dropped: dict[str, int] = field(default_factory=dict)
+    instruments: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -198,6 +206,7 @@ def probe_set(windows: Windows, max_anchors: int, seed: int, known: dict[str, In
         targets={key: np.concatenate([t[key] for t in targets])[order] for key in TARGETS},
         blocks={key: np.concatenate([b[key] for b in blocks])[order] for key in blocks[0]},
         dropped=dropped,
+        instruments=list(windows.instruments),
     )
 
 
@@ -351,11 +360,43 @@ def _probe_sets(
                 bars, train = minute_bars(data, name), data.split(name, "train")
                 known[name] = InstrumentRules(seasonal_profile(bars, train), periodicity(bars, train))
         chosen = sets[split] = probe_set(windows, max_anchors, seed, known)
-        log.info("probe: %d %s anchors of %s (dropped: %s)", len(chosen.ids), split, data_dir, chosen.dropped)
+        where = ", ".join(str(folder) for folder in data_folders(data_dir))
+        log.info("probe: %d %s anchors of %s (dropped: %s)", len(chosen.ids), split, where, chosen.dropped)
+        check_anchors(chosen, split, data_dir, max_anchors)
         embeddings["embeddings"][split] = pooled_embeddings(model, windows, chosen.ids)
         if untrained is not None:
             embeddings["embeddings_random_init"][split] = pooled_embeddings(untrained, windows, chosen.ids)
     return sets, embeddings
+
+
+def check_anchors(chosen: ProbeSet, split: str, data_dir: DataSource, max_anchors: int) -> None:
+    """Refuse a split with fewer than `MIN_ANCHORS` probe anchors; warn below `RECOMMENDED_ANCHORS` in val
+    or test.
+
+    Raises:
+        DataError: naming the split, the folder, the count and what to do.
+    """
+    n = len(chosen.ids)
+    where = ", ".join(str(folder) for folder in data_folders(data_dir))
+    needs = (
+        f"an anchor needs {max(CALENDAR_MINUTES) // 1440} calendar days and {LONGEST_WINDOW_BARS} bars of "
+        f"history and {LONGEST_MINUTES} minutes of future inside its split, and anchors are "
+        f"{SPACING_MINUTES} minutes apart"
+    )
+    if n < MIN_ANCHORS:
+        raise DataError(
+            f"probe: the {split} split of {where} has {n} usable anchors (dropped: {chosen.dropped}); the "
+            f"probe needs at least {MIN_ANCHORS} in each split ({needs}). Prepare a longer history (several "
+            f"months), or give the {split} split a larger share (stage1 prepare --split TRAIN VAL TEST)"
+        )
+    if split != "train" and n < min(RECOMMENDED_ANCHORS, max_anchors):
+        log.warning(
+            "probe: only %d %s anchors of %s (fewer than %d): intervals and tests on this split will be wide",
+            n,
+            split,
+            where,
+            RECOMMENDED_ANCHORS,
+        )
 
 
 def probe(
@@ -384,7 +425,11 @@ def probe(
         ``chosen_on``, every rule's ``val_mse``, the trading-time ``windows`` and their val MSEs with
         ``har``); the anchors used and dropped per split; the penalties chosen and each method's val MSE
         there (``val_mse``: what choices between models may read); the test predictions; with
-        ``readout_from``, ``readout_from`` and ``readout_anchors``.
+        ``readout_from``, ``readout_from`` and ``readout_anchors``; ``n.<target>.<split>``: the anchors
+        each target was fitted, chosen and scored on (a direction needs a move).
+
+    Raises:
+        DataError: a split has fewer than `MIN_ANCHORS` anchors (`check_anchors`).
     """
     sets, embeddings = _probe_sets(model, untrained, data_dir, SPLITS, max_anchors, seed, stats)
     other_sets: dict[str, ProbeSet] = {}
@@ -396,6 +441,8 @@ def probe(
     report: dict[str, Any] = {
         "anchors": {split: len(s.ids) for split, s in sets.items()},
         "anchors_dropped": {split: s.dropped for split, s in sets.items()},
+        "n": {},
+        "instruments": sets["test"].instruments,
         "spacing_minutes": SPACING_MINUTES,
         "targets": {},
         "best_rule": {},
@@ -415,6 +462,7 @@ def probe(
 
         rows = {s: used(sets[s]) for s in sets}
         y = {s: sets[s].targets[target][rows[s]] for s in sets}
+        report["n"][target] = {s: len(values) for s, values in y.items()}
         by_windows = {w: fit(rule_designs(sets, target, rows, w)["har"], y).val_mse for w in TRADING_WINDOWS}
         windows_name = min(by_windows, key=lambda w: by_windows[w])
         designs = rule_designs(sets, target, rows, windows_name)
@@ -519,17 +567,22 @@ def write_probe(report: dict[str, Any], json_path: Path, figure_path: Path | Non
         return
     from matplotlib import pyplot as plt
 
+    from stage1_ds.evaluation.plots import ScatterPanel, probe_scatter_figure
+
     values = report["predictions"]["rv_60m"]
     best = report["best_rule"]["rv_60m"]["rule"]
-    figure, axes = plt.subplots(1, 2, figsize=(9, 4), sharex=True, sharey=True)
-    for ax, method in zip(axes, (best, "best_rule_plus_embeddings"), strict=True):
-        ax.scatter(values[method], values["truth"], s=4, alpha=0.4)
-        low, high = float(np.min(values["truth"])), float(np.max(values["truth"]))
-        ax.plot([low, high], [low, high], color="black", linewidth=0.8)
-        r2 = report["targets"]["rv_60m"][method]["r2"]
-        ax.set_title(f"{method_label(report, 'rv_60m', method)} (R^2 {r2:.3f})", fontsize=9)
-        ax.set_xlabel("predicted log realised variance, next 60 min")
-    axes[0].set_ylabel("realised")
-    figure.tight_layout()
+    panels = [
+        ScatterPanel(
+            method="best_rule" if method == best else method,
+            label=method_label(report, "rv_60m", method),
+            predicted=values[method],
+            realised=values["truth"],
+            r2=report["targets"]["rv_60m"][method]["r2"],
+        )
+        for method in (best, "best_rule_plus_embeddings")
+    ]
+    figure = probe_scatter_figure(
+        panels, "test", report["instruments"], "rv_60m (log realised variance, next 60 min)"
+    )
     figure.savefig(figure_path, dpi=110)
     plt.close(figure)

@@ -37,7 +37,7 @@ from stage1_ds.evaluation.baselines import (
     recoverable,
     train_mean_predictor,
 )
-from stage1_ds.evaluation.plots import masked_window_figure
+from stage1_ds.evaluation.plots import error_bars_figure, example_figure, example_window
 from stage1_ds.evaluation.statistics import wilson_interval
 from stage1_ds.model.losses import cross_timeframe_terms
 from stage1_ds.model.masking import MODES, MaskedWindows
@@ -247,6 +247,8 @@ def _score_mode(
             preds = fn(batch)
             for tf in timeframes:
                 out.scores[method][tf].add(preds[tf], batch, tf, rows)
+            if out.example is not None and out.example["batch"] is batch:
+                out.example["preds"][method] = preds
             if method != "model":
                 continue
             for tf, term in cross_timeframe_terms(preds, batch).items():
@@ -259,7 +261,13 @@ def _score_mode(
                     out.direction[tf][1] += scored
             if out.example is None and bool(rows.any()):
                 first = int(torch.nonzero(rows)[0])
-                out.example = {"batch": batch, "preds": preds, "sample": first}
+                instrument = windows.instruments[int(batch.instrument[first])]
+                out.example = {
+                    "batch": batch,
+                    "preds": {"model": preds},
+                    "sample": first,
+                    "instrument": instrument,
+                }
     return out
 
 
@@ -288,7 +296,21 @@ def _entry(scored: ModeScores, best: dict[str, str], timeframes: list[str]) -> d
                 "high": high,
                 "n": n,
             }
-    entry["example"] = scored.example
+    if scored.example is not None:
+        example, mode = (
+            scored.example,
+            MODES[int(scored.example["batch"].mask_mode[scored.example["sample"]])],
+        )
+        preds = example["preds"]
+        entry["example"] = example_window(
+            example["batch"],
+            example["sample"],
+            preds["model"],
+            {tf: preds[best[tf]][tf] for tf in timeframes},
+            best,
+            example["instrument"],
+            mode.value,
+        )
     return entry
 
 
@@ -356,6 +378,18 @@ def format_report(report: dict[str, Any]) -> str:
                 + "".join(f"{e[b]['mse']:>9.4f}" if b in e else f"{'-':>9}" for b in BASELINES)
                 + f"{e['model']['rmse_bps']:>11.2f}{short[e['best_baseline']]:>8}{e['ratio_to_best_baseline']:>11.3f}"
             )
+        if "volume_mse" in entry["overall"]["model"]:
+            methods = ["model", *(b for b in BASELINES if b in entry["overall"])]
+            lines.append("volume MSE on masked bars (feature units):")
+            lines.append(f"{'timeframe':<10}" + "".join(f"{short.get(m, m):>9}" for m in methods))
+            for tf, e in rows:
+                lines.append(
+                    f"{tf:<10}"
+                    + "".join(
+                        f"{e[m]['volume_mse']:>9.4f}" if "volume_mse" in e[m] else f"{'-':>9}"
+                        for m in methods
+                    )
+                )
         if "direction" in entry:
             lines.append(
                 "direction of the last close vs the last visible one: "
@@ -382,30 +416,17 @@ def write_report(report: dict[str, Any], json_path: Path | None, figure_path: Pa
     from matplotlib import pyplot as plt
 
     for mode, entry in report["modes"].items():
-        names = list(entry["timeframes"])
-        methods = ["model", *(b for b in BASELINES if b in entry["overall"])]
-        figure, ax = plt.subplots(figsize=(9, 3.5))
-        width = 0.8 / len(methods)
-        for i, method in enumerate(methods):
-            values = [entry["timeframes"][tf][method]["rmse_bps"] for tf in names]
-            ax.bar(np.arange(len(names)) + i * width, values, width, label=method)
-        ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
-        ax.set_ylabel("RMSE on masked bars (bps)")
-        ax.set_title(f"masking mode {mode}")
-        ax.legend(fontsize=8)
-        figure.tight_layout()
+        timeframes = entry["timeframes"]
+        errors = {
+            tf: {m: v["rmse_bps"] for m, v in e.items() if isinstance(v, dict) and "rmse_bps" in v}
+            for tf, e in timeframes.items()
+        }
+        masked = {tf: e["model"]["masked_values"] // NUM_FEATURES for tf, e in timeframes.items()}
+        figure = error_bars_figure(errors, mode, entry["samples"], masked)
         figure.savefig(_mode_path(figure_path, mode), dpi=110)
         plt.close(figure)
-        example = entry.get("example")
-        if example:
-            batch, preds, i = example["batch"], example["preds"], example["sample"]
-            window_figure = masked_window_figure(
-                names,
-                {tf: batch.windows[tf].features[i].numpy() for tf in names},
-                {tf: preds[tf][i].numpy() for tf in names},
-                {tf: batch.windows[tf].mask[i].numpy() for tf in names},
-                {tf: batch.windows[tf].valid[i].numpy() for tf in names},
-            )
+        if entry.get("example") is not None:
+            window_figure = example_figure(entry["example"])
             window_figure.savefig(_mode_path(figure_path, mode, "_example"), dpi=110)
             plt.close(window_figure)
 

@@ -28,7 +28,8 @@ from stage1_ds.data.features import NUM_FEATURES, VOLUME
 @dataclass
 class LossOutput:
     """``total`` to optimise; ``components`` for logging (``reconstruction``, ``cross``,
-    ``reconstruction/<tf>`` and ``cross/<coarser tf>``, the pair ending at that timeframe), each the mean
+    ``reconstruction/<tf>`` and ``cross/<coarser tf>``, the pair ending at that timeframe; with volume also
+    ``reconstruction/volume`` and ``cross/volume``, `volume_terms`), each the mean
     over the values it covers, and ``counts``: how many values each covers (0: the term is empty in this
     batch and stands at 0; leave it out of averages)."""
 
@@ -109,11 +110,14 @@ def _scales(window: TimeframeWindow, values: torch.Tensor) -> torch.Tensor:
     return torch.cat([price, window.volume_scale.to(values.dtype)[:, None, None]], dim=-1)
 
 
-def cross_timeframe_terms(predictions: dict[str, torch.Tensor], batch: Batch) -> dict[str, Term]:
-    """Per coarser timeframe c of each consecutive pair (finer, c): the mean squared inconsistency, in units
-    of c's scale, over the c bars wholly covered by the finer window (count 0 when none is)."""
+def cross_timeframe_differences(
+    predictions: dict[str, torch.Tensor], batch: Batch
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per coarser timeframe c of each consecutive pair (finer, c): the (B, Lc, F) inconsistency, in units
+    of c's scale (zero where the c bar is not wholly covered by the finer window), and the (B, Lc) bool of
+    the covered c bars."""
     names = [tf for tf in batch.windows if tf in predictions]
-    terms = {}
+    out = {}
     for fine, coarse in itertools.pairwise(names):
         parent = batch.windows[fine].parent_index
         if parent is None:
@@ -123,9 +127,49 @@ def cross_timeframe_terms(predictions: dict[str, torch.Tensor], batch: Batch) ->
             unscaled(predictions[fine], batch.windows[fine]), parent, coarse_pred.shape[1]
         )
         scale = _scales(batch.windows[coarse], coarse_pred)
-        difference = (aggregated / scale - coarse_pred) * has.unsqueeze(-1)
-        count = has.sum() * coarse_pred.shape[-1]
+        out[coarse] = ((aggregated / scale - coarse_pred) * has.unsqueeze(-1), has)
+    return out
+
+
+def _cross_terms(differences: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Term]:
+    terms = {}
+    for coarse, (difference, has) in differences.items():
+        count = has.sum() * difference.shape[-1]
         terms[coarse] = Term(difference.pow(2).sum() / count.clamp(min=1), count)
+    return terms
+
+
+def cross_timeframe_terms(predictions: dict[str, torch.Tensor], batch: Batch) -> dict[str, Term]:
+    """Per coarser timeframe c of each consecutive pair (finer, c): the mean squared inconsistency, in units
+    of c's scale, over the c bars wholly covered by the finer window (count 0 when none is)."""
+    return _cross_terms(cross_timeframe_differences(predictions, batch))
+
+
+def volume_terms(
+    predictions: dict[str, torch.Tensor],
+    batch: Batch,
+    differences: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    config: LossConfig,
+) -> dict[str, Term]:
+    """The volume feature's share, for monitoring (already inside the reconstruction and cross terms):
+    ``reconstruction/volume``, its mean error over the masked bars of every timeframe, and ``cross/volume``,
+    its mean squared inconsistency over every covered coarser bar. Empty without volume."""
+    if not predictions or next(iter(predictions.values())).shape[-1] <= VOLUME:
+        return {}
+    errors, counts = [], []
+    for tf, pred in predictions.items():
+        window = batch.windows[tf]
+        assert window.mask is not None
+        selected = (window.mask & window.valid).to(pred.dtype)
+        target = window.features[..., VOLUME].to(pred.dtype)
+        errors.append((reconstruction_error(pred[..., VOLUME], target, config) * selected).sum())
+        counts.append(selected.sum())
+    error, count = torch.stack(errors).sum(), torch.stack(counts).sum()
+    terms = {"reconstruction/volume": Term(error / count.clamp(min=1), count)}
+    if differences:
+        squared = torch.stack([d[..., VOLUME].pow(2).sum() for d, _ in differences.values()]).sum()
+        covered = torch.stack([has.sum() for _, has in differences.values()]).sum()
+        terms["cross/volume"] = Term(squared / covered.clamp(min=1), covered)
     return terms
 
 
@@ -163,7 +207,8 @@ def stage1_loss(predictions: dict[str, torch.Tensor], batch: Batch, config: Loss
     """
     predictions = {tf: pred.float() for tf, pred in predictions.items()}
     recon = reconstruction_terms(predictions, batch, config)
-    cross_terms = cross_timeframe_terms(predictions, batch)
+    differences = cross_timeframe_differences(predictions, batch)
+    cross_terms = _cross_terms(differences)
     reconstruction = _weighted_mean(
         list(recon.values()), [config.timeframe_weights.get(tf, 1.0) for tf in recon]
     )
@@ -176,6 +221,7 @@ def stage1_loss(predictions: dict[str, torch.Tensor], batch: Batch, config: Loss
         **{f"cross/{tf}": t for tf, t in cross_terms.items()},
         "reconstruction": reconstruction,
         "cross": cross,
+        **volume_terms(predictions, batch, differences, config),
     }
     total = reconstruction.value + config.cross_timeframe_weight * cross.value
     return LossOutput(

@@ -88,6 +88,11 @@ def train(
             run, the signal handlers are restored and the engine and metrics writer released.
     """
     # -- setup ---------------------------------------------------------------------------------------
+    started = time.perf_counter()
+
+    def since_start() -> str:
+        return f"{time.perf_counter() - started:.1f} s"
+
     config.validate()
     rank, world = init_distributed()
     dev = device()
@@ -112,8 +117,19 @@ def train(
         seed=config.seed + 1,
     )
     tokens_per_sample = sum(num_patches(config.data.bars(tf), patch_len) for tf in config.data.timeframes)
+    log.info(
+        "data read: %d train and %d val windows of %d instruments (%s)",
+        len(train_data),
+        len(val_data),
+        len(train_data.windows.instruments),
+        since_start(),
+    )
 
     model = Stage1Model(config.model, config.data)
+    encoder = config.model.encoder
+    log.info(
+        "model built: %s, %s (%s)", encoder.preset.value, encoder.pretrained or "random init", since_start()
+    )
     if rank == 0:
         write_run_files(run_dir, model, data_dir)
     point = find_resume_point(run_dir, resume, config)
@@ -130,7 +146,14 @@ def train(
     stop = StopFlag()
     bundle = EngineBundle(engine=None, groups=[])
     try:
+        log.info(
+            "building the DeepSpeed engine (ZeRO stage %s%s); the first run on a machine compiles its "
+            "ops, a minute or two",
+            ds_config.get("zero_optimization", {}).get("stage"),
+            ", optimizer on the CPU" if "offload_optimizer" in ds_config.get("zero_optimization", {}) else "",
+        )
         bundle = build_engine(model, config, point.ds_config(ds_config) if point else ds_config)
+        log.info("engine ready (%s)", since_start())
         if point is not None:
             restore_engine(point, bundle.engine, run_dir)  # the random state too: nothing draws after this
         _log_phase(bundle, model, phases[state.phase_index].name, state.global_step)
@@ -334,10 +357,12 @@ def _accumulate(totals: dict[str, torch.Tensor], losses: LossOutput, dev: torch.
 
 def _loss_keys(config: Config) -> list[str]:
     tfs = [tf.value for tf in sort_timeframes(config.data.timeframes)]
+    volume = ["reconstruction/volume", "cross/volume"] if config.data.volume else []
     return (
         ["total", "reconstruction", "cross"]
         + [f"reconstruction/{tf}" for tf in tfs]
         + [f"cross/{tf}" for tf in tfs]
+        + volume
     )
 
 

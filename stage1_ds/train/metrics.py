@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from stage1_ds.evaluation.plots import masked_window_figure
-from stage1_ds.model.masking import MaskedWindows
+from stage1_ds.evaluation.baselines import cross_timeframe_rules
+from stage1_ds.evaluation.plots import ExampleWindow, example_figure, example_window
+from stage1_ds.model.masking import MODES, MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model, parameter_report
 from stage1_ds.train.param_groups import ParamGroup
 
@@ -75,26 +76,36 @@ class MetricsWriter:
 
     @torch.no_grad()
     def masked_window(self, engine: Any, data: MaskedWindows, device: torch.device, step: int) -> None:
-        """The image ``val/masked_window``: true and reconstructed close of the first validation sample."""
+        """The image ``val/masked_window``: the first validation sample as candles in price, the model's
+        and ``cross_timeframe_rules``' reconstructions on its masked bars (`training_example`)."""
         if self._writer is None:
             return
         engine.eval()
-        batch = data.batch(np.asarray([0])).to(device)
-        output = engine(batch)
+        example = training_example(engine, data, device)
         engine.train()
-        names = list(batch.windows)
-        figure = masked_window_figure(
-            names,
-            {tf: batch.windows[tf].features[0].float().cpu().numpy() for tf in names},
-            {tf: output.reconstruction[tf][0].float().cpu().numpy() for tf in names},
-            {tf: batch.windows[tf].mask[0].cpu().numpy() for tf in names},  # type: ignore[index]
-            {tf: batch.windows[tf].valid[0].cpu().numpy() for tf in names},
-        )
-        self._writer.add_figure("val/masked_window", figure, step, close=True)
+        self._writer.add_figure("val/masked_window", example_figure(example), step, close=True)
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def training_example(model: Any, data: MaskedWindows, device: torch.device) -> ExampleWindow:
+    """The first sample of ``data`` with ``model``'s reconstruction (an engine or a `Stage1Model`) beside
+    ``cross_timeframe_rules``, the strongest hand rule that needs no training split."""
+    batch = data.batch(np.asarray([0]))
+    output = model(batch.to(device))
+    reconstruction = {tf: value.float().cpu() for tf, value in output.reconstruction.items()}
+    assert batch.mask_mode is not None
+    return example_window(
+        batch,
+        0,
+        reconstruction,
+        cross_timeframe_rules(batch),
+        dict.fromkeys(batch.windows, "cross_timeframe_rules"),
+        data.windows.instruments[int(batch.instrument[0])],
+        MODES[int(batch.mask_mode[0])].value,
+    )
 
 
 def flops_per_token(model: Stage1Model) -> int:

@@ -1,0 +1,312 @@
+"""What a user sees and keeps: outputs checked before computing, figures in price and time with fixed
+colours, every figure in the tables, short files that get computed advice, phases that follow max_steps."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.colors import to_rgba
+from matplotlib.dates import ConciseDateFormatter
+
+from stage1_ds.cli import main
+from stage1_ds.config import DataConfig, MaskingConfig, MaskingMode, load_config
+from stage1_ds.data.corpus import open_windows
+from stage1_ds.data.features import to_prices
+from stage1_ds.data.prepare import PrepareOptions, prepare_synthetic, summary_table
+from stage1_ds.data.timeframes import Timeframe
+from stage1_ds.errors import ConfigError, DataError
+from stage1_ds.evaluation import evaluate, format_report
+from stage1_ds.evaluation.baselines import last_close, linear_interpolation
+from stage1_ds.evaluation.plots import (
+    METHOD_COLOURS,
+    ScatterPanel,
+    error_bars_figure,
+    example_figure,
+    example_window,
+    probe_scatter_figure,
+)
+from stage1_ds.evaluation.probe import MIN_ANCHORS, RECOMMENDED_ANCHORS, ProbeSet, check_anchors
+from stage1_ds.model.masking import MaskedWindows
+
+VOLUME_DATA = DataConfig(window_bars=32, channels=["ohlc", "volume"])
+
+
+def test_an_unwritable_output_fails_before_anything_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each command checks its outputs first: with a model and data that do not exist, the error names the
+    output, not the missing model (which would be read first otherwise)."""
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file where a folder is wanted")
+    missing = ["--model", str(tmp_path / "no_model"), "--data", str(tmp_path / "no_data")]
+    commands = {
+        "probe --json": ["probe", *missing, "--json", str(blocker / "p.json")],
+        "evaluate --json": ["evaluate", *missing, "--json", str(blocker / "deeper" / "e.json")],
+        "encode --out": ["encode", *missing, "--out", str(blocker / "embeddings")],
+        "convert --out": ["convert", str(tmp_path / "no_run"), "--out", str(blocker / "export")],
+        "train --out": ["train", "--config", "configs/demo_cpu.yaml", "--data", "x", "--out", str(blocker)],
+    }
+    for name, argv in commands.items():
+        assert main(argv) == 2, name
+        err = capsys.readouterr().err
+        assert f"{blocker} is a file, where a folder is expected" in err, (name, err)
+    (tmp_path / "a_folder").mkdir()
+    assert main(["evaluate", *missing, "--json", str(tmp_path / "a_folder")]) == 2
+    assert "is a folder; expected a file name" in capsys.readouterr().err
+
+
+def test_reports_go_into_new_folders_and_encode_names_its_instruments(
+    synthetic_small: Path, trained_export: Path, tmp_path: Path
+) -> None:
+    report = tmp_path / "new" / "dir" / "eval.json"
+    args = ["--model", str(trained_export), "--data", str(synthetic_small), "--split", "val"]
+    assert (
+        main(
+            [
+                "evaluate",
+                *args,
+                "--mode",
+                "time",
+                "--batches",
+                "1",
+                "--batch-size",
+                "4",
+                "--json",
+                str(report),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(report.read_text())["split"] == "val"
+    assert (report.parent / "eval_time_example.png").stat().st_size > 0
+    out = tmp_path / "deep" / "embeddings"
+    assert main(["encode", *args, "--out", str(out), "--batch-size", "4", "--max-batches", "1"]) == 0
+    names = json.loads((out / "instruments.json").read_text())
+    codes = np.load(out / "instrument.npy")
+    assert names == {"0": "SYNTH"} and set(codes.tolist()) == {0}
+
+
+def test_a_converted_export_is_readable_by_the_group(trained_export: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in trained_export.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name
+
+
+def test_probe_refuses_too_few_anchors_and_warns_below_the_recommended_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def chosen(n: int) -> ProbeSet:
+        return ProbeSet(np.arange(n), np.arange(n), {}, {}, {"flat_history": 2, "unknown_target": 0})
+
+    with pytest.raises(DataError, match=rf"the val split of data/month has {MIN_ANCHORS - 1} usable anchors"):
+        check_anchors(chosen(MIN_ANCHORS - 1), "val", Path("data/month"), 3000)
+    with caplog.at_level(logging.WARNING):
+        check_anchors(chosen(RECOMMENDED_ANCHORS - 1), "test", Path("data/month"), 3000)
+        check_anchors(chosen(RECOMMENDED_ANCHORS - 1), "train", Path("data/month"), 3000)
+        check_anchors(chosen(150), "test", Path("data/month"), 150)  # all that was asked for
+    assert [r.getMessage() for r in caplog.records] == [
+        f"probe: only {RECOMMENDED_ANCHORS - 1} test anchors of data/month (fewer than {RECOMMENDED_ANCHORS}): "
+        "intervals and tests on this split will be wide"
+    ]
+
+
+def test_probe_on_a_month_names_the_empty_split_instead_of_a_traceback(
+    trained_export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    month = tmp_path / "month"
+    prepare_synthetic(
+        month, days=31, seed=3, options=PrepareOptions(window_bars=16, split_fractions=(0.5, 0.25, 0.25))
+    )
+    args = [
+        "--model",
+        str(trained_export),
+        "--data",
+        str(month),
+        "--json",
+        str(tmp_path / "p.json"),
+        "--allow-other-stats",
+    ]
+    assert main(["probe", *args]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"the (train|val) split of .*month has \d+ usable anchors", err), err
+    assert f"needs at least {MIN_ANCHORS} in each split" in err and "--split TRAIN VAL TEST" in err
+
+
+def _example_batch(folder: Path) -> tuple[object, np.ndarray, object]:
+    windows = open_windows(folder, "val", VOLUME_DATA, seed=0)
+    masked = MaskedWindows(windows, MaskingConfig(modes={MaskingMode.TIME.value: 1.0}), 8, seed=0)
+    ids = np.array([5, 400])
+    return windows, ids, masked.batch(ids)
+
+
+def test_the_example_window_is_in_price_against_time_with_reconstructions_only_on_masked_bars(
+    synthetic_small: Path,
+) -> None:
+    windows, ids, batch = _example_batch(synthetic_small)
+    model, baseline = last_close(batch), linear_interpolation(batch)
+    names = dict.fromkeys(batch.windows, "linear_interpolation")
+    example = example_window(batch, 1, model, baseline, names, "SYNTH", "time")
+    assert len(example.panels) == len(batch.windows)
+    model_error = baseline_error = 0.0
+    for panel in example.panels:
+        window = batch.windows[panel.timeframe]
+        valid, mask = window.valid[1].numpy(), window.mask[1].numpy()  # type: ignore[union-attr]
+        truth = windows.true_ohlc(ids, Timeframe(panel.timeframe))[1][valid]
+        np.testing.assert_allclose(panel.ohlc, truth, rtol=1e-6)
+        assert np.array_equal(panel.start, window.start_time[1].numpy()[valid].astype("datetime64[s]"))
+        assert np.array_equal(panel.masked, mask[valid])
+        for drawn in (panel.model, panel.baseline):
+            assert np.isnan(drawn[~panel.masked]).all() and np.isfinite(drawn[panel.masked]).all()
+        expected = to_prices(
+            model[panel.timeframe][1:2, :, :4].numpy(),
+            batch.reference_price[1:2].numpy(),
+            window.scale[1:2].numpy(),
+        )[0][valid]
+        np.testing.assert_allclose(panel.model[panel.masked], expected[panel.masked], rtol=1e-9)
+        assert panel.volume is not None and panel.model_volume is not None
+        assert np.isnan(panel.model_volume[~panel.masked]).all()
+        truth_features = window.features[1][window.valid[1]][:, :4]
+        chosen = window.mask[1][window.valid[1]]  # type: ignore[index]
+        model_error += float(
+            (model[panel.timeframe][1][window.valid[1]][:, :4] - truth_features)[chosen].pow(2).sum()
+        )
+        baseline_error += float(
+            (baseline[panel.timeframe][1][window.valid[1]][:, :4] - truth_features)[chosen].pow(2).sum()
+        )
+    assert example.mse_ratio == pytest.approx(model_error / baseline_error, rel=1e-5)
+    anchor = str(np.datetime64(int(batch.anchor_time[1]), "s")).replace("T", " ")
+    assert example.title.startswith(f"SYNTH, window ending {anchor} UTC, masking mode time")
+    assert f"{example.mse_ratio:.2f}" in example.title
+
+    figure = example_figure(example)
+    axes = figure.get_axes()
+    assert len(axes) == 2 * len(example.panels)  # price and volume per timeframe
+    assert figure._suptitle is not None and figure._suptitle.get_text() == example.title
+    assert all(isinstance(ax.xaxis.get_major_formatter(), ConciseDateFormatter) for ax in axes)
+    assert axes[0].get_ylabel() == "m1 price" and "volume" in axes[1].get_ylabel()
+
+
+def test_bar_charts_keep_one_colour_per_method_and_say_n() -> None:
+    with_mean = {"m1": {"model": 1.0, "linear_interpolation": 2.0, "train_mean": 3.0, "last_close": 2.5}}
+    without = {"m1": {"model": 1.0, "linear_interpolation": 2.0, "last_close": 2.5}}
+    for errors in (with_mean, without):
+        figure = error_bars_figure(errors, "time", 64, {"m1": 310})
+        ax = figure.get_axes()[0]
+        for container in ax.containers:
+            method = container.get_label()
+            assert container.patches[0].get_facecolor() == to_rgba(METHOD_COLOURS[method]), method
+        assert ax.get_xticklabels()[0].get_text() == "m1\nn=310" and "64 windows" in ax.get_title()
+
+
+def test_the_probe_scatter_names_n_split_and_instruments() -> None:
+    rng = np.random.default_rng(0)
+    panels = [
+        ScatterPanel("best_rule", "har (best_rule)", rng.normal(size=40), rng.normal(size=40), 0.5),
+        ScatterPanel(
+            "best_rule_plus_embeddings", "plus embeddings", rng.normal(size=40), rng.normal(size=40), 0.6
+        ),
+    ]
+    figure = probe_scatter_figure(panels, "test", ["EURUSD", "GBPUSD"], "rv_60m")
+    titles = [ax.get_title() for ax in figure.get_axes()]
+    assert titles == ["har (best_rule): R^2 0.500, n=40", "plus embeddings: R^2 0.600, n=40"]
+    assert figure._suptitle is not None and figure._suptitle.get_text() == "test split of EURUSD, GBPUSD"
+
+
+def test_the_evaluate_table_prints_the_volume_errors(synthetic_small: Path) -> None:
+    config = load_config(None, ["data.window_bars=32", "data.channels=[ohlc, volume]", "model.patch_len=8"])
+    report = evaluate(
+        last_close, synthetic_small, config, "test", batches=1, batch_size=8, modes=(MaskingMode.TIME,)
+    )
+    table = format_report(report)
+    entry = report["modes"]["time"]
+    assert "volume MSE on masked bars" in table
+    m1 = entry["timeframes"]["m1"]
+    row = next(
+        line
+        for line in table.splitlines()[
+            table.splitlines().index("volume MSE on masked bars (feature units):") :
+        ]
+        if line.startswith("m1 ")
+    )
+    assert row.split()[1:3] == [
+        f"{m1['model']['volume_mse']:.4f}",
+        f"{m1['linear_interpolation']['volume_mse']:.4f}",
+    ]
+    price_only = evaluate(
+        last_close,
+        synthetic_small,
+        load_config(None, ["data.window_bars=32"]),
+        "test",
+        1,
+        8,
+        modes=(MaskingMode.TIME,),
+    )
+    assert "volume MSE" not in format_report(price_only)
+
+
+def test_a_month_of_bars_gets_flags_that_work_and_a_warning_about_thin_splits(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(DataError, match=r"Flags that fit this data: (.*)") as error:
+        prepare_synthetic(tmp_path / "a", days=31, seed=1, options=PrepareOptions(window_bars=32))
+    proposal = re.search(r"--split ([\d. ]+) \(keeping --window-bars 32\)", str(error.value))
+    assert proposal is not None, str(error.value)
+    fractions = tuple(float(f) for f in proposal.group(1).split())
+    with caplog.at_level(logging.WARNING):
+        prepare_synthetic(
+            tmp_path / "b",
+            days=31,
+            seed=1,
+            options=PrepareOptions(window_bars=32, split_fractions=fractions),  # type: ignore[arg-type]
+        )
+    warned = [r.getMessage() for r in caplog.records if "fewer than a day's worth" in r.getMessage()]
+    assert warned and all(
+        re.match(r"SYNTH: the (val|test) split's windows can end at only \d+ 1-minute bars", w)
+        for w in warned
+    )
+    with pytest.raises(DataError, match=r"Flags that fit this data: --window-bars (\d+) --split") as error:
+        prepare_synthetic(tmp_path / "c", days=31, seed=1, options=PrepareOptions())
+    both = re.search(r"--window-bars (\d+) --split ([\d. ]+)$", str(error.value))
+    assert both is not None
+    window, split = int(both.group(1)), tuple(float(f) for f in both.group(2).split())
+    prepare_synthetic(
+        tmp_path / "d", days=31, seed=1, options=PrepareOptions(window_bars=window, split_fractions=split)
+    )  # type: ignore[arg-type]
+
+
+def test_the_summary_table_is_as_wide_as_its_longest_instrument_name(synthetic_small: Path) -> None:
+    manifest = json.loads((synthetic_small / "manifest.json").read_text())
+    manifest["instruments"]["A_VERY_LONG_INSTRUMENT_NAME"] = manifest["instruments"]["SYNTH"]
+    lines = summary_table(manifest).splitlines()
+    column = lines[0].index("timeframe")
+    rows = [line for line in lines if line.split()[1:2] == ["m1"]]
+    assert len(rows) == 2 and all(row.index(" m1 ") + 1 == column for row in rows)
+
+
+def test_max_steps_alone_scales_the_configs_phases(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        config = load_config("configs/demo_cpu.yaml", ["train.max_steps=50"])
+    phases = config.train.phases
+    assert [p.until_step for p in phases] == [17, 33, None] and [p.rewarmup_steps for p in phases] == [
+        None,
+        3,
+        3,
+    ]
+    assert (
+        "its phases are scaled in proportion (frozen to step 17, lora to step 33, full to step 50)"
+        in caplog.text
+    )
+    chosen = load_config("configs/demo_cpu.yaml", ["train.max_steps=50", "train.phases=[{name: full}]"])
+    assert len(chosen.train.phases) == 1
+    assert load_config("configs/demo_cpu.yaml", ["train.max_steps=300"]).train.phases[0].until_step == 100
+    with pytest.raises(
+        ConfigError, match=r"train\.max_steps=2: too few steps .*'train\.phases=\[\{name: full\}\]'"
+    ):
+        load_config("configs/demo_cpu.yaml", ["train.max_steps=2"])
