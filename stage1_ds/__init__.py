@@ -6,10 +6,14 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    """``stage1_ds.encode`` is `stage1_ds.encoding.encode`, imported on first use so that ``import
-    stage1_ds`` stays light (no torch)."""
+    """``stage1_ds.encode`` is `stage1_ds.encoding.encode` and ``stage1_ds.Encoder`` is
+    `stage1_ds.encoder.Encoder`, imported on first use so that ``import stage1_ds`` stays light (no torch)."""
     if name == "encode":
         from stage1_ds.encoding import encode
 
         return encode
+    if name == "Encoder":
+        from stage1_ds.encoder import Encoder
+
+        return Encoder
     raise AttributeError(f"module 'stage1_ds' has no attribute {name!r}")

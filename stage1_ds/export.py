@@ -10,6 +10,7 @@ config describes, and writes the export folder:
     config.yaml          the run's config
     encoder_config.json  the exact T5 layout
     stats.json           the data statistics (feature scales) the model was trained with
+    data.json            the data it was trained on: preparation options, instruments, ranges, sources
     export_info.json     source run, tag, phase, step, code version, parameter counts
 """
 
@@ -33,6 +34,7 @@ from stage1_ds.model.lora import is_adapter, lora_scaling, merge_lora_state_dict
 from stage1_ds.model.stage1 import (
     ENCODER_PREFIX,
     EXPORT_CONFIG,
+    EXPORT_DATA,
     EXPORT_ENCODER_CONFIG,
     EXPORT_INFO,
     EXPORT_STATS,
@@ -109,6 +111,8 @@ def convert(run_dir: Path, out: Path, tag: str | None = None, force: bool = Fals
     (staging / EXPORT_CONFIG).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
     shutil.copyfile(run_dir / EXPORT_ENCODER_CONFIG, staging / EXPORT_ENCODER_CONFIG)
     shutil.copyfile(run_dir / EXPORT_STATS, staging / EXPORT_STATS)
+    if (run_dir / EXPORT_DATA).is_file():  # runs before data.json existed convert without it
+        shutil.copyfile(run_dir / EXPORT_DATA, staging / EXPORT_DATA)
     (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
     make_readable(staging)
     shutil.rmtree(out, ignore_errors=True)

@@ -19,7 +19,7 @@ import torch
 
 from stage1_ds.config import DataConfig
 from stage1_ds.data.batch import Batch, TimeframeWindow
-from stage1_ds.data.store import PreparedData, check_alike, load_prepared
+from stage1_ds.data.store import ALIKE_KEYS, PreparedData, check_alike, load_prepared
 from stage1_ds.data.windows import BarMasker, WindowDataset
 from stage1_ds.errors import DataError
 
@@ -58,6 +58,32 @@ def corpus_stats(datas: list[PreparedData]) -> dict[str, Any]:
     ``stats.json`` payload."""
     instruments = {name: data.stats["instruments"][name] for data in datas for name in data.instruments}
     return {**datas[0].stats, "instruments": instruments}
+
+
+#: What a run (and its export) records of the data it was trained on, beside the statistics: the options
+#: the folders were prepared with, and per instrument its time range, splits, sources and volume unit.
+DATA_RECORD_KEYS = ("time_range_utc", "splits", "has_volume", "volume_unit")
+
+
+def corpus_record(datas: list[PreparedData]) -> dict[str, Any]:
+    """The ``data.json`` of a run and its export: the folders, the options they were prepared with
+    (`ALIKE_KEYS`, shared by every folder), and per instrument `DATA_RECORD_KEYS` and its source files
+    (path and SHA-256). What `stage1_ds.Encoder` derives raw bars with, and what the model card lists."""
+    first = datas[0].manifest
+    instruments = {}
+    for data in datas:
+        for name in data.instruments:
+            record = data.manifest["instruments"][name]
+            instruments[name] = {key: record.get(key) for key in DATA_RECORD_KEYS}
+            instruments[name]["sources"] = [
+                {"path": source["path"], "sha256": source["sha256"]} for source in record.get("sources", [])
+            ]
+    return {
+        "folders": [str(data.root) for data in datas],
+        **{key: first.get(key) for key in ALIKE_KEYS},
+        "synthetic": all(data.manifest.get("synthetic") for data in datas),
+        "instruments": instruments,
+    }
 
 
 class CorpusWindows(torch.utils.data.Dataset):

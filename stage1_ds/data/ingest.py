@@ -392,7 +392,7 @@ def _read_table(
     else:
         volume = np.zeros(len(table), dtype=np.float64)
 
-    reasons = _bad_row_reasons(
+    reasons = bad_row_reasons(
         stamps, prices, volume, timezone if not aware else None, outside, times.fraction, times.mixed
     )
     bad = np.zeros(len(table), dtype=bool)
@@ -538,7 +538,9 @@ def _select_columns(table: pd.DataFrame, display: str, columns: CsvColumns) -> p
     return table[list(wanted.values())].set_axis(list(wanted), axis=1)
 
 
-_NAT = np.iinfo(np.int64).min
+#: The seconds of an unreadable timestamp (a sentinel no date of 1990-2100 takes).
+NAT_SECONDS = np.iinfo(np.int64).min
+_NAT = NAT_SECONDS
 #: Timestamps must fall in [1990-01-01, 2100-01-01) UTC: what epoch numbers are read as decides their unit.
 EARLIEST_UTC, LATEST_UTC = 631_152_000, 4_102_444_800
 _EPOCH_UNITS = {"seconds": 1, "milliseconds": 10**3, "microseconds": 10**6, "nanoseconds": 10**9}
@@ -653,7 +655,7 @@ def _to_utc(stamps: np.ndarray, timezone: str, display: str) -> np.ndarray:
     return out
 
 
-def _bad_row_reasons(
+def bad_row_reasons(
     stamps: np.ndarray,
     prices: np.ndarray,
     volume: np.ndarray,

@@ -389,7 +389,7 @@ def prepare_instrument(job: Job, options: PrepareOptions, parts: Path) -> Prepar
             name,
             fitted_on,
         )
-    stats = _fit_stats(by_tf, splits[fitted_on], options.window_bars // 2)
+    stats = fit_stats(by_tf, splits[fitted_on], options.window_bars // 2)
     stats["fitted_on"] = fitted_on
     write_instrument_bars(parts / name, by_tf, 60 * options.bucket_origin_minutes)
     return Prepared(name, record, stats, {tf.value: len(bars) for tf, bars in by_tf.items()})
@@ -591,7 +591,7 @@ def _rows_per_split(bars: Bars, tf: Timeframe, splits: dict[str, SplitRange]) ->
     return counts
 
 
-def _fit_stats(by_tf: dict[Timeframe, Bars], train: SplitRange, lag: int) -> dict[str, Any]:
+def fit_stats(by_tf: dict[Timeframe, Bars], train: SplitRange, lag: int) -> dict[str, Any]:
     """Per timeframe: RMS of the log change of close over ``lag`` bars in the training split, its
     power-of-two scale, and the sufficient statistics it comes from (sum of squared changes and their
     count: what `stage1 prepare --merge` checks)."""

@@ -38,6 +38,10 @@ EXPORT_CONFIG = "config.yaml"
 EXPORT_ENCODER_CONFIG = "encoder_config.json"
 EXPORT_STATS = "stats.json"
 EXPORT_INFO = "export_info.json"
+#: The data the model was trained on (`stage1_ds.data.corpus.corpus_record`); absent in older exports.
+EXPORT_DATA = "data.json"
+#: The model card (`stage1_ds.card`).
+EXPORT_CARD = "README.md"
 #: Where the shared encoder's parameters sit in a Stage1Model's state dict.
 ENCODER_PREFIX = "encoder."
 

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from stage1_ds.config import Config, config_from_snapshot, config_to_dict
-from stage1_ds.data.corpus import DataSource, corpus_stats, load_corpus
+from stage1_ds.data.corpus import DataSource, corpus_record, corpus_stats, load_corpus
 from stage1_ds.data.store import write_json
 from stage1_ds.errors import CheckpointError
 from stage1_ds.model import t5
-from stage1_ds.model.stage1 import EXPORT_ENCODER_CONFIG, EXPORT_STATS, Stage1Model
+from stage1_ds.model.stage1 import EXPORT_DATA, EXPORT_ENCODER_CONFIG, EXPORT_STATS, Stage1Model
 from stage1_ds.train.engine import UNIVERSAL_DIR, universal_checkpoint
 from stage1_ds.version import code_version
 
@@ -69,10 +69,12 @@ class ResumePoint:
 
 
 def write_run_files(run_dir: Path, model: Stage1Model, data: DataSource) -> None:
-    """What `stage1 convert` needs besides the weights: the exact T5 layout and the data statistics (of
-    every instrument of the folder, or of the folders of a corpus)."""
+    """What `stage1 convert` needs besides the weights: the exact T5 layout, the data statistics (of every
+    instrument of the folder, or of the folders of a corpus) and the record of the data (`corpus_record`)."""
     t5.write_layout(model.encoder, run_dir / EXPORT_ENCODER_CONFIG)
-    write_json(run_dir / EXPORT_STATS, corpus_stats(load_corpus(data)))
+    datas = load_corpus(data)
+    write_json(run_dir / EXPORT_STATS, corpus_stats(datas))
+    write_json(run_dir / EXPORT_DATA, corpus_record(datas))
 
 
 def tag_for(step: int) -> str:

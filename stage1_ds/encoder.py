@@ -1,0 +1,381 @@
+"""`Encoder`: the trained Stage-1 encoder in a Stage-2 model's hands, from raw 1-minute bars at any time.
+
+    encoder = Encoder.from_pretrained("exports/eurusd")           # an export folder, or a hub id
+    vectors = encoder.embed(bars, instrument="EURUSD")             # now: {tf: (1, d_model)}
+    history = encoder.embed(bars, at=decision_times)               # {tf: (N, d_model)}, no look-ahead
+
+The contract, each part tested against ``stage1 encode`` of a prepared folder:
+
+- **Bars**: a pandas DataFrame (the times as its DatetimeIndex or a ``time``/``timestamp``/``datetime``/
+  ``date`` column) or a dict of arrays (``time`` as datetime64 or epoch seconds), with ``open``, ``high``,
+  ``low``, ``close`` and, for a model with volume, ``volume``. A time is the START of its 1-minute bar, on
+  the clock the model's data was prepared on: UTC when it was prepared with ``--timezone`` or from UTC
+  sources (naive times are taken as that clock; aware ones are converted to UTC). Rows are cleaned as
+  ``stage1 prepare`` cleans them: a bad row (a price missing, not positive or out of OHLC order, a time off
+  the minute, a negative volume) is an error naming it; rows are sorted and duplicate times dropped (the
+  first kept).
+- **Timeframes** are derived as ``prepare`` derives them (`stage1_ds.data.timeframes.aggregate`): the same
+  buckets and bucket origin (the export's ``data.json``), volume in the same whole units.
+- **The anchor** of a decision time ``at`` is the end of the last 1-minute bar that ends at or before
+  ``at``; each timeframe's window is the last ``L_tf`` bars whose buckets END at or before the anchor, so no
+  bar holds a minute after it. The current, unfinished h4 bar (and any unfinished coarser bar) is left out:
+  the h4 window ends with the last h4 bar whose four hours are over, and the minutes since are in the finer
+  windows. Bars after ``at`` change nothing (tested bit for bit); ``at`` defaults to the last bar's end.
+- **Scaling** uses the model's statistics for an instrument it was trained on; for another one, call
+  `Encoder.add_instrument` with its history first (fitted as ``prepare`` fits a train split), so nothing
+  after that history enters the scale.
+- **Output**: per timeframe, the encoder's states of the unmasked windows averaged over their tokens,
+  ``(N, d_model)`` float32 for N decision times (or per token, ``(N, P, d_model)``, with
+  ``pooled=False``). Computed without gradients, batched over ``at``, on the encoder's device, in bf16 on a
+  GPU.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from stage1_ds.data.batch import Batch, TimeframeWindow
+from stage1_ds.data.features import to_features, volume_reference, volume_scale
+from stage1_ds.data.ingest import EARLIEST_UTC, LATEST_UTC, M1Rows, bad_row_reasons, clean_m1
+from stage1_ds.data.prepare import fit_stats
+from stage1_ds.data.store import SplitRange
+from stage1_ds.data.timeframes import Bars, Timeframe, aggregate, volume_units
+from stage1_ds.encoding import encode_batch
+from stage1_ds.errors import CheckpointError, DataError
+from stage1_ds.model import t5
+from stage1_ds.model.stage1 import EXPORT_DATA, Stage1Model, load_export_stats
+
+#: Column names read as the bar's start time, in this order, when the DataFrame's index holds no times.
+TIME_COLUMNS = ("time", "timestamp", "datetime", "date")
+PRICE_COLUMNS = ("open", "high", "low", "close")
+
+
+@dataclass(frozen=True)
+class DerivedBars:
+    """One instrument's cleaned 1-minute bars and the timeframes derived from them.
+
+    Attributes:
+        bars: per timeframe, as `stage1_ds.data.timeframes.aggregate` derives it.
+        log_ohlc: per timeframe, ``log`` of its prices (what a prepared folder stores).
+        ends: per timeframe, each bar's bucket end (seconds).
+    """
+
+    bars: dict[Timeframe, Bars]
+    log_ohlc: dict[Timeframe, np.ndarray]
+    ends: dict[Timeframe, np.ndarray]
+
+
+class Encoder:
+    """A trained Stage-1 model with what it needs to read raw bars: its statistics and its data's clock.
+
+    Build it with `from_pretrained` (an export folder of ``stage1 convert``, or a hub id in the local
+    cache), or from a `Stage1Model` and its statistics. See the module docstring for the contract.
+    """
+
+    def __init__(
+        self,
+        model: Stage1Model,
+        stats: dict[str, Any],
+        data: dict[str, Any] | None = None,
+        device: torch.device | str | None = None,
+    ):
+        """
+        Args:
+            model: the model (its weights are used as they are; it is put in eval mode).
+            stats: the feature statistics it was trained with (an export's ``stats.json``).
+            data: the record of its data (an export's ``data.json``): the bucket origin and each instrument's
+                volume unit. None (an export written before data.json): buckets from 00:00, and volume units
+                from `add_instrument`.
+            device: where to compute (default: the first GPU if there is one, else the CPU).
+        """
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
+            self.model = self.model.to(torch.bfloat16)
+        self.data = data or {}
+        self.bucket_origin = int(self.data.get("bucket_origin_seconds") or 0)
+        self.timeframes = [Timeframe(tf) for tf in model.timeframes]
+        self.window_bars = {tf: model.window_bars[tf.value] for tf in self.timeframes}
+        self.volume = "volume" in model.channels
+        self._stats = {name: dict(record) for name, record in stats["instruments"].items()}
+        # The lag of the scale statistics: half the window the data was prepared for (`stage1 prepare`).
+        self._lag = int(stats.get("lag_bars", max(self.window_bars.values()) // 2))
+        self._units = {
+            name: float(record["volume_unit"])
+            for name, record in self.data.get("instruments", {}).items()
+            if record.get("volume_unit") is not None
+        }
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        device: torch.device | str | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> Encoder:
+        """Load an export folder, or a model id from the Hugging Face cache (``cache_dir``, default the
+        cache of ``HF_HOME``; nothing is downloaded).
+
+        Raises:
+            CheckpointError: neither a folder nor a cached model id, or the folder is incomplete.
+        """
+        root = Path(name_or_path).expanduser()
+        if not root.is_dir():
+            root = _cached_snapshot(str(name_or_path), cache_dir)
+        model = Stage1Model.from_pretrained(root)
+        data_file = root / EXPORT_DATA
+        data = json.loads(data_file.read_text()) if data_file.is_file() else None
+        return cls(model, load_export_stats(root), data, device)
+
+    @property
+    def instruments(self) -> list[str]:
+        """The instruments the encoder can scale: those it was trained on and those added."""
+        return list(self._stats)
+
+    @property
+    def d_model(self) -> int:
+        return t5.d_model(self.model.encoder)
+
+    def add_instrument(self, name: str, history: Any) -> None:
+        """Fit the feature statistics (and volume unit) of an instrument the model was never trained on from
+        its ``history`` (bars as `embed` takes them), as ``prepare`` fits them on a train split.
+
+        Raises:
+            DataError: the history is too short to fit a scale for every timeframe, or has bad rows.
+        """
+        m1, unit = self._clean(history, name, unit=None)
+        derived = self.derive(m1)
+        for tf in self.timeframes:
+            if len(derived.bars[tf]) < 2:
+                raise DataError(
+                    f"add_instrument({name!r}): {len(derived.bars[tf])} {tf.value} bars in the history; at "
+                    "least two of every timeframe are needed to fit its scale (give weeks of 1-minute bars)"
+                )
+        span = SplitRange(int(m1.start[0]), int(m1.start[0]), int(m1.start[-1]) + 60)
+        fitted = fit_stats(derived.bars, span, self._lag)
+        self._stats[name] = {**fitted, "fitted_on": "add_instrument"}
+        self._units[name] = unit
+
+    def derive(self, m1: Bars) -> DerivedBars:
+        """Every timeframe from cleaned 1-minute bars, in the model's buckets."""
+        bars = {tf: aggregate(m1, tf, self.bucket_origin) for tf in Timeframe}
+        return DerivedBars(
+            bars=bars,
+            log_ohlc={tf: np.log(b.ohlc) for tf, b in bars.items()},
+            ends={tf: b.start + tf.seconds for tf, b in bars.items()},
+        )
+
+    def minute_bars(self, bars: Any, instrument: str | None = None) -> Bars:
+        """``bars`` cleaned as ``prepare`` cleans them, volume in the instrument's units."""
+        name = self._instrument(instrument)
+        return self._clean(bars, name, self._units.get(name))[0]
+
+    @torch.no_grad()
+    def embed(
+        self,
+        bars: Any,
+        at: Any = None,
+        instrument: str | None = None,
+        timeframes: Sequence[str] | None = None,
+        pooled: bool = True,
+        batch_size: int = 256,
+    ) -> dict[str, np.ndarray]:
+        """The embeddings of the windows ending at each decision time (see the module docstring).
+
+        Args:
+            bars: 1-minute bars of one instrument (a DataFrame or a dict of arrays).
+            at: one decision time or many (datetime-likes, or epoch seconds); None: the last bar's end.
+            instrument: its name (may be left out when the model knows only one instrument).
+            timeframes: the timeframes to return (default: every one of the model).
+            pooled: per timeframe ``(N, d_model)`` averages over tokens; False: ``(N, P, d_model)`` tokens.
+            batch_size: decision times per forward pass.
+
+        Raises:
+            DataError: bad rows, an unknown instrument, a time before the first bar, or too little history
+                before it for a full window of some timeframe (naming the timeframe and the bars needed).
+        """
+        name = self._instrument(instrument)
+        m1, _ = self._clean(bars, name, self._units.get(name))
+        derived = self.derive(m1)
+        times = _seconds(at) if at is not None else derived.ends[Timeframe.M1][-1:]
+        wanted = [Timeframe(tf) for tf in (timeframes or [t.value for t in self.timeframes])]
+        parts: dict[str, list[np.ndarray]] = {}
+        for i in range(0, len(times), batch_size):
+            batch = self.batch(derived, times[i : i + batch_size], name)
+            for tf, values in encode_batch(self.model, batch).items():
+                if Timeframe(tf) in wanted:
+                    parts.setdefault(tf, []).append(values["pooled" if pooled else "tokens"].numpy())
+        return {tf: np.concatenate(values) for tf, values in parts.items()}
+
+    def batch(self, derived: DerivedBars, at: np.ndarray, instrument: str) -> Batch:
+        """The unmasked batch of the windows ending at the anchors of ``at`` (epoch seconds), as
+        `stage1_ds.data.windows.WindowDataset.batch` builds it for a prepared folder."""
+        m1_ends = derived.ends[Timeframe.M1]
+        anchor_row = np.searchsorted(m1_ends, at, side="right") - 1
+        if (anchor_row < 0).any():
+            first = _utc(at[anchor_row < 0][0])
+            raise DataError(f"at {first}: before the end of the first 1-minute bar ({_utc(m1_ends[0])})")
+        anchor_time = m1_ends[anchor_row]
+        rows = {}
+        for tf in self.timeframes:
+            last = np.searchsorted(derived.ends[tf], anchor_time, side="right") - 1
+            rows[tf] = last[:, None] + np.arange(1 - self.window_bars[tf], 1)
+            short = rows[tf][:, 0] < 0
+            if short.any():
+                k = int(np.argmax(short))
+                earliest = (
+                    derived.ends[tf][self.window_bars[tf] - 1]
+                    if len(derived.ends[tf]) >= self.window_bars[tf]
+                    else None
+                )
+                raise DataError(
+                    f"at {_utc(anchor_time[k])}: {int(last[k]) + 1} {tf.value} bars end by then, the model's "
+                    f"{tf.value} window needs {self.window_bars[tf]}; give more history"
+                    + (
+                        f" (the first time with full windows of {tf.value}: {_utc(earliest)})"
+                        if earliest
+                        else ""
+                    )
+                )
+        finest = self.timeframes[0]
+        log_reference = derived.log_ohlc[finest][rows[finest][:, -1], 3]  # unmasked: the last bar's close
+        if self.volume:
+            units = derived.bars[finest].units[rows[finest]]
+            volume_ref = volume_reference(units.sum(axis=1) / units.shape[1] / finest.minutes)
+        stats = self._stats[instrument]
+        windows = {}
+        n = len(at)
+        for tf in self.timeframes:
+            scale = np.full(n, stats["scale"][tf.value], dtype=np.float32)
+            features = to_features(derived.log_ohlc[tf][rows[tf]], log_reference, scale)
+            if self.volume:
+                volume = derived.bars[tf].units[rows[tf]] / (volume_ref[:, None] * volume_scale(tf.minutes))
+                features = np.concatenate([features, volume[..., None].astype(np.float32)], axis=2)
+            windows[tf.value] = TimeframeWindow(
+                features=torch.from_numpy(features),
+                valid=torch.ones(rows[tf].shape, dtype=torch.bool),
+                start_time=torch.from_numpy(derived.bars[tf].start[rows[tf]]),
+                parent_index=None,  # only the losses read it
+                scale=torch.from_numpy(scale),
+                volume_scale=torch.full((n,), volume_scale(tf.minutes)) if self.volume else None,
+            )
+        return Batch(
+            windows=windows,
+            reference_price=torch.from_numpy(np.exp(log_reference)),
+            anchor_time=torch.from_numpy(anchor_time),
+            instrument=torch.zeros(n, dtype=torch.int64),
+            sample_id=torch.arange(n),
+        )
+
+    # -- helpers -----------------------------------------------------------------------------------------
+
+    def _instrument(self, instrument: str | None) -> str:
+        if instrument is None:
+            if len(self._stats) == 1:
+                return next(iter(self._stats))
+            raise DataError(
+                f"embed: name the instrument (instrument=...); the model knows {self.instruments}"
+            )
+        if instrument not in self._stats:
+            raise DataError(
+                f"instrument {instrument!r}: the model was not trained on it (it knows {self.instruments}); "
+                f"call encoder.add_instrument({instrument!r}, history_bars) first, with its past bars"
+            )
+        return instrument
+
+    def _clean(self, bars: Any, name: str, unit: float | None) -> tuple[Bars, float]:
+        """Cleaned 1-minute bars and the volume unit (``unit``, or fitted from them when None)."""
+        rows = _rows_of(bars, self.volume, name)
+        cleaned, report = clean_m1([rows])
+        if len(cleaned) == 0:
+            raise DataError(f"{name}: no 1-minute bars given")
+        unit = report.volume_unit if unit is None else unit
+        if self.volume and not np.any(cleaned.volume > 0):
+            raise DataError(f"{name}: the model reads volume, and every volume given is 0")
+        units = volume_units(cleaned.volume, unit) if unit != report.volume_unit else cleaned.units
+        return Bars(cleaned.start, cleaned.ohlc, cleaned.volume, cleaned.count, units), unit
+
+
+def _rows_of(bars: Any, needs_volume: bool, name: str) -> M1Rows:
+    """A DataFrame or dict of arrays as 1-minute rows, every bad row an error naming it."""
+    if isinstance(bars, pd.DataFrame):
+        columns = {str(c).lower(): c for c in bars.columns}
+        if isinstance(bars.index, pd.DatetimeIndex):
+            times: Any = bars.index
+        else:
+            key = next((columns[c] for c in TIME_COLUMNS if c in columns), None)
+            if key is None:
+                raise DataError(
+                    f"{name}: bars need their times as a DatetimeIndex or a column named one of {TIME_COLUMNS}"
+                )
+            times = bars[key]
+        values = {
+            c: bars[columns[c]].to_numpy(dtype=np.float64) for c in (*PRICE_COLUMNS, "volume") if c in columns
+        }
+    elif isinstance(bars, Mapping):
+        lower = {str(k).lower(): v for k, v in bars.items()}
+        times = lower.get("time")
+        if times is None:
+            raise DataError(f"{name}: a dict of bars needs a 'time' array (datetime64 or epoch seconds)")
+        values = {c: np.asarray(lower[c], dtype=np.float64) for c in (*PRICE_COLUMNS, "volume") if c in lower}
+    else:
+        raise DataError(
+            f"{name}: bars must be a pandas DataFrame or a dict of arrays, not {type(bars).__name__}"
+        )
+    missing = [c for c in PRICE_COLUMNS if c not in values] + (
+        ["volume"] if needs_volume and "volume" not in values else []
+    )
+    if missing:
+        raise DataError(
+            f"{name}: bars lack {missing} (columns: open, high, low, close, and volume for this model)"
+        )
+    start = _seconds(times)
+    ohlc = np.stack([values[c] for c in PRICE_COLUMNS], axis=1)
+    volume = values.get("volume", np.zeros(len(start)))
+    outside = (start < EARLIEST_UTC) | (start >= LATEST_UTC)
+    reasons = bad_row_reasons(start, ohlc, volume, None, outside, np.zeros(len(start), dtype=bool), None)
+    for reason, bad in reasons.items():
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise DataError(
+                f"{name}: bar {k} ({_utc(start[k])}): {reason}: {ohlc[k].tolist()} volume {volume[k]}"
+            )
+    return M1Rows(start=start, ohlc=ohlc, volume=volume)
+
+
+def _seconds(times: Any) -> np.ndarray:
+    """Epoch seconds (int64, at least 1-d) of datetime-likes (aware ones converted to UTC) or numbers."""
+    array = np.atleast_1d(np.asarray(times.values if isinstance(times, (pd.Series, pd.Index)) else times))
+    if array.dtype.kind in "iuf":
+        return array.astype(np.int64)
+    stamps = pd.DatetimeIndex(array if array.dtype.kind == "M" else pd.to_datetime(list(array)))
+    if stamps.tz is not None:
+        stamps = stamps.tz_convert("UTC").tz_localize(None)
+    return np.asarray((stamps - pd.Timestamp(0)) // pd.Timedelta(seconds=1), dtype=np.int64)
+
+
+def _utc(seconds: Any) -> str:
+    return str(np.datetime64(int(seconds), "s")).replace("T", " ")
+
+
+def _cached_snapshot(model_id: str, cache_dir: str | Path | None) -> Path:
+    """The local snapshot of a hub model id (never downloads)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(model_id, cache_dir=cache_dir, local_files_only=True))
+    except (LocalEntryNotFoundError, ValueError, OSError) as error:
+        raise CheckpointError(
+            f"{model_id!r} is neither an export folder nor a model in the Hugging Face cache "
+            f"({str(error).splitlines()[0]}); download it once (huggingface-cli download {model_id}) or pass "
+            "cache_dir="
+        ) from None
