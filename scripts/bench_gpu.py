@@ -30,6 +30,7 @@ import transformers
 from stage1_ds.benchmark import (
     bench_config,
     build_model,
+    decision_latency,
     loop_forward,
     masked_batches,
     time_engine,
@@ -136,6 +137,8 @@ def main() -> int:
         index = copy.deepcopy(full)  # the model before the time-aware keys: T5's index bias
         index.model.position_bias, index.model.timeframe_pair_bias = PositionBias.INDEX, False
         index_plain = time_plain(index, Phase.FULL, batches, **timing).median_s
+        # A Stage-2 decision: `Encoder.embed` at the newest bar of a rolling buffer (bf16 on a GPU).
+        results["encoder"] = decision_latency(build_model(full, Phase.FULL), None, args.windows * args.steps)
     by = {(r["phase"], r["offload"]): r for r in results["runs"]}
     engine_full = by[("full", False)]["step_s"]
     results["ratios"] = {
@@ -163,6 +166,11 @@ def main() -> int:
         )
     for name, value in results["ratios"].items():
         print(f"{name}: {value:.2f}x")
+    encoder = results["encoder"]
+    print(
+        f"one Encoder.embed decision: {encoder['decision_ms']:.1f} ms (forward pass alone "
+        f"{encoder['forward_only_ms']:.1f} ms)"
+    )
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written {args.json}")
     return 0

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from stage1_ds.config import (
     TrainConfig,
 )
 from stage1_ds.data.batch import Batch
+from stage1_ds.data.timeframes import BASE
 from stage1_ds.data.windows import WindowDataset
 from stage1_ds.model import t5
 from stage1_ds.model.losses import stage1_loss
@@ -81,7 +83,7 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(step: Callable[[int], None], warmup: int, windows: int, steps_per_window: int) -> StepTiming:
+def time_steps(step: Callable[[int], object], warmup: int, windows: int, steps_per_window: int) -> StepTiming:
     """Median seconds per step over ``windows`` timed windows, after ``warmup`` untimed steps; the device is
     synchronised around every timed window."""
     for i in range(warmup):
@@ -175,3 +177,53 @@ def time_plain(
         optimizer.zero_grad(set_to_none=True)
 
     return time_steps(step, warmup, windows, steps_per_window)
+
+
+def synthetic_frame(days: int, seed: int) -> Any:
+    """The synthetic market's 1-minute bars as a user's pandas DataFrame (times as the index)."""
+    import pandas as pd
+
+    from stage1_ds.data.synthetic import generate_synthetic_m1
+
+    bars = generate_synthetic_m1(days, seed)
+    return pd.DataFrame(
+        dict(zip(("open", "high", "low", "close"), bars.ohlc.T, strict=True), volume=bars.volume),
+        index=pd.to_datetime(bars.start, unit="s"),
+    )
+
+
+def decision_latency(
+    model: Stage1Model, buffer_days: int | None, repeats: int, seed: int = 0
+) -> dict[str, float]:
+    """Median milliseconds of one `stage1_ds.Encoder.embed` at the newest bar of a rolling buffer of
+    ``buffer_days`` of the synthetic market (an instrument added from the 60 days before it), and of the
+    forward pass alone on the same window; on the model's device. ``buffer_days`` None: half again the
+    calendar span of the longest window, plus two days (weekends)."""
+    import math
+
+    import pandas as pd
+
+    from stage1_ds.data.timeframes import Timeframe
+    from stage1_ds.encoder import Encoder
+    from stage1_ds.encoding import encode_batch
+
+    if buffer_days is None:
+        longest = max(bars * Timeframe(tf).minutes for tf, bars in model.window_bars.items())
+        buffer_days = math.ceil(1.5 * longest / 1440) + 2
+    frame = synthetic_frame(60 + buffer_days, seed)
+    cut = frame.index[-1] - pd.Timedelta(days=buffer_days)
+    encoder = Encoder(
+        model, {"instruments": {}, "lag_bars": max(model.window_bars.values()) // 2}, device=device()
+    )
+    encoder.add_instrument("SYNTH", frame[frame.index < cut])
+    buffer = frame[frame.index >= cut]
+    derived = encoder.derive(encoder.minute_bars(buffer, "SYNTH"))
+    batch = encoder.batch(derived, derived.ends[BASE][-1:], "SYNTH")
+    embed_ms = time_steps(lambda _: encoder.embed(buffer, instrument="SYNTH"), 5, repeats, 1).median_s * 1e3
+    forward_ms = time_steps(lambda _: encode_batch(encoder.model, batch), 5, repeats, 1).median_s * 1e3
+    return {
+        "decision_ms": embed_ms,
+        "forward_only_ms": forward_ms,
+        "buffer_bars": float(len(buffer)),
+        "buffer_days": float(buffer_days),
+    }

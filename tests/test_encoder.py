@@ -116,7 +116,9 @@ def test_an_unseen_instrument_is_scaled_from_its_own_history_as_prepare_scales_a
     encoder = Encoder.from_pretrained(trained_export, device="cpu")
     data = load_prepared(synthetic_small)
     frame = _raw(data)
-    with pytest.raises(DataError, match=r"'EURCHF': the model was not trained on it .*add_instrument\('EURCHF'"):
+    with pytest.raises(
+        DataError, match=r"'EURCHF': the model was not trained on it .*add_instrument\('EURCHF'"
+    ):
         encoder.embed(frame, instrument="EURCHF")
     train = data.split("SYNTH", "train")
     encoder.add_instrument("EURCHF", frame[_epoch(frame.index) + 60 <= train.end])
@@ -132,7 +134,9 @@ def test_times_in_any_zone_and_a_dict_of_arrays_read_alike(month: Path, trained_
     new_york = frame.tz_localize("UTC").tz_convert("America/New_York")
     arrays = {"time": _epoch(frame.index), **{c: frame[c].to_numpy() for c in frame.columns}}
     column = frame.reset_index(names="timestamp")
-    for other in (encoder.embed(new_york), encoder.embed(arrays), encoder.embed(column)):
+    end = (frame.index[-1] + pd.Timedelta(minutes=1)).tz_localize("UTC")
+    at_new_york = encoder.embed(frame, at=[end.tz_convert("America/New_York")])
+    for other in (encoder.embed(new_york), encoder.embed(arrays), encoder.embed(column), at_new_york):
         assert all(np.array_equal(utc[tf], other[tf]) for tf in utc)
 
 
