@@ -1,4 +1,5 @@
-"""The ``stage1`` command: prepare data, train, convert checkpoints, evaluate, encode, probe, and the demo.
+"""The ``stage1`` command: prepare data, train, convert checkpoints (and their model cards), evaluate, encode,
+probe, and the demo.
 
 Each subcommand parses its arguments here and calls one library function; heavy imports (torch,
 DeepSpeed) happen inside the subcommands that need them, so ``stage1 prepare`` starts fast.
@@ -236,14 +237,38 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="the export folder to write")
     p.add_argument("--tag", help="checkpoint tag (default: latest)")
     p.add_argument("--force", action="store_true", help="overwrite an existing export")
+    p.add_argument(
+        "--card-metrics",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="stage1 evaluate / probe reports to show in the model card (README.md)",
+    )
     p.set_defaults(run=_run_convert)
+
+
+def _add_card(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("card", help="rewrite an export's model card (README.md), with reports")
+    p.add_argument("export", type=Path, help="an export folder (stage1 convert)")
+    p.add_argument(
+        "--metrics", nargs="+", type=Path, default=[], metavar="JSON", help="evaluate / probe reports"
+    )
+    p.set_defaults(run=_run_card)
+
+
+def _run_card(args: argparse.Namespace) -> int:
+    from stage1_ds.card import write_card
+
+    path = write_card(args.export, args.metrics)
+    print(f"model card written to {path}")
+    return 0
 
 
 def _run_convert(args: argparse.Namespace) -> int:
     claim_folder(args.out.parent, "--out")
     from stage1_ds.export import convert
 
-    info = convert(args.run_dir, args.out, tag=args.tag, force=args.force)
+    info = convert(args.run_dir, args.out, tag=args.tag, force=args.force, card_metrics=args.card_metrics)
     print(
         f"exported {info['tag']} (phase {info['phase']}, step {info['global_step']}, "
         f"{info['parameters']['all']:,} parameters, fp32) to {args.out}"
@@ -460,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prepare(commands)
     _add_train(commands)
     _add_convert(commands)
+    _add_card(commands)
     _add_evaluate(commands)
     _add_encode(commands)
     _add_probe(commands)

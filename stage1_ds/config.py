@@ -526,12 +526,19 @@ class TrainConfig(Section):
 
 @dataclass
 class Config(Section):
-    """The root of the config tree."""
+    """The root of the config tree.
+
+    Attributes:
+        seed: initial weights, data order, masks, dropout.
+        license: the license of the trained weights (an SPDX id or a Hugging Face license name, e.g.
+            ``apache-2.0``), written into the model card of ``stage1 convert``; None: left out.
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
+    license: str | None = None
 
     def check(self, prefix: str) -> list[str]:
         """Checks across sections (each section checks its own keys)."""

@@ -11,6 +11,7 @@ config describes, and writes the export folder:
     encoder_config.json  the exact T5 layout
     stats.json           the data statistics (feature scales) the model was trained with
     data.json            the data it was trained on: preparation options, instruments, ranges, sources
+    README.md            the model card (`stage1_ds.card`)
     export_info.json     source run, tag, phase, step, code version, parameter counts
 """
 
@@ -27,6 +28,7 @@ import yaml
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 from safetensors.torch import save_file
 
+from stage1_ds.card import write_card
 from stage1_ds.config import Config, config_to_dict
 from stage1_ds.errors import CheckpointError
 from stage1_ds.model import t5
@@ -64,8 +66,15 @@ def consolidate(run_dir: Path, tag: str, config: Config) -> dict[str, torch.Tens
     return t5.untie(state, ENCODER_PREFIX)
 
 
-def convert(run_dir: Path, out: Path, tag: str | None = None, force: bool = False) -> dict[str, Any]:
-    """Write the export folder of ``run_dir``'s checkpoint ``tag`` (default: latest).
+def convert(
+    run_dir: Path,
+    out: Path,
+    tag: str | None = None,
+    force: bool = False,
+    card_metrics: list[Path] | None = None,
+) -> dict[str, Any]:
+    """Write the export folder of ``run_dir``'s checkpoint ``tag`` (default: latest), with its model card
+    (`stage1_ds.card`; ``card_metrics``: evaluate and probe reports to show in it).
 
     Returns:
         The export info written to export_info.json.
@@ -114,6 +123,7 @@ def convert(run_dir: Path, out: Path, tag: str | None = None, force: bool = Fals
     if (run_dir / EXPORT_DATA).is_file():  # runs before data.json existed convert without it
         shutil.copyfile(run_dir / EXPORT_DATA, staging / EXPORT_DATA)
     (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    write_card(staging, card_metrics, name=out.name)
     make_readable(staging)
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)  # the export appears whole or not at all
