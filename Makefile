@@ -18,8 +18,8 @@ demo: setup
 	$(BIN)/stage1 demo --out demo
 
 lint: setup
-	$(BIN)/ruff check stage1_ds tests scripts
-	$(BIN)/ruff format --check stage1_ds tests scripts
+	$(BIN)/ruff check stage1_ds tests scripts examples
+	$(BIN)/ruff format --check stage1_ds tests scripts examples
 	$(BIN)/mypy
 
 test: lint

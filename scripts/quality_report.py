@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from stage1_ds.evaluation.quality import (
+    STAGE2_HEADING,
     TRANSFER_HEADING,
     VARIANT_SETS,
     quality_report,
@@ -55,7 +56,7 @@ def kept(doc: Path) -> str:
     if not doc.exists():
         return ""
     text = doc.read_text()
-    headings = [heading for heading, _ in VARIANT_SETS.values()] + [TRANSFER_HEADING, BY_HAND]
+    headings = [heading for heading, _ in VARIANT_SETS.values()] + [TRANSFER_HEADING, STAGE2_HEADING, BY_HAND]
     return "".join("\n" + part.rstrip("\n") + "\n" for h in headings if (part := section(text, h)))
 
 

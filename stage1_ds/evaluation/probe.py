@@ -250,11 +250,12 @@ class Design:
 @dataclass
 class Fitted:
     """A method fitted on train with the ridge penalty of lowest val MSE: its test predictions, that val
-    MSE and the penalty."""
+    MSE, the penalty, and its predictions on every split (``by_split``)."""
 
     test: np.ndarray
     val_mse: float
     alpha: float
+    by_split: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def fit(design: Design, y: dict[str, np.ndarray]) -> Fitted:
@@ -265,7 +266,33 @@ def fit(design: Design, y: dict[str, np.ndarray]) -> Fitted:
         val = model.predict(design.x["val"]) + design.offset["val"]
         scored.append((float(np.mean((val - y["val"]) ** 2)), alpha, model))
     val_mse, alpha, model = min(scored, key=lambda s: s[0])
-    return Fitted(model.predict(design.x["test"]) + design.offset["test"], val_mse, alpha)
+    by_split = {s: model.predict(design.x[s]) + design.offset[s] for s in design.x}
+    return Fitted(by_split["test"], val_mse, alpha, by_split)
+
+
+@dataclass
+class RuleChoice:
+    """The rules of one target fitted on train and chosen on val: the trading-time look-backs (``windows``,
+    chosen with ``har``; ``by_windows`` their val MSEs), every rule's design and fit, and ``best``, the rule
+    of lowest val MSE (``best_rule``)."""
+
+    by_windows: dict[str, float]
+    windows: str
+    designs: dict[str, Design]
+    fitted: dict[str, Fitted]
+    best: str
+
+
+def choose_rule(
+    sets: dict[str, ProbeSet], target: str, rows: dict[str, np.ndarray], y: dict[str, np.ndarray]
+) -> RuleChoice:
+    """Fit every rule of ``target`` on train and choose the look-backs and ``best_rule`` on val."""
+    by_windows = {w: fit(rule_designs(sets, target, rows, w)["har"], y).val_mse for w in TRADING_WINDOWS}
+    windows = min(by_windows, key=lambda w: by_windows[w])
+    designs = rule_designs(sets, target, rows, windows)
+    fitted = {name: fit(design, y) for name, design in designs.items()}
+    best = min(designs, key=lambda name: fitted[name].val_mse)
+    return RuleChoice(by_windows, windows, designs, fitted, best)
 
 
 def rule_designs(
@@ -345,28 +372,50 @@ def _probe_sets(
     seed: int,
     stats: dict[str, Any] | None,
 ) -> tuple[dict[str, ProbeSet], dict[str, dict[str, np.ndarray]]]:
-    """The probe's anchors of each split of ``data_dir`` (`probe_set`; the rules know each instrument's
-    train split) and the encoders' embeddings of them, by method name then split (no untrained control's
-    for ``untrained=None``: the zero-shot readout does not use them)."""
-    config = model_data_config(model)
-    sets: dict[str, ProbeSet] = {}
+    """The probe's anchors of each split of ``data_dir`` (`anchor_sets`) and the encoders' embeddings of
+    them, by method name then split (no untrained control's for ``untrained=None``: the zero-shot readout
+    does not use them)."""
+    windows, sets = anchor_sets(model, data_dir, splits, max_anchors, seed, stats)
     embeddings: dict[str, dict[str, np.ndarray]] = {"embeddings": {}, "embeddings_random_init": {}}
+    for split, chosen in sets.items():
+        embeddings["embeddings"][split] = pooled_embeddings(model, windows[split], chosen.ids)
+        if untrained is not None:
+            embeddings["embeddings_random_init"][split] = pooled_embeddings(
+                untrained, windows[split], chosen.ids
+            )
+    return sets, embeddings
+
+
+def anchor_sets(
+    model: Stage1Model,
+    data_dir: DataSource,
+    splits: tuple[str, ...],
+    max_anchors: int,
+    seed: int,
+    stats: dict[str, Any] | None,
+) -> tuple[dict[str, Windows], dict[str, ProbeSet]]:
+    """The model's windows of each split of ``data_dir`` and the probe's anchors in them (`probe_set`; the
+    rules know each instrument's train split), each split checked (`check_anchors`).
+
+    Raises:
+        DataError: a split has too few anchors.
+    """
+    config = model_data_config(model)
+    windows: dict[str, Windows] = {}
+    sets: dict[str, ProbeSet] = {}
     known: dict[str, InstrumentRules] = {}
+    where = ", ".join(str(folder) for folder in data_folders(data_dir))
     for split in splits:
-        windows = open_windows(data_dir, split, config, seed=seed, stats=stats)
+        windows[split] = open_windows(data_dir, split, config, seed=seed, stats=stats)
         if not known:
-            for name in windows.instruments:
-                data = windows.data_of(name)
+            for name in windows[split].instruments:
+                data = windows[split].data_of(name)
                 bars, train = minute_bars(data, name), data.split(name, "train")
                 known[name] = InstrumentRules(seasonal_profile(bars, train), periodicity(bars, train))
-        chosen = sets[split] = probe_set(windows, max_anchors, seed, known)
-        where = ", ".join(str(folder) for folder in data_folders(data_dir))
+        chosen = sets[split] = probe_set(windows[split], max_anchors, seed, known)
         log.info("probe: %d %s anchors of %s (dropped: %s)", len(chosen.ids), split, where, chosen.dropped)
         check_anchors(chosen, split, data_dir, max_anchors)
-        embeddings["embeddings"][split] = pooled_embeddings(model, windows, chosen.ids)
-        if untrained is not None:
-            embeddings["embeddings_random_init"][split] = pooled_embeddings(untrained, windows, chosen.ids)
-    return sets, embeddings
+    return windows, sets
 
 
 def check_anchors(chosen: ProbeSet, split: str, data_dir: DataSource, max_anchors: int) -> None:
@@ -463,11 +512,9 @@ def probe(
         rows = {s: used(sets[s]) for s in sets}
         y = {s: sets[s].targets[target][rows[s]] for s in sets}
         report["n"][target] = {s: len(values) for s, values in y.items()}
-        by_windows = {w: fit(rule_designs(sets, target, rows, w)["har"], y).val_mse for w in TRADING_WINDOWS}
-        windows_name = min(by_windows, key=lambda w: by_windows[w])
-        designs = rule_designs(sets, target, rows, windows_name)
-        fitted = {name: fit(design, y) for name, design in designs.items()}
-        best = min(designs, key=lambda name: fitted[name].val_mse)
+        rules = choose_rule(sets, target, rows, y)
+        by_windows, windows_name, designs, best = rules.by_windows, rules.windows, rules.designs, rules.best
+        fitted = dict(rules.fitted)
         for name in ("embeddings", "embeddings_random_init"):
             values = {s: embeddings[name][s][rows[s]] for s in sets}
             zero = {s: np.zeros(int(rows[s].sum())) for s in sets}

@@ -538,6 +538,9 @@ def _verdicts(evaluation: dict[str, Any], probed: dict[str, Any]) -> list[str]:
     return lines
 
 
+#: The section of docs/quality.md written from examples/stage2_volatility.py's report (kept by rewrites).
+STAGE2_HEADING = "## A Stage-2 model on the encoder: fine-tuning against the linear probe"
+
 #: The transfer report's section of docs/quality.md.
 TRANSFER_HEADING = "## One encoder for many markets: instruments it never saw"
 #: Held out by default: an FX pair, a commodity, an equity index.

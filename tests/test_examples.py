@@ -1,0 +1,43 @@
+"""examples/stage2_volatility.py runs end to end at a tiny size: the rule, the linear probe, the head and
+LoRA fine-tuning on the same anchors, scored with the same tests."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+from conftest import REPO
+
+
+def _example(name: str):  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_stage2_example_fine_tunes_and_scores_against_the_rule_and_the_probe(
+    synthetic_small: Path, trained_export: Path, tmp_path: Path
+) -> None:
+    example = _example("stage2_volatility")
+    out = tmp_path / "stage2.json"
+    args = ["--model", str(trained_export), "--data", str(synthetic_small), "--json", str(out)]
+    quick = ["--max-anchors", "150", "--head-epochs", "4", "--lora-epochs", "2", "--patience", "2"]
+    assert example.main([*args, *quick]) == 0
+    report = json.loads(out.read_text())
+    assert list(report["test"]) == ["best_rule", "linear_probe", "head_only", "fine_tuned"]
+    n = report["anchors"]["test"]
+    for name, scores in report["test"].items():
+        assert scores["n"] == n and math.isfinite(scores["mse"]), name
+    assert math.isnan(report["test"]["best_rule"]["vs"]["best_rule"]["p"])  # itself
+    assert (
+        report["val_mse"]["fine_tuned"]
+        <= report["val_mse"]["head_only"]
+        <= report["lora"]["epochs"][0]["val_mse"] + 1e9
+    )
+    # Each stage keeps its best val epoch, never worse than where it started (the rule, for the head).
+    assert report["val_mse"]["head_only"] <= report["val_mse"]["best_rule"] + 1e-9
+    assert report["lora"]["best_epoch"] >= 0 and len(report["head_only"]["epochs"]) >= 1
