@@ -53,9 +53,10 @@ class Stage2Head(nn.Module):
     """The rule's forecast plus a correction from its standardised features and the pooled embeddings; the
     last layer starts at zero, so training starts from the rule itself."""
 
-    def __init__(self, rule_features: int, embedding: int, hidden: int = 64):
+    def __init__(self, rule_features: int, embedding: int, hidden: int = 64, dropout: float = 0.0):
         super().__init__()
         self.norm = nn.LayerNorm(embedding)
+        self.dropout = nn.Dropout(dropout)
         last = nn.Linear(hidden, 1)
         with torch.no_grad():
             last.weight.zero_()
@@ -63,7 +64,7 @@ class Stage2Head(nn.Module):
         self.body = nn.Sequential(nn.Linear(rule_features + embedding, hidden), nn.GELU(), last)
 
     def forward(self, rule: torch.Tensor, features: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        return rule + self.body(torch.cat([features, self.norm(embedding)], dim=1)).squeeze(1)
+        return rule + self.body(self.dropout(torch.cat([features, self.norm(embedding)], dim=1))).squeeze(1)
 
 
 def pooled(model: Stage1Model, batch: Any) -> torch.Tensor:
@@ -85,10 +86,11 @@ def train_stage(
     val_mse: Callable[[], float],
     modules: list[nn.Module],
     name: str,
+    weight_decay: float,
 ) -> dict[str, Any]:
     """AdamW epochs of ``train_step`` until val MSE has not improved for ``patience`` epochs; the modules
     are left at their best val epoch."""
-    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
     best, best_epoch, best_state, history = val_mse(), 0, [copy.deepcopy(m.state_dict()) for m in modules], []
     log.info("%s: val MSE %.4f before training", name, best)
     for epoch in range(1, epochs + 1):
@@ -130,7 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
 
     data = {s: tensors(s) for s in SPLITS}
-    head = Stage2Head(design.x["train"].shape[1], frozen["train"].shape[1])
+    head = Stage2Head(design.x["train"].shape[1], frozen["train"].shape[1], args.hidden, args.dropout)
     generator = torch.Generator().manual_seed(args.seed)
 
     # Stage 1: the head on the frozen encoder's embeddings (computed once).
@@ -162,6 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         lambda: float(np.mean((head_predict("val") - y["val"]) ** 2)),
         [head],
         "head only",
+        args.weight_decay,
     )
     predictions = {"head_only": head_predict("test")}
 
@@ -204,6 +207,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         lambda: float(np.mean((lora_predict("val") - y["val"]) ** 2)),
         [model, head],
         "LoRA + head",
+        args.weight_decay,
     )
     predictions["fine_tuned"] = lora_predict("test")
     predictions = {"best_rule": rule.test, "linear_probe": linear.test, **predictions}
@@ -263,8 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         "--data", type=Path, nargs="+", required=True, help="the prepared folder(s) it was trained on"
     )
     parser.add_argument("--json", type=Path, help="write the report here")
-    parser.add_argument("--max-anchors", type=int, default=3000)
+    parser.add_argument("--max-anchors", type=int, default=10000, help="at most this many anchors per split")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden", type=int, default=64, help="hidden units of the head")
+    parser.add_argument("--dropout", type=float, default=0.0, help="dropout on the head's inputs")
+    parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--head-epochs", type=int, default=200)
     parser.add_argument("--head-lr", type=float, default=1e-3)
     parser.add_argument("--head-batch", type=int, default=256)
