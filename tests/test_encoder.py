@@ -172,3 +172,21 @@ def test_from_pretrained_by_id_reads_the_local_hub_cache(trained_export: Path, t
         CheckpointError, match=r"'stage1-tests/elsewhere' is neither an export folder nor a model"
     ):
         Encoder.from_pretrained("stage1-tests/elsewhere", cache_dir=tmp_path / "hub")
+
+
+def test_the_readme_stage2_lines_run(month: Path, trained_export: Path) -> None:
+    """The README's lines for a Stage-2 author, with this test's export (trained on SYNTH) for theirs."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = readme.split("## For a Stage-2 model", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace('"exports/eurusd"', repr(str(trained_export))).replace('"EURUSD"', '"SYNTH"')
+    frame = _raw(load_prepared(month))
+    namespace = {
+        "bars": frame,
+        "decision_times": frame.index[-300::60],
+        "gbpusd_history": frame.iloc[: 20 * 1440],
+    }
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["now"]["h4"].shape == (1, namespace["encoder"].d_model)
+    assert namespace["history"]["m1"].shape == (5, namespace["encoder"].d_model)
+    assert namespace["tokens"]["m1"].shape[:2] == (1, 2)  # 16 bars in patches of 8
+    assert "GBPUSD" in namespace["encoder"].instruments
