@@ -104,7 +104,7 @@ def train_stage(
             break
     for module, state in zip(modules, best_state, strict=True):
         module.load_state_dict(state)
-    return {"best_epoch": best_epoch, "val_mse": best, "epochs": history}
+    return {"best_epoch": best_epoch, "val_mse": val_mse(), "epochs": history}  # of the state kept
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
