@@ -57,7 +57,8 @@ def main() -> int:
     else:
         config = load_config(resolve_path("configs/demo_cpu.yaml"))
         model = Stage1Model(config.model, config.data)
-        encoder = Encoder(model, {"instruments": {}, "lag_bars": config.data.window_bars // 2})
+        stats = {"instruments": {}, "lag_bars": config.data.window_bars // 2}
+        encoder = Encoder(model, stats, {"bucket_origin_seconds": 0, "instruments": {}})  # synthetic buckets
     if "SYNTH" not in encoder.instruments:
         encoder.add_instrument("SYNTH", frame.iloc[: len(frame) // 2])
     results: dict[str, Any] = {

@@ -212,9 +212,9 @@ def decision_latency(
         buffer_days = math.ceil(1.5 * longest / 1440) + 2
     frame = synthetic_frame(60 + buffer_days, seed)
     cut = frame.index[-1] - pd.Timedelta(days=buffer_days)
-    encoder = Encoder(
-        model, {"instruments": {}, "lag_bars": max(model.window_bars.values()) // 2}, device=device()
-    )
+    synthetic = {"bucket_origin_seconds": 0, "instruments": {}}  # the synthetic market's buckets
+    stats = {"instruments": {}, "lag_bars": max(model.window_bars.values()) // 2}
+    encoder = Encoder(model, stats, synthetic, device=device())
     encoder.add_instrument("SYNTH", frame[frame.index < cut])
     buffer = frame[frame.index >= cut]
     derived = encoder.derive(encoder.minute_bars(buffer, "SYNTH"))

@@ -33,6 +33,7 @@ The contract, each part tested against ``stage1 encode`` of a prepared folder:
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,8 @@ from stage1_ds.encoding import encode_batch
 from stage1_ds.errors import CheckpointError, DataError
 from stage1_ds.model import t5
 from stage1_ds.model.stage1 import EXPORT_DATA, Stage1Model, load_export_stats
+
+log = logging.getLogger(__name__)
 
 #: Column names read as the bar's start time, in this order, when the DataFrame's index holds no times.
 TIME_COLUMNS = ("time", "timestamp", "datetime", "date")
@@ -100,6 +103,11 @@ class Encoder:
         self.model = model.to(self.device).eval()
         if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
             self.model = self.model.to(torch.bfloat16)
+        if data is None:
+            log.warning(
+                "no data record (data.json, written by exports since issue 24): buckets are taken to start at "
+                "00:00 of the bars' clock, and volume units come from add_instrument"
+            )
         self.data = data or {}
         self.bucket_origin = int(self.data.get("bucket_origin_seconds") or 0)
         self.timeframes = [Timeframe(tf) for tf in model.timeframes]

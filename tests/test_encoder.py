@@ -190,3 +190,12 @@ def test_the_readme_stage2_lines_run(month: Path, trained_export: Path) -> None:
     assert namespace["history"]["m1"].shape == (5, namespace["encoder"].d_model)
     assert namespace["tokens"]["m1"].shape[:2] == (1, 2)  # 16 bars in patches of 8
     assert "GBPUSD" in namespace["encoder"].instruments
+
+
+def test_an_export_without_a_data_record_says_what_it_assumes(
+    trained_export: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = Stage1Model.from_pretrained(trained_export)
+    with caplog.at_level("WARNING"):
+        encoder = Encoder(model, load_export_stats(trained_export), None, device="cpu")
+    assert "no data record (data.json" in caplog.text and encoder.bucket_origin == 0
