@@ -138,17 +138,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # Stage 1: the head on the frozen encoder's embeddings (computed once).
     embedded = {s: torch.as_tensor(frozen[s], dtype=torch.float32) for s in SPLITS}
 
-    def head_step(optimizer: torch.optim.Optimizer) -> float:
-        head.train()
-        order, losses = torch.randperm(len(y["train"]), generator=generator), []
-        for batch in order.split(args.head_batch):
-            r, f, t = (v[batch] for v in data["train"])
-            loss = (head(r, f, embedded["train"][batch]) - t).pow(2).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss))
-        return float(np.mean(losses))
+    def epoch(
+        batch_size: int, embedding_of: Callable[[torch.Tensor], torch.Tensor], modules: list[nn.Module]
+    ) -> Callable[[torch.optim.Optimizer], float]:
+        """One pass over the train anchors in a seeded order; ``embedding_of`` gives a batch's embeddings."""
+
+        def step(optimizer: torch.optim.Optimizer) -> float:
+            for module in modules:
+                module.train()
+            order, losses = torch.randperm(len(y["train"]), generator=generator), []
+            for batch in order.split(batch_size):
+                r, f, t = (v[batch] for v in data["train"])
+                loss = (head(r, f, embedding_of(batch)) - t).pow(2).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss))
+            return float(np.mean(losses))
+
+        return step
 
     def head_predict(split: str) -> np.ndarray:
         head.eval()
@@ -160,7 +168,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.head_lr,
         args.head_epochs,
         args.patience,
-        head_step,
+        epoch(args.head_batch, lambda batch: embedded["train"][batch], [head]),
         lambda: float(np.mean((head_predict("val") - y["val"]) ** 2)),
         [head],
         "head only",
@@ -174,19 +182,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         parameter.requires_grad = is_adapter(name)
     adapters = [p for p in model.parameters() if p.requires_grad]
 
-    def lora_step(optimizer: torch.optim.Optimizer) -> float:
-        model.train()
-        head.train()
-        order, losses = torch.randperm(len(y["train"]), generator=generator), []
-        for batch in order.split(args.lora_batch):
-            r, f, t = (v[batch] for v in data["train"])
-            windows_batch = windows["train"].batch(sets["train"].ids[batch.numpy()])
-            loss = (head(r, f, pooled(model, windows_batch)) - t).pow(2).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss))
-        return float(np.mean(losses))
+    def windows_of(batch: torch.Tensor) -> torch.Tensor:
+        return pooled(model, windows["train"].batch(sets["train"].ids[batch.numpy()]))
 
     def lora_predict(split: str) -> np.ndarray:
         model.eval()
@@ -203,7 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.lora_lr,
         args.lora_epochs,
         args.lora_patience,
-        lora_step,
+        epoch(args.lora_batch, windows_of, [model, head]),
         lambda: float(np.mean((lora_predict("val") - y["val"]) ** 2)),
         [model, head],
         "LoRA + head",
