@@ -40,4 +40,4 @@ def test_the_stage2_example_fine_tunes_and_scores_against_the_rule_and_the_probe
     )
     # Each stage keeps its best val epoch, never worse than where it started (the rule, for the head).
     assert report["val_mse"]["head_only"] <= report["val_mse"]["best_rule"] + 1e-9
-    assert report["lora"]["best_epoch"] >= 0 and len(report["head_only"]["epochs"]) >= 1
+    assert len(report["head_only"]["epochs"]) >= 1

@@ -462,41 +462,45 @@ FEW_ANCHORS = 1440
 WINDOW_CANDIDATES = (96, 64, 48, 32, 24, 16)
 
 
-def _splits_fit(
-    by_tf: dict[Timeframe, Bars], fractions: tuple[float, float, float], window_bars: int
-) -> bool:
-    """Whether every non-empty split is longer than the gap that ``window_bars`` needs."""
-    try:
-        _split_ranges(by_tf[BASE], fractions, _longest_window_span(by_tf, window_bars, ""), "")
-    except DataError:
-        return False
-    return True
-
-
 def _flags_that_work(by_tf: dict[Timeframe, Bars], options: PrepareOptions) -> str:
     """What to pass instead, computed on this data: the longest `WINDOW_CANDIDATES` window that fits the
     requested split; the smallest equal val/test shares (keeping zeros) that fit the requested window; when
     neither does, the shorter window and shares that fit together and keep the most for training."""
     fractions, window = options.split_fractions, options.window_bars
+    gaps: dict[int, int | None] = {}  # each window's gap, measured once (None: fewer bars than one window)
+
+    def fits(split: tuple[float, float, float], w: int) -> bool:
+        """Whether every non-empty split is longer than the gap that windows of ``w`` bars need."""
+        if w not in gaps:
+            try:
+                gaps[w] = _longest_window_span(by_tf, w, "")
+            except DataError:
+                gaps[w] = None
+        gap = gaps[w]
+        if gap is None:
+            return False
+        try:
+            _split_ranges(by_tf[BASE], split, gap, "")
+        except DataError:
+            return False
+        return True
 
     def split_flag(split: tuple[float, float, float]) -> str:
         return "--split " + " ".join(f"{f:g}" for f in split)
 
     def smallest_shares(w: int) -> tuple[float, float, float] | None:
-        if any(len(bars) < w for bars in by_tf.values()):
-            return None
         for share in np.arange(0.05, 0.46, 0.05):
             held = [share if f > 0 else 0.0 for f in fractions[1:]]
             tried = (round(1.0 - sum(held), 2), round(held[0], 2), round(held[1], 2))
-            if tried != fractions and _splits_fit(by_tf, tried, w):
+            if tried != fractions and fits(tried, w):
                 return tried
         return None
 
     found = []
     shorter = [w for w in WINDOW_CANDIDATES if w < window]
-    fits = [w for w in shorter if _splits_fit(by_tf, fractions, w)]
-    if fits:
-        found.append(f"--window-bars {fits[0]} (keeping {split_flag(fractions)})")
+    fitting = [w for w in shorter if fits(fractions, w)]
+    if fitting:
+        found.append(f"--window-bars {fitting[0]} (keeping {split_flag(fractions)})")
     shares = smallest_shares(window)
     if shares is not None:
         found.append(f"{split_flag(shares)} (keeping --window-bars {window})")
