@@ -4,11 +4,12 @@
 
 The target is ``rv_60m``, the log realised variance of the next 60 minutes (`stage1 probe`'s target, from
 bars strictly after the decision time), on the probe's anchors (an hour apart; at most ``--max-anchors``
-per split). Three models, on the same anchors:
+per split, default 10,000). Three models, on the same anchors:
 
 - ``best_rule``: the strongest simple rule, chosen on val among the probe's HAR family (a ridge fit);
-- ``linear_probe``: ridge on the best rule's features plus every timeframe's pooled embedding (`stage1
-  probe`'s ``best_rule_plus_embeddings``);
+- ``linear_probe``: the best rule's forecast plus a ridge correction from every timeframe's pooled
+  embedding, fitted to the rule's train residual with the penalty chosen on val, no correction allowed
+  (`stage1 probe`'s ``best_rule_plus_embeddings``, `fit_correction`);
 - ``fine_tuned``: the best rule's forecast plus a small network of its features and the pooled embeddings,
   trained first on the frozen encoder (``head_only``), then with LoRA adapters on the encoder trained too
   (``lora``); each stage stops early on the val split and keeps its best val epoch.
@@ -39,7 +40,7 @@ from torch import nn
 from stage1_ds.config import LoraConfig
 from stage1_ds.data.corpus import load_corpus
 from stage1_ds.data.store import model_stats
-from stage1_ds.evaluation.probe import SPLITS, anchor_sets, choose_rule, fit, pooled_embeddings
+from stage1_ds.evaluation.probe import SPLITS, anchor_sets, choose_rule, fit_correction, pooled_embeddings
 from stage1_ds.evaluation.statistics import diebold_mariano
 from stage1_ds.logs import setup_logging
 from stage1_ds.model.lora import is_adapter
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rule, design = rules.fitted[rules.best], rules.designs[rules.best]
     log.info("best rule on val: %s (%s look-backs)", rules.best, rules.windows)
     frozen = {s: pooled_embeddings(model, windows[s], sets[s].ids) for s in SPLITS}
-    linear = fit(design.plus(frozen), y)
+    linear = fit_correction(rule, frozen, y)
 
     mean, std = design.x["train"].mean(axis=0), design.x["train"].std(axis=0) + 1e-9
 

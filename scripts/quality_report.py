@@ -1,19 +1,22 @@
-"""Train, evaluate and probe the demo-sized model on real data; write docs/quality.md (`stage1_ds.evaluation.quality`).
+"""Train, evaluate and probe the demo-sized model on real data; write docs/quality.md (`stage1_ds.experiments.quality`).
 
     python scripts/quality_report.py DATA_DIR --minutes 20 [--steps N] [--out runs/quality] [--doc docs/quality.md]
     python scripts/quality_report.py DATA_DIR --variants time|signal --steps N [key=value ...]
     python scripts/quality_report.py ROOT --transfer USDCHF BCOUSD SPXUSD --steps N [key=value ...]
+    python scripts/quality_report.py ROOT --ladder [--ladder-steps 2000 8000 32000] [key=value ...]
 
 DATA_DIR is a prepared folder (e.g. `stage1 prepare --input ../shared/data/histdata/*EURUSD* --window-bars
 32 --out runs/eurusd32`). Trains (a) the demo config and (b) the same without the cross-timeframe loss,
 MINUTES each (or STEPS each: training is deterministic, so the step count of an earlier report trains the
 same models again), then evaluates both in every masking mode and probes both against the simple rules
 (the best chosen on val) and the untrained control. With --variants it trains the time-aware variants
-instead (`stage1_ds.evaluation.quality.TIME_VARIANTS`, STEPS each), chooses one on val and rewrites only
+instead (`stage1_ds.experiments.quality.TIME_VARIANTS`, STEPS each), chooses one on val and rewrites only
 their section. With --transfer, ROOT holds one prepared folder per instrument and each named instrument
-is held out in turn (`stage1_ds.evaluation.quality.transfer_report`): a model trained on the others, one
+is held out in turn (`stage1_ds.experiments.quality.transfer_report`): a model trained on the others, one
 trained on it alone, the untrained control and the rules, on its test split; only that section is
-rewritten. Everything it writes is measured; nothing is tuned on the test split. A rewrite keeps the
+rewritten. With --ladder, ROOT is the same and each pretraining signal is trained at each step count on
+the instruments that are not held out (`stage1_ds.experiments.ladder`), rungs measured before read back;
+only the ladder section and its figure (ladder.png beside the report) are rewritten. Everything it writes is measured; nothing is tuned on the test split. A rewrite keeps the
 variants section and the hand-written reading ("Reading the figures (by hand)", at the end), to be
 revised against the new figures.
 """
@@ -24,7 +27,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from stage1_ds.evaluation.quality import (
+from stage1_ds.experiments.ladder import LADDER_HEADING, LADDER_STEPS, climb, ladder_figure, ladder_section
+from stage1_ds.experiments.quality import (
     STAGE2_HEADING,
     TRANSFER_HEADING,
     VARIANT_SETS,
@@ -56,7 +60,8 @@ def kept(doc: Path) -> str:
     if not doc.exists():
         return ""
     text = doc.read_text()
-    headings = [heading for heading, _ in VARIANT_SETS.values()] + [TRANSFER_HEADING, STAGE2_HEADING, BY_HAND]
+    headings = [heading for heading, _ in VARIANT_SETS.values()]
+    headings += [TRANSFER_HEADING, LADDER_HEADING, STAGE2_HEADING, BY_HAND]
     return "".join("\n" + part.rstrip("\n") + "\n" for h in headings if (part := section(text, h)))
 
 
@@ -93,14 +98,40 @@ def main() -> int:
         help="DATA holds one prepared folder per instrument: hold each named one out in turn (--steps each "
         "run) and rewrite only the transfer section of the report",
     )
+    parser.add_argument(
+        "--ladder",
+        action="store_true",
+        help="DATA holds one prepared folder per instrument: train each pretraining signal at each of "
+        "--ladder-steps on all but the held-out instruments (--transfer names them; default USDCHF BCOUSD "
+        "SPXUSD) and rewrite only the ladder section and its figure",
+    )
+    parser.add_argument("--ladder-steps", type=int, nargs="+", default=list(LADDER_STEPS), metavar="N")
     parser.add_argument("--out", type=Path, default=Path("runs/quality"), help="runs and exports go here")
     parser.add_argument("--doc", type=Path, default=Path("docs/quality.md"), help="the report to write")
-    parser.add_argument("--max-anchors", type=int, default=3000, help="probe anchors per split at most")
+    parser.add_argument(
+        "--max-anchors", type=int, help="probe anchors per split at most (default: every qualifying anchor)"
+    )
     parser.add_argument("--batches", type=int, default=40, help="evaluation batches of 64 per masking mode")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of every run's config")
     args = parser.parse_intermixed_args()  # overrides may follow the options
     setup_logging()
-    if args.transfer:
+    if args.ladder:
+        held_out = tuple(args.transfer or ("USDCHF", "BCOUSD", "SPXUSD"))
+        steps = tuple(args.ladder_steps)
+        rungs = climb(args.data, args.out, steps, held_out, args.max_anchors, args.batches, args.overrides)
+        figure = args.doc.with_name("ladder.png")
+        ladder_figure(rungs, figure)
+        command = " ".join(
+            [
+                f"python scripts/quality_report.py {args.data} --ladder --transfer {' '.join(held_out)}",
+                f"--ladder-steps {' '.join(map(str, steps))}",
+                *([f"--max-anchors {args.max_anchors}"] if args.max_anchors else []),
+                *args.overrides,
+            ]
+        )
+        body = ladder_section(rungs, args.data, figure, command, steps)
+        args.doc.write_text(with_variants(args.doc, LADDER_HEADING, body))
+    elif args.transfer:
         if args.steps is None:
             parser.error("--transfer needs --steps: every run trains the same number of steps")
         body = transfer_report(

@@ -426,7 +426,11 @@ def _add_probe(commands: argparse._SubParsersAction) -> None:
         help="a prepared data folder with train, val and test (or several, or a catalog file)",
     )
     p.add_argument("--json", type=Path, required=True, help="write the report here (and a PNG beside it)")
-    p.add_argument("--max-anchors", type=int, default=3000, help="at most this many anchors per split")
+    p.add_argument(
+        "--max-anchors",
+        type=int,
+        help="at most this many anchors per split, a seeded subsample (default: every qualifying anchor)",
+    )
     p.add_argument("--seed", type=int, default=0, help="anchor subsample and the untrained control's init")
     p.add_argument(
         "--allow-other-stats",

@@ -308,12 +308,15 @@ class LossConfig(Section):
         timeframe_weights: per-timeframe weight of the reconstruction term (default 1.0 each), for
             timeframes of ``data.timeframes``.
         cross_timeframe_weight: weight of the consistency term against the reconstruction term.
+        range_weight: weight of the masked bars' log-range term (`stage1_ds.model.losses.range_terms`): how
+            large the hidden bars were, beside where their prices went; 0 leaves it out.
     """
 
     kind: LossKind = LossKind.MSE
     huber_delta: float = 1.0
     timeframe_weights: dict[str, float] = field(default_factory=dict)
     cross_timeframe_weight: float = 0.1
+    range_weight: float = 0.0
 
     def check(self, prefix: str) -> list[str]:
         problems = []
@@ -324,6 +327,8 @@ class LossConfig(Section):
                 problems.append(f"{prefix}.timeframe_weights.{key}: {weight}, expected a weight >= 0")
         if self.cross_timeframe_weight < 0:
             problems.append(f"{prefix}.cross_timeframe_weight: {self.cross_timeframe_weight}, expected >= 0")
+        if self.range_weight < 0:
+            problems.append(f"{prefix}.range_weight: {self.range_weight}, expected >= 0")
         return problems
 
 

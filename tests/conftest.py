@@ -7,6 +7,7 @@ import socket
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -23,7 +24,9 @@ from stage1_ds.config import (
     Precision,
     TrainConfig,
 )
+from stage1_ds.data.ingest import InputFormat
 from stage1_ds.data.prepare import PrepareOptions, prepare_files, prepare_synthetic
+from stage1_ds.data.synthetic import generate_synthetic_m1
 
 REPO = Path(__file__).resolve().parent.parent
 HISTDATA = REPO.parent / "shared" / "data" / "histdata"
@@ -73,6 +76,20 @@ def synthetic_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
         out, days=90, seed=7, options=PrepareOptions(window_bars=32, split_fractions=(0.6, 0.2, 0.2))
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def unseen(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """90 days of another synthetic instrument, OTHER, prepared as `synthetic_small` is (which the
+    `trained_export` model was trained on: it never saw OTHER)."""
+    root = tmp_path_factory.mktemp("unseen")
+    bars = generate_synthetic_m1(90, 11)
+    frame = pd.DataFrame({"timestamp": bars.start, **{k: bars.ohlc[:, i] for i, k in enumerate("ohlc")}})
+    frame.columns = ["timestamp", "open", "high", "low", "close"]
+    frame.to_csv(root / "OTHER.csv", index=False)
+    options = PrepareOptions(window_bars=32, split_fractions=(0.6, 0.2, 0.2))
+    prepare_files([root / "OTHER.csv"], root / "data", InputFormat.CSV, options=options)
+    return root / "data"
 
 
 @pytest.fixture(scope="session")

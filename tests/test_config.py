@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stage1_ds.config import Config, DataConfig, config_to_dict, load_config
+from stage1_ds.config import Config, DataConfig, LossConfig, config_to_dict, load_config
 from stage1_ds.errors import ConfigError
 
 
@@ -80,4 +80,11 @@ def test_a_snapshot_with_a_renamed_key_still_loads(tmp_path: Path) -> None:
 def test_the_instrument_temperature_must_be_above_zero() -> None:
     assert DataConfig(instrument_temperature=0).check("data") == [
         "data.instrument_temperature: 0, expected a number above 0"
+    ]
+
+
+def test_the_range_weight_is_off_by_default_and_must_not_be_negative() -> None:
+    assert LossConfig().range_weight == 0.0
+    assert LossConfig(range_weight=-0.5).check("model.loss") == [
+        "model.loss.range_weight: -0.5, expected >= 0"
     ]

@@ -39,5 +39,5 @@ def test_the_stage2_example_fine_tunes_and_scores_against_the_rule_and_the_probe
         <= report["lora"]["epochs"][0]["val_mse"] + 1e9
     )
     # Each stage keeps its best val epoch, never worse than where it started (the rule, for the head).
-    assert report["val_mse"]["head_only"] <= report["val_mse"]["best_rule"] + 1e-9
+    assert report["val_mse"]["head_only"] <= report["val_mse"]["best_rule"] * (1 + 1e-6)  # float32 head
     assert len(report["head_only"]["epochs"]) >= 1

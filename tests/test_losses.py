@@ -6,13 +6,20 @@ import itertools
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import tiny_model_config
 from stage1_ds.config import DataConfig, LossConfig, LossKind, MaskingConfig, Phase
 from stage1_ds.data.batch import Batch
 from stage1_ds.data.windows import WindowDataset
-from stage1_ds.model.losses import aggregate_to_parent, cross_timeframe_terms, stage1_loss, unscaled
+from stage1_ds.model.losses import (
+    aggregate_to_parent,
+    cross_timeframe_terms,
+    range_terms,
+    stage1_loss,
+    unscaled,
+)
 from stage1_ds.model.masking import MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model
 
@@ -128,3 +135,63 @@ def test_the_backward_graph_is_the_same_whatever_a_batch_drops(synthetic_small: 
     everything = gradient_order({})
     assert len(everything) == sum(p.requires_grad for p in model.parameters())
     assert gradient_order({"h4": 0.0, "m30": 0.0}) == everything
+
+
+def test_the_range_term_is_zero_on_true_bars_finite_on_flat_ones_and_positive_on_wrong_sizes(
+    synthetic_small: Path,
+) -> None:
+    batch = _batch(synthetic_small, DataConfig(window_bars=32))
+    truth = _truth(batch)
+    for term in range_terms(truth, batch).values():
+        assert term.value.item() == 0.0
+    flat = {tf: v.clone() for tf, v in truth.items()}
+    for v in flat.values():
+        v[..., 1] = v[..., 2] = v[..., 0]  # every bar flat: range 0
+    flat_terms = range_terms(flat, batch)
+    assert all(torch.isfinite(t.value) and t.value > 0 for t in flat_terms.values() if t.count > 0)
+    wider = {tf: v.clone() for tf, v in truth.items()}
+    for v in wider.values():
+        v[..., 1] += 1.0  # every high one feature unit higher
+    assert all(t.value > 0 for t in range_terms(wider, batch).values() if t.count > 0)
+
+
+def test_the_range_term_reaches_high_and_low_of_masked_bars_only(synthetic_small: Path) -> None:
+    batch = _batch(synthetic_small, DataConfig(window_bars=32))
+    preds = {tf: (v + 0.3 * torch.randn_like(v)).requires_grad_() for tf, v in _truth(batch).items()}
+    total = sum(t.value for t in range_terms(preds, batch).values())
+    total.backward()
+    for tf, pred in preds.items():
+        window = batch.windows[tf]
+        assert pred.grad is not None
+        hidden = (window.mask & window.valid).unsqueeze(-1)
+        assert (pred.grad[..., [0, 3]] == 0).all(), "open and close get no gradient from the range"
+        assert (pred.grad[..., 1:3] * ~hidden == 0).all(), "visible bars get no gradient"
+        assert (pred.grad[..., 1:3].abs() * hidden).sum() > 0, tf
+
+
+def test_a_range_weight_of_zero_is_todays_objective_and_a_weight_adds_the_range_term(
+    synthetic_small: Path,
+) -> None:
+    batch = _batch(synthetic_small, DataConfig(window_bars=32))
+    preds = {tf: v + 0.3 * torch.randn_like(v) for tf, v in _truth(batch).items()}
+    today = stage1_loss(preds, batch, LossConfig())
+    assert "range" not in today.components
+    assert today.total.item() == (today.components["reconstruction"] + 0.1 * today.components["cross"]).item()
+    ranged = stage1_loss(preds, batch, LossConfig(range_weight=0.5))
+    assert ranged.components["range"] > 0 and {"range/m1", "range/h4"} <= set(ranged.components)
+    assert ranged.total.item() == pytest.approx(today.total.item() + 0.5 * ranged.components["range"].item())
+
+
+def test_a_reconstruction_whose_high_and_low_cross_is_pushed_towards_a_positive_range(
+    synthetic_small: Path,
+) -> None:
+    batch = _batch(synthetic_small, DataConfig(window_bars=32))
+    preds = {tf: v.clone() for tf, v in _truth(batch).items()}
+    for v in preds.values():
+        v[..., 1], v[..., 2] = v[..., 2] - 0.5, v[..., 1] + 0.5  # high below low
+        v.requires_grad_()
+    sum(t.value for t in range_terms(preds, batch).values()).backward()
+    for tf, pred in preds.items():
+        hidden = batch.windows[tf].mask & batch.windows[tf].valid
+        assert pred.grad is not None and hidden.any()
+        assert (pred.grad[..., 1][hidden] < 0).all() and (pred.grad[..., 2][hidden] > 0).all(), tf

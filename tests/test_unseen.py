@@ -7,30 +7,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from stage1_ds.cli import main
-from stage1_ds.data.ingest import InputFormat
-from stage1_ds.data.prepare import PrepareOptions, prepare_files
 from stage1_ds.data.store import load_prepared, model_stats
-from stage1_ds.data.synthetic import generate_synthetic_m1
 from stage1_ds.evaluation.probe import ZERO_SHOT_METHODS, probe
 from stage1_ds.model.stage1 import Stage1Model, load_export_stats
-
-
-@pytest.fixture(scope="module")
-def unseen(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """90 days of another synthetic instrument, OTHER, prepared as `synthetic_small` is (which the
-    `trained_export` model was trained on: it never saw OTHER)."""
-    root = tmp_path_factory.mktemp("unseen")
-    bars = generate_synthetic_m1(90, 11)
-    frame = pd.DataFrame({"timestamp": bars.start, **{k: bars.ohlc[:, i] for i, k in enumerate("ohlc")}})
-    frame.columns = ["timestamp", "open", "high", "low", "close"]
-    frame.to_csv(root / "OTHER.csv", index=False)
-    options = PrepareOptions(window_bars=32, split_fractions=(0.6, 0.2, 0.2))
-    prepare_files([root / "OTHER.csv"], root / "data", InputFormat.CSV, options=options)
-    return root / "data"
 
 
 def test_an_instrument_the_model_never_saw_is_scaled_by_its_own_train_split_and_said_so(
@@ -98,7 +80,7 @@ def test_the_transfer_report_holds_an_instrument_out(
 ) -> None:
     """A smoke run at the tiny size: OTHER held out, (i) trained on SYNTH's folder, (ii) on OTHER's, both
     evaluated and probed on OTHER's test split, the zero-shot readout fitted on SYNTH, every verdict said."""
-    from stage1_ds.evaluation.quality import TRANSFER_HEADING, transfer_report
+    from stage1_ds.experiments.quality import TRANSFER_HEADING, transfer_report
 
     root = tmp_path / "each"
     root.mkdir()

@@ -3,8 +3,9 @@
 - `reconstruction`: `stage1 evaluate`, masked-bar errors per masking mode against `baselines`;
 - `probe`: `stage1 probe`, future realised variance and direction from the embeddings against the simple
   volatility rules of `volatility`, with the tests and intervals of `statistics`;
-- `quality`: the measured report behind ``scripts/quality_report.py`` (imported from its module: it trains);
 - `plots`: the figures.
+
+Nothing here trains: the experiments that train and then measure are `stage1_ds.experiments`.
 """
 
 from stage1_ds.evaluation.probe import format_probe, probe, write_probe

@@ -4,8 +4,8 @@ For anchors of the train, val and test splits, targets come from the 1-minute ba
 anchor time ``t`` (never inside any window; `stage1_ds.evaluation.volatility`): ``rv_60m`` and ``rv_240m``,
 the log realised variance over the next 60 / 240 minutes, and ``ret_sign_60m``, the sign of the next hour's
 return. An anchor qualifies when its 240-minute horizon stays inside its split and its split's history
-holds a calendar week and `LONGEST_WINDOW_BARS` bars before it; anchors are at least an hour apart, then a
-seeded subsample. Anchors whose bars are all flat over the longest look-back, or whose targets are
+holds a calendar week and `LONGEST_WINDOW_BARS` bars before it; anchors are at least an hour apart, all of them
+used unless a cap asks for a seeded subsample. Anchors whose bars are all flat over the longest look-back, or whose targets are
 unknown (too few bars, or all flat), are dropped and counted per split.
 
 Methods, on the same anchors, fitted on train (closed-form ridge; for the sign a ridge classifier on +-1),
@@ -23,14 +23,23 @@ the regularisation picked on val from a grid, scored on test. The simple rules, 
   the periodicity of its horizon, which is multiplied back (added in logs) to forecast;
 - ``har_seasonal_extended``: ``har_seasonal`` plus the horizon's periodicity, one-hot hour of the day and day
   of the week, the last hour's return and its absolute value;
-- ``har_seasonal_huber``: ``har_seasonal`` fitted with Huber's loss.
+- ``har_seasonal_huber``: ``har_seasonal`` fitted with Huber's loss;
+- ``har_range``: ``har`` plus log realised range per bar (Parkinson) over the same look-backs;
+- ``har_seasonal_extended_range``: ``har_seasonal_extended`` plus those ranges;
+- ``har_seasonal_extended_range_bipower``: that plus log bipower variation per bar (jump-robust variance).
 
 For the sign the rules are the sign of the last 60 minutes' (``har_calendar``) or 60 bars' (``har``)
 return, and ``har_seasonal`` adds the profile. ``best_rule`` is the rule of lowest val MSE, per target.
 Beside the rules: ``embeddings`` (every timeframe's pooled encoder states of the unmasked windows,
-concatenated), ``embeddings_random_init`` (the same architecture and config, freshly initialised),
-``best_rule_plus_embeddings``, ``best_rule_plus_embeddings_random_init`` and ``constant`` (the train mean
-or the majority class).
+concatenated), ``embeddings_random_init`` (the same architecture and config, freshly initialised), and
+``constant`` (the train mean or the majority class). The readouts of the embeddings beside the rule NEST
+it: ``best_rule_plus_embeddings`` (and ``..._random_init``) is ``best_rule``'s forecast plus a ridge
+correction from the embeddings fitted to the rule's train residual, its penalty chosen on val from a grid
+that includes no correction (`fit_correction`); ``best_rule_plus_embeddings_pca`` (and ``..._random_init``)
+corrects with the first k principal components of the train embeddings, k chosen on val, 0 allowed
+(`fit_components`). On val neither can be worse than the rule. (A single ridge over the rule's columns and
+the embeddings, the earlier readout, shrinks the rule's few columns with the many embedding columns and
+could score worse than the rule alone.)
 
 Metrics on test: out-of-sample R^2 (1 - MSE / MSE of the train mean), MSE and QLIKE (on variances
 ``exp(log RV)``), with Diebold-Mariano tests (HLN-corrected, Student t) of each method's squared error
@@ -86,6 +95,9 @@ VARIANCE_RULES = (
     "harp",
     "har_seasonal_extended",
     "har_seasonal_huber",
+    "har_range",
+    "har_seasonal_extended_range",
+    "har_seasonal_extended_range_bipower",
 )
 SIGN_RULES = ("har_calendar", "har", "har_seasonal")
 EMBEDDING_METHODS = (
@@ -93,10 +105,16 @@ EMBEDDING_METHODS = (
     "embeddings_random_init",
     "best_rule_plus_embeddings",
     "best_rule_plus_embeddings_random_init",
+    "best_rule_plus_embeddings_pca",
+    "best_rule_plus_embeddings_pca_random_init",
 )
+#: Blocks whose anchors are dropped when every bar of the longest look-back is flat (their log is NaN).
+FLAT_CHECKED = ("trading/", "harp/", "range/", "bipower/")
 SPACING_MINUTES = 60
 LONGEST_MINUTES = max(VARIANCE_TARGETS.values())
 ALPHAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
+#: How many of the train embeddings' principal components the PCA readout may use (0: no correction).
+COMPONENTS = (0, 1, 2, 4, 8, 16, 32, 64)
 #: Fewer anchors than this in any split and the probe refuses: a ridge penalty chosen on a handful of val
 #: anchors and a test of a handful of forecasts mean nothing.
 MIN_ANCHORS = 30
@@ -137,14 +155,18 @@ def rule_blocks(bars: MinuteBars, time: np.ndarray, known: InstrumentRules) -> d
     """The feature blocks the rules are made of, per anchor, from the bars before ``t`` (and the train
     split's profiles): ``calendar`` (3 log variances), ``calendar_return``, ``trading/<windows>`` and
     ``harp/<windows>`` (log variance per bar, raw and deseasonalised, for each `TRADING_WINDOWS` set),
-    ``trading_return``, ``profile`` (2), ``periodicity/<target>`` (the horizon's, HARP's offset) and
+    ``range/<windows>`` and ``bipower/<windows>`` (log realised range and log bipower variation per bar over
+    the same look-backs), ``trading_return``, ``profile`` (2), ``periodicity/<target>`` (the horizon's, HARP's offset) and
     ``clock`` (31 one-hots)."""
     calendar = calendar_log_variance(bars, time)
     adjusted = deseasonalised(bars, known.periodicity)
+    ranged, jumpless = bars.ranged(), bars.bipower()
     blocks = {"calendar": calendar[:, :3], "calendar_return": calendar[:, 3:]}
     for name, windows in TRADING_WINDOWS.items():
         blocks[f"trading/{name}"] = trading_log_variance(bars, time, windows)
         blocks[f"harp/{name}"] = trading_log_variance(adjusted, time, windows)
+        blocks[f"range/{name}"] = trading_log_variance(ranged, time, windows)
+        blocks[f"bipower/{name}"] = trading_log_variance(jumpless, time, windows)
     blocks["trading_return"] = trading_last_return(bars, time)[:, None]
     blocks["profile"] = known.profile[hour_of_week(time)]
     for target, minutes in VARIANCE_TARGETS.items():
@@ -153,10 +175,12 @@ def rule_blocks(bars: MinuteBars, time: np.ndarray, known: InstrumentRules) -> d
     return blocks
 
 
-def probe_set(windows: Windows, max_anchors: int, seed: int, known: dict[str, InstrumentRules]) -> ProbeSet:
+def probe_set(
+    windows: Windows, max_anchors: int | None, seed: int, known: dict[str, InstrumentRules]
+) -> ProbeSet:
     """Anchors of a split at least `SPACING_MINUTES` apart whose horizons stay inside the split and whose
-    history (a calendar week, `LONGEST_WINDOW_BARS` bars) is in it, a seeded subsample of at most
-    ``max_anchors``, with their targets and rule features (``known``: each instrument's train profiles)."""
+    history (a calendar week, `LONGEST_WINDOW_BARS` bars) is in it, all of them or a seeded subsample of at
+    most ``max_anchors``, with their targets and rule features (``known``: each instrument's train profiles)."""
     ids_all = np.arange(len(windows))
     anchor_instrument, anchor_time = windows.anchor_instrument, windows.anchor_time
     chosen: list[np.ndarray] = []
@@ -187,7 +211,7 @@ def probe_set(windows: Windows, max_anchors: int, seed: int, known: dict[str, In
         features = rule_blocks(bars, time, known[name])
         flat = np.zeros(len(time), dtype=bool)
         for key, block in features.items():
-            if key.startswith(("trading/", "harp/")):
+            if key.startswith(FLAT_CHECKED):
                 flat |= np.isnan(block).any(axis=1)
         unknown = ~np.all([np.isfinite(v) for v in found.values()], axis=0) & ~flat
         dropped["flat_history"] += int(flat.sum())
@@ -215,7 +239,13 @@ def minute_bars(data: PreparedData, instrument: str) -> MinuteBars:
     begin, end = data.rows(instrument, Timeframe.M1)
     m1 = data.bars[Timeframe.M1]
     log_ohlc = np.asarray(m1.log_ohlc[begin:end])  # type: ignore[index]
-    return MinuteBars(np.asarray(m1.start[begin:end]), log_ohlc[:, 0], log_ohlc[:, 3])
+    return MinuteBars(
+        np.asarray(m1.start[begin:end]),
+        log_ohlc[:, 0],
+        log_ohlc[:, 3],
+        log_high=log_ohlc[:, 1],
+        log_low=log_ohlc[:, 2],
+    )
 
 
 @torch.no_grad()
@@ -249,13 +279,19 @@ class Design:
 
 @dataclass
 class Fitted:
-    """A method fitted on train with the ridge penalty of lowest val MSE: its test predictions, that val
-    MSE, the penalty, and its predictions on every split (``by_split``)."""
+    """A method fitted on train with the setting of lowest val MSE: its test predictions, that val MSE, the
+    ridge penalty (None: a nested readout that chose no correction), the principal components a PCA
+    readout kept, and its predictions on every split (``by_split``)."""
 
     test: np.ndarray
     val_mse: float
-    alpha: float
+    alpha: float | None
     by_split: dict[str, np.ndarray] = field(default_factory=dict)
+    components: int | None = None
+
+
+def _mse(pred: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean((pred - truth) ** 2))
 
 
 def fit(design: Design, y: dict[str, np.ndarray]) -> Fitted:
@@ -264,10 +300,51 @@ def fit(design: Design, y: dict[str, np.ndarray]) -> Fitted:
     for alpha in ALPHAS:
         model = Ridge(alpha, huber=design.huber).fit(design.x["train"], y["train"] - design.offset["train"])
         val = model.predict(design.x["val"]) + design.offset["val"]
-        scored.append((float(np.mean((val - y["val"]) ** 2)), alpha, model))
+        scored.append((_mse(val, y["val"]), alpha, model))
     val_mse, alpha, model = min(scored, key=lambda s: s[0])
     by_split = {s: model.predict(design.x[s]) + design.offset[s] for s in design.x}
     return Fitted(by_split["test"], val_mse, alpha, by_split)
+
+
+def fit_correction(base: Fitted, x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> Fitted:
+    """The readout that nests a rule: ``base``'s predictions plus a ridge of ``x`` fitted on train to
+    ``base``'s train residual, with the penalty of lowest val MSE among `ALPHAS` and no correction at all
+    (``alpha`` None; kept on a tie). On val it is never worse than ``base``: the rule's few columns are not
+    shrunk with the many of ``x``, as they are when both enter one ridge.
+
+    Args:
+        base: a fitted rule with its predictions on every split of ``x`` (``by_split``).
+        x: per split, (N, k) features; y: per split, (N,) targets.
+    """
+    residual = y["train"] - base.by_split["train"]
+    scored: list[tuple[float, float | None, dict[str, np.ndarray]]] = [(base.val_mse, None, base.by_split)]
+    for penalty in ALPHAS:
+        model = Ridge(penalty).fit(x["train"], residual)
+        by_split = {s: base.by_split[s] + model.predict(x[s]) for s in x}
+        scored.append((_mse(by_split["val"], y["val"]), penalty, by_split))
+    val_mse, chosen, by_split = min(scored, key=lambda entry: entry[0])  # the first of equals: none
+    return Fitted(by_split["test"], val_mse, chosen, by_split)
+
+
+def fit_components(base: Fitted, x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> Fitted:
+    """The principal-components readout that nests a rule: ``base`` plus a least-squares fit of its train
+    residual on the first ``k`` principal components of the standardised train ``x`` (with an intercept),
+    ``k`` of `COMPONENTS` (at most the rank) chosen on val; ``k = 0`` is no correction (kept on a tie)."""
+    mean, scale = x["train"].mean(axis=0), x["train"].std(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    z = {s: (v - mean) / scale for s, v in x.items()}
+    _, _, axes = np.linalg.svd(z["train"], full_matrices=False)  # rows: components, largest first
+    residual = y["train"] - base.by_split["train"]
+    scored: list[tuple[float, int, dict[str, np.ndarray]]] = [(base.val_mse, 0, base.by_split)]
+    for k in COMPONENTS[1:]:
+        if k > len(axes):
+            break
+        scores = {s: np.c_[np.ones(len(v)), v @ axes[:k].T] for s, v in z.items()}  # (N, 1 + k)
+        weights = np.linalg.lstsq(scores["train"], residual, rcond=None)[0]
+        by_split = {s: base.by_split[s] + v @ weights for s, v in scores.items()}
+        scored.append((_mse(by_split["val"], y["val"]), k, by_split))
+    val_mse, k, by_split = min(scored, key=lambda chosen: chosen[0])
+    return Fitted(by_split["test"], val_mse, None, by_split, components=k)
 
 
 @dataclass
@@ -318,17 +395,20 @@ def rule_designs(
             "har_seasonal": last_hour.plus(block("profile")),
         }
     trading, harp, level = f"trading/{windows}", f"harp/{windows}", f"periodicity/{target}"
+    ranges, jumpless = f"range/{windows}", f"bipower/{windows}"
     absolute_return = {s: np.abs(v) for s, v in block("trading_return").items()}
+    extended = (trading, "profile", level, "clock", "trading_return")
     return {
         "har_calendar": design("calendar"),
         "har_calendar_seasonal": design("calendar", "profile"),
         "har": design(trading),
         "har_seasonal": design(trading, "profile"),
         "harp": design(harp, offset=level),
-        "har_seasonal_extended": design(trading, "profile", level, "clock", "trading_return").plus(
-            absolute_return
-        ),
+        "har_seasonal_extended": design(*extended).plus(absolute_return),
         "har_seasonal_huber": design(trading, "profile", huber=True),
+        "har_range": design(trading, ranges),
+        "har_seasonal_extended_range": design(*extended, ranges).plus(absolute_return),
+        "har_seasonal_extended_range_bipower": design(*extended, ranges, jumpless).plus(absolute_return),
     }
 
 
@@ -368,7 +448,7 @@ def _probe_sets(
     untrained: Stage1Model | None,
     data_dir: DataSource,
     splits: tuple[str, ...],
-    max_anchors: int,
+    max_anchors: int | None,
     seed: int,
     stats: dict[str, Any] | None,
 ) -> tuple[dict[str, ProbeSet], dict[str, dict[str, np.ndarray]]]:
@@ -390,7 +470,7 @@ def anchor_sets(
     model: Stage1Model,
     data_dir: DataSource,
     splits: tuple[str, ...],
-    max_anchors: int,
+    max_anchors: int | None,
     seed: int,
     stats: dict[str, Any] | None,
 ) -> tuple[dict[str, Windows], dict[str, ProbeSet]]:
@@ -418,7 +498,7 @@ def anchor_sets(
     return windows, sets
 
 
-def check_anchors(chosen: ProbeSet, split: str, data_dir: DataSource, max_anchors: int) -> None:
+def check_anchors(chosen: ProbeSet, split: str, data_dir: DataSource, max_anchors: int | None) -> None:
     """Refuse a split with fewer than `MIN_ANCHORS` probe anchors; warn below `RECOMMENDED_ANCHORS` in val
     or test.
 
@@ -438,7 +518,7 @@ def check_anchors(chosen: ProbeSet, split: str, data_dir: DataSource, max_anchor
             f"probe needs at least {MIN_ANCHORS} in each split ({needs}). Prepare a longer history (several "
             f"months), or give the {split} split a larger share (stage1 prepare --split TRAIN VAL TEST)"
         )
-    if split != "train" and n < min(RECOMMENDED_ANCHORS, max_anchors):
+    if split != "train" and n < min(RECOMMENDED_ANCHORS, max_anchors or RECOMMENDED_ANCHORS):
         log.warning(
             "probe: only %d %s anchors of %s (fewer than %d): intervals and tests on this split will be wide",
             n,
@@ -452,7 +532,7 @@ def probe(
     model: Stage1Model,
     untrained: Stage1Model,
     data_dir: DataSource,
-    max_anchors: int = 3000,
+    max_anchors: int | None = None,
     seed: int = 0,
     stats: dict[str, Any] | None = None,
     readout_from: DataSource | None = None,
@@ -462,7 +542,7 @@ def probe(
 
     Args:
         model: the trained encoder. untrained: the same architecture, freshly initialised (the control).
-        max_anchors: at most this many anchors per split.
+        max_anchors: at most this many anchors per split (a seeded subsample); None: every one.
         stats: feature statistics to scale with (the model's); None: the folder's own.
         readout_from: another folder (instruments the model was trained on, say): the zero-shot readout.
             `ZERO_SHOT_METHODS` are then fitted on its train split (penalty chosen on its val split) and
@@ -472,7 +552,8 @@ def probe(
     Returns:
         ``targets.<target>.<method>.<metric>``; ``best_rule.<target>``: the rule chosen on val (``rule``,
         ``chosen_on``, every rule's ``val_mse``, the trading-time ``windows`` and their val MSEs with
-        ``har``); the anchors used and dropped per split; the penalties chosen and each method's val MSE
+        ``har``); the anchors used and dropped per split; the penalties chosen (``alphas``; null: a
+        nested readout chose no correction), the PCA readouts' ``components``, and each method's val MSE
         there (``val_mse``: what choices between models may read); the test predictions; with
         ``readout_from``, ``readout_from`` and ``readout_anchors``; ``n.<target>.<split>``: the anchors
         each target was fitted, chosen and scored on (a direction needs a move).
@@ -496,6 +577,7 @@ def probe(
         "targets": {},
         "best_rule": {},
         "alphas": {},
+        "components": {},
         "val_mse": {},
         "predictions": {},
     }
@@ -519,7 +601,9 @@ def probe(
             values = {s: embeddings[name][s][rows[s]] for s in sets}
             zero = {s: np.zeros(int(rows[s].sum())) for s in sets}
             fitted[name] = fit(Design(values, zero), y)
-            fitted[f"best_rule_plus_{name}"] = fit(designs[best].plus(values), y)
+            fitted[f"best_rule_plus_{name}"] = fit_correction(fitted[best], values, y)
+            pca = f"best_rule_plus_{name.replace('embeddings', 'embeddings_pca')}"
+            fitted[pca] = fit_components(fitted[best], values, y)
         if readout_from is not None:  # fitted on the other folder's train and val, scored on this test
             mixed = {**other_sets, "test": sets["test"]}
             other_rows = {s: used(mixed[s]) for s in mixed}
@@ -532,7 +616,9 @@ def probe(
             zero = {s: np.zeros(int(other_rows[s].sum())) for s in mixed}
             fitted["best_rule_zero_shot"] = fit(other_rule, other_y)
             fitted["embeddings_zero_shot"] = fit(Design(values, zero), other_y)
-            fitted["best_rule_plus_embeddings_zero_shot"] = fit(other_rule.plus(values), other_y)
+            fitted["best_rule_plus_embeddings_zero_shot"] = fit_correction(
+                fitted["best_rule_zero_shot"], values, other_y
+            )
         report["best_rule"][target] = {
             "rule": best,
             "chosen_on": "val",
@@ -562,6 +648,9 @@ def probe(
                 }
         report["targets"][target] = results
         report["alphas"][target] = {name: f.alpha for name, f in fitted.items()}
+        report["components"][target] = {
+            name: f.components for name, f in fitted.items() if f.components is not None
+        }
         report["val_mse"][target] = {name: f.val_mse for name, f in fitted.items()}
         report["predictions"][target] = {"truth": y["test"], **predictions}
     return report

@@ -6,6 +6,12 @@ close-to-close from the bar before it when that bar started at most `MAX_GAP_MIN
 open-to-close (and the first bar of a run counts open-to-close): a jump across a weekend, a holiday or a
 daily break is not a minute of trading, and intraday RV leaves it out.
 
+Realised range: a bar's high-low range holds more about its variance than its close-to-close return
+(Parkinson 1980: ``(log H - log L)^2 / (4 log 2)`` estimates the bar's variance about five times more
+efficiently for a continuous path); HAR on ranges is Martens and van Dijk (2007). Bipower variation
+(``pi / 2`` times the sum of products of consecutive absolute returns, Barndorff-Nielsen and Shephard 2004)
+is realised variance without its jumps, the jump-robust part of HAR-CJ.
+
 Targets come from the bars that start at or after the anchor time ``t``; every feature from the bars that
 start before it (the anchor bar is the last). Trading time counts bars, not minutes: the last 60 bars are
 the last hour of trading whether or not a weekend lies in between. Calendar windows (the last 60 minutes)
@@ -43,32 +49,56 @@ LONGEST_WINDOW_BARS = max(max(w) for w in TRADING_WINDOWS.values())
 HOURS_PER_WEEK = 168
 _MONDAY = 3 * 24  # the Unix epoch began on a Thursday: hours from a Monday 00:00 UTC to it
 _FLOOR = 1e-12  # the calendar features' log of an empty window (kept as it was, for comparison)
+PARKINSON = 1.0 / (4.0 * np.log(2.0))
 
 
 @dataclass
 class MinuteBars:
-    """One instrument's 1-minute bars: start times (seconds), log opens and log closes, and optionally a
-    weight per bar that multiplies its squared return (a deseasonalising factor for HARP).
+    """One instrument's 1-minute bars: start times (seconds), log opens and log closes, optionally log highs
+    and lows (without them a bar's range is its open-to-close move), and optionally a weight per bar that
+    multiplies its squared return (a deseasonalising factor for HARP).
 
-    ``cumulative[k]`` is the weighted sum of the squared returns of bars 1..k (see the module docstring).
+    ``cumulative[k]`` is the weighted sum of the squared returns of bars 1..k (see the module docstring);
+    `ranged` and `bipower` are the same bars with each bar's Parkinson variance or bipower term in place
+    of its squared return, so that `variance` sums them.
     """
 
     start: np.ndarray
     log_open: np.ndarray
     log_close: np.ndarray
     weight: np.ndarray | None = None
+    log_high: np.ndarray | None = None
+    log_low: np.ndarray | None = None
+    #: What a bar contributes in place of its squared return (`ranged`, `bipower`); None: the squared return.
+    term: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        joined = np.diff(self.start, prepend=self.start[:1]) <= 60 * MAX_GAP_MINUTES
-        joined[:1] = False
+        self.joined = np.diff(self.start, prepend=self.start[:1]) <= 60 * MAX_GAP_MINUTES
+        self.joined[:1] = False
         previous = np.r_[self.log_open[:1], self.log_close[:-1]]
-        self.returns = np.where(joined, self.log_close - previous, self.log_close - self.log_open)
-        squared = self.returns**2 if self.weight is None else self.returns**2 * self.weight
+        self.returns = np.where(self.joined, self.log_close - previous, self.log_close - self.log_open)
+        squared = self.returns**2 if self.term is None else self.term
+        if self.weight is not None:
+            squared = squared * self.weight
         self.cumulative = np.cumsum(squared)
 
     def weighted(self, weight: np.ndarray) -> MinuteBars:
         """The same bars with each squared return multiplied by ``weight`` (one per bar)."""
         return replace(self, weight=weight)
+
+    def ranged(self) -> MinuteBars:
+        """The same bars with each squared return replaced by the bar's Parkinson variance
+        ``(log H - log L)^2 / (4 log 2)`` (open-to-close range where highs and lows are not given): `variance`
+        of these bars is realised range."""
+        high = np.maximum(self.log_open, self.log_close) if self.log_high is None else self.log_high
+        low = np.minimum(self.log_open, self.log_close) if self.log_low is None else self.log_low
+        return replace(self, term=PARKINSON * (high - low) ** 2)
+
+    def bipower(self) -> MinuteBars:
+        """The same bars with each squared return replaced by ``pi / 2 |r_k| |r_k-1|`` (0 for the first bar of
+        a run after a gap): `variance` of these bars is bipower variation, blind to one-bar jumps."""
+        previous = np.r_[0.0, np.abs(self.returns[:-1])] * self.joined
+        return replace(self, term=np.pi / 2 * np.abs(self.returns) * previous)
 
     def first_at_or_after(self, time: np.ndarray) -> np.ndarray:
         """Index of the first bar that starts at or after each time."""
@@ -79,7 +109,7 @@ class MinuteBars:
         each later bar's return, squared (and weighted) and summed; 0 where there is no bar."""
         n = len(self.start)
         head, tail = np.clip(first, 0, n - 1), np.clip(end - 1, 0, n - 1)
-        opening = (self.log_close[head] - self.log_open[head]) ** 2
+        opening = (self.log_close[head] - self.log_open[head]) ** 2 if self.term is None else self.term[head]
         if self.weight is not None:
             opening = opening * self.weight[head]
         inner = self.cumulative[np.maximum(tail, head)] - self.cumulative[head]

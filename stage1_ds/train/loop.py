@@ -358,11 +358,13 @@ def _accumulate(totals: dict[str, torch.Tensor], losses: LossOutput, dev: torch.
 def _loss_keys(config: Config) -> list[str]:
     tfs = [tf.value for tf in sort_timeframes(config.data.timeframes)]
     volume = ["reconstruction/volume", "cross/volume"] if config.data.volume else []
+    ranges = ["range", *(f"range/{tf}" for tf in tfs)] if config.model.loss.range_weight > 0 else []
     return (
         ["total", "reconstruction", "cross"]
         + [f"reconstruction/{tf}" for tf in tfs]
         + [f"cross/{tf}" for tf in tfs]
         + volume
+        + ranges
     )
 
 

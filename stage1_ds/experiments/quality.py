@@ -49,10 +49,11 @@ class Run:
     val_loss: float
 
 
-def run_config(overrides: list[str], steps: int) -> Config:
-    """The demo config for ``steps`` steps: frozen for the first 10%, LoRA to a third, then full, each
-    later phase re-warmed over 1% of the steps; evaluation ten times, checkpoints five times."""
-    config = load_config(resolve_path(DEMO_CONFIG), overrides)
+def run_config(overrides: list[str], steps: int, base: str = DEMO_CONFIG) -> Config:
+    """The ``base`` config (the demo's by default) for ``steps`` steps: frozen for the first 10%, LoRA to a
+    third, then full, each later phase re-warmed over 1% of the steps; evaluation, checkpoints and images
+    five times."""
+    config = load_config(resolve_path(base), overrides)
     config.train.max_steps = steps
     config.train.phases = [
         PhaseConfig(config.train.phases[0].name, until_step=steps // 10),
@@ -93,12 +94,14 @@ def steps_per_minute(data_dir: Path, work: Path, overrides: list[str], steps: in
     return steps / ((long - short) / 60)
 
 
-def train_for(name: str, overrides: list[str], steps: int, data_dir: DataSource, work: Path) -> Run:
-    """Train run ``name`` from scratch in ``work/name`` (a folder left by an earlier report is removed:
-    `train` would resume from its checkpoint) and convert it to ``work/name_export``."""
+def train_for(
+    name: str, overrides: list[str], steps: int, data_dir: DataSource, work: Path, base: str = DEMO_CONFIG
+) -> Run:
+    """Train run ``name`` of the ``base`` config from scratch in ``work/name`` (a folder left by an earlier
+    report is removed: `train` would resume from its checkpoint) and convert it to ``work/name_export``."""
     shutil.rmtree(work / name, ignore_errors=True)
     started = time.perf_counter()
-    result = train(run_config(overrides, steps), data_dir, work / name)
+    result = train(run_config(overrides, steps, base), data_dir, work / name)
     elapsed = (time.perf_counter() - started) / 60
     export = work / f"{name}_export"
     convert(work / name, export, force=True)
