@@ -381,6 +381,12 @@ class Precision(StrEnum):
     FP32 = "fp32"
 
 
+class AdamOp(StrEnum):
+    AUTO = "auto"  # DeepSpeed's own op where it is built or can be built, else torch's AdamW
+    DEEPSPEED = "deepspeed"  # fused_adam (cpu_adam with offload), even if it must be compiled
+    TORCH = "torch"  # DeepSpeed's torch_adam path: torch.optim.AdamW (fused on a GPU), no op to build
+
+
 @dataclass
 class PhaseConfig(Section):
     """One phase of trainability.
@@ -460,6 +466,9 @@ class TrainConfig(Section):
         keep_checkpoints: how many of the newest checkpoints to keep.
         max_bad_steps: steps with a non-finite loss that may be skipped before the run stops.
         peak_flops_per_device: for the MFU estimate; None: looked up from the GPU name (H100/H200/A100).
+        adam_op: which Adam implementation ZeRO uses (`stage1_ds.train.ops.choose_adam`): ``auto`` takes
+            DeepSpeed's compiled op (``fused_adam``; ``cpu_adam`` with offload) when it is built or can be
+            built here and falls back to torch's AdamW otherwise; ``deepspeed`` or ``torch`` force one.
     """
 
     max_steps: int = 1000
@@ -484,6 +493,7 @@ class TrainConfig(Section):
     keep_checkpoints: int = 3
     max_bad_steps: int = 0
     peak_flops_per_device: float | None = None
+    adam_op: AdamOp = AdamOp.AUTO
 
     def check(self, prefix: str) -> list[str]:
         problems = []

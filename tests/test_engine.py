@@ -14,7 +14,7 @@ import torch
 from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
 
 from conftest import tiny_train_config
-from stage1_ds.config import Config, EncoderPreset, Phase, PhaseConfig, PositionBias, Precision
+from stage1_ds.config import AdamOp, Config, EncoderPreset, Phase, PhaseConfig, PositionBias, Precision
 from stage1_ds.data.batch import Batch
 from stage1_ds.data.windows import WindowDataset
 from stage1_ds.errors import ConfigError
@@ -201,10 +201,11 @@ def test_phase_list_rewarmup_in_schedule() -> None:
     )
 
 
-def test_bf16_phase_rebuilds_keep_the_fp32_master_weights(synthetic_small: Path) -> None:
+@pytest.mark.parametrize("adam_op", [AdamOp.AUTO, AdamOp.TORCH])
+def test_bf16_phase_rebuilds_keep_the_fp32_master_weights(synthetic_small: Path, adam_op: AdamOp) -> None:
     from stage1_ds.train.engine import restore_fp32_masters
 
-    config = tiny_train_config(precision=Precision.BF16)
+    config = tiny_train_config(precision=Precision.BF16, adam_op=adam_op)
     batches = _batches(synthetic_small, config, 3)
     model = Stage1Model(config.model, config.data)
     bundle = _engine(model, config, Phase.FROZEN)
@@ -261,12 +262,16 @@ def test_a_step_with_a_non_finite_loss_changes_nothing(synthetic_small: Path, ds
     release_engine(bundle, model)
 
 
-def test_continuing_groups_keep_their_adam_state_across_a_phase_boundary(synthetic_small: Path) -> None:
-    config = tiny_train_config()
+@pytest.mark.parametrize("adam_op", [AdamOp.AUTO, AdamOp.TORCH])
+def test_continuing_groups_keep_their_adam_state_across_a_phase_boundary(
+    synthetic_small: Path, adam_op: AdamOp
+) -> None:
+    config = tiny_train_config(adam_op=adam_op)
     batches = _batches(synthetic_small, config, 4)
     model = Stage1Model(config.model, config.data)
     ds_config = build_ds_config(config, None)
     bundle = _engine(model, config, Phase.FROZEN)
+    assert isinstance(bundle.engine.optimizer.optimizer, torch.optim.AdamW) == (adam_op == AdamOp.TORCH)
     for batch in batches[:3]:
         _step(bundle, batch, config)
     frozen = optimizer_group_states(bundle)

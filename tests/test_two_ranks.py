@@ -17,7 +17,7 @@ from workers.resume import loaded_moments, resume_config
 from workers.two_ranks import DROPPED_ON_RANK_1
 
 from conftest import REPO, deepspeed_command, fresh_process_env, tiny_train_config
-from stage1_ds.config import Phase
+from stage1_ds.config import AdamOp, Phase
 from stage1_ds.data.windows import WindowDataset
 from stage1_ds.export import convert
 from stage1_ds.model.lora import plain_name
@@ -207,6 +207,9 @@ def test_a_two_rank_run_resumes_on_one_rank_with_its_adam_state(
     config = resume_config(gradient_accumulation_steps=2)  # the same samples per step on one rank
     expected = _consolidated_moments(checkpoint_dir(two_ranks) / "step00000003")
     _assert_same_moments(loaded_moments(config, one_rank), expected)
+    with_torch_adam = resume_config(gradient_accumulation_steps=2)
+    with_torch_adam.train.adam_op = AdamOp.TORCH  # the fallback optimizer loads the universal copy too
+    _assert_same_moments(loaded_moments(with_torch_adam, one_rank), expected)
     result = loop.train(config, synthetic_small, one_rank, resume=True)
     assert result.global_step == 6 and read_meta(one_rank)[1]["batches_consumed"] == 12
     _assert_losses_join(_train_losses(one_rank), _train_losses(two_ranks))

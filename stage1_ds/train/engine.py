@@ -37,6 +37,7 @@ from stage1_ds.errors import ConfigError
 from stage1_ds.model import t5
 from stage1_ds.model.lora import has_lora, lora_scaling, merge_lora_state_dict, plain_name
 from stage1_ds.model.stage1 import Stage1Model
+from stage1_ds.train.ops import AdamChoice, choose_adam
 from stage1_ds.train.param_groups import ParamGroup, build_param_groups
 
 #: Keys the project's config owns; a DeepSpeed JSON that sets any of them is refused.
@@ -77,20 +78,38 @@ def use_bf16(precision: Precision) -> bool:
     return accelerator.device_name() != "cpu" and accelerator.is_bf16_supported()
 
 
-def build_ds_config(config: Config, tensorboard_dir: Path | None) -> dict[str, Any]:
-    """The DeepSpeed JSON named by ``train.ds_config``, plus batch sizes, accumulation, clipping, precision
-    and the TensorBoard path from the project's config.
+def is_offloaded(ds: dict[str, Any]) -> bool:
+    """Whether a DeepSpeed config offloads the optimizer (and so uses ``cpu_adam``)."""
+    return "offload_optimizer" in ds.get("zero_optimization", {})
+
+
+def read_ds_json(config: Config) -> dict[str, Any]:
+    """The DeepSpeed JSON named by ``train.ds_config``, as written.
 
     Raises:
-        ConfigError: the JSON is missing, unreadable, or sets a key the project's config owns.
+        ConfigError: the JSON is missing or unreadable.
     """
     path = resolve_path(config.train.ds_config)
     if not path.is_file():
         raise ConfigError(f"train.ds_config: {path} not found (expected e.g. ds_configs/zero2.json)")
     try:
-        ds = json.loads(path.read_text())
+        return dict(json.loads(path.read_text()))
     except json.JSONDecodeError as error:
         raise ConfigError(f"train.ds_config: {path}: not valid JSON: {error}") from None
+
+
+def build_ds_config(
+    config: Config, tensorboard_dir: Path | None, adam: AdamChoice | None = None
+) -> dict[str, Any]:
+    """The DeepSpeed JSON named by ``train.ds_config``, plus batch sizes, accumulation, clipping, precision,
+    the Adam implementation (``adam``; None: `choose_adam` of ``train.adam_op``) and the TensorBoard path
+    from the project's config.
+
+    Raises:
+        ConfigError: the JSON is missing, unreadable, or sets a key the project's config owns.
+    """
+    path = resolve_path(config.train.ds_config)
+    ds = read_ds_json(config)
     owned = [key for key in PROJECT_OWNED_KEYS if key in ds]
     owned += [
         f"optimizer.params.{k}"
@@ -118,6 +137,11 @@ def build_ds_config(config: Config, tensorboard_dir: Path | None) -> dict[str, A
     ds["optimizer"].setdefault("params", {})
     ds["optimizer"]["params"]["lr"] = train.optimizer.lr_heads  # a default; every group sets its own
     ds["optimizer"]["params"]["weight_decay"] = train.optimizer.weight_decay
+    adam = adam or choose_adam(train.adam_op, is_offloaded(ds))
+    if adam.torch_adam:  # ZeRO builds torch.optim.AdamW: no op to compile
+        ds["optimizer"]["params"]["torch_adam"] = True
+        if is_offloaded(ds):  # else ZeRO-Offload insists on DeepSpeed's cpu_adam
+            ds["zero_force_ds_cpu_optimizer"] = False
     if tensorboard_dir is not None:
         ds["tensorboard"] = {"enabled": True, "output_path": str(tensorboard_dir), "job_name": "deepspeed"}
     return ds

@@ -24,6 +24,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from stage1_ds.config import Config, config_to_dict
 from stage1_ds.data.batch import Batch
 from stage1_ds.data.corpus import DataSource, open_windows
+from stage1_ds.data.store import write_json
 from stage1_ds.data.timeframes import sort_timeframes
 from stage1_ds.data.windows import WindowSampler, build_loader, training_mix
 from stage1_ds.errors import Stage1Error
@@ -46,16 +47,21 @@ from stage1_ds.train.engine import (
     build_engine,
     device,
     init_distributed,
+    is_offloaded,
+    read_ds_json,
     rebuild_engine,
     release_engine,
     set_learning_rates,
 )
 from stage1_ds.train.metrics import MetricsWriter, peak_flops
+from stage1_ds.train.ops import choose_adam
 from stage1_ds.train.param_groups import format_group_table
 from stage1_ds.train.preemption import StopFlag
 from stage1_ds.train.schedule import lr_multiplier, phase_index
 
 log = logging.getLogger(__name__)
+#: The Adam implementation of the run and why (`stage1_ds.train.ops.choose_adam`), written to the run folder.
+ADAM_RECORD = "optimizer_op.json"
 
 
 class TrainingError(Stage1Error):
@@ -141,7 +147,11 @@ def train(
         restore_model(point, model, config)
     torch.manual_seed(config.seed + 1000 * (rank + 1))  # dropout differs between ranks
 
-    ds_config = build_ds_config(config, run_dir / "tensorboard")
+    adam = choose_adam(train_cfg.adam_op, is_offloaded(read_ds_json(config)))
+    (log.warning if adam.fallback else log.info)("optimizer: %s (%s)", adam.op, adam.reason)
+    if rank == 0:
+        write_json(run_dir / ADAM_RECORD, {"op": adam.op, "fallback": adam.fallback, "reason": adam.reason})
+    ds_config = build_ds_config(config, run_dir / "tensorboard", adam)
     metrics = MetricsWriter(run_dir / "tensorboard", enabled=rank == 0)
     stop = StopFlag()
     bundle = EngineBundle(engine=None, groups=[])
@@ -150,7 +160,7 @@ def train(
             "building the DeepSpeed engine (ZeRO stage %s%s); the first run on a machine compiles its "
             "ops, a minute or two",
             ds_config.get("zero_optimization", {}).get("stage"),
-            ", optimizer on the CPU" if "offload_optimizer" in ds_config.get("zero_optimization", {}) else "",
+            ", optimizer on the CPU" if is_offloaded(ds_config) else "",
         )
         bundle = build_engine(model, config, point.ds_config(ds_config) if point else ds_config)
         log.info("engine ready (%s)", since_start())
