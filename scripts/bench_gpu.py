@@ -4,7 +4,9 @@
     python scripts/bench_gpu.py --preset mini --batch-size 4 --windows 1 --steps 1   # CPU smoke run (CI)
 
 For each phase (frozen, lora, full) and ZeRO-2 without and with CPU offload, under the DeepSpeed engine:
-samples/s, patch-tokens/s, MFU, peak accelerator memory and (on a GPU) the largest micro-batch that fits.
+samples/s, patch-tokens/s, MFU, peak accelerator memory beside the memory plan of `stage1 doctor`
+(`stage1_ds.train.memory`) and (on a GPU) the largest micro-batch that fits. `stage1 doctor`'s checks run
+first and are printed and kept in the JSON.
 In the same run, for the full phase: the engine against a plain PyTorch AdamW loop, and the shared encoder
 called once against a loop that calls it once per timeframe, and the time-aware attention bias (the
 default) against T5's index bias. MFU counts forward + backward as
@@ -38,8 +40,11 @@ from stage1_ds.benchmark import (
 )
 from stage1_ds.config import WINDOW_BARS, EncoderPreset, Phase, PositionBias
 from stage1_ds.data.prepare import PrepareOptions, prepare_synthetic
+from stage1_ds.doctor import checks_json, format_checks, run_doctor
 from stage1_ds.logs import setup_logging
 from stage1_ds.model.masking import num_patches
+from stage1_ds.train.engine import is_offloaded, read_ds_json, use_bf16
+from stage1_ds.train.memory import GIB, RUNTIME_BYTES, plan_memory
 from stage1_ds.train.metrics import flops_per_token, peak_flops
 
 
@@ -101,6 +106,11 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory() as tmp:
         prepare_synthetic(Path(tmp), days=365, seed=0, options=PrepareOptions(window_bars=WINDOW_BARS))
+        checks, table = run_doctor(
+            bench_config(args.preset, WINDOW_BARS, args.batch_size), [Path(tmp)], None, 1, 1
+        )
+        print(format_checks(checks, table))
+        results["doctor"] = checks_json(checks, table)
         probe = bench_config(args.preset, WINDOW_BARS, args.batch_size)
         batches = masked_batches(tmp, probe, 4)
         tokens = sum(
@@ -116,6 +126,8 @@ def main() -> int:
                 )
                 measured = time_engine(config, phase, batches, **timing)
                 samples = args.batch_size * measured.steps_per_s
+                ds = read_ds_json(config)
+                planned = plan_memory(config, use_bf16(config.train.precision), 1, is_offloaded(ds), 0)[0]
                 run = {
                     "phase": phase.value,
                     "offload": offload,
@@ -124,6 +136,8 @@ def main() -> int:
                     "tokens_per_s": samples * tokens,
                     "mfu": samples * tokens * per_token / peak if peak else None,
                     "peak_memory_gb": measured.peak_memory_gb,
+                    # max_memory_allocated does not see the CUDA context: compare without its allowance
+                    "planned_memory_gb": (planned.total - RUNTIME_BYTES) / GIB,
                     "largest_micro_batch": None
                     if args.skip_largest_batch
                     else largest_batch(
@@ -155,14 +169,16 @@ def main() -> int:
         f"{results['device']}, preset {args.preset}, micro-batch {args.batch_size}, {tokens} patch tokens/sample"
     )
     print(
-        f"{'phase':<8}{'offload':<9}{'ms/step':>9}{'samples/s':>11}{'tokens/s':>12}{'MFU':>7}{'peak GB':>9}{'max batch':>10}"
+        f"{'phase':<8}{'offload':<9}{'ms/step':>9}{'samples/s':>11}{'tokens/s':>12}{'MFU':>7}{'peak GB':>9}"
+        f"{'plan GB':>9}{'max batch':>10}"
     )
     for r in results["runs"]:
         mfu = f"{r['mfu'] * 100:.1f}%" if r["mfu"] is not None else "-"
         memory = f"{r['peak_memory_gb']:.1f}" if r["peak_memory_gb"] is not None else "-"
         print(
             f"{r['phase']:<8}{'yes' if r['offload'] else 'no':<9}{r['step_s'] * 1000:>9.1f}{r['samples_per_s']:>11.1f}"
-            f"{r['tokens_per_s']:>12.0f}{mfu:>7}{memory:>9}{r['largest_micro_batch'] or '-'!s:>10}"
+            f"{r['tokens_per_s']:>12.0f}{mfu:>7}{memory:>9}{r['planned_memory_gb']:>9.1f}"
+            f"{r['largest_micro_batch'] or '-'!s:>10}"
         )
     for name, value in results["ratios"].items():
         print(f"{name}: {value:.2f}x")

@@ -1,5 +1,5 @@
 """The ``stage1`` command: prepare data, train, convert checkpoints (and their model cards), evaluate, encode,
-probe, and the demo.
+probe, the demo, and the node check before a launch (doctor).
 
 Each subcommand parses its arguments here and calls one library function; heavy imports (torch,
 DeepSpeed) happen inside the subcommands that need them, so ``stage1 prepare`` starts fast.
@@ -483,6 +483,39 @@ def torch_cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def _add_doctor(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "doctor",
+        help="check this node before a launch: GPUs, ops, /dev/shm, disk, weights, data, memory per GPU",
+        description="One line per check (OK / WARN / FAIL with the fix); exit code 1 when the run cannot start.",
+    )
+    p.add_argument("--config", type=Path, help="the experiment YAML to launch (ops, memory, disk, weights)")
+    p.add_argument("--data", type=Path, nargs="+", help="the prepared data folder(s) of the run")
+    p.add_argument("--out", type=Path, help="the run folder (free disk for its checkpoints)")
+    p.add_argument("--gpus", type=int, help="ranks per node of the launch (default: the GPUs here)")
+    p.add_argument(
+        "--nodes", type=int, default=1, help="nodes of the launch (ZeRO partitions over all ranks)"
+    )
+    p.add_argument("--json", type=Path, help="also write the checks as JSON here")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for train")
+    p.set_defaults(run=_run_doctor)
+
+
+def _run_doctor(args: argparse.Namespace) -> int:
+    if args.json:
+        claim_file(args.json, "--json")
+    from stage1_ds.config import load_config
+    from stage1_ds.doctor import checks_json, format_checks, run_doctor
+
+    config = load_config(args.config, args.overrides) if args.config else None
+    checks, table = run_doctor(config, args.data, args.out, args.gpus, args.nodes)
+    print(format_checks(checks, table))
+    report = checks_json(checks, table)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if report["ok"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stage1", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -494,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_encode(commands)
     _add_probe(commands)
     _add_demo(commands)
+    _add_doctor(commands)
     return parser
 
 

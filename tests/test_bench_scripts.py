@@ -43,7 +43,10 @@ def test_bench_gpu_runs_on_cpu_with_the_mini_preset(tmp_path: Path) -> None:
     }
     for run in report["runs"]:
         assert run["samples_per_s"] > 0 and run["step_s"] > 0
+        assert run["planned_memory_gb"] > 0
         assert run["mfu"] is None and run["largest_micro_batch"] is None, "GPU-only figures stay empty on CPU"
+    checks = {c["name"] for c in report["doctor"]["checks"]}
+    assert report["doctor"]["ok"] and {"accelerators", "memory", "data"} <= checks
     assert set(report["ratios"]) == {
         "engine_over_plain_full",
         "loop_per_timeframe_over_shared_plain_full",
@@ -110,3 +113,15 @@ def test_bench_encode_measures_a_decision_the_derivation_and_many_decisions(tmp_
     assert figures["derive_week_bars"] == 7 * 1440 and figures["decisions"] >= 256
     assert figures["batched_max_abs_difference"] <= 1e-5
     assert set(figures["ratios"]) == {"decision_over_forward_only", "embed_over_encode_windows_per_s"}
+
+
+def test_bench_memory_sets_the_plan_beside_a_measured_cost_per_sample(tmp_path: Path) -> None:
+    out = tmp_path / "memory.json"
+    command = [sys.executable, str(REPO / "scripts" / "bench_memory.py"), "--presets", "tiny"]
+    command += ["--sizes", "8", "64", "--json", str(out)]
+    result = subprocess.run(
+        command, cwd=REPO, env=fresh_process_env(), capture_output=True, text=True, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads(out.read_text())
+    assert row["preset"] == "tiny" and row["planned"] > 0 and row["rise"]["64"] > 0

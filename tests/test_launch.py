@@ -94,3 +94,29 @@ def test_sigusr1_to_one_rank_stops_both_at_the_same_step(synthetic_small: Path, 
     assert len(ranks) == 1, [p.cmdline() for p in psutil.Process(process.pid).children(recursive=True)]
     ranks[0].send_signal(signal.SIGUSR1)  # rank 1 only, as a scheduler might
     _assert_stopped_cleanly(process, run, log, ranks=2)
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_the_single_node_launch_stops_when_the_doctor_finds_a_fail(tmp_path: Path, skip: bool) -> None:
+    """A data folder that is not there is a FAIL of `stage1 doctor`: the launch stops before `deepspeed`
+    (a stand-in here that records its call) unless SKIP_DOCTOR=1."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    called = tmp_path / "deepspeed_called"
+    stub = bin_dir / "deepspeed"
+    stub.write_text(f'#!/usr/bin/env bash\necho "$@" > {called}\n')
+    stub.chmod(0o755)
+    path = f"{bin_dir}:{Path(sys.executable).parent}:{fresh_process_env()['PATH']}"  # the venv's python
+    env = {**fresh_process_env(), "PATH": path}
+    if skip:
+        env["SKIP_DOCTOR"] = "1"
+    script = REPO / "launch" / "single_node.sh"
+    args = ["configs/demo_cpu.yaml", str(tmp_path / "no_data"), str(tmp_path / "run"), "2"]
+    result = subprocess.run(
+        ["bash", str(script), *args], cwd=REPO, env=env, capture_output=True, text=True, check=False
+    )
+    if skip:
+        assert result.returncode == 0 and "--num_gpus 2" in called.read_text()
+    else:
+        assert result.returncode == 1 and not called.exists()
+        assert "FAIL  data" in result.stdout and "cannot start: data" in result.stdout

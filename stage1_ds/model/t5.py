@@ -14,10 +14,12 @@ is discarded on load.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 import torch
+from huggingface_hub import try_to_load_from_cache
 from safetensors.torch import load_file
 from torch import nn
 from transformers import PretrainedConfig, T5Config, T5EncoderModel
@@ -37,6 +39,8 @@ PRESET_LAYOUTS: dict[EncoderPreset, tuple[int, int, int, int, int]] = {
     EncoderPreset.T5_LARGE: (1024, 4096, 24, 16, 64),
 }
 PUBLISHED_VOCAB_SIZE = 32128
+#: The weight files of a model in the Hugging Face cache, single or sharded.
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 #: Parameter-name prefix of the encoder's blocks inside `T5EncoderModel`; the index follows it.
 _BLOCK_PATTERN = re.compile(r"(?:^|\.)encoder\.block\.(\d+)\.")
@@ -101,6 +105,29 @@ def load_pretrained_encoder(config: EncoderConfig) -> T5EncoderModel:
             f"model.encoder.pretrained: {source} is not a folder (expected save_pretrained output)"
         )
     return _load_model_id(source, config.dropout)
+
+
+def find_pretrained(config: EncoderConfig) -> tuple[bool, str]:
+    """Whether ``model.encoder.pretrained`` loads here without a download, and where it is (or what is
+    missing): a local folder with ``config.json`` and weights, a ``.safetensors`` file, or a model id whose
+    config and weights are in transformers' cache (``HF_HOME``). Reads no weights."""
+    if config.pretrained is None:
+        return True, "random init: no weights to load"
+    source = str(config.pretrained)
+    path = Path(source).expanduser()
+    if path.suffix == ".safetensors":
+        return path.is_file(), f"{path} {'found' if path.is_file() else 'missing'}"
+    if path.is_dir():
+        weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+        found = (path / "config.json").is_file() and weights
+        return found, f"{path}: {'config and weights found' if found else 'no config.json or no weights'}"
+    if path.is_absolute() or source.startswith((".", "~")):
+        return False, f"{path}: no such folder"
+    config_file = try_to_load_from_cache(source, "config.json")
+    weight_files = [try_to_load_from_cache(source, name) for name in _WEIGHT_FILES]
+    found = isinstance(config_file, str) and any(isinstance(w, str) for w in weight_files)
+    where = os.environ.get("HF_HOME", "~/.cache/huggingface")
+    return found, f"model id {source!r} {'in' if found else 'not in'} the Hugging Face cache ({where})"
 
 
 def _load_folder(path: Path, dropout: float) -> T5EncoderModel:
