@@ -9,6 +9,7 @@ was trained on, from the prepared folders' manifests) and the reports given.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +199,11 @@ def _evaluation_section(path: Path, report: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _p(p: float) -> str:
+    """A p-value; ``-`` where there is none (the readout chose no correction: the rule itself)."""
+    return "-" if math.isnan(p) else f"{p:.2g}"
+
+
 def _probe_section(path: Path, report: dict[str, Any]) -> list[str]:
     lines = [
         f"## What the embeddings add to the best rule ({path.name}, test split)",
@@ -215,6 +221,6 @@ def _probe_section(path: Path, report: dict[str, Any]) -> list[str]:
         plus = results["best_rule_plus_embeddings"]
         lines.append(
             f"| {target} | {rule} | {results[rule]['r2']:.3f} | {plus['r2']:.3f} | "
-            f"{plus['dm_p_vs_best_rule']:.2g} | {plus['n']} |"
+            f"{_p(plus['dm_p_vs_best_rule'])} | {plus['n']} |"
         )
     return [*lines, ""]
