@@ -4,9 +4,9 @@ For anchors of the train, val and test splits, targets come from the 1-minute ba
 anchor time ``t`` (never inside any window; `stage1_ds.evaluation.volatility`): ``rv_60m`` and ``rv_240m``,
 the log realised variance over the next 60 / 240 minutes, and ``ret_sign_60m``, the sign of the next hour's
 return. An anchor qualifies when its 240-minute horizon stays inside its split and its split's history
-holds a calendar week and `LONGEST_WINDOW_BARS` bars before it; anchors are at least an hour apart, all of them
-used unless a cap asks for a seeded subsample. Anchors whose bars are all flat over the longest look-back, or whose targets are
-unknown (too few bars, or all flat), are dropped and counted per split.
+holds a calendar week and `LONGEST_WINDOW_BARS` bars before it; anchors are at least an hour apart, all of
+them used unless a cap asks for a seeded subsample. Anchors whose bars are all flat over the longest
+look-back, or whose targets are unknown (too few bars, or all flat), are dropped and counted per split.
 
 Methods, on the same anchors, fitted on train (closed-form ridge; for the sign a ridge classifier on +-1),
 the regularisation picked on val from a grid, scored on test. The simple rules, from the raw bars before
@@ -156,8 +156,8 @@ def rule_blocks(bars: MinuteBars, time: np.ndarray, known: InstrumentRules) -> d
     split's profiles): ``calendar`` (3 log variances), ``calendar_return``, ``trading/<windows>`` and
     ``harp/<windows>`` (log variance per bar, raw and deseasonalised, for each `TRADING_WINDOWS` set),
     ``range/<windows>`` and ``bipower/<windows>`` (log realised range and log bipower variation per bar over
-    the same look-backs), ``trading_return``, ``profile`` (2), ``periodicity/<target>`` (the horizon's, HARP's offset) and
-    ``clock`` (31 one-hots)."""
+    the same look-backs), ``trading_return``, ``profile`` (2), ``periodicity/<target>`` (the horizon's,
+    HARP's offset) and ``clock`` (31 one-hots)."""
     calendar = calendar_log_variance(bars, time)
     adjusted = deseasonalised(bars, known.periodicity)
     ranged, jumpless = bars.ranged(), bars.bipower()

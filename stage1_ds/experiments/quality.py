@@ -113,7 +113,7 @@ def quality_report(
     data_dir: Path,
     minutes: float,
     work: Path,
-    max_anchors: int,
+    max_anchors: int | None,
     batches: int,
     overrides: list[str] | None = None,
     calibration_steps: int = CALIBRATION_STEPS,
@@ -181,7 +181,7 @@ def variants_report(
     data_dir: Path,
     work: Path,
     steps: int,
-    max_anchors: int,
+    max_anchors: int | None,
     batches: int,
     variants: dict[str, list[str]] | None = None,
     overrides: list[str] | None = None,
@@ -284,7 +284,7 @@ def _markdown(
     runs: dict[str, Run],
     evaluations: dict[str, dict[str, Any]],
     probes: dict[str, dict[str, Any]],
-    max_anchors: int,
+    max_anchors: int | None,
     batches: int,
 ) -> str:
     manifest = load_prepared(data_dir).manifest
@@ -317,8 +317,9 @@ def _markdown(
         f"- Training budget: {budget}.",
         f"- Versions: stage1_ds {code_version()}, torch {torch.__version__}, deepspeed {deepspeed.__version__}, "
         f"transformers {transformers.__version__}.",
-        f"- Evaluation: {batches} batches of 64 test windows per masking mode (seed 2024); probe: at most "
-        f"{max_anchors} anchors per split, an hour apart.",
+        f"- Evaluation: {batches} batches of 64 test windows per masking mode (seed 2024); probe: "
+        + (f"at most {max_anchors}" if max_anchors else "every qualifying")
+        + " anchor per split, an hour apart.",
         "",
         "| run | overrides of the demo config | steps | minutes | final val loss |",
         "|---|---|---|---|---|",
@@ -350,7 +351,7 @@ def _markdown(
 
 
 def _commands(
-    data_dir: Path, manifest: dict[str, Any], option: str, max_anchors: int, batches: int
+    data_dir: Path, manifest: dict[str, Any], option: str, max_anchors: int | None, batches: int
 ) -> list[str]:
     """The prepare command of the data folder (from its manifest) and the command of this report."""
     sources = [src["path"] for record in manifest["instruments"].values() for src in record["sources"]]
@@ -359,8 +360,9 @@ def _commands(
         prepare += " --split " + " ".join(f"{f:g}" for f in manifest["split_fractions"])
     return [
         f"{prepare} --out {data_dir}",
-        f"python scripts/quality_report.py {data_dir} {option} --max-anchors {max_anchors} "
-        f"--batches {batches}",
+        f"python scripts/quality_report.py {data_dir} {option}"
+        + (f" --max-anchors {max_anchors}" if max_anchors else "")
+        + f" --batches {batches}",
     ]
 
 
@@ -577,7 +579,7 @@ def transfer_report(
     held_out: list[str],
     work: Path,
     steps: int,
-    max_anchors: int,
+    max_anchors: int | None,
     batches: int,
     overrides: list[str] | None = None,
 ) -> str:
