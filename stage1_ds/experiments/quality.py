@@ -318,8 +318,8 @@ def _markdown(
         f"- Versions: stage1_ds {code_version()}, torch {torch.__version__}, deepspeed {deepspeed.__version__}, "
         f"transformers {transformers.__version__}.",
         f"- Evaluation: {batches} batches of 64 test windows per masking mode (seed 2024); probe: "
-        + (f"at most {max_anchors}" if max_anchors else "every qualifying")
-        + " anchor per split, an hour apart.",
+        + (f"at most {max_anchors} anchors" if max_anchors else "every qualifying anchor")
+        + " per split, an hour apart.",
         "",
         "| run | overrides of the demo config | steps | minutes | final val loss |",
         "|---|---|---|---|---|",
