@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test test-large lint
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,3 +25,8 @@ lint: setup
 test: lint
 	$(BIN)/python scripts/warm_ds_ops.py
 	$(BIN)/python -m pytest
+
+# The shipped t5-large configs on CPU (docs/training.md: minutes and peak memory); not part of `make test`.
+test-large: setup
+	$(BIN)/python scripts/warm_ds_ops.py
+	$(BIN)/python -m pytest -m large

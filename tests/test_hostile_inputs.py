@@ -418,3 +418,28 @@ def test_bid_and_ask_files_of_one_instrument_are_an_error_not_a_duplicate_count(
         prepare_files([bid, ask], tmp_path / "out", InputFormat.CSV, options=PrepareOptions(window_bars=2))
     with pytest.raises(DataError, match=r"instrument ONE: .* share 40 of their timestamps"):
         prepare_files([bid, ask], tmp_path / "out2", InputFormat.CSV, "ONE", PrepareOptions(window_bars=2))
+
+
+# --- conventions of vendors' files ------------------------------------------------------------------------
+
+
+def test_column_names_match_without_case(tmp_path: Path) -> None:
+    rows = [f"{START + 60 * i},1.10,1.20,1.00,1.15,{i + 1}" for i in range(30)]
+    path = _write(tmp_path / "caps.csv", ["Timestamp,Open,High,Low,Close,Volume", *rows])
+    read, _ = _read(path)
+    assert read.volume.sum() == sum(range(1, 31)), "the Volume column is read, not zero"
+
+
+@pytest.mark.parametrize(("minutes", "found"), [(2, "2 minutes"), (60, "1 hour")])
+def test_bars_that_are_not_one_minute_bars_are_refused_with_the_interval_found(
+    tmp_path: Path, minutes: int, found: str
+) -> None:
+    path = _csv(tmp_path, [f"{START + 60 * minutes * i}" for i in range(200)])
+    with pytest.raises(DataError, match=rf"bars.csv: its bars are {found} apart \(100% of 199"):
+        _read(path)
+
+
+def test_one_minute_bars_with_gaps_are_one_minute_bars(tmp_path: Path) -> None:
+    minutes = [i for i in range(400) if i % 7 != 3 and not 100 <= i < 160]  # missing minutes and an hour
+    read, _ = _read(_csv(tmp_path, [f"{START + 60 * i}" for i in minutes]))
+    assert len(read.start) == len(minutes)

@@ -294,14 +294,40 @@ def read_source(
     if len({_clock_kind(c) for c in clocks}) > 1:
         raise DataError(f"{source.path}: its tables use different clocks ({sorted(clocks)}); {_CLOCK_FIX}")
     report.clock = " + ".join(sorted(clocks))
-    return (
-        M1Rows(
-            start=np.concatenate([p.start for p in parts]),
-            ohlc=np.concatenate([p.ohlc for p in parts]),
-            volume=np.concatenate([p.volume for p in parts]),
-        ),
-        report,
+    rows = M1Rows(
+        start=np.concatenate([p.start for p in parts]),
+        ohlc=np.concatenate([p.ohlc for p in parts]),
+        volume=np.concatenate([p.volume for p in parts]),
     )
+    check_bar_interval(rows.start, str(source.path))
+    return rows, report
+
+
+#: Fewer consecutive stamps than this and the bar interval is not measured (too few to tell).
+INTERVAL_SAMPLE = 20
+
+
+def check_bar_interval(start: np.ndarray, display: str) -> None:
+    """Refuse bars that are not 1-minute bars: the most common spacing of consecutive distinct stamps (less
+    than a day apart, so weekends and gaps do not count) must be 60 seconds.
+
+    Raises:
+        DataError: naming the file, the interval found and how many spacings have it.
+    """
+    stamps = np.unique(start[start != NAT_SECONDS])
+    spacing = np.diff(stamps)
+    spacing = spacing[spacing < 86_400]
+    if len(spacing) < INTERVAL_SAMPLE:
+        return
+    values, counts = np.unique(spacing, return_counts=True)
+    dominant = int(values[np.argmax(counts)])
+    if dominant != 60:
+        share = counts.max() / len(spacing)
+        raise DataError(
+            f"{display}: its bars are {_duration(dominant)} apart ({share:.0%} of {len(spacing):,} consecutive "
+            "stamps); stage1 prepare reads 1-minute bars: give the file of 1-minute bars, or resample these "
+            "to 1 minute first"
+        )
 
 
 UTC_CLOCK = "UTC (timestamps with an offset or epoch time)"
@@ -519,10 +545,18 @@ def _select_columns(table: pd.DataFrame, display: str, columns: CsvColumns) -> p
         "low": columns.low,
         "close": columns.close,
     }
+    # A header's case is the exporter's choice (Volume, CLOSE): a name matches without case when the header
+    # has no column of exactly that name.
+    by_case = {str(column).lower(): column for column in table.columns}
+
+    def named(name: str) -> str:
+        return name if name in table.columns else by_case.get(name.lower(), name)
+
     if columns.volume is not None:
         wanted["volume"] = columns.volume
-    elif "volume" in table.columns:
+    elif "volume" in by_case:
         wanted["volume"] = "volume"
+    wanted = {key: named(name) for key, name in wanted.items()}
     missing = [name for name in wanted.values() if name not in table.columns]
     if missing:
         looks = sniff_format(",".join(map(str, table.columns)).encode())
