@@ -4,6 +4,7 @@ silently wrong bars and never a traceback."""
 from __future__ import annotations
 
 import logging
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -443,3 +444,14 @@ def test_one_minute_bars_with_gaps_are_one_minute_bars(tmp_path: Path) -> None:
     minutes = [i for i in range(400) if i % 7 != 3 and not 100 <= i < 160]  # missing minutes and an hour
     read, _ = _read(_csv(tmp_path, [f"{START + 60 * i}" for i in minutes]))
     assert len(read.start) == len(minutes)
+
+
+@pytest.mark.parametrize("suffix", ["", "Z", "+01:00"])
+def test_iso_timestamps_are_read_without_a_library_warning(tmp_path: Path, suffix: str) -> None:
+    stamps = [
+        pd.Timestamp(START + 60 * i, unit="s").strftime("%Y-%m-%d %H:%M:%S") + suffix for i in range(40)
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would reach the user's terminal
+        read, _ = _read(_csv(tmp_path, stamps))
+    assert len(read.start) == 40

@@ -105,7 +105,7 @@ _COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
 _DATA_SUFFIXES = (".zip", ".csv", ".txt", ".parquet", *_COMPRESSED)
 _OHLC = ("open", "high", "low", "close")
 _BINANCE_COLUMNS = ("timestamp", *_OHLC, "volume", "close_time")
-_TZ_OFFSET = re.compile(r"(Z|[+-]\d{2}:?\d{2})$")
+_TZ_OFFSET = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")  # no capture group: pandas warns on one
 _BOM = b"\xef\xbb\xbf"
 #: Tokens of a file name that are not the instrument: sources' prefixes and words for 1-minute bars.
 _NAME_NOISE = frozenset(
