@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from stage1_ds.logs import setup_logging
 from stage1_ds.outputs import claim_file, claim_folder
 
 log = logging.getLogger("stage1_ds")
+#: The exit code of a run stopped by Ctrl-C (128 + SIGINT, as a shell reports it).
+INTERRUPTED = 130
 
 
 def _add_prepare(commands: argparse._SubParsersAction) -> None:
@@ -188,9 +191,20 @@ def run_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     out = claim_folder(args.out or Path("runs") / args.config.stem, "--out")
     log.info("loading torch, transformers and DeepSpeed")
-    from stage1_ds.train.loop import train
+    from stage1_ds.train.loop import TrainingInterrupted, train
 
-    result = train(config, args.data, out, resume=args.resume, stop_at_step=args.stop_at_step)
+    try:
+        result = train(config, args.data, out, resume=args.resume, stop_at_step=args.stop_at_step)
+    except TrainingInterrupted as stopped:
+        command = ["stage1", "train", "--config", str(args.config), "--data", *map(str, args.data)]
+        command += ["--out", str(out), "--resume", *args.overrides]
+        log.warning(
+            "interrupted at step %d; last complete checkpoint: %s; continue with: %s",
+            stopped.step,
+            stopped.checkpoint or "none yet (a resume starts afresh)",
+            shlex.join(command),
+        )
+        return INTERRUPTED
     log.info(
         "training finished at step %d; checkpoint %s; TensorBoard: tensorboard --logdir %s",
         result.global_step,

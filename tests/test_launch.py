@@ -79,6 +79,27 @@ def test_sigterm_saves_and_stops_a_single_process_run(synthetic_small: Path, tmp
     _assert_stopped_cleanly(process, run, log, ranks=1)
 
 
+def test_ctrl_c_stops_with_one_line_naming_the_checkpoint_and_the_resume_command(
+    synthetic_small: Path, tmp_path: Path
+) -> None:
+    run, log = tmp_path / "run", tmp_path / "log.txt"
+    command = [sys.executable, "-m", "stage1_ds", "train", "--data", str(synthetic_small), "--out", str(run)]
+    process = _start([*command, *ENDLESS], log)
+    _wait_for_a_checkpoint(process, run, log)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 130
+    output = log.read_text()
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
+    (line,) = [text for text in output.splitlines() if "interrupted at step" in text]
+    tag = latest_tag(run)
+    assert tag is not None and str(checkpoint_dir(run) / tag) in line
+    assert (
+        f"continue with: stage1 train --config {ENDLESS[1]} --data {synthetic_small} --out {run} --resume"
+        in line
+    )
+    assert "'train.phases=[{name: full}]'" in line, "overrides quoted for a shell"
+
+
 @pytest.mark.slow
 def test_sigusr1_to_one_rank_stops_both_at_the_same_step(synthetic_small: Path, tmp_path: Path) -> None:
     run, log = tmp_path / "run", tmp_path / "log.txt"

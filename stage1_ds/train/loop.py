@@ -68,6 +68,15 @@ class TrainingError(Stage1Error):
     """The run cannot go on (non-finite losses or gradients beyond the allowed number of bad steps)."""
 
 
+class TrainingInterrupted(Stage1Error):
+    """Ctrl-C (SIGINT) stopped the run at ``step``; ``checkpoint`` is the last complete one (None: none yet).
+    Nothing is saved on an interrupt: the last complete checkpoint is what a resume continues from."""
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        super().__init__(f"interrupted at step {step}")
+        self.step, self.checkpoint = step, checkpoint
+
+
 @dataclass
 class TrainResult:
     global_step: int
@@ -292,6 +301,11 @@ def train(
                 if is_stop_step:
                     log.warning("stopped at step %d after saving a checkpoint; resume with --resume", step)
                     break
+    except KeyboardInterrupt:
+        last = latest_tag(run_dir)
+        raise TrainingInterrupted(
+            state.global_step, checkpoint_dir(run_dir) / last if last else None
+        ) from None
     finally:
         stop.restore()
         metrics.close()
