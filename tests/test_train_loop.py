@@ -124,6 +124,24 @@ def test_resume_across_a_phase_boundary_equals_the_uninterrupted_run(
         torch.testing.assert_close(got[key], value, rtol=0, atol=1e-6, msg=key)
 
 
+def test_the_val_loss_before_training_after_a_resume_is_the_last_one_logged(
+    synthetic_small: Path, tmp_path: Path
+) -> None:
+    """Every evaluation reads the same fixed val batches, the one before training included."""
+    config = tiny_train_config(max_steps=6, eval_every_steps=3, eval_batches=3)
+    stopped = loop.train(config, synthetic_small, tmp_path, stop_at_step=3)
+    resumed = loop.train(
+        tiny_train_config(max_steps=6, eval_every_steps=3, eval_batches=3),
+        synthetic_small,
+        tmp_path,
+        resume=True,
+    )
+    assert resumed.start_val_losses["val/loss/total"] == pytest.approx(
+        stopped.val_losses["val/loss/total"], rel=1e-6
+    )
+    assert stopped.start_val_losses != stopped.val_losses, "training moved it"
+
+
 def test_resume_refuses_an_architecture_change(
     synthetic_small: Path, staged_run: Path, tmp_path: Path
 ) -> None:

@@ -79,10 +79,14 @@ class TrainingInterrupted(Stage1Error):
 
 @dataclass
 class TrainResult:
+    """Where the run ended: its step, the last logged losses, the last val losses, the newest checkpoint's
+    tag, and the val losses evaluated before its first step (on the same batches as every evaluation)."""
+
     global_step: int
     last_losses: dict[str, float]
     val_losses: dict[str, float]
     checkpoint_tag: str | None
+    start_val_losses: dict[str, float]
 
 
 def train(
@@ -181,7 +185,11 @@ def train(
         val_batches = partial(
             WindowSampler, len(val_data), train_cfg.micro_batch_size, config.seed + 1, rank, world
         )
-        first_val = validation_losses(bundle.engine, val_data, val_batches(num_batches=2), config, dev)
+        # The same batches as every later evaluation, so that this val loss (after a resume too) compares
+        # with the ones logged along the run.
+        first_val = validation_losses(
+            bundle.engine, val_data, val_batches(num_batches=train_cfg.eval_batches), config, dev
+        )
         log.info("evaluation before training works: val loss %.4f", first_val["val/loss/total"])
 
         sampler = WindowSampler(
@@ -310,7 +318,7 @@ def train(
         stop.restore()
         metrics.close()
         release_engine(bundle, model)
-    return TrainResult(state.global_step, last_losses, val_losses, latest_tag(run_dir))
+    return TrainResult(state.global_step, last_losses, val_losses, latest_tag(run_dir), first_val)
 
 
 def train_step(
