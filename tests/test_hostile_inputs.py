@@ -455,3 +455,13 @@ def test_iso_timestamps_are_read_without_a_library_warning(tmp_path: Path, suffi
         warnings.simplefilter("error")  # a warning would reach the user's terminal
         read, _ = _read(_csv(tmp_path, stamps))
     assert len(read.start) == 40
+
+
+def test_a_row_far_outside_the_rest_of_the_data_is_a_bad_row_named_with_its_line(tmp_path: Path) -> None:
+    stamps = [f"{START + 60 * i}" for i in range(600)]
+    stamps.insert(300, "4070908800")  # 2099-01-01, a typo in the middle of the file
+    path = _csv(tmp_path, stamps)
+    with pytest.raises(DataError, match=r"bars.csv, line 302: .*far from the rest of the file"):
+        _read(path)
+    read, _ = _read(path, on_bad_rows=OnBadRows.DROP)
+    assert len(read.start) == 600 and read.start.max() < START + 60 * 600

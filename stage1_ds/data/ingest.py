@@ -689,6 +689,28 @@ def _to_utc(stamps: np.ndarray, timezone: str, display: str) -> np.ndarray:
     return out
 
 
+#: A run of fewer than `STRAY_ROWS` rows more than `STRAY_GAP_DAYS` days from every other row is a stray
+#: (one row dated 2099 in a file of 2019): a typo, not a market that traded for a few minutes.
+STRAY_GAP_DAYS = 30
+STRAY_ROWS = 60
+
+
+def stray_rows(stamps: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """(N,) bool: the ``usable`` rows in runs of fewer than `STRAY_ROWS` rows that are more than
+    `STRAY_GAP_DAYS` days from the rows before and after them, when some other run is longer."""
+    rows = np.flatnonzero(usable)
+    order = rows[np.argsort(stamps[rows], kind="stable")]
+    stray = np.zeros(len(stamps), dtype=bool)
+    cuts = np.flatnonzero(np.diff(stamps[order]) > STRAY_GAP_DAYS * 86_400) + 1
+    runs = np.split(order, cuts)
+    if len(runs) < 2 or max(len(run) for run in runs) < STRAY_ROWS:
+        return stray
+    for run in runs:
+        if len(run) < STRAY_ROWS:
+            stray[run] = True
+    return stray
+
+
 def bad_row_reasons(
     stamps: np.ndarray,
     prices: np.ndarray,
@@ -701,6 +723,7 @@ def bad_row_reasons(
     """Masks of bad rows by reason, in the order they are checked (``outside``: dates not in 1990-2100;
     ``fraction``: a sub-second part; ``mixed``: naive among offset timestamps or the reverse)."""
     malformed_time = (stamps == _NAT) & ~outside
+    stray = stray_rows(stamps, ~malformed_time & ~outside)
     off_minute = ~malformed_time & ~outside & (fraction | (stamps % 60 != 0))
     not_finite = ~np.isfinite(prices).all(axis=1)
     with np.errstate(invalid="ignore"):
@@ -719,6 +742,7 @@ def bad_row_reasons(
         ),
         "date outside 1990-2100": outside,
         time_reason: malformed_time,
+        f"timestamp far from the rest of the file (over {STRAY_GAP_DAYS} days from every other row)": stray,
         "timestamp not on a whole minute": off_minute,
         "missing or non-numeric price": not_finite,
         "non-positive price": non_positive,
