@@ -465,3 +465,13 @@ def test_a_row_far_outside_the_rest_of_the_data_is_a_bad_row_named_with_its_line
         _read(path)
     read, _ = _read(path, on_bad_rows=OnBadRows.DROP)
     assert len(read.start) == 600 and read.start.max() < START + 60 * 600
+
+
+@pytest.mark.parametrize("name", ["timestamp", None])
+def test_parquet_with_the_time_as_its_index_is_read(tmp_path: Path, name: str | None) -> None:
+    times = pd.to_datetime(START + 60 * np.arange(50), unit="s", utc=True)
+    frame = pd.DataFrame({"open": 1.1, "high": 1.2, "low": 1.0, "close": 1.15}, index=times)
+    frame.index.name = name
+    frame.to_parquet(tmp_path / "indexed.parquet")
+    read, _ = _read(tmp_path / "indexed.parquet")  # an unnamed time index is the timestamp column
+    assert read.start.tolist() == (START + 60 * np.arange(50)).tolist()

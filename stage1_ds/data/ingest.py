@@ -221,9 +221,13 @@ def read_parquet(path: Path) -> pd.DataFrame:
             f"{path}: reading Parquet needs the pyarrow package: pip install 'stage1_ds[formats]'"
         ) from None
     try:
-        return parquet.read_table(path).to_pandas()
+        table = parquet.read_table(path).to_pandas()
     except Exception as error:  # pyarrow raises its own error types for every kind of bad file
         raise DataError(f"{path}: not a readable Parquet file: {error}") from None
+    # pandas writes a DataFrame's time index as an index, not a column: make it the column it is.
+    if isinstance(table.index, pd.DatetimeIndex) or table.index.name is not None:
+        table = table.reset_index(names=table.index.name or "timestamp")
+    return table
 
 
 _DECOMPRESS = {".gz": gzip.decompress, ".bz2": bz2.decompress, ".xz": lzma.decompress}
