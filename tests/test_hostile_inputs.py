@@ -475,3 +475,25 @@ def test_parquet_with_the_time_as_its_index_is_read(tmp_path: Path, name: str | 
     frame.to_parquet(tmp_path / "indexed.parquet")
     read, _ = _read(tmp_path / "indexed.parquet")  # an unnamed time index is the timestamp column
     assert read.start.tolist() == (START + 60 * np.arange(50)).tolist()
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        "{t},1.10,1.20,1.00,1.15,5,",  # a delimiter at the end of the line
+        "{t},1,234.5,1,240.0,1,230.0,1,235.0,5",  # thousands separators
+        "{t},1,10,1,20,1,00,1,15,5",  # decimal commas
+    ],
+)
+def test_rows_with_more_fields_than_the_header_say_so_not_a_timestamp_error(tmp_path: Path, row: str) -> None:
+    lines = ["timestamp,open,high,low,close,volume", *(row.format(t=START + 60 * i) for i in range(30))]
+    with pytest.raises(DataError, match=r"bars.csv, line 2: \d+ fields where the header has 6"):
+        _read(_write(tmp_path / "bars.csv", lines))
+
+
+def test_utf16_text_is_read_as_text(tmp_path: Path) -> None:
+    lines = ["timestamp,open,high,low,close,volume", *(f"{START + 60 * i},{OHLCV}" for i in range(30))]
+    path = tmp_path / "bars.csv"
+    path.write_bytes("\n".join(lines).encode("utf-16"))  # with its byte-order mark, as Windows tools write
+    read, _ = _read(path)
+    assert len(read.start) == 30

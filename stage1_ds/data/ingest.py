@@ -21,6 +21,7 @@ mark dropped.
 from __future__ import annotations
 
 import bz2
+import csv
 import gzip
 import hashlib
 import io
@@ -377,7 +378,7 @@ def _read_table(
         table = _select_columns(raw.astype(object).where(raw.notna(), "").astype(str), display, columns)
         header_lines, text = 1, b""
     else:
-        raw = raw.removeprefix(_BOM)
+        raw = _as_utf8(raw).removeprefix(_BOM)
         if not raw.strip():
             raise DataError(f"{display}: file is empty (expected 1-minute OHLC rows)")
         text = raw
@@ -537,7 +538,38 @@ def _read_binance_table(raw: bytes, display: str) -> tuple[pd.DataFrame, int]:
     return table.iloc[:, : len(_BINANCE_COLUMNS)].set_axis(list(_BINANCE_COLUMNS), axis=1), header_lines
 
 
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def _as_utf8(raw: bytes) -> bytes:
+    """UTF-16 text (with its byte-order mark, as some Windows tools export) re-encoded as UTF-8."""
+    return raw.decode("utf-16").encode("utf-8") if raw.startswith(_UTF16_BOMS) else raw
+
+
+def _check_field_counts(raw: bytes, display: str, delimiter: str) -> None:
+    """Refuse data rows with more fields than the header among the first lines: pandas would take the
+    first column as an index and shift every column, and the error would name the wrong column.
+
+    Raises:
+        DataError: naming the line, both counts and the likely causes.
+    """
+    lines = [line for line in raw.decode("utf-8", errors="replace").splitlines()[:50] if line.strip()]
+    if len(lines) < 2:
+        return
+    header = len(next(csv.reader([lines[0]], delimiter=delimiter)))
+    for number, line in enumerate(lines[1:], start=2):
+        fields = len(next(csv.reader([line], delimiter=delimiter)))
+        if fields > header:
+            raise DataError(
+                f"{display}, line {number}: {fields} fields where the header has {header} (delimiter "
+                f"{delimiter!r}): a delimiter at the end of each line, thousands separators (1,234.5) or "
+                "decimal commas (1,5) in the numbers? Remove them, or export with another delimiter and pass "
+                "it with --delimiter"
+            )
+
+
 def _read_csv_table(raw: bytes, display: str, columns: CsvColumns) -> pd.DataFrame:
+    _check_field_counts(raw, display, columns.delimiter)
     return _select_columns(_read_csv(raw, display, sep=columns.delimiter), display, columns)
 
 
