@@ -497,3 +497,17 @@ def test_utf16_text_is_read_as_text(tmp_path: Path) -> None:
     path.write_bytes("\n".join(lines).encode("utf-16"))  # with its byte-order mark, as Windows tools write
     read, _ = _read(path)
     assert len(read.start) == 30
+
+
+def test_a_last_line_cut_inside_a_number_without_a_newline_is_named(tmp_path: Path) -> None:
+    lines = [
+        "timestamp,open,high,low,close",
+        *(f"{START + 60 * i},1.10520,1.10600,1.10400,1.10550" for i in range(30)),
+    ]
+    path = tmp_path / "bars.csv"
+    path.write_text("\n".join(lines)[:-2])  # the download stopped inside the last close: 1.105, a valid bar
+    with pytest.raises(DataError, match=r"bars.csv, line 31: last line cut short"):
+        _read(path)
+    path.write_text("\n".join(lines))  # whole, only the final newline missing: read
+    read, _ = _read(path)
+    assert len(read.start) == 30

@@ -423,9 +423,12 @@ def _read_table(
     else:
         volume = np.zeros(len(table), dtype=np.float64)
 
-    reasons = bad_row_reasons(
-        stamps, prices, volume, timezone if not aware else None, outside, times.fraction, times.mixed
-    )
+    reasons = {  # a cut row first: it explains whatever else is wrong with it
+        CUT_SHORT: cut_last_row(text, table),
+        **bad_row_reasons(
+            stamps, prices, volume, timezone if not aware else None, outside, times.fraction, times.mixed
+        ),
+    }
     bad = np.zeros(len(table), dtype=bool)
     for reason, mask in reasons.items():
         mask &= ~bad  # count each row under its first reason only
@@ -446,6 +449,23 @@ def _read_table(
     keep = ~bad
     report.rows_kept += int(keep.sum())
     return M1Rows(start=stamps[keep], ohlc=prices[keep], volume=volume[keep]), clock
+
+
+CUT_SHORT = (
+    "last line cut short (no newline at the end of the file, its last field shorter than in any other row)"
+)
+
+
+def cut_last_row(text: bytes, table: pd.DataFrame) -> np.ndarray:
+    """(N,) bool, true for the last row when the file does not end with a newline and the row's last field
+    has fewer characters than the same field of every other row: a download or copy that stopped inside a
+    number (``1.1052`` cut to ``1.10``) would otherwise pass as a whole row."""
+    cut = np.zeros(len(table), dtype=bool)
+    if not text or text.endswith((b"\n", b"\r")) or len(table) < 3:
+        return cut
+    lengths = table.iloc[:, -1].astype(str).str.len().to_numpy()
+    cut[-1] = lengths[-1] < lengths[:-1].min()
+    return cut
 
 
 _FORMAT_NAMES = {
