@@ -511,3 +511,46 @@ def test_a_last_line_cut_inside_a_number_without_a_newline_is_named(tmp_path: Pa
     path.write_text("\n".join(lines))  # whole, only the final newline missing: read
     read, _ = _read(path)
     assert len(read.start) == 30
+
+
+def test_an_archive_of_two_instruments_is_refused_naming_both(tmp_path: Path) -> None:
+    """Two instruments' files in one zip share their timestamps (parts of one series do not: they stay one
+    instrument, tests/test_inputs.py)."""
+    times = [START + 60 * i for i in range(100)]
+    path = tmp_path / "fx.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(
+            "EURUSD.csv",
+            "\n".join(["timestamp,open,high,low,close", *(f"{t},1.1,1.2,1.0,1.1" for t in times)]),
+        )
+        archive.writestr(
+            "GBPUSD.csv",
+            "\n".join(["timestamp,open,high,low,close", *(f"{t},1.3,1.4,1.2,1.3" for t in times)]),
+        )
+    with pytest.raises(DataError, match=r"fx.zip: its tables EURUSD.csv and GBPUSD.csv share 100 timestamps"):
+        _read(path)
+
+
+def test_a_symbol_column_of_several_instruments_is_refused(tmp_path: Path) -> None:
+    rows = [f"{START + 60 * (i // 2)},{'EURUSD' if i % 2 else 'GBPUSD'},1.1,1.2,1.0,1.15" for i in range(60)]
+    path = _write(tmp_path / "long.csv", ["timestamp,Symbol,open,high,low,close", *rows])
+    with pytest.raises(
+        DataError, match=r"long.csv: its column 'Symbol' names 2 instruments \(GBPUSD, EURUSD\)"
+    ):
+        _read(path)
+    one = _write(
+        tmp_path / "one.csv",
+        ["timestamp,symbol,open,high,low,close", *(r.replace("GBPUSD", "EURUSD") for r in rows[1::2])],
+    )
+    assert len(_read(one)[0].start) == 30
+
+
+@pytest.mark.parametrize("asked", ["timestamp", "date"])
+def test_separate_date_and_time_columns_are_joined(tmp_path: Path, asked: str) -> None:
+    stamps = [pd.Timestamp(START + 60 * i, unit="s") for i in range(120)]
+    rows = [f"{t:%Y-%m-%d},{t:%H:%M},1.1,1.2,1.0,1.15" for t in stamps]
+    read, _ = _read(
+        _write(tmp_path / "dt.csv", ["Date,Time,open,high,low,close", *rows]),
+        columns=CsvColumns(timestamp=asked),
+    )
+    assert read.start.tolist() == [START + 60 * i for i in range(120)], "every minute kept"

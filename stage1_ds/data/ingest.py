@@ -25,6 +25,7 @@ import csv
 import gzip
 import hashlib
 import io
+import itertools
 import logging
 import lzma
 import re
@@ -34,6 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -234,6 +236,23 @@ def read_parquet(path: Path) -> pd.DataFrame:
 _DECOMPRESS = {".gz": gzip.decompress, ".bz2": bz2.decompress, ".xz": lzma.decompress}
 
 
+#: Files (or an archive's members) of one instrument may share at most this share of the timestamps of the
+#: smaller one: more is bid and ask quotes, or two instruments under one name.
+MAX_OVERLAP = 0.1
+
+
+def overlapping_pair(starts: list[np.ndarray]) -> tuple[int, int, int, int] | None:
+    """The first pair (i, j) of stamp arrays sharing more than `MAX_OVERLAP` of the smaller one's stamps,
+    with the count shared and the smaller size; None when no pair does (a few shared minutes where files
+    meet, or a source's doubled hour, are duplicates, not another series)."""
+    for i, j in itertools.combinations(range(len(starts)), 2):
+        shared = len(np.intersect1d(starts[i], starts[j]))
+        smaller = min(len(starts[i]), len(starts[j]))
+        if smaller and shared > MAX_OVERLAP * smaller:
+            return i, j, shared, smaller
+    return None
+
+
 def _members(path: Path, fmt: InputFormat) -> list[tuple[bytes | pd.DataFrame, str]]:
     """The tables inside a file, with display names (``zip!member`` for a member of a zip): raw CSV bytes,
     or a DataFrame for Parquet.
@@ -289,8 +308,9 @@ def read_source(
             f"{source.path}: the file name says {interval} klines; only 1-minute klines (1m) are read"
         )
     report = FileReport(path=str(source.path), sha256=sha256_of(source.path), side=source.side)
-    parts, clocks = [], set()
+    parts, clocks, members = [], set(), []
     for table, display in _members(source.path, source.format):
+        members.append(display.rsplit("!", 1)[-1])
         rows, clock = _read_table(
             table, display, source.format, columns or CsvColumns(), timezone, on_bad_rows, report
         )
@@ -299,6 +319,14 @@ def read_source(
     if len({_clock_kind(c) for c in clocks}) > 1:
         raise DataError(f"{source.path}: its tables use different clocks ({sorted(clocks)}); {_CLOCK_FIX}")
     report.clock = " + ".join(sorted(clocks))
+    overlap = overlapping_pair([part.start for part in parts])
+    if overlap is not None:
+        i, j, shared, smaller = overlap
+        raise DataError(
+            f"{source.path}: its tables {members[i]} and {members[j]} share {shared:,} timestamps ({shared / smaller:.0%} "
+            "of the smaller): two instruments (or bid and ask quotes) in one archive would be merged into one "
+            "series; unzip it and give the files to --input, each under its own name"
+        )
     rows = M1Rows(
         start=np.concatenate([p.start for p in parts]),
         ohlc=np.concatenate([p.ohlc for p in parts]),
@@ -593,6 +621,42 @@ def _read_csv_table(raw: bytes, display: str, columns: CsvColumns) -> pd.DataFra
     return _select_columns(_read_csv(raw, display, sep=columns.delimiter), display, columns)
 
 
+#: Header names of a column that says which instrument a row is of (a long-format file of many).
+SYMBOL_COLUMNS = ("symbol", "ticker", "instrument", "pair", "asset", "market")
+
+
+def _refuse_symbol_column(table: pd.DataFrame, by_case: dict[str, Any], display: str) -> None:
+    """A file with a symbol column of several values holds several instruments' rows, which one series would
+    merge (the prices jumping between them).
+
+    Raises:
+        DataError: naming the column, its instruments and the fix.
+    """
+    for name in SYMBOL_COLUMNS:
+        if name in by_case:
+            values = pd.unique(table[by_case[name]].astype(str))
+            if len(values) > 1:
+                shown = ", ".join(map(str, values[:5])) + (" ..." if len(values) > 5 else "")
+                raise DataError(
+                    f"{display}: its column {by_case[name]!r} names {len(values)} instruments ({shown}); one "
+                    "file is one instrument here: write one file per instrument (named after it) and give "
+                    "them all to --input"
+                )
+
+
+def _joined_date_and_time(table: pd.DataFrame, by_case: dict[str, Any], timestamp: str) -> pd.DataFrame:
+    """Separate date and time columns (``date``, ``time``) joined into the timestamp column: when the
+    header has no column named as the timestamp, or the timestamp column is the date (no time of day in it)."""
+    date, time = by_case.get("date"), by_case.get("time")
+    if date is None or time is None:
+        return table
+    chosen = by_case.get(timestamp.lower())
+    if chosen is not None and chosen != date:
+        return table
+    joined = table[date].astype(str).str.strip() + " " + table[time].astype(str).str.strip()
+    return table.drop(columns=[date, time]).assign(**{timestamp: joined})
+
+
 def _select_columns(table: pd.DataFrame, display: str, columns: CsvColumns) -> pd.DataFrame:
     wanted = {
         "timestamp": columns.timestamp,
@@ -603,6 +667,9 @@ def _select_columns(table: pd.DataFrame, display: str, columns: CsvColumns) -> p
     }
     # A header's case is the exporter's choice (Volume, CLOSE): a name matches without case when the header
     # has no column of exactly that name.
+    by_case = {str(column).lower(): column for column in table.columns}
+    _refuse_symbol_column(table, by_case, display)
+    table = _joined_date_and_time(table, by_case, columns.timestamp)
     by_case = {str(column).lower(): column for column in table.columns}
 
     def named(name: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import multiprocessing
 import os
@@ -30,6 +29,7 @@ from stage1_ds.data.ingest import (
     check_clocks,
     clean_m1,
     discover_inputs,
+    overlapping_pair,
     read_source,
 )
 from stage1_ds.data.store import (
@@ -194,10 +194,6 @@ class FilesJob:
         return bars, record
 
 
-#: One instrument's files may share at most this share of the timestamps of the smaller one.
-MAX_OVERLAP = 0.1
-
-
 def _check_overlaps(name: str, parts: list[M1Rows], reports: list[FileReport]) -> None:
     """Files of one instrument cover different times (a few shared minutes where files meet, or a
     source's doubled hour, are duplicates); files that share many timestamps are bid and ask quotes, or
@@ -206,17 +202,16 @@ def _check_overlaps(name: str, parts: list[M1Rows], reports: list[FileReport]) -
     Raises:
         DataError: naming the two files, the share of timestamps they share, and the fix.
     """
-    for i, j in itertools.combinations(range(len(parts)), 2):
-        shared = len(np.intersect1d(parts[i].start, parts[j].start))
-        smaller = min(len(parts[i].start), len(parts[j].start))
-        if smaller and shared > MAX_OVERLAP * smaller:
-            pair = sorted({r.side for r in (reports[i], reports[j]) if r.side is not None})
-            what = " and ".join(pair) + " quotes" if len(pair) > 1 else "bid and ask quotes"
-            raise DataError(
-                f"instrument {name}: {reports[i].path} and {reports[j].path} share {shared:,} of their "
-                f"timestamps ({shared / smaller:.0%} of the smaller): {what}, or two instruments under one "
-                "name? One instrument's files must not overlap: prepare each under its own --instrument"
-            )
+    overlap = overlapping_pair([part.start for part in parts])
+    if overlap is not None:
+        i, j, shared, smaller = overlap
+        pair = sorted({r.side for r in (reports[i], reports[j]) if r.side is not None})
+        what = " and ".join(pair) + " quotes" if len(pair) > 1 else "bid and ask quotes"
+        raise DataError(
+            f"instrument {name}: {reports[i].path} and {reports[j].path} share {shared:,} of their "
+            f"timestamps ({shared / smaller:.0%} of the smaller): {what}, or two instruments under one "
+            "name? One instrument's files must not overlap: prepare each under its own --instrument"
+        )
     sides = sorted({r.side for r in reports if r.side is not None})
     if len(sides) > 1:
         log.warning(
