@@ -14,7 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from stage1_ds.data.ingest import CsvColumns, InputFormat, OnBadRows
+from stage1_ds.data.ingest import BarTime, CsvColumns, InputFormat, OnBadRows
 from stage1_ds.data.prepare import (
     PrepareOptions,
     merge_prepared,
@@ -65,6 +65,13 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
         metavar="HH:MM",
         help="where buckets start on the data clock (default 00:00); e.g. 22:00 on a UTC clock for FX's "
         "17:00 New York session in winter",
+    )
+    p.add_argument(
+        "--bar-time",
+        choices=[b.value for b in BarTime],
+        default=BarTime.START.value,
+        help="what a row's timestamp marks: the start of its minute (default; HistData) or its end (many "
+        "futures platforms and brokers: moved back a minute). prepare warns when bars look end-stamped",
     )
     p.add_argument(
         "--window-bars",
@@ -128,6 +135,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
         on_bad_rows=OnBadRows(args.on_bad_rows),
         timezone=args.timezone,
         bucket_origin_minutes=args.bucket_origin,
+        bar_time=BarTime(args.bar_time),
         workers=args.workers,
         csv_columns=CsvColumns(
             timestamp=args.timestamp_column,

@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import EURUSD_2019, require_histdata
 from stage1_ds.config import ConfigError, DataConfig, MaskingConfig, load_config
 from stage1_ds.data.ingest import (
+    BarTime,
     CsvColumns,
     InputFormat,
     OnBadRows,
@@ -23,7 +25,16 @@ from stage1_ds.data.ingest import (
     read_source,
 )
 from stage1_ds.data.prepare import PrepareOptions, prepare_files, summary_table
-from stage1_ds.data.timeframes import MAX_UNITS, TIMEFRAMES, Bars, aggregate, volume_unit, volume_units
+from stage1_ds.data.store import load_prepared
+from stage1_ds.data.timeframes import (
+    MAX_UNITS,
+    TIMEFRAMES,
+    Bars,
+    Timeframe,
+    aggregate,
+    volume_unit,
+    volume_units,
+)
 from stage1_ds.data.windows import WindowDataset
 from stage1_ds.errors import DataError
 from stage1_ds.model.losses import cross_timeframe_terms
@@ -554,3 +565,33 @@ def test_separate_date_and_time_columns_are_joined(tmp_path: Path, asked: str) -
         columns=CsvColumns(timestamp=asked),
     )
     assert read.start.tolist() == [START + 60 * i for i in range(120)], "every minute kept"
+
+
+def test_bars_stamped_at_their_end_are_detected_and_moved_back_with_bar_time_end(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    require_histdata()
+    """A real month of EURUSD (stamped at the start of each minute), written again with each stamp moved to
+    the minute's end as futures platforms export: prepare warns and names the option; --bar-time end gives
+    the original bars back."""
+    rows, _ = read_source(SourceFile(EURUSD_2019, "EURUSD", InputFormat.HISTDATA), OnBadRows.ERROR)
+    month = rows.start < rows.start[0] + 31 * 86_400
+    lines = ["timestamp,open,high,low,close"]
+    lines += [
+        f"{t + 60},{o},{h},{lo},{c}"
+        for t, (o, h, lo, c) in zip(rows.start[month], rows.ohlc[month], strict=True)
+    ]
+    path = _write(tmp_path / "EURUSD.csv", lines)
+    options = PrepareOptions(window_bars=8, split_fractions=(1.0, 0.0, 0.0))
+    with caplog.at_level(logging.WARNING):
+        as_start = prepare_files([path], tmp_path / "start", InputFormat.CSV, options=options)
+    assert "look stamped with their END" in caplog.text and "--bar-time end" in caplog.text
+    assert as_start["bar_time"] == "start"
+    caplog.clear()
+    options = PrepareOptions(window_bars=8, split_fractions=(1.0, 0.0, 0.0), bar_time=BarTime.END)
+    with caplog.at_level(logging.WARNING):
+        as_end = prepare_files([path], tmp_path / "end", InputFormat.CSV, options=options)
+    assert "look stamped" not in caplog.text and as_end["bar_time"] == "end"
+    assert "bars stamped at their end" in summary_table(as_end)
+    m1 = load_prepared(tmp_path / "end").bars[Timeframe.M1]
+    np.testing.assert_array_equal(np.asarray(m1.start), np.unique(rows.start[month]))

@@ -54,6 +54,11 @@ class InputFormat(StrEnum):
     BINANCE = "binance"  # kline dumps: open time (ms or us), open, high, low, close, volume, close time, ...
 
 
+class BarTime(StrEnum):
+    START = "start"  # a bar is stamped with the start of its minute (HistData, most FX sources)
+    END = "end"  # with its end (many futures platforms and brokers): moved back a minute on reading
+
+
 class OnBadRows(StrEnum):
     ERROR = "error"
     DROP = "drop"
@@ -891,6 +896,43 @@ class CleanReport:
     duplicates_dropped: int
     out_of_order_rows: int
     volume_unit: float
+
+
+#: A gap longer than this ends a trading session (`stamp_evidence`).
+SESSION_GAP_SECONDS = 30 * 60
+
+
+@dataclass(frozen=True)
+class StampEvidence:
+    """How a file's trading sessions begin and end on the minute of the hour: boundaries that fit bars
+    stamped with their start (the first bar at :00, the last at :59) and with their end (:01, :00)."""
+
+    sessions: int
+    start_like: int
+    end_like: int
+
+    @property
+    def looks_end_stamped(self) -> bool:
+        """At least four session boundaries fit end stamps, more than twice as many as fit start stamps."""
+        return self.end_like >= 4 and self.end_like > 2 * self.start_like
+
+
+def stamp_evidence(start: np.ndarray) -> StampEvidence:
+    """Sessions (runs of bars without a gap over 30 minutes, at least 30 bars) and where they begin and end
+    on the hour. Markets open and close on the hour (FX weekly at 17:00 New York, futures' daily breaks), so
+    start-stamped bars begin a session at :00 and end it at :59, end-stamped ones at :01 and :00."""
+    if len(start) < 2:
+        return StampEvidence(0, 0, 0)
+    cuts = np.flatnonzero(np.diff(start) > SESSION_GAP_SECONDS) + 1
+    begins, ends = np.r_[0, cuts], np.r_[cuts - 1, len(start) - 1]
+    long = ends - begins + 1 >= 30
+    first = (start[begins[long]] // 60) % 60
+    last = (start[ends[long]] // 60) % 60
+    return StampEvidence(
+        int(long.sum()),
+        int((first == 0).sum() + (last == 59).sum()),
+        int((first == 1).sum() + (last == 0).sum()),
+    )
 
 
 def clean_m1(parts: list[M1Rows]) -> tuple[Bars, CleanReport]:

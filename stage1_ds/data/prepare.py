@@ -9,7 +9,7 @@ import shutil
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from tqdm import tqdm
 from stage1_ds.config import SPLIT_FRACTIONS, WINDOW_BARS
 from stage1_ds.data.features import FEATURE_NAMES, power_of_two_scale
 from stage1_ds.data.ingest import (
+    BarTime,
     CsvColumns,
     FileReport,
     InputFormat,
@@ -31,6 +32,7 @@ from stage1_ds.data.ingest import (
     discover_inputs,
     overlapping_pair,
     read_source,
+    stamp_evidence,
 )
 from stage1_ds.data.store import (
     FORMAT_VERSION,
@@ -78,6 +80,9 @@ class PrepareOptions:
         bucket_origin_minutes: where buckets start, in minutes after midnight of the data clock (all
             timeframes shift together, so they still nest): h4 buckets start at this time plus multiples of
             four hours, h1 at whole hours plus its minutes past the hour.
+        bar_time: what a row's timestamp marks: the ``start`` of its minute (HistData, most FX sources) or
+            its ``end`` (many futures platforms and brokers; such rows are moved back a minute, so that every
+            derived bar holds the right minutes).
         workers: processes preparing instruments in parallel (None: the cores available); the output is
             the same for any number.
         force: replace an existing prepared folder.
@@ -89,6 +94,7 @@ class PrepareOptions:
     csv_columns: CsvColumns = field(default_factory=CsvColumns)
     timezone: str | None = None
     bucket_origin_minutes: int = 0
+    bar_time: BarTime = BarTime.START
     workers: int | None = None
     force: bool = False
 
@@ -172,6 +178,19 @@ class FilesJob:
         check_clocks(self.name, reports)
         _check_overlaps(self.name, parts, reports)
         bars, cleaning = clean_m1(parts)
+        evidence = stamp_evidence(bars.start)
+        if options.bar_time == BarTime.END:
+            # The minute an end stamp closes began a minute earlier.
+            bars = replace(bars, start=bars.start - 60)
+        elif evidence.looks_end_stamped:
+            log.warning(
+                "%s: its bars look stamped with their END: %d of %d session starts and ends fall on :01 and "
+                ":00 (bars stamped with their start give :00 and :59); if the source stamps bars at their "
+                "close, prepare again with --bar-time end (every derived bar would be a minute off)",
+                self.name,
+                evidence.end_like,
+                2 * evidence.sessions,
+            )
         if len(bars) == 0:
             files = [str(f.path) for f in self.files]
             raise DataError(f"instrument {self.name}: no valid 1-minute rows in {files}")
@@ -182,6 +201,8 @@ class FilesJob:
             "bad_rows_dropped": dict(sum((Counter(r.bad_rows_dropped) for r in reports), Counter())),
             "has_volume": bool(np.any(bars.volume != 0)),
             "volume_unit": cleaning.volume_unit,
+            "bar_time": options.bar_time.value,
+            "stamp_evidence": asdict(evidence),
         }
         if cleaning.duplicates_dropped:
             log.warning(
@@ -345,6 +366,7 @@ def _manifest(
         "split_fractions": list(options.split_fractions),
         "window_bars": options.window_bars,
         "timezone": options.timezone,
+        "bar_time": options.bar_time.value,
         "bucket_origin_seconds": 60 * options.bucket_origin_minutes,
         "on_bad_rows": options.on_bad_rows.value,
         "instruments": records,
@@ -627,6 +649,7 @@ def summary_table(manifest: dict[str, Any]) -> str:
         )
         lines.append(
             f"{name}: {record['duplicates_dropped']} duplicate timestamps dropped; bad rows dropped: "
-            f"{dropped}; {volume}; range {record['time_range_utc'][0]} .. {record['time_range_utc'][1]}"
+            f"{dropped}; {volume}; bars stamped at their {record.get('bar_time', 'start')}; range "
+            f"{record['time_range_utc'][0]} .. {record['time_range_utc'][1]}"
         )
     return "\n".join(lines)
