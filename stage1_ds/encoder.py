@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ import torch
 
 from stage1_ds.data.batch import Batch, TimeframeWindow
 from stage1_ds.data.features import to_features, volume_reference, volume_scale
-from stage1_ds.data.ingest import EARLIEST_UTC, LATEST_UTC, M1Rows, bad_row_reasons, clean_m1
+from stage1_ds.data.ingest import EARLIEST_UTC, LATEST_UTC, BarTime, M1Rows, bad_row_reasons, clean_m1
 from stage1_ds.data.prepare import fit_stats
 from stage1_ds.data.store import SplitRange
 from stage1_ds.data.timeframes import Bars, Timeframe, aggregate, volume_units
@@ -89,6 +89,7 @@ class Encoder:
         stats: dict[str, Any],
         data: dict[str, Any] | None = None,
         device: torch.device | str | None = None,
+        bar_time: BarTime | str = BarTime.START,
     ):
         """
         Args:
@@ -98,7 +99,10 @@ class Encoder:
                 volume unit. None (an export written before data.json): buckets from 00:00, and volume units
                 from `add_instrument`.
             device: where to compute (default: the first GPU if there is one, else the CPU).
+            bar_time: what the times of the bars given to it mark, as `stage1 prepare --bar-time` says:
+                ``start`` (default) or ``end`` of each minute (end stamps are moved back a minute).
         """
+        self.bar_time = BarTime(bar_time)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -128,9 +132,10 @@ class Encoder:
         name_or_path: str | Path,
         device: torch.device | str | None = None,
         cache_dir: str | Path | None = None,
+        bar_time: BarTime | str = BarTime.START,
     ) -> Encoder:
         """Load an export folder, or a model id from the Hugging Face cache (``cache_dir``, default the
-        cache of ``HF_HOME``; nothing is downloaded).
+        cache of ``HF_HOME``; nothing is downloaded). ``bar_time``: as for the constructor.
 
         Raises:
             CheckpointError: neither a folder nor a cached model id, or the folder is incomplete.
@@ -141,7 +146,7 @@ class Encoder:
         model = Stage1Model.from_pretrained(root)
         data_file = root / EXPORT_DATA
         data = json.loads(data_file.read_text()) if data_file.is_file() else None
-        return cls(model, load_export_stats(root), data, device)
+        return cls(model, load_export_stats(root), data, device, bar_time)
 
     @property
     def instruments(self) -> list[str]:
@@ -302,6 +307,8 @@ class Encoder:
     def _clean(self, bars: Any, name: str, unit: float | None) -> tuple[Bars, float]:
         """Cleaned 1-minute bars and the volume unit (``unit``, or fitted from them when None)."""
         rows = _rows_of(bars, self.volume, name)
+        if self.bar_time == BarTime.END:  # the minute an end stamp closes began a minute earlier
+            rows = replace(rows, start=rows.start - 60)
         cleaned, report = clean_m1([rows])
         if len(cleaned) == 0:
             raise DataError(f"{name}: no 1-minute bars given")

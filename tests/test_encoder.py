@@ -199,3 +199,16 @@ def test_an_export_without_a_data_record_says_what_it_assumes(
     with caplog.at_level("WARNING"):
         encoder = Encoder(model, load_export_stats(trained_export), None, device="cpu")
     assert "no data record (data.json" in caplog.text and encoder.bucket_origin == 0
+
+
+def test_bars_stamped_at_their_end_embed_as_the_same_bars_stamped_at_their_start(
+    month: Path, trained_export: Path
+) -> None:
+    frame = _raw(load_prepared(month)).iloc[: 10 * 1440]
+    end = (frame.index[-1] + pd.Timedelta(minutes=1)).tz_localize("UTC")
+    starts = Encoder.from_pretrained(trained_export, device="cpu").embed(frame, at=[end])
+    end_stamped = frame.set_axis(frame.index + pd.Timedelta(minutes=1))
+    ends = Encoder.from_pretrained(trained_export, device="cpu", bar_time="end").embed(end_stamped, at=[end])
+    assert all(np.array_equal(starts[tf], ends[tf]) for tf in starts)
+    shifted = Encoder.from_pretrained(trained_export, device="cpu").embed(end_stamped, at=[end])
+    assert not all(np.array_equal(starts[tf], shifted[tf]) for tf in starts), "taken as starts: other bars"
