@@ -69,6 +69,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "mini", "t5-small"])
     parser.add_argument("--sizes", nargs=2, type=int, default=[32, 128], metavar=("SMALL", "LARGE"))
+    parser.add_argument(
+        "--days", type=int, default=60, help="days of the synthetic market to take windows from"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
@@ -80,7 +83,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        prepare_synthetic(data, days=60, seed=0, options=PrepareOptions(window_bars=32))
+        prepare_synthetic(data, days=args.days, seed=0, options=PrepareOptions(window_bars=32))
         for preset in args.presets:
             config = load_config(
                 resolve_path("configs/demo_cpu.yaml"),

@@ -118,7 +118,7 @@ def test_bench_encode_measures_a_decision_the_derivation_and_many_decisions(tmp_
 def test_bench_memory_sets_the_plan_beside_a_measured_cost_per_sample(tmp_path: Path) -> None:
     out = tmp_path / "memory.json"
     command = [sys.executable, str(REPO / "scripts" / "bench_memory.py"), "--presets", "tiny"]
-    command += ["--sizes", "8", "64", "--json", str(out)]
+    command += ["--sizes", "8", "64", "--days", "10", "--json", str(out)]
     result = subprocess.run(
         command, cwd=REPO, env=fresh_process_env(), capture_output=True, text=True, timeout=600, check=False
     )
