@@ -24,7 +24,9 @@ pytestmark = pytest.mark.large
 def test_a_shipped_t5_large_config_trains_two_steps_a_phase_and_converts(name: str, tmp_path: Path) -> None:
     config = load_config(REPO / "configs" / f"{name}.yaml")
     data = tmp_path / "data"
-    prepare_synthetic(data, days=40, seed=3, options=PrepareOptions(window_bars=config.data.window_bars))
+    # 128-bar h4 windows span a month: each split needs more than that.
+    options = PrepareOptions(window_bars=config.data.window_bars, split_fractions=(0.4, 0.3, 0.3))
+    prepare_synthetic(data, days=300, seed=3, options=options)
     phases = len(config.train.phases)
     bounds = ", ".join(
         f"{{name: {p.name.value}, until_step: {2 * (k + 1)}}}" for k, p in enumerate(config.train.phases[:-1])
