@@ -129,7 +129,7 @@ def main() -> int:
                 *args.overrides,
             ]
         )
-        body = ladder_section(rungs, args.data, figure, command, steps)
+        body = ladder_section(rungs, args.data, figure, command)  # against the whole ladder planned
         args.doc.write_text(with_variants(args.doc, LADDER_HEADING, body))
     elif args.transfer:
         if args.steps is None:
