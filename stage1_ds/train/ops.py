@@ -61,7 +61,8 @@ def needed_builders(offload: bool) -> list[str]:
 
 
 def extensions_dir() -> Path:
-    """Where torch caches the ops it compiles (``TORCH_EXTENSIONS_DIR`` or its default)."""
+    """Where torch caches the ops it compiles (``TORCH_EXTENSIONS_DIR`` or its default, with torch's
+    Python/CUDA version folder); torch's own function, so the folder is the one its builds use."""
     return Path(cpp_extension._get_build_directory("", verbose=False))
 
 
