@@ -314,6 +314,44 @@ def _add_model_data_split(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="go on (with a warning) when the data folder's feature statistics differ from the model's",
     )
+    _add_allow_overlap(p)
+
+
+def _add_allow_overlap(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-overlap",
+        action="store_true",
+        help="go on when the scored split overlaps the model's training or validation period, or the folder "
+        "is on another clock (the output says so and records it)",
+    )
+
+
+def _check_overlap(args: argparse.Namespace, split: str) -> dict:
+    """The scored split against the model's own data (`scored_overlaps`): an error unless
+    ``--allow-overlap``; returns what a report records (``overlap``, ``overlap_allowed``).
+
+    Raises:
+        DataError: naming every overlap and the fix.
+    """
+    from stage1_ds.data.corpus import scored_overlaps
+    from stage1_ds.errors import DataError
+    from stage1_ds.model.stage1 import EXPORT_DATA
+
+    record_file = args.model / EXPORT_DATA
+    record = json.loads(record_file.read_text()) if record_file.is_file() else None
+    problems = scored_overlaps(record, args.data, split)
+    if problems and not args.allow_overlap:
+        raise DataError(
+            "the figures would be scored on data the model was trained or validated on:\n  "
+            + "\n  ".join(problems)
+            + "\nscore a folder prepared with the model's splits (or later data), or pass --allow-overlap "
+            "to run anyway (the report then records the overlap)"
+        )
+    if problems:
+        log.warning(
+            "scored despite overlapping the model's own data (--allow-overlap): %s", "; ".join(problems)
+        )
+    return {"overlap": problems, "overlap_allowed": bool(problems)}
 
 
 def _model_stats(args: argparse.Namespace) -> dict:
@@ -370,6 +408,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     device = "cuda" if torch_cuda_available() else "cpu"
     model = Stage1Model.from_pretrained(args.model, device)
     modes = MODES if args.mode == "all" else (MaskingMode(args.mode),)
+    overlap = _check_overlap(args, args.split)
     stats = _model_stats(args)
     report = evaluate(
         model,
@@ -381,7 +420,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         modes=modes,
         stats=stats,
     )
-    report.update(_stats_source(stats))
+    report.update(_stats_source(stats), **overlap)
     figure_path = json_path.with_suffix(".png")
     write_report(report, json_path, figure_path)
     print(format_report(report))
@@ -413,6 +452,9 @@ def _run_encode(args: argparse.Namespace) -> int:
     from stage1_ds.encoding import encode
     from stage1_ds.model.stage1 import Stage1Model
 
+    # Encoding the model's own train split is what a Stage-2 training set is made of: only the others are
+    # checked for the model's data.
+    overlap = _check_overlap(args, args.split) if args.split != "train" else {"overlap": []}
     model = Stage1Model.from_pretrained(args.model, "cuda" if torch_cuda_available() else "cpu")
     stats = _model_stats(args)
     arrays = encode(
@@ -427,7 +469,7 @@ def _run_encode(args: argparse.Namespace) -> int:
         np.save(args.out / f"{name}.npy", array)
     # The codes in instrument.npy index this list (the corpus's order).
     names = [name for data in load_corpus(args.data) for name in data.instruments]
-    about = {"instruments": names, "split": args.split, **_stats_source(stats)}
+    about = {"instruments": names, "split": args.split, **_stats_source(stats), **overlap}
     (args.out / "encoding.json").write_text(json.dumps(about, indent=2) + "\n")
     codes = {str(code): name for code, name in enumerate(names)}
     (args.out / "instruments.json").write_text(json.dumps(codes, indent=2) + "\n")
@@ -466,6 +508,7 @@ def _add_probe(commands: argparse._SubParsersAction) -> None:
         help="zero-shot readout: also fit the readouts on the train split of this folder (other instruments, "
         "e.g. those the model was trained on) and score them on --data's test split",
     )
+    _add_allow_overlap(p)
     p.set_defaults(run=_run_probe)
 
 
@@ -474,6 +517,7 @@ def _run_probe(args: argparse.Namespace) -> int:
     from stage1_ds.evaluation import format_probe, probe, write_probe
     from stage1_ds.model.stage1 import Stage1Model
 
+    overlap = _check_overlap(args, "test")
     device = "cuda" if torch_cuda_available() else "cpu"
     model = Stage1Model.from_pretrained(args.model, device)
     untrained = Stage1Model.untrained_like(args.model, args.seed).to(device)
@@ -491,7 +535,7 @@ def _run_probe(args: argparse.Namespace) -> int:
         readout_from=args.readout_from,
         readout_stats=readout_stats,
     )
-    report.update(_stats_source(stats))
+    report.update(_stats_source(stats), **overlap)
     figure = args.json.with_suffix(".png")
     write_probe(report, args.json, figure)
     print(format_probe(report))

@@ -84,10 +84,23 @@ def test_ctrl_c_stops_with_one_line_naming_the_checkpoint_and_the_resume_command
 ) -> None:
     run, log = tmp_path / "run", tmp_path / "log.txt"
     command = [sys.executable, "-m", "stage1_ds", "train", "--data", str(synthetic_small), "--out", str(run)]
-    process = _start([*command, *ENDLESS], log)
-    _wait_for_a_checkpoint(process, run, log)
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=120) == 130
+    # A process started from a background job inherits SIGINT ignored; a terminal's Ctrl-C finds it default.
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [*command, *ENDLESS],
+            cwd=REPO,
+            env=fresh_process_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+    try:
+        _wait_for_a_checkpoint(process, run, log)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 130
+    finally:
+        if process.poll() is None:  # never leave an endless run behind to slow every later test
+            process.kill()
     output = log.read_text()
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
     (line,) = [text for text in output.splitlines() if "interrupted at step" in text]

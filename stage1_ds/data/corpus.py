@@ -11,6 +11,7 @@ folder that merging it would give (tested).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +203,40 @@ def open_windows(
     if len(datas) == 1:
         return WindowDataset(datas[0], split, config, seed=seed, stats=stats)
     return CorpusWindows(datas, split, config, seed=seed, stats=stats)
+
+
+def _utc(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def scored_overlaps(model_record: dict[str, Any] | None, data: DataSource, split: str) -> list[str]:
+    """What would let a model be scored on its own training data: for every instrument of ``data`` the
+    model was trained on (its export's ``data.json``, `corpus_record`), a ``split`` whose bars (history
+    included) overlap the model's train or val period, one line naming both ranges; and folders prepared on
+    another clock than the model's data (``--timezone``). Empty when nothing overlaps, or when the export
+    has no data record (written before data.json existed: nothing to compare)."""
+    if model_record is None:
+        return []
+    problems = []
+    known = model_record.get("instruments", {})
+    for folder in load_corpus(data):
+        clock = folder.manifest.get("timezone")
+        if clock != model_record.get("timezone"):
+            problems.append(
+                f"{folder.root}: prepared with --timezone {clock or '(none: the files own clock)'}, the model's "
+                f"data with {model_record.get('timezone') or '(none: the files own clock)'}: its hours and "
+                "figures mean another clock"
+            )
+        for name in folder.instruments:
+            if name not in known:
+                continue
+            scored = folder.split(name, split)
+            for period in ("train", "val"):
+                used = known[name]["splits"][period]
+                if scored.history_start < used["end"] and used["history_start"] < scored.end:
+                    problems.append(
+                        f"{name}: the {split} split of {folder.root} ({_utc(scored.history_start)} .. "
+                        f"{_utc(scored.end)}) overlaps the model's {period} period "
+                        f"({_utc(used['history_start'])} .. {_utc(used['end'])})"
+                    )
+    return problems
