@@ -132,6 +132,7 @@ def test_probe_on_a_month_names_the_empty_split_instead_of_a_traceback(
         "--json",
         str(tmp_path / "p.json"),
         "--allow-other-stats",
+        "--allow-overlap",  # the same synthetic market as the model's: its month lies in the training period
     ]
     assert main(["probe", *args]) == 2
     err = capsys.readouterr().err

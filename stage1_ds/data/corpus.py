@@ -212,7 +212,8 @@ def _utc(seconds: int) -> str:
 def scored_overlaps(model_record: dict[str, Any] | None, data: DataSource, split: str) -> list[str]:
     """What would let a model be scored on its own training data: for every instrument of ``data`` the
     model was trained on (its export's ``data.json``, `corpus_record`), a ``split`` whose bars (history
-    included) overlap the model's train or val period, one line naming both ranges; and folders prepared on
+    included) overlap the model's train or val period (other than the split of that name itself: scoring
+    ``val`` on val is asked for), one line naming both ranges; and folders prepared on
     another clock than the model's data (``--timezone``). Empty when nothing overlaps, or when the export
     has no data record (written before data.json existed: nothing to compare)."""
     if model_record is None:
@@ -232,6 +233,8 @@ def scored_overlaps(model_record: dict[str, Any] | None, data: DataSource, split
                 continue
             scored = folder.split(name, split)
             for period in ("train", "val"):
+                if period == split:  # scoring the model's own val (or train) split is asked for by name
+                    continue
                 used = known[name]["splits"][period]
                 if scored.history_start < used["end"] and used["history_start"] < scored.end:
                     problems.append(
