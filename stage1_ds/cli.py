@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -28,7 +30,8 @@ from stage1_ds.logs import setup_logging
 from stage1_ds.outputs import claim_file, claim_folder
 
 log = logging.getLogger("stage1_ds")
-#: The exit code of a run stopped by Ctrl-C (128 + SIGINT, as a shell reports it).
+#: The exit code of a run stopped by Ctrl-C (128 + SIGINT, as a shell reports it). A run stopped by
+#: SIGTERM or SIGUSR1 exits 128 + that signal's number the same way (143, 138), after its checkpoint.
 INTERRUPTED = 130
 
 
@@ -199,20 +202,43 @@ def run_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     out = claim_folder(args.out or Path("runs") / args.config.stem, "--out")
     log.info("loading torch, transformers and DeepSpeed")
+    from stage1_ds.train.checkpoint import checkpoint_dir
     from stage1_ds.train.loop import TrainingInterrupted, train
 
+    command = ["stage1", "train", "--config", str(args.config), "--data", *map(str, args.data)]
+    resume = shlex.join([*command, "--out", str(out), "--resume", *args.overrides])
+    # Every rank ends the same way; the line that says how is said once (other ranks log warnings too).
+    once = logging.WARNING if os.environ.get("RANK", "0") == "0" else logging.INFO
     try:
         result = train(config, args.data, out, resume=args.resume, stop_at_step=args.stop_at_step)
     except TrainingInterrupted as stopped:
-        command = ["stage1", "train", "--config", str(args.config), "--data", *map(str, args.data)]
-        command += ["--out", str(out), "--resume", *args.overrides]
-        log.warning(
+        log.log(
+            once,
             "interrupted at step %d; last complete checkpoint: %s; continue with: %s",
             stopped.step,
             stopped.checkpoint or "none yet (a resume starts afresh)",
-            shlex.join(command),
+            resume,
         )
         return INTERRUPTED
+    if result.stopped_by is not None:
+        saved = checkpoint_dir(out) / str(result.checkpoint_tag)
+        if result.stopped_by == "stop_at_step":
+            log.info(
+                "stopped at step %d as asked (--stop-at-step); checkpoint: %s; continue with: %s",
+                result.global_step,
+                saved,
+                resume,
+            )
+            return 0
+        log.log(
+            once,
+            "stopped by %s at step %d after saving a checkpoint: %s; continue with: %s",
+            result.stopped_by,
+            result.global_step,
+            saved,
+            resume,
+        )
+        return 128 + int(signal.Signals[result.stopped_by])
     log.info(
         "training finished at step %d; checkpoint %s; TensorBoard: tensorboard --logdir %s",
         result.global_step,

@@ -52,7 +52,11 @@ def _wait_for_a_checkpoint(process: subprocess.Popen, run: Path, log: Path) -> N
         time.sleep(0.2)
 
 
-def _assert_stopped_cleanly(process: subprocess.Popen, run: Path, log: Path, ranks: int) -> None:
+def _assert_stopped_cleanly(
+    process: subprocess.Popen, run: Path, log: Path, ranks: int, by: signal.Signals
+) -> None:
+    """The run saved a checkpoint of the step the signal came at on every rank, said so in one line with
+    the resume command, and exited 128 + the signal's number, as a shell reports a process it stopped."""
     try:
         process.wait(timeout=120)
     finally:
@@ -61,9 +65,12 @@ def _assert_stopped_cleanly(process: subprocess.Popen, run: Path, log: Path, ran
                 child.kill()
             process.kill()
     output = log.read_text()
-    assert process.returncode == 0, output[-3000:]
+    assert process.returncode == 128 + by, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
     tag, meta = read_meta(run)
-    assert f"stopped at step {meta['global_step']} after saving a checkpoint" in output
+    (line,) = [text for text in output.splitlines() if f"stopped by {by.name} at step" in text]
+    assert f"at step {meta['global_step']} after saving a checkpoint: {checkpoint_dir(run) / tag}" in line
+    assert f"--out {run} --resume" in line
     assert meta["global_step"] > 3, "stopped where the signal came, not at a periodic save"
     rng_files = sorted(p.name for p in (checkpoint_dir(run) / tag).glob("rng_rank*.pt"))
     assert rng_files == [f"rng_rank{r}.pt" for r in range(ranks)], "every rank saved the same step"
@@ -76,7 +83,7 @@ def test_sigterm_saves_and_stops_a_single_process_run(synthetic_small: Path, tmp
     _wait_for_a_checkpoint(process, run, log)
     time.sleep(0.5)  # a few steps past the periodic save
     process.send_signal(signal.SIGTERM)
-    _assert_stopped_cleanly(process, run, log, ranks=1)
+    _assert_stopped_cleanly(process, run, log, ranks=1, by=signal.SIGTERM)
 
 
 def test_ctrl_c_stops_with_one_line_naming_the_checkpoint_and_the_resume_command(
@@ -127,7 +134,7 @@ def test_sigusr1_to_one_rank_stops_both_at_the_same_step(synthetic_small: Path, 
     ]
     assert len(ranks) == 1, [p.cmdline() for p in psutil.Process(process.pid).children(recursive=True)]
     ranks[0].send_signal(signal.SIGUSR1)  # rank 1 only, as a scheduler might
-    _assert_stopped_cleanly(process, run, log, ranks=2)
+    _assert_stopped_cleanly(process, run, log, ranks=2, by=signal.SIGUSR1)
 
 
 @pytest.mark.parametrize("skip", [False, True])

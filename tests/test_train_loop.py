@@ -113,10 +113,10 @@ def test_resume_across_a_phase_boundary_equals_the_uninterrupted_run(
     """Stop at step 5 (LoRA phase), resume to 9 (full from step 6): the same weights as nine steps at once,
     with dropout (the random state is restored exactly) and a DataLoader worker."""
     stopped = loop.train(_staged(9, keep_checkpoints=2), synthetic_small, tmp_path, stop_at_step=5)
-    assert stopped.global_step == 5
+    assert (stopped.global_step, stopped.stopped_by) == (5, "stop_at_step")
     assert read_meta(tmp_path)[1]["phase"] == "lora"
     resumed = loop.train(_staged(9, keep_checkpoints=2), synthetic_small, tmp_path, resume=True)
-    assert resumed.global_step == 9
+    assert (resumed.global_step, resumed.stopped_by) == (9, None)
     expected = _module_state(staged_run, "step00000009")
     got = _module_state(tmp_path, "step00000009")
     assert set(got) == set(expected)

@@ -80,13 +80,16 @@ class TrainingInterrupted(Stage1Error):
 @dataclass
 class TrainResult:
     """Where the run ended: its step, the last logged losses, the last val losses, the newest checkpoint's
-    tag, and the val losses evaluated before its first step (on the same batches as every evaluation)."""
+    tag, the val losses evaluated before its first step (on the same batches as every evaluation), and what
+    stopped it before ``train.max_steps``: a signal's name (``"SIGTERM"``, ``"SIGUSR1"``: a checkpoint of
+    that step was saved), ``"stop_at_step"``, or None (it ran to the end)."""
 
     global_step: int
     last_losses: dict[str, float]
     val_losses: dict[str, float]
     checkpoint_tag: str | None
     start_val_losses: dict[str, float]
+    stopped_by: str | None = None
 
 
 def train(
@@ -167,6 +170,7 @@ def train(
     ds_config = build_ds_config(config, run_dir / "tensorboard", adam)
     metrics = MetricsWriter(run_dir / "tensorboard", enabled=rank == 0)
     stop = StopFlag()
+    stopped_by: str | None = None
     bundle = EngineBundle(engine=None, groups=[])
     try:
         log.info(
@@ -306,8 +310,8 @@ def train(
                     tag = save()
                     last_saved = step
                     log.info("checkpoint %s saved", checkpoint_dir(run_dir) / tag)
-                if is_stop_step:
-                    log.warning("stopped at step %d after saving a checkpoint; resume with --resume", step)
+                if is_stop_step:  # the caller says so, with the command that resumes (`stage1 train`)
+                    stopped_by = stop.name or "stop_at_step"
                     break
     except KeyboardInterrupt:
         last = latest_tag(run_dir)
@@ -318,7 +322,7 @@ def train(
         stop.restore()
         metrics.close()
         release_engine(bundle, model)
-    return TrainResult(state.global_step, last_losses, val_losses, latest_tag(run_dir), first_val)
+    return TrainResult(state.global_step, last_losses, val_losses, latest_tag(run_dir), first_val, stopped_by)
 
 
 def train_step(

@@ -2,7 +2,8 @@
 
 A scheduler may signal one rank, or every rank at slightly different moments; the ranks agree on the
 step to stop at with one all-reduce per step (`StopFlag.agreed`), so they all save the same checkpoint
-and none is left waiting in a collective. A second signal to the same process while the first is being
+and none is left waiting in a collective; they agree on the signal too (the highest number any rank
+received), so every rank reports the same one and exits with the same code. A second signal to the same process while the first is being
 honoured is not swallowed: it goes to the previous handler (by default, the process ends), so a run that
 cannot finish its checkpoint can still be stopped.
 """
@@ -24,6 +25,8 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.raised = False
+        #: The signal that stopped the run, agreed over ranks (0: none yet).
+        self.signum = 0
         self._signalled = False  # this process itself received a signal (raised may come from another rank)
         self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
 
@@ -33,13 +36,21 @@ class StopFlag:
             os.kill(os.getpid(), signum)
             return
         self._signalled = self.raised = True
+        self.signum = max(self.signum, int(signum))
 
     def agreed(self, device: torch.device) -> bool:
-        """Whether any rank has been asked to stop. Collective: every rank calls it after every step."""
-        flag = torch.tensor([float(self.raised)], device=device)
+        """Whether any rank has been asked to stop (then `signum` is the same on every rank). Collective:
+        every rank calls it after every step."""
+        flag = torch.tensor([float(self.signum)], device=device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        self.raised = bool(flag.item())
+        self.signum = int(flag.item())
+        self.raised = self.signum > 0
         return self.raised
+
+    @property
+    def name(self) -> str | None:
+        """The agreed signal's name (``"SIGTERM"``), None when no rank was signalled."""
+        return signal.Signals(self.signum).name if self.signum else None
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():
