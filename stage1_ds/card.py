@@ -15,32 +15,50 @@ from typing import Any
 
 import yaml
 
-from stage1_ds.config import config_to_dict
+from stage1_ds.config import TrainConfig, config_to_dict
 from stage1_ds.errors import CheckpointError
 from stage1_ds.model.stage1 import (
     EXPORT_CARD,
     EXPORT_DATA,
     EXPORT_ENCODER_CONFIG,
     EXPORT_INFO,
+    export_identity,
     load_export_config,
 )
 
 TAGS = ("time-series", "finance", "market-data", "self-supervised", "t5", "multi-timeframe", "stage1_ds")
 
 
-def write_card(export_dir: Path, metrics: list[Path] | None = None, name: str | None = None) -> Path:
-    """Write (or rewrite) the export's model card; ``metrics``: ``stage1 evaluate`` and ``stage1 probe``
-    JSON reports, told apart by their content; ``name``: the model's name (default: the folder's).
+def write_card(
+    export_dir: Path,
+    metrics: list[Path] | None = None,
+    name: str | None = None,
+    force: bool = False,
+    location: Path | None = None,
+) -> Path:
+    """Write (or rewrite) the export's model card.
+
+    Args:
+        metrics: ``stage1 evaluate`` and ``stage1 probe`` JSON reports, told apart by their content; each
+            must record this model (its ``provenance``, `export_identity`) unless ``force``.
+        name: the model's name (default: the folder's).
+        location: the folder the usage line loads (default: ``export_dir``), resolved so that the line
+            runs from anywhere; `stage1 convert` names the export's final path while writing a staging copy.
 
     Raises:
-        CheckpointError: a metrics file is neither report, or the export lacks a file the card reads.
+        CheckpointError: a metrics file is neither report, is a report of another model (or records none)
+            and ``force`` is not set, or the export lacks a file the card reads.
     """
-    path = Path(export_dir) / EXPORT_CARD
-    path.write_text(model_card(Path(export_dir), metrics or [], name or Path(export_dir).resolve().name))
+    export_dir = Path(export_dir)
+    path = export_dir / EXPORT_CARD
+    where = Path(location or export_dir).resolve()
+    path.write_text(model_card(export_dir, metrics or [], name or where.name, force, where))
     return path
 
 
-def model_card(export_dir: Path, metrics: list[Path], name: str) -> str:
+def model_card(
+    export_dir: Path, metrics: list[Path], name: str, force: bool = False, location: Path | None = None
+) -> str:
     config = load_export_config(export_dir)
     info = _json(export_dir / EXPORT_INFO)
     layout = _json(export_dir / EXPORT_ENCODER_CONFIG)
@@ -76,6 +94,7 @@ def model_card(export_dir: Path, metrics: list[Path], name: str) -> str:
         f"| parameters | {info['parameters']['all']:,} (fp32; LoRA merged: {info['lora_merged']}) |",
         f"| trained | {info['global_step']:,} steps, last phase {info['phase']}, {info['trained_world_size']} "
         f"rank(s), code {info['trained_code_version']} |",
+        f"| windows seen | {_windows_seen(info, config.train)} |",
         "",
         "## Training data",
         "",
@@ -85,7 +104,7 @@ def model_card(export_dir: Path, metrics: list[Path], name: str) -> str:
         "```python",
         "from stage1_ds import Encoder",
         "",
-        f'encoder = Encoder.from_pretrained("{name}")  # this folder, or its hub id',
+        f'encoder = Encoder.from_pretrained("{location or Path(export_dir).resolve()}")  # or its hub id',
         "vectors = encoder.embed(bars)  # bars: a DataFrame of 1-minute OHLC(V); {timeframe: (1, d_model)}",
         "```",
         "",
@@ -93,7 +112,7 @@ def model_card(export_dir: Path, metrics: list[Path], name: str) -> str:
         "every timeframe is derived as in training, from bars that end by the decision time only.",
         "",
     ]
-    evaluations, probes = _reports(metrics)
+    evaluations, probes = _reports(metrics, export_identity(export_dir), force)
     for path, report in evaluations:
         lines += _evaluation_section(path, report)
     for path, report in probes:
@@ -109,6 +128,7 @@ def model_card(export_dir: Path, metrics: list[Path], name: str) -> str:
     lines += [
         "## Limitations",
         "",
+        *_measured_limitations(evaluations, probes),
         "- Judge it by what it adds to the strongest simple rule that sees the same bars (`stage1 probe`), "
         "on data no choice was tuned on; the project's measured figures, misses included, are in its "
         "docs/quality.md.",
@@ -145,29 +165,73 @@ def _data_section(data: dict[str, Any] | None) -> list[str]:
         f"buckets from {int(data.get('bucket_origin_seconds') or 0) // 60} minutes after midnight, splits "
         f"{data.get('split_fractions')} of each instrument's 1-minute rows (train, val, test, by time).",
         "",
-        "| instrument | bars (UTC) | train ends | test starts | sources (SHA-256) |",
-        "|---|---|---|---|---|",
+        "Each split's anchors (decision times) below; a val or test window reaches back into the bars before "
+        "its first anchor, never into another split's anchors. Score the model only on data after its val "
+        "split ends (`stage1 evaluate` and `stage1 probe` refuse an overlap).",
+        "",
+        "| instrument | bars (UTC) | train | val | test | sources (SHA-256) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, record in data["instruments"].items():
         start, end = record.get("time_range_utc") or ["?", "?"]
         splits = record.get("splits") or {}
+        periods = [
+            f"{splits[split].get('anchor_start_utc', '?')} .. {splits[split].get('end_utc', '?')}"
+            if split in splits
+            else "?"
+            for split in ("train", "val", "test")
+        ]
         sources = ", ".join(
             f"{Path(source['path']).name} ({source['sha256'][:12]})" for source in record.get("sources", [])
         )
-        lines.append(
-            f"| {name} | {start} .. {end} | {splits.get('train', {}).get('end_utc', '?')} | "
-            f"{splits.get('test', {}).get('anchor_start_utc', '?')} | {sources or 'synthetic'} |"
-        )
+        lines.append(f"| {name} | {start} .. {end} | {' | '.join(periods)} | {sources or 'synthetic'} |")
     return [*lines, ""]
 
 
-def _reports(paths: list[Path]) -> tuple[list[tuple[Path, dict]], list[tuple[Path, dict]]]:
+def _windows_seen(info: dict[str, Any], train: TrainConfig) -> str:
+    """Training windows the model saw (every rank's micro batches), from the export info; what a user
+    weighs against the size of their own data. Exports from before the count was recorded: from the steps
+    (exact unless the run was resumed on another number of ranks)."""
+    seen = info.get("windows_seen")
+    if seen is None:
+        per_step = train.gradient_accumulation_steps * train.micro_batch_size * info["trained_world_size"]
+        return (
+            f"about {info['global_step'] * per_step:,} ({info['global_step']:,} steps x "
+            f"{train.gradient_accumulation_steps} x {train.micro_batch_size} windows x "
+            f"{info['trained_world_size']} rank(s) at the end)"
+        )
+    return (
+        f"{seen['windows']:,} ({seen['micro_batches_per_rank']:,} micro batches per rank x "
+        f"{seen['micro_batch_size']} windows x {seen['world_size']} rank(s))"
+    )
+
+
+def _reports(
+    paths: list[Path], identity: dict[str, str], force: bool
+) -> tuple[list[tuple[Path, dict]], list[tuple[Path, dict]]]:
+    """The evaluate and probe reports of ``paths``; each must record the model of ``identity`` unless
+    ``force`` (then it is marked ``attached_despite``, which its section shows)."""
     evaluations, probes = [], []
     for path in paths:
         try:
             report = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise CheckpointError(f"--metrics {path}: cannot be read as JSON ({error})") from None
+        measured = (report.get("provenance") or {}).get("model") or {}
+        if measured.get("sha256") != identity["sha256"]:
+            problem = (
+                f"a report of another model ({measured.get('export')}, sha256 {measured['sha256'][:12]})"
+                if measured.get("sha256")
+                else "a report that records no model (written before reports recorded one, or not by "
+                "`stage1 evaluate` / `stage1 probe`)"
+            )
+            if not force:
+                raise CheckpointError(
+                    f"--metrics {path}: {problem}; this card is of {identity['export']} (sha256 "
+                    f"{identity['sha256'][:12]}). Attach this model's reports (`stage1 evaluate --model "
+                    f"{identity['export']} ...`), or pass --force to attach it anyway (the card says so)"
+                )
+            report["attached_despite"] = problem
         if "modes" in report:
             evaluations.append((Path(path), report))
         elif "targets" in report and "best_rule" in report:
@@ -180,10 +244,18 @@ def _reports(paths: list[Path]) -> tuple[list[tuple[Path, dict]], list[tuple[Pat
     return evaluations, probes
 
 
+def _forced(report: dict[str, Any]) -> list[str]:
+    """The warning under a report attached with --force."""
+    if "attached_despite" not in report:
+        return []
+    return [f"**Attached with --force: {report['attached_despite']}; not this model's figures.**", ""]
+
+
 def _evaluation_section(path: Path, report: dict[str, Any]) -> list[str]:
     lines = [
         f"## Reconstruction of masked bars ({path.name}, {report['split']} split)",
         "",
+        *_forced(report),
         "MSE on masked bars (feature units) of the model and of the best simple baseline of each timeframe "
         f"(chosen on the {report.get('best_baseline_chosen_on', 'val')} split); below 1 the model is better.",
         "",
@@ -208,6 +280,7 @@ def _probe_section(path: Path, report: dict[str, Any]) -> list[str]:
     lines = [
         f"## What the embeddings add to the best rule ({path.name}, test split)",
         "",
+        *_forced(report),
         "Future log realised variance: the strongest simple rule (chosen on val) alone, and with the "
         "embeddings; Diebold-Mariano p against the rule.",
         "",
@@ -224,3 +297,56 @@ def _probe_section(path: Path, report: dict[str, Any]) -> list[str]:
             f"{_p(plus['dm_p_vs_best_rule'])} | {plus['n']} |"
         )
     return [*lines, ""]
+
+
+def _scored_on(report: dict[str, Any]) -> str:
+    """The data folders a report scored, by name, from its provenance."""
+    folders = [Path(entry["folder"]).name for entry in (report.get("provenance") or {}).get("data", [])]
+    return ", ".join(folders) or "data not recorded"
+
+
+def _measured_limitations(evaluations: list[tuple[Path, dict]], probes: list[tuple[Path, dict]]) -> list[str]:
+    """Limitations as measured by the attached reports of this model (forced reports of another model are
+    not this model's measurements), or the statement that they are unmeasured."""
+    lines = []
+    for path, report in probes:
+        if "attached_despite" in report:
+            continue
+        for target, results in report["targets"].items():
+            plus = results.get("best_rule_plus_embeddings", {})
+            if target not in report["best_rule"] or "mse" not in plus:  # direction targets: no MSE
+                continue
+            rule = report["best_rule"][target]["rule"]
+            gain = 100 * (1 - plus["mse"] / results[rule]["mse"])
+            verdict = (
+                "adds nothing measurable"
+                if not plus["dm_p_vs_best_rule"] < 0.05
+                else ("helps" if gain > 0 else "hurts")
+            )
+            lines.append(
+                f"- Forecasting `{target}` on the test split of {_scored_on(report)} ({path.name}): the "
+                f"embeddings {verdict} over the best simple rule `{rule}`: MSE {gain:+.1f}% "
+                f"(positive: better; Diebold-Mariano p {_p(plus['dm_p_vs_best_rule'])}, n {plus['n']})."
+            )
+    for path, report in evaluations:
+        if "attached_despite" in report:
+            continue
+        for mode, entry in report["modes"].items():
+            ratios = {tf: e["ratio_to_best_baseline"] for tf, e in entry["timeframes"].items()}
+            worst = max(ratios, key=lambda tf: ratios[tf])
+            lines.append(
+                f"- Reconstruction, `{mode}` masking, {report['split']} split of {_scored_on(report)} "
+                f"({path.name}): {entry['overall']['ratio_to_best_baseline']:.3f} of the best simple baseline's MSE "
+                f"overall, worst on {worst} ({ratios[worst]:.3f}; above 1: the baseline is better)."
+            )
+    if not any(report for _, report in probes if "attached_despite" not in report):
+        lines.append(
+            "- Unmeasured here: what the embeddings add to the best simple rule (attach a `stage1 probe` "
+            "report of this model)."
+        )
+    if not any(report for _, report in evaluations if "attached_despite" not in report):
+        lines.append(
+            "- Unmeasured here: reconstruction against naive baselines (attach a `stage1 evaluate` report "
+            "of this model)."
+        )
+    return lines

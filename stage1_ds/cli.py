@@ -301,13 +301,18 @@ def _add_card(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--metrics", nargs="+", type=Path, default=[], metavar="JSON", help="evaluate / probe reports"
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="attach reports of another model (or reports that record none); the card says so beside them",
+    )
     p.set_defaults(run=_run_card)
 
 
 def _run_card(args: argparse.Namespace) -> int:
     from stage1_ds.card import write_card
 
-    path = write_card(args.export, args.metrics)
+    path = write_card(args.export, args.metrics, force=args.force)
     print(f"model card written to {path}")
     return 0
 
@@ -380,6 +385,18 @@ def _check_overlap(args: argparse.Namespace, split: str) -> dict:
     return {"overlap": problems, "overlap_allowed": bool(problems)}
 
 
+def _provenance(args: argparse.Namespace) -> dict:
+    """What a report records of what it measured (``provenance``): the model (`export_identity`) and the
+    data (`data_identity`; ``readout_from`` too where given). `stage1 card` matches the model's hash."""
+    from stage1_ds.data.corpus import data_identity
+    from stage1_ds.model.stage1 import export_identity
+
+    record = {"model": export_identity(args.model), "data": data_identity(args.data)}
+    if getattr(args, "readout_from", None):
+        record["readout_from"] = data_identity(args.readout_from)
+    return {"provenance": record}
+
+
 def _model_stats(args: argparse.Namespace) -> dict:
     """The feature statistics for the data: the export's for instruments the model was trained on, the
     folder's own for the others (`model_stats`)."""
@@ -446,7 +463,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         modes=modes,
         stats=stats,
     )
-    report.update(_stats_source(stats), **overlap)
+    report.update(_stats_source(stats), **overlap, **_provenance(args))
     figure_path = json_path.with_suffix(".png")
     write_report(report, json_path, figure_path)
     print(format_report(report))
@@ -495,7 +512,13 @@ def _run_encode(args: argparse.Namespace) -> int:
         np.save(args.out / f"{name}.npy", array)
     # The codes in instrument.npy index this list (the corpus's order).
     names = [name for data in load_corpus(args.data) for name in data.instruments]
-    about = {"instruments": names, "split": args.split, **_stats_source(stats), **overlap}
+    about = {
+        "instruments": names,
+        "split": args.split,
+        **_stats_source(stats),
+        **overlap,
+        **_provenance(args),
+    }
     (args.out / "encoding.json").write_text(json.dumps(about, indent=2) + "\n")
     codes = {str(code): name for code, name in enumerate(names)}
     (args.out / "instruments.json").write_text(json.dumps(codes, indent=2) + "\n")
@@ -561,7 +584,7 @@ def _run_probe(args: argparse.Namespace) -> int:
         readout_from=args.readout_from,
         readout_stats=readout_stats,
     )
-    report.update(_stats_source(stats), **overlap)
+    report.update(_stats_source(stats), **overlap, **_provenance(args))
     figure = args.json.with_suffix(".png")
     write_probe(report, args.json, figure)
     print(format_probe(report))

@@ -110,6 +110,14 @@ def convert(
         "code_version": code_version(),
         "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "lora_merged": any(is_adapter(name) for name in meta["parameter_shapes"]),
+        # Micro batches are counted per rank in the checkpoint's world size (a resume on another number of
+        # ranks converts the count), so their product is every window the model was trained on.
+        "windows_seen": {
+            "windows": meta["batches_consumed"] * meta["world_size"] * config.train.micro_batch_size,
+            "micro_batches_per_rank": meta["batches_consumed"],
+            "micro_batch_size": config.train.micro_batch_size,
+            "world_size": meta["world_size"],
+        },
         "parameters": {k: v["total"] for k, v in report.items()},
         "dtype": "float32",
     }
@@ -123,7 +131,7 @@ def convert(
     if (run_dir / EXPORT_DATA).is_file():  # runs before data.json existed convert without it
         shutil.copyfile(run_dir / EXPORT_DATA, staging / EXPORT_DATA)
     (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
-    write_card(staging, card_metrics, name=out.name)
+    write_card(staging, card_metrics, name=out.name, location=out)
     make_readable(staging)
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)  # the export appears whole or not at all

@@ -10,6 +10,7 @@ folder that merging it would give (tested).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +46,17 @@ def data_folders(data: DataSource) -> list[Path]:
         else:
             folders.append(path)
     return folders
+
+
+def data_identity(data: DataSource) -> list[dict[str, str]]:
+    """What a report records of the data it scored: each prepared folder of ``--data`` (resolved) and the
+    SHA-256 of its ``manifest.json`` (which holds its sources' hashes, options and splits)."""
+    identity = []
+    for folder in data_folders(data):
+        with (folder / "manifest.json").open("rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        identity.append({"folder": str(folder.resolve()), "manifest_sha256": digest})
+    return identity
 
 
 def load_corpus(data: DataSource) -> list[PreparedData]:

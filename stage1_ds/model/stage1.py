@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,28 @@ EXPORT_DATA = "data.json"
 EXPORT_CARD = "README.md"
 #: Where the shared encoder's parameters sit in a Stage1Model's state dict.
 ENCODER_PREFIX = "encoder."
+#: The files whose content makes the model what it is: weights, encoder layout, feature statistics. A
+#: report records their hash (`export_identity`); config.yaml may gain a license and stay the same model.
+EXPORT_IDENTITY_FILES = (EXPORT_WEIGHTS, EXPORT_ENCODER_CONFIG, EXPORT_STATS)
+
+
+def export_identity(export_dir: Path | str) -> dict[str, str]:
+    """What a report records of the model it measured: the export folder (resolved) and one SHA-256 over
+    the name and content of each of `EXPORT_IDENTITY_FILES`, so a copy or a re-export of the same
+    checkpoint is the same model and retrained weights are not.
+
+    Raises:
+        CheckpointError: one of the files is missing.
+    """
+    root = Path(export_dir).resolve()
+    digest = hashlib.sha256()
+    for name in EXPORT_IDENTITY_FILES:
+        path = root / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing; is {root} a folder written by 'stage1 convert'?")
+        with path.open("rb") as handle:
+            digest.update(name.encode() + b"\0" + hashlib.file_digest(handle, "sha256").digest())
+    return {"export": str(root), "sha256": digest.hexdigest()}
 
 
 def load_export_stats(export_dir: Path | str) -> dict:
