@@ -160,11 +160,14 @@ def test_splits_may_be_empty_and_only_non_empty_ones_get_a_gap(tmp_path: Path, s
     ranges = {s: data.split("WHOLE", s) for s in ("train", "val", "test")}
     non_empty = [s for s, r in ranges.items() if not r.empty]
     assert non_empty == [s for s, f in zip(("train", "val", "test"), split, strict=True) if f > 0]
-    first = ranges[non_empty[0]]
-    assert first.anchor_start == first.history_start, "the first split needs no gap"
-    for later in non_empty[1:]:
-        assert ranges[later].anchor_start > ranges[later].history_start, "a later split starts with a gap"
-    assert data.stats["instruments"]["WHOLE"]["fitted_on"] == non_empty[0]
+    for name in non_empty:
+        lead_in = ranges[name].anchor_start - ranges[name].history_start
+        if name == "train":
+            assert lead_in == 0, "train needs no gap"
+        else:
+            assert lead_in > 0, "a val or test split starts with a gap, even with nothing before it"
+    fitted_on = data.stats["instruments"]["WHOLE"]["fitted_on"]
+    assert fitted_on == ("train" if "train" in non_empty else "lead_in")
     WindowDataset(out, non_empty[-1], DataConfig(window_bars=16))
     empty = next((s for s, r in ranges.items() if r.empty), None)
     if empty:
@@ -363,10 +366,18 @@ def test_a_whole_file_test_split_is_evaluated_by_a_trained_model(
         tmp_path, _rows(12 * 1440, seed=3), "fresh", split_fractions=(0.0, 0.0, 1.0), window_bars=16
     )
     args = ["--model", str(trained_export), "--data", str(out), "--mode", "time", "--batches", "1"]
-    assert main(["evaluate", *args, "--json", str(tmp_path / "r.json")]) == 2, (
-        "FRESH is not in the model's statistics"
+    # FRESH is not in the model's statistics: the folder's own, fitted on the bars before its first anchor.
+    assert main(["evaluate", *args, "--json", str(tmp_path / "r.json")]) == 0
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["stats_source"] == "folder"
+    stats, split = json.loads((out / "stats.json").read_text()), load_prepared(out).split("FRESH", "test")
+    assert (
+        stats["instruments"]["FRESH"]["fitted_on"] == "lead_in" and split.anchor_start > split.history_start
     )
-    assert main(["evaluate", *args, "--json", str(tmp_path / "r.json"), "--allow-other-stats"]) == 0
+    old_style = {**stats["instruments"]["FRESH"], "fitted_on": "test"}  # prepared before lead-ins
+    (out / "stats.json").write_text(json.dumps({**stats, "instruments": {"FRESH": old_style}}))
+    assert main(["evaluate", *args, "--json", str(tmp_path / "r2.json")]) == 2, "fitted on the scored split"
+    assert main(["evaluate", *args, "--json", str(tmp_path / "r2.json"), "--allow-other-stats"]) == 0
     saved = json.loads((tmp_path / "r.json").read_text())
     report = saved["modes"]["time"]
     assert "train_mean" not in report["overall"] and report["overall"]["model"]["masked_values"] > 0

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.colors import to_rgba
 from matplotlib.dates import ConciseDateFormatter
@@ -19,6 +20,7 @@ from stage1_ds.config import DataConfig, MaskingConfig, MaskingMode, load_config
 from stage1_ds.data.corpus import open_windows
 from stage1_ds.data.features import to_prices
 from stage1_ds.data.prepare import PrepareOptions, prepare_synthetic, summary_table
+from stage1_ds.data.synthetic import generate_synthetic_m1
 from stage1_ds.data.timeframes import Timeframe
 from stage1_ds.errors import ConfigError, DataError
 from stage1_ds.evaluation import evaluate, format_report
@@ -33,6 +35,7 @@ from stage1_ds.evaluation.plots import (
 )
 from stage1_ds.evaluation.probe import MIN_ANCHORS, RECOMMENDED_ANCHORS, ProbeSet, check_anchors
 from stage1_ds.model.masking import MaskedWindows
+from stage1_ds.model.stage1 import load_export_config
 
 VOLUME_DATA = DataConfig(window_bars=32, channels=["ohlc", "volume"])
 
@@ -138,6 +141,43 @@ def test_probe_on_a_month_names_the_empty_split_instead_of_a_traceback(
     err = capsys.readouterr().err
     assert re.search(r"the (train|val) split of .*month has \d+ usable anchors", err), err
     assert f"needs at least {MIN_ANCHORS} in each split" in err and "--split TRAIN VAL TEST" in err
+    assert "--split 0 0 1 --window-bars 16) and fit the readout on a longer folder" in err, "the model's"
+
+
+def test_the_advice_on_a_month_of_bars_leads_to_a_probe_that_runs(
+    trained_export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A month of an instrument the model never saw, taken through `prepare` and `probe` by doing what each
+    error says, literally, to a probe report: one test split of the month, every fit on the model's data."""
+    bars = generate_synthetic_m1(31, 5)
+    names = ("open", "high", "low", "close")
+    frame = pd.DataFrame({"timestamp": bars.start, **{k: bars.ohlc[:, i] for i, k in enumerate(names)}})
+    frame.to_csv(tmp_path / "MONTH.csv", index=False)
+    prepare = ["prepare", "--input", str(tmp_path / "MONTH.csv"), "--out", str(tmp_path / "month")]
+    assert main(prepare) == 2
+    assert "the file looks like a CSV file with a header: --format csv" in capsys.readouterr().err
+    prepare += ["--format", "csv"]
+    assert main(prepare) == 2
+    err = capsys.readouterr().err
+    advice = re.search(r"To score a model already trained .*?: (--split 0 0 1) --window-bars W", err)
+    assert advice is not None, err
+    window = load_export_config(trained_export).data.window_bars  # "W, the model's data.window_bars"
+    assert main([*prepare, *advice.group(1).split(), "--window-bars", str(window)]) == 0
+    capsys.readouterr()
+    probe = ["probe", "--model", str(trained_export), "--data", str(tmp_path / "month")]
+    probe += ["--json", str(tmp_path / "month.json")]
+    assert main(probe) == 2
+    err = capsys.readouterr().err
+    assert "has no train split (prepared with --split 0 0 1)" in err and "pass --readout-from FOLDER" in err
+    assert "its folders are listed in the export's data.json" in err
+    trained_on = json.loads((trained_export / "data.json").read_text())["folders"]
+    assert main([*probe, "--readout-from", *trained_on]) == 0
+    report = json.loads((tmp_path / "month.json").read_text())
+    assert report["fitted_on"] == "readout_from" and report["readout_from"] == trained_on
+    assert report["instruments"] == ["MONTH"] and report["anchors"]["test"] >= MIN_ANCHORS
+    assert report["stats_source"] == "folder", "the month's own scales, fitted on the bars before its anchors"
+    assert "best_rule_plus_embeddings" in report["targets"]["rv_60m"]
+    assert "best_rule_plus_embeddings_zero_shot" not in report["targets"]["rv_60m"], "every fit is elsewhere"
 
 
 def _example_batch(folder: Path) -> tuple[object, np.ndarray, object]:
@@ -274,7 +314,7 @@ def test_a_month_of_bars_gets_flags_that_work_and_a_warning_about_thin_splits(
     )
     with pytest.raises(DataError, match=r"Flags that fit this data: --window-bars (\d+) --split") as error:
         prepare_synthetic(tmp_path / "c", days=31, seed=1, options=PrepareOptions())
-    both = re.search(r"--window-bars (\d+) --split ([\d. ]+)$", str(error.value))
+    both = re.search(r"Flags that fit this data: --window-bars (\d+) --split ([\d. ]+)\.", str(error.value))
     assert both is not None
     window, split = int(both.group(1)), tuple(float(f) for f in both.group(2).split())
     prepare_synthetic(

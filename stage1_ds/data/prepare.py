@@ -41,6 +41,7 @@ from stage1_ds.data.store import (
     PreparedData,
     SplitRange,
     check_alike,
+    fitting_period,
     load_prepared,
     part_rows,
     prepared_rows,
@@ -398,15 +399,15 @@ def prepare_instrument(job: Job, options: PrepareOptions, parts: Path) -> Prepar
         splits={s: split_to_json(r) for s, r in splits.items()},
         rows={tf.value: _rows_per_split(by_tf[tf], tf, splits) for tf in TIMEFRAMES},
     )
-    fitted_on = next(split for split in SPLITS if not splits[split].empty)
+    fitted_on, period = fitting_period(splits)
     if fitted_on != "train":
-        log.warning(
-            "%s: no train split; feature statistics are fitted on the %s split (a trained model's own "
-            "statistics are used for evaluation and encoding where it has them)",
+        log.info(
+            "%s: no train split; feature statistics are fitted on the %.1f days before the first anchor (a "
+            "trained model's own statistics are used for evaluation and encoding where it has them)",
             name,
-            fitted_on,
+            (period.end - period.history_start) / 86400,
         )
-    stats = fit_stats(by_tf, splits[fitted_on], options.window_bars // 2)
+    stats = fit_stats(by_tf, period, options.window_bars // 2)
     stats["fitted_on"] = fitted_on
     write_instrument_bars(parts / name, by_tf, 60 * options.bucket_origin_minutes)
     return Prepared(name, record, stats, {tf.value: len(bars) for tf, bars in by_tf.items()})
@@ -526,12 +527,22 @@ def _flags_that_work(by_tf: dict[Timeframe, Bars], options: PrepareOptions) -> s
         if pairs:
             w, shares = max(pairs, key=lambda pair: (pair[1][0], pair[0]))
             found.append(f"--window-bars {w} {split_flag(shares)}")
+    # Data too short to train on may still score a model trained elsewhere: one test split, windows of the
+    # model's length (prepare does not know it: the longest that fits is named).
+    scoring = [w for w in (window, *WINDOW_CANDIDATES) if w <= window and fits((0.0, 0.0, 1.0), w)]
+    to_score = (
+        " To score a model already trained rather than train one (`stage1 evaluate`, or `stage1 probe` with "
+        f"--readout-from a longer folder): --split 0 0 1 --window-bars W, W the model's data.window_bars (up to "
+        f"{scoring[0]} fits this data)"
+        if scoring and fractions != (0.0, 0.0, 1.0)
+        else ""
+    )
     if not found:
         return (
             f"No --window-bars down to {WINDOW_CANDIDATES[-1]} with val/test shares up to 0.45 fits this data "
-            f"({len(by_tf[BASE]):,} 1-minute bars): give a longer file"
+            f"({len(by_tf[BASE]):,} 1-minute bars): give a longer file." + to_score
         )
-    return "Flags that fit this data: " + ", or ".join(found)
+    return "Flags that fit this data: " + ", or ".join(found) + "." + to_score
 
 
 def _warn_few_anchors(m1: Bars, splits: dict[str, SplitRange], name: str) -> None:
@@ -577,21 +588,22 @@ def _longest_window_span(by_tf: dict[Timeframe, Bars], window_bars: int, name: s
 def _split_ranges(
     m1: Bars, fractions: tuple[float, float, float], gap: int, name: str
 ) -> dict[str, SplitRange]:
-    """Time ranges of the splits by shares of the 1-minute rows; every non-empty split but the first starts
-    with ``gap`` seconds of history, and an empty split is an empty range at its place in time."""
+    """Time ranges of the splits by shares of the 1-minute rows; every non-empty split but train starts
+    with ``gap`` seconds of history (a val or test split with nothing before it too: that lead-in is what a
+    folder without a train split fits its statistics on, `fitting_period`), and an empty split is an empty
+    range at its place in time."""
     n = len(m1)
     end = int(m1.start[-1]) + BASE.seconds
     bounds = [0.0, fractions[0], fractions[0] + fractions[1], 1.0]
     rows = [min(n, int(n * b)) if k < 3 else n for k, b in enumerate(bounds)]
     times = [int(m1.start[r]) if r < n else end for r in rows]
-    ranges, earlier = {}, False
+    ranges = {}
     for k, split in enumerate(SPLITS):
         if rows[k + 1] <= rows[k]:
             ranges[split] = SplitRange(times[k], times[k], times[k])
             continue
         history = times[k]
-        ranges[split] = SplitRange(history, history + (gap if earlier else 0), times[k + 1])
-        earlier = True
+        ranges[split] = SplitRange(history, history + (gap if split != "train" else 0), times[k + 1])
         r = ranges[split]
         if r.anchor_start >= r.end:
             raise DataError(

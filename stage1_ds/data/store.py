@@ -60,6 +60,17 @@ class SplitRange:
         return self.history_start >= self.end
 
 
+def fitting_period(splits: dict[str, SplitRange]) -> tuple[str, SplitRange]:
+    """Where an instrument's past-only quantities are fitted (feature statistics; the probe's seasonal
+    profiles): its train split, or in a folder without one (``--split 0 0 1``: new data for a trained
+    model) the lead-in of its first split, the bars before that split's first anchor, which no anchor of
+    the folder is scored on. Returns ``("train" | "lead_in", period)``."""
+    if not splits["train"].empty:
+        return "train", splits["train"]
+    first = next(splits[s] for s in SPLITS if not splits[s].empty)
+    return "lead_in", SplitRange(first.history_start, first.history_start, first.anchor_start)
+
+
 def index_fields(tf: Timeframe) -> tuple[str, ...]:
     """The arrays of the serving index stored beside ``tf``'s bars (see `serving_index`)."""
     coarser = [f"last_{c.value}" for c in TIMEFRAMES[1:]] if tf == TIMEFRAMES[0] else []
@@ -295,6 +306,10 @@ class PreparedData:
         record = self.manifest["instruments"][instrument]["splits"][split]
         return SplitRange(record["history_start"], record["anchor_start"], record["end"])
 
+    def fitting_period(self, instrument: str) -> SplitRange:
+        """`fitting_period` of the instrument's splits."""
+        return fitting_period({split: self.split(instrument, split) for split in SPLITS})[1]
+
     def scale(self, instrument: str, tf: Timeframe) -> float:
         return scale_of(self.stats, instrument, tf)
 
@@ -310,8 +325,9 @@ def model_stats(model_stats: dict[str, Any], data: PreparedData, allow_other: bo
     - an instrument the model was trained on: the model's own (its export's ``stats.json``), so that its
       inputs mean what they meant in training; a folder that scales it otherwise is an error;
     - an instrument the model never saw: the folder's own, fitted on that instrument's train split (its
-      past only), with a log line; if the folder has no train split for it (an all-test folder: fitted on
-      the very split to evaluate), only with ``allow_other``.
+      past only) or, in a folder without a train split, on the lead-in before its first anchor
+      (`fitting_period`), with a log line; a folder prepared before lead-ins existed fitted them on the very
+      split to evaluate: only with ``allow_other``.
 
     The result's ``sources`` maps every instrument served so far to ``model`` or ``folder`` (`stats_source`).
 
@@ -332,11 +348,12 @@ def model_stats(model_stats: dict[str, Any], data: PreparedData, allow_other: bo
         if name not in known or sources.get(name) == "folder":
             merged[name], sources[name] = own, "folder"
             fitted_on = own.get("fitted_on", "train")
-            if fitted_on == "train":
+            if fitted_on in ("train", "lead_in"):
                 log.info(
                     "%s: the model never saw this instrument; its features are scaled with statistics fitted "
-                    "on the train split of %s (its past only)",
+                    "on the %s of %s (its past only)",
                     name,
+                    "train split" if fitted_on == "train" else "bars before its first anchor",
                     data.root,
                 )
             else:

@@ -167,11 +167,18 @@ class WindowDataset(Dataset):
                 f"share for {self.split}"
             )
         if len(self) == 0:
-            longest = max(self.window_bars.values())
+            longest, prepared = max(self.window_bars.values()), int(self.data.manifest["window_bars"])
+            fix = (
+                # A trained model's windows cannot be shortened: the folder's lead-ins must be lengthened.
+                f"prepare the folder again with --window-bars {longest} (a model's windows: its "
+                f"data.window_bars) or more data"
+                if longest > prepared
+                else "lower data.window_bars (training) or prepare more data"
+            )
             raise DataError(
                 f"{self.data.root}: the {self.split} split has no anchor with full windows of all timeframes "
-                f"(data.window_bars up to {longest}, data prepared for {self.data.manifest['window_bars']}); "
-                "lower data.window_bars or prepare more data"
+                f"(windows of up to {longest} bars; the folder was prepared for {prepared}, its splits' "
+                f"history before their first anchor sized for those): {fix}"
             )
 
     def _locate(self, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

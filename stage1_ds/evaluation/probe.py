@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stage1_ds.data.corpus import DataSource, Windows, data_folders, open_windows
+from stage1_ds.data.corpus import DataSource, Windows, data_folders, load_corpus, open_windows
 from stage1_ds.data.store import PreparedData
 from stage1_ds.data.timeframes import Timeframe
 from stage1_ds.encoding import encode_batch, model_data_config
@@ -490,17 +490,23 @@ def anchor_sets(
         if not known:
             for name in windows[split].instruments:
                 data = windows[split].data_of(name)
-                bars, train = minute_bars(data, name), data.split(name, "train")
-                known[name] = InstrumentRules(seasonal_profile(bars, train), periodicity(bars, train))
+                bars, past = minute_bars(data, name), data.fitting_period(name)  # train, or the lead-in
+                known[name] = InstrumentRules(seasonal_profile(bars, past), periodicity(bars, past))
         chosen = sets[split] = probe_set(windows[split], max_anchors, seed, known)
         log.info("probe: %d %s anchors of %s (dropped: %s)", len(chosen.ids), split, where, chosen.dropped)
-        check_anchors(chosen, split, data_dir, max_anchors)
+        check_anchors(chosen, split, data_dir, max_anchors, max(config.bars(tf) for tf in config.timeframes))
     return windows, sets
 
 
-def check_anchors(chosen: ProbeSet, split: str, data_dir: DataSource, max_anchors: int | None) -> None:
+def check_anchors(
+    chosen: ProbeSet,
+    split: str,
+    data_dir: DataSource,
+    max_anchors: int | None,
+    window_bars: int | None = None,
+) -> None:
     """Refuse a split with fewer than `MIN_ANCHORS` probe anchors; warn below `RECOMMENDED_ANCHORS` in val
-    or test.
+    or test. ``window_bars``: the model's longest window, named in the advice for a short folder.
 
     Raises:
         DataError: naming the split, the folder, the count and what to do.
@@ -516,7 +522,11 @@ def check_anchors(chosen: ProbeSet, split: str, data_dir: DataSource, max_anchor
         raise DataError(
             f"probe: the {split} split of {where} has {n} usable anchors (dropped: {chosen.dropped}); the "
             f"probe needs at least {MIN_ANCHORS} in each split ({needs}). Prepare a longer history (several "
-            f"months), or give the {split} split a larger share (stage1 prepare --split TRAIN VAL TEST)"
+            f"months), or give the {split} split a larger share (stage1 prepare --split TRAIN VAL TEST). A "
+            "folder too short for three splits (a month) can still be scored: prepare it as one test split "
+            f"(stage1 prepare ... --split 0 0 1 --window-bars {window_bars or 'W (the model’s data.window_bars)'}) "
+            "and fit the readout on a longer folder (stage1 probe ... --readout-from LONGER_FOLDER, e.g. the "
+            "data the model was trained on)"
         )
     if split != "train" and n < min(RECOMMENDED_ANCHORS, max_anchors or RECOMMENDED_ANCHORS):
         log.warning(
@@ -547,6 +557,10 @@ def probe(
         readout_from: another folder (instruments the model was trained on, say): the zero-shot readout.
             `ZERO_SHOT_METHODS` are then fitted on its train split (penalty chosen on its val split) and
             scored on this folder's test split, beside every method fitted on this folder's own train split.
+            A folder without a train split (``--split 0 0 1``: a month of new data, say) is scored this way
+            only: every method (rules included, their windows and penalties chosen on the other folder's
+            val) is fitted on ``readout_from`` and scored on this folder's test split, with the usual names;
+            its instruments' seasonal profiles come from the bars before its first anchor.
         readout_stats: feature statistics for ``readout_from``.
 
     Returns:
@@ -555,19 +569,42 @@ def probe(
         ``har``); the anchors used and dropped per split; the penalties chosen (``alphas``; null: a
         nested readout chose no correction), the PCA readouts' ``components``, and each method's val MSE
         there (``val_mse``: what choices between models may read); the test predictions; with
-        ``readout_from``, ``readout_from`` and ``readout_anchors``; ``n.<target>.<split>``: the anchors
-        each target was fitted, chosen and scored on (a direction needs a move).
+        ``readout_from``, ``readout_from`` and ``readout_anchors``; ``fitted_on``: ``this folder`` or
+        ``readout_from`` (a folder without a train split); ``n.<target>.<split>``: the anchors each target
+        was fitted, chosen and scored on (a direction needs a move).
 
     Raises:
-        DataError: a split has fewer than `MIN_ANCHORS` anchors (`check_anchors`).
+        DataError: a split has fewer than `MIN_ANCHORS` anchors (`check_anchors`); the folder has no train
+            split and no ``readout_from`` is given.
     """
-    sets, embeddings = _probe_sets(model, untrained, data_dir, SPLITS, max_anchors, seed, stats)
+    datas = load_corpus(data_dir)
+    test_only = all(data.split(name, "train").empty for data in datas for name in data.instruments)
+    if test_only and readout_from is None:
+        raise DataError(
+            f"probe: {', '.join(str(d.root) for d in datas)} has no train split (prepared with --split "
+            f"{' '.join(f'{f:g}' for f in datas[0].manifest['split_fractions'])}): the rules and readouts "
+            "must be fitted on another folder's train and val splits: pass --readout-from FOLDER (e.g. the "
+            "data the model was trained on; its folders are listed in the export's data.json)"
+        )
+    sets, embeddings = _probe_sets(
+        model, untrained, data_dir, ("test",) if test_only else SPLITS, max_anchors, seed, stats
+    )
     other_sets: dict[str, ProbeSet] = {}
     other_embeddings: dict[str, dict[str, np.ndarray]] = {}
     if readout_from is not None:
         other_sets, other_embeddings = _probe_sets(
-            model, None, readout_from, ("train", "val"), max_anchors, seed, readout_stats
+            model,
+            untrained if test_only else None,
+            readout_from,
+            ("train", "val"),
+            max_anchors,
+            seed,
+            readout_stats,
         )
+    if test_only:  # every method fitted on the other folder, as it is fitted on a folder's own train and val
+        sets = {**other_sets, **sets}
+        embeddings = {name: {**other_embeddings[name], **embeddings[name]} for name in embeddings}
+    zero_shot = readout_from is not None and not test_only
     report: dict[str, Any] = {
         "anchors": {split: len(s.ids) for split, s in sets.items()},
         "anchors_dropped": {split: s.dropped for split, s in sets.items()},
@@ -581,6 +618,7 @@ def probe(
         "val_mse": {},
         "predictions": {},
     }
+    report["fitted_on"] = "readout_from" if test_only else "this folder"
     if readout_from is not None:
         report["readout_from"] = [str(folder) for folder in data_folders(readout_from)]
         report["readout_anchors"] = {split: len(s.ids) for split, s in other_sets.items()}
@@ -604,7 +642,7 @@ def probe(
             fitted[f"best_rule_plus_{name}"] = fit_correction(fitted[best], values, y)
             pca = f"best_rule_plus_{name.replace('embeddings', 'embeddings_pca')}"
             fitted[pca] = fit_components(fitted[best], values, y)
-        if readout_from is not None:  # fitted on the other folder's train and val, scored on this test
+        if zero_shot:  # fitted on the other folder's train and val, scored on this test
             mixed = {**other_sets, "test": sets["test"]}
             other_rows = {s: used(mixed[s]) for s in mixed}
             other_y = {s: mixed[s].targets[target][other_rows[s]] for s in mixed}
@@ -627,7 +665,7 @@ def probe(
             "windows_chosen_on": "val",
             "windows_val_mse_with_har": by_windows,
         }
-        scored = [*methods_of(target)[:-1], *(ZERO_SHOT_METHODS if readout_from is not None else ())]
+        scored = [*methods_of(target)[:-1], *(ZERO_SHOT_METHODS if zero_shot else ())]
         predictions = {name: fitted[name].test for name in scored}
         train_mean = float(y["train"].mean())
         results: dict[str, dict[str, float]] = {}
@@ -669,6 +707,11 @@ def method_label(report: dict[str, Any], target: str, method: str) -> str:
 def format_probe(report: dict[str, Any]) -> str:
     lines = [f"probe anchors (train/val/test): {report['anchors']}; dropped: {report['anchors_dropped']}"]
     lines.append("test split scores; best_rule chosen per target on val")
+    if report.get("fitted_on") == "readout_from":
+        lines.append(
+            f"train and val (every fit and choice) from --readout-from {' '.join(report['readout_from'])}: "
+            "this folder has a test split only"
+        )
     for target, results in report["targets"].items():
         lines.append(f"{target}:")
         if target == SIGN_TARGET:
