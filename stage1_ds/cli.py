@@ -437,6 +437,12 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=2024,
+        help="the windows scored, their masks and the example window drawn (default: 2024)",
+    )
     p.add_argument("--json", type=Path, help="write the report here (default: <model>/eval_<split>.json)")
     p.set_defaults(run=_run_evaluate)
 
@@ -462,6 +468,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         args.batch_size,
         modes=modes,
         stats=stats,
+        seed=args.seed,
     )
     report.update(_stats_source(stats), **overlap, **_provenance(args))
     figure_path = json_path.with_suffix(".png")

@@ -12,30 +12,44 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from matplotlib.colors import to_rgba
 from matplotlib.dates import ConciseDateFormatter
+from matplotlib.patches import Rectangle
 
 from stage1_ds.cli import main
 from stage1_ds.config import DataConfig, MaskingConfig, MaskingMode, load_config
 from stage1_ds.data.corpus import open_windows
 from stage1_ds.data.features import to_prices
 from stage1_ds.data.prepare import PrepareOptions, prepare_synthetic, summary_table
+from stage1_ds.data.store import load_prepared
 from stage1_ds.data.synthetic import generate_synthetic_m1
 from stage1_ds.data.timeframes import Timeframe
 from stage1_ds.errors import ConfigError, DataError
 from stage1_ds.evaluation import evaluate, format_report
 from stage1_ds.evaluation.baselines import last_close, linear_interpolation
 from stage1_ds.evaluation.plots import (
+    MAX_FINEST_SPAN,
+    MAX_SPAN,
+    MAX_WIDTH_INCHES,
     METHOD_COLOURS,
+    MIN_CANDLE_PIXELS,
+    MIN_MASKED_BARS,
+    MIN_WIDTH_INCHES,
+    ExampleWindow,
+    Panel,
     ScatterPanel,
+    choose_example,
     error_bars_figure,
     example_figure,
     example_window,
     probe_scatter_figure,
+    window_spans,
 )
 from stage1_ds.evaluation.probe import MIN_ANCHORS, RECOMMENDED_ANCHORS, ProbeSet, check_anchors
 from stage1_ds.model.masking import MaskedWindows
-from stage1_ds.model.stage1 import load_export_config
+from stage1_ds.model.stage1 import Stage1Model, load_export_config
+from stage1_ds.train.metrics import MetricsWriter, example_sample, training_example
 
 VOLUME_DATA = DataConfig(window_bars=32, channels=["ohlc", "volume"])
 
@@ -193,8 +207,16 @@ def test_the_example_window_is_in_price_against_time_with_reconstructions_only_o
     windows, ids, batch = _example_batch(synthetic_small)
     model, baseline = last_close(batch), linear_interpolation(batch)
     names = dict.fromkeys(batch.windows, "linear_interpolation")
-    example = example_window(batch, 1, model, baseline, names, "SYNTH", "time")
+    data = load_prepared(synthetic_small)
+    unit = float(data.manifest["instruments"]["SYNTH"]["volume_unit"])
+    example = example_window(batch, 1, model, baseline, names, "SYNTH", "time", volume_unit=unit)
     assert len(example.panels) == len(batch.windows)
+    assert example.volume_units == "SYNTH's volume units"
+    for panel in example.panels:  # volume in the instrument's own units: the folder's units times its unit
+        begin, end = data.rows("SYNTH", Timeframe(panel.timeframe))
+        bars = data.bars[Timeframe(panel.timeframe)]
+        at = begin + np.searchsorted(bars.start[begin:end], panel.start.astype(np.int64))
+        np.testing.assert_allclose(panel.volume, np.asarray(bars.units)[at] * unit, rtol=1e-4)
     model_error = baseline_error = 0.0
     for panel in example.panels:
         window = batch.windows[panel.timeframe]
@@ -231,7 +253,107 @@ def test_the_example_window_is_in_price_against_time_with_reconstructions_only_o
     assert len(axes) == 2 * len(example.panels)  # price and volume per timeframe
     assert figure._suptitle is not None and figure._suptitle.get_text() == example.title
     assert all(isinstance(ax.xaxis.get_major_formatter(), ConciseDateFormatter) for ax in axes)
-    assert axes[0].get_ylabel() == "m1 price" and "volume" in axes[1].get_ylabel()
+    assert axes[0].get_ylabel() == "m1 price" and axes[1].get_ylabel() == "m1 volume\n(SYNTH's volume units)"
+
+
+def test_evaluate_draws_a_window_that_follows_the_seed_and_tensorboard_keeps_one(
+    synthetic_small: Path, trained_export: Path, tmp_path: Path
+) -> None:
+    config = load_config(None, ["data.window_bars=32", "data.channels=[ohlc, volume]", "model.patch_len=8"])
+    ends = set()
+    for seed in (1, 2, 3):
+        report = evaluate(
+            last_close, synthetic_small, config, "test", 1, 16, seed=seed, modes=(MaskingMode.TIME,)
+        )
+        ends.add(report["modes"]["time"]["example"].end_utc)
+    assert len(ends) > 1, "the example follows --seed"
+    model = Stage1Model.from_pretrained(trained_export)
+    export_config = load_export_config(trained_export)
+    data = MaskedWindows(
+        open_windows(synthetic_small, "val", export_config.data, seed=1),
+        export_config.model.masking,
+        export_config.model.patch_len,
+        seed=export_config.seed,
+    )
+    writer = MetricsWriter(tmp_path / "tb", enabled=True)
+    drawn = []
+    for step in (1, 2):
+        writer.masked_window(model, data, torch.device("cpu"), step)
+        drawn.append(writer._example_id)
+    writer.close()
+    assert drawn[0] is not None and drawn == [drawn[0], drawn[0]] == [example_sample(data)] * 2, (
+        "one window all run"
+    )
+    example = training_example(model, data, torch.device("cpu"), drawn[0])
+    spans = [panel.span for panel in example.panels]
+    assert example.panels[0].span <= MAX_FINEST_SPAN and max(spans) <= MAX_SPAN
+
+
+def _candidates(folder: Path, seed: int = 0) -> object:
+    """A time-masked batch of 64 val windows spread over the split (some hold a weekend)."""
+    windows = open_windows(folder, "val", VOLUME_DATA, seed=0)
+    masked = MaskedWindows(windows, MaskingConfig(modes={MaskingMode.TIME.value: 1.0}), 8, seed=seed)
+    return masked.batch(np.unique(np.linspace(0, len(masked) - 1, 64).astype(np.int64)))
+
+
+def test_the_drawn_window_is_chosen_legible_and_follows_the_seed(synthetic_small: Path) -> None:
+    """Trading in every panel, no break inside the finest, no coarser panel mostly gap, several masked bars;
+    which of those follows the seed; windows with a weekend in their hourly panel are never drawn."""
+    batch = _candidates(synthetic_small)
+    everyone = np.ones(batch.size, bool)  # type: ignore[attr-defined]
+    spans = [window_spans(batch, k) for k in range(batch.size)]  # type: ignore[attr-defined,arg-type]
+    broken = {k for k, s in enumerate(spans) if s["m1"] > MAX_FINEST_SPAN or max(s.values()) > MAX_SPAN}
+    assert broken and len(broken) < batch.size, "the data has weekends inside some windows, not all"  # type: ignore[attr-defined]
+    chosen = {choose_example(batch, everyone, seed) for seed in range(8)}  # type: ignore[arg-type]
+    assert len(chosen) > 2, "the seed picks among the legible windows"
+    for k in chosen:
+        assert k not in broken
+        masked = sum(int((w.mask[k] & w.valid[k]).sum()) for w in batch.windows.values())  # type: ignore[attr-defined]
+        assert masked >= MIN_MASKED_BARS
+    first, second = sorted(chosen)[:2]
+    batch.windows["m1"].start_time[first, 16:] += 600  # type: ignore[attr-defined]  # a 10-minute break
+    pair = np.isin(np.arange(batch.size), [first, second])  # type: ignore[attr-defined]
+    assert {choose_example(batch, pair, seed) for seed in range(8)} == {second}, "a break in the finest panel"  # type: ignore[arg-type]
+    only_broken = np.isin(np.arange(batch.size), sorted(broken))  # type: ignore[attr-defined]
+    fallback = choose_example(batch, only_broken, 0)  # type: ignore[arg-type]
+    assert fallback in broken and max(spans[fallback].values()) == min(max(spans[k].values()) for k in broken)
+    assert choose_example(batch, np.zeros(batch.size, bool), 0) is None  # type: ignore[arg-type,attr-defined]
+
+
+def test_masked_candles_are_drawn_wide_enough_and_the_legend_stays_off_the_candles() -> None:
+    """A 128-bar window (the default) with a weekend in its h4 panel: the figure widens until the model's
+    candles on masked bars are at least `MIN_CANDLE_PIXELS` wide (measured on the drawn patches), and the
+    one legend lies outside every panel."""
+    start = np.datetime64("2024-03-04T00:00", "s")
+    panels = []
+    for tf, minutes in (("m1", 1), ("h4", 240)):
+        times = start + np.arange(128) * np.timedelta64(60 * minutes, "s")
+        if tf == "h4":  # a weekend, as FX h4 windows hold: 12 bar lengths without bars
+            times[30:] += np.timedelta64(48 * 3600, "s")
+        ohlc = np.tile([1.10, 1.11, 1.09, 1.105], (128, 1))
+        masked = np.zeros(128, bool)
+        masked[60:64] = True
+        drawn = np.where(masked[:, None], ohlc, np.nan)
+        panels.append(Panel(tf, times, ohlc, masked, drawn, drawn, "linear_interpolation"))
+    example = ExampleWindow("EURUSD", "2024-03-20 08:00:00", "time", 0.9, panels)
+    assert MIN_WIDTH_INCHES < example.width_inches <= MAX_WIDTH_INCHES
+    assert example.masked_candle_pixels >= MIN_CANDLE_PIXELS
+    figure = example_figure(example)
+    figure.canvas.draw()
+    model = to_rgba(METHOD_COLOURS["model"])
+    for ax in figure.get_axes():
+        widths = [
+            ax.transData.transform((patch.get_x() + patch.get_width(), 0))[0]
+            - ax.transData.transform((patch.get_x(), 0))[0]
+            for patch in ax.patches
+            if isinstance(patch, Rectangle) and patch.get_edgecolor() == model
+        ]
+        assert len(widths) == 4 and min(widths) >= 0.9 * MIN_CANDLE_PIXELS, (ax.get_ylabel(), widths)
+    (legend,) = figure.legends
+    box = legend.get_window_extent()
+    assert not any(box.overlaps(ax.get_window_extent()) for ax in figure.get_axes())
+    assert [t.get_text() for t in legend.get_texts()][:2] == ["true bars", "model (masked bars)"]
+    assert not any(ax.get_legend() for ax in figure.get_axes()), "no legend over the candles"
 
 
 def test_bar_charts_keep_one_colour_per_method_and_say_n() -> None:

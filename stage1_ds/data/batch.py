@@ -64,6 +64,9 @@ class Batch:
         sample_id: (B,) int64 sample ids.
         mask_mode: (B,) int64 index into `stage1_ds.model.masking.MODES` of each sample's masking mode; None
             for an unmasked batch.
+        reference_volume: (B,) float64 the volume reference of each sample, in the folder's volume units
+            per minute (a bar's volume feature times its window's ``volume_scale`` times this is its volume
+            in those units; figures draw volume in the instrument's units with it); None without volume.
     """
 
     windows: dict[str, TimeframeWindow]
@@ -72,6 +75,7 @@ class Batch:
     instrument: torch.Tensor
     sample_id: torch.Tensor
     mask_mode: torch.Tensor | None = None
+    reference_volume: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -85,4 +89,5 @@ class Batch:
             instrument=self.instrument.to(device),
             sample_id=self.sample_id.to(device),
             mask_mode=None if self.mask_mode is None else self.mask_mode.to(device),
+            reference_volume=None if self.reference_volume is None else self.reference_volume.to(device),
         )

@@ -194,11 +194,19 @@ def _concatenated(pieces: list[Batch], order: torch.Tensor) -> Batch:
         instrument=torch.cat([p.instrument for p in pieces])[order],
         sample_id=torch.cat([p.sample_id for p in pieces])[order],
         mask_mode=cat([p.mask_mode for p in pieces]),
+        reference_volume=cat([p.reference_volume for p in pieces]),
     )
 
 
 #: What serves windows of a split: one folder's, or a corpus's.
 Windows = WindowDataset | CorpusWindows
+
+
+def volume_unit_of(windows: Windows, instrument: str) -> float:
+    """The instrument's volume per unit of its prepared folder, what turns a figure's volume into the
+    instrument's own units (1.0 for folders from before it was recorded)."""
+    record = windows.data_of(instrument).manifest["instruments"][instrument]
+    return float(record.get("volume_unit") or 1.0)
 
 
 def open_windows(

@@ -283,6 +283,7 @@ class WindowDataset(Dataset):
             instrument=torch.from_numpy(instrument.astype(np.int64)),
             sample_id=torch.from_numpy(ids),
             mask_mode=None if modes is None else torch.from_numpy(modes),
+            reference_volume=torch.from_numpy(np.asarray(volume_ref, np.float64)) if self.volume else None,
         )
 
     def _reference(

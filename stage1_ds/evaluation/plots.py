@@ -3,11 +3,16 @@
 Each figure is built in two steps: a plain description of what it shows (`ExampleWindow`, from a batch
 and the predictions) and a function that draws it. Tests read the description, never pixels.
 
+- `choose_example`: which window to draw, chosen rather than taken first: trading in every timeframe's
+  panel, no weekend or break inside the finest panel (and no coarser panel mostly gap), several masked
+  bars; one of those drawn with a seed.
 - `example_window` / `example_figure`: one masked window, a panel per timeframe (and a volume panel when
-  bars carry volume): the true bars as candles in price, masked bars shaded, the model's reconstruction
-  and the best baseline's drawn beside them on the masked bars only (the model is never trained on visible
-  bars); the title names the instrument, the anchor time (UTC), the masking mode and the window's MSE
-  ratio. `stage1 evaluate` saves one per mode; training logs one to TensorBoard (``val/masked_window``).
+  bars carry volume, in the instrument's own units): the true bars as candles in price, masked bars
+  shaded, the model's reconstruction and the best baseline's drawn beside them on the masked bars only
+  (the model is never trained on visible bars); one legend above the panels, never over the candles; the
+  title names the instrument, the window's end (UTC), the masking mode and the window's MSE ratio; the
+  figure is as wide as a masked bar's candles need to be `MIN_CANDLE_PIXELS` wide. `stage1 evaluate`
+  saves one per mode; training logs one to TensorBoard (``val/masked_window``), the same window all run.
 - `error_bars_figure`: RMSE per timeframe of every method of one masking mode, with n.
 - `probe_scatter_figure`: predicted against realised log variance for two probe methods, with n, the split
   and the instruments.
@@ -45,6 +50,21 @@ METHOD_COLOURS = {
 }
 TRUE_COLOUR = "black"
 MASK_COLOUR = "tab:blue"
+#: Resolution of saved figures (matplotlib's default; TensorBoard's too).
+DPI = 100
+#: A masked bar's reconstructed candle is at least this wide at `DPI` (up to `MAX_WIDTH_INCHES`).
+MIN_CANDLE_PIXELS = 4
+#: Width of the model's and the baseline's candles beside a masked bar, in bar widths.
+MASKED_CANDLE = 0.3
+#: Share of the figure's width the panels take (labels and margins take the rest).
+AXES_SHARE = 0.85
+MIN_WIDTH_INCHES, MAX_WIDTH_INCHES = 10.0, 28.0
+#: A panel spanning more than this many bar lengths per bar is mostly gap (a weekend inside an hourly
+#: window); the finest panel may not span more than `MAX_FINEST_SPAN` (a break inside it). FX h4 windows
+#: span about 1.4 (their weekends): fine.
+MAX_SPAN, MAX_FINEST_SPAN = 1.6, 1.1
+#: A drawn window has at least this many masked bars.
+MIN_MASKED_BARS = 3
 
 
 @dataclass
@@ -75,24 +95,96 @@ class Panel:
     def minutes(self) -> int:
         return Timeframe(self.timeframe).minutes
 
+    @property
+    def span(self) -> float:
+        """Bar lengths from the first bar's start to the last bar's end, per bar (1: no gap)."""
+        slots = (self.start[-1] - self.start[0]).astype(np.int64) / (60 * self.minutes) + 1
+        return float(slots / len(self.start))
+
 
 @dataclass
 class ExampleWindow:
-    """What `example_figure` draws: a title's facts and a `Panel` per timeframe that the sample keeps."""
+    """What `example_figure` draws: a title's facts and a `Panel` per timeframe that the sample keeps.
+
+    Attributes:
+        end_utc: the window's end (the anchor bar's end), UTC. volume_units: what the volume panels count
+            (the instrument's own units), None without volume.
+    """
 
     instrument: str
-    anchor_utc: str
+    end_utc: str
     mode: str
     mse_ratio: float  # model / baseline over this window's masked bars: price features, every timeframe
     panels: list[Panel]
+    volume_units: str | None = None
 
     @property
     def title(self) -> str:
         ratio = f"{self.mse_ratio:.2f}" if np.isfinite(self.mse_ratio) else "-"
         return (
-            f"{self.instrument}, window ending {self.anchor_utc} UTC, masking mode {self.mode}: "
+            f"{self.instrument}, window ending {self.end_utc} UTC, masking mode {self.mode}: "
             f"MSE model / baseline on the masked bars {ratio}"
         )
+
+    @property
+    def width_inches(self) -> float:
+        """As wide as `MIN_CANDLE_PIXELS` masked candles need in the panel of most bar lengths, within
+        `MIN_WIDTH_INCHES` and `MAX_WIDTH_INCHES`."""
+        slots = max(panel.span * len(panel.start) for panel in self.panels)
+        needed = MIN_CANDLE_PIXELS / MASKED_CANDLE * slots / (AXES_SHARE * DPI)
+        return float(np.clip(needed, MIN_WIDTH_INCHES, MAX_WIDTH_INCHES))
+
+    @property
+    def masked_candle_pixels(self) -> float:
+        """The narrowest panel's reconstructed candle width in pixels at `DPI` (about: margins vary)."""
+        slots = max(panel.span * len(panel.start) for panel in self.panels)
+        return MASKED_CANDLE * AXES_SHARE * DPI * self.width_inches / slots
+
+
+def window_spans(batch: Batch, sample: int) -> dict[str, float]:
+    """Per timeframe the sample keeps, its valid bars' span in bar lengths per bar (`Panel.span`)."""
+    spans = {}
+    for tf, window in batch.windows.items():
+        valid = window.valid[sample].numpy()
+        if valid.any():
+            start = window.start_time[sample].numpy()[valid]
+            spans[tf] = float(((start[-1] - start[0]) / Timeframe(tf).seconds + 1) / valid.sum())
+    return spans
+
+
+def choose_example(batch: Batch, candidates: np.ndarray, seed: int) -> int | None:
+    """The sample of a masked ``batch`` to draw, among ``candidates`` ((B,) bool): one whose every timeframe
+    has bars that moved (trading), whose finest panel spans no break (`MAX_FINEST_SPAN`) and no coarser
+    panel is mostly gap (`MAX_SPAN`), with at least `MIN_MASKED_BARS` masked bars; which of those is drawn
+    follows ``seed``. Where none qualifies, the candidate whose widest span is least (a figure still, just
+    a worse one); None without candidates."""
+    rows = np.flatnonzero(candidates)
+    if len(rows) == 0:
+        return None
+    finest = next(iter(batch.windows))
+    good, worst = [], []
+    for sample in rows:
+        spans = window_spans(batch, int(sample))
+        worst.append(max(spans.values(), default=np.inf))
+        trading = len(spans) == len(batch.windows) and all(
+            bool((w.features[sample, :, 1] > w.features[sample, :, 2])[w.valid[sample]].any())
+            for w in batch.windows.values()
+        )
+        masked = sum(
+            int((w.mask[sample] & w.valid[sample]).sum())
+            for w in batch.windows.values()
+            if w.mask is not None
+        )
+        if (
+            trading
+            and spans.get(finest, np.inf) <= MAX_FINEST_SPAN
+            and max(spans.values()) <= MAX_SPAN
+            and masked >= MIN_MASKED_BARS
+        ):
+            good.append(int(sample))
+    if not good:
+        return int(rows[int(np.argmin(worst))])
+    return good[int(np.random.default_rng(seed).integers(len(good)))]
 
 
 def example_window(
@@ -103,9 +195,11 @@ def example_window(
     baseline_names: dict[str, str],
     instrument: str,
     mode: str,
+    volume_unit: float = 1.0,
 ) -> ExampleWindow:
     """The example of sample ``sample`` of a masked ``batch`` (on the CPU), with the model's and a
-    baseline's reconstructions (``{tf: (B, L, F)}`` features) and the baseline's name per timeframe."""
+    baseline's reconstructions (``{tf: (B, L, F)}`` features) and the baseline's name per timeframe;
+    ``volume_unit``: the instrument's volume per unit of its folder (the manifest's ``volume_unit``)."""
     panels = []
     model_error = baseline_error = 0.0
     reference = batch.reference_price[sample : sample + 1].double().numpy()
@@ -124,7 +218,8 @@ def example_window(
 
         volume = model_volume = baseline_volume = None
         if window.volume_scale is not None and truth.shape[1] > VOLUME:
-            vscale = float(window.volume_scale[sample])
+            per_minute = 1.0 if batch.reference_volume is None else float(batch.reference_volume[sample])
+            vscale = float(window.volume_scale[sample]) * per_minute * volume_unit
             volume = truth[:, VOLUME] * vscale
             model_volume = np.where(masked, mine[:, VOLUME] * vscale, np.nan)
             baseline_volume = np.where(masked, theirs[:, VOLUME] * vscale, np.nan)
@@ -142,13 +237,21 @@ def example_window(
                 baseline_volume=baseline_volume,
             )
         )
-    anchor = np.datetime64(int(batch.anchor_time[sample]), "s")
+    end = np.datetime64(int(batch.anchor_time[sample]), "s")  # the anchor bar's end
+    has_volume = any(panel.volume is not None for panel in panels)
     return ExampleWindow(
         instrument=instrument,
-        anchor_utc=str(anchor).replace("T", " "),
+        end_utc=str(end).replace("T", " "),
         mode=mode,
         mse_ratio=model_error / baseline_error if baseline_error > 0 else float("nan"),
         panels=panels,
+        volume_units=(
+            None
+            if not has_volume
+            else f"{instrument}'s volume units"
+            if batch.reference_volume is not None
+            else "x reference/min"
+        ),
     )
 
 
@@ -169,13 +272,19 @@ def example_figure(example: ExampleWindow) -> Figure:
         if panel.volume is not None:
             rows.append((panel, True))
     heights = [0.6 if is_volume else 1.6 for _, is_volume in rows]
+    top = 1.0  # inches above the panels: the title and the one legend
     figure, axes = plt.subplots(
-        len(rows), 1, figsize=(10, sum(heights) + 0.8), squeeze=False, gridspec_kw={"height_ratios": heights}
+        len(rows),
+        1,
+        figsize=(example.width_inches, sum(heights) + 0.6 + top),
+        squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+        dpi=DPI,
     )
     for ax, (panel, is_volume) in zip(axes[:, 0], rows, strict=True):
         _shade_masked(ax, panel)
         if is_volume:
-            _volume_panel(ax, panel)
+            _volume_panel(ax, panel, example.volume_units or "")
         else:
             _price_panel(ax, panel)
         locator = mdates.AutoDateLocator()
@@ -184,7 +293,20 @@ def example_figure(example: ExampleWindow) -> Figure:
         ax.tick_params(labelsize=7)
     axes[-1, 0].set_xlabel("time (UTC)")
     figure.suptitle(example.title, fontsize=9)
-    figure.tight_layout()
+    baselines = dict.fromkeys(panel.baseline_name for panel in example.panels)
+    handles = [
+        Patch(facecolor="white", edgecolor=colour, label=label)
+        for colour, label in (
+            (TRUE_COLOUR, "true bars"),
+            (METHOD_COLOURS["model"], "model (masked bars)"),
+            *((METHOD_COLOURS.get(name, "tab:purple"), f"{name} (masked bars)") for name in baselines),
+        )
+    ]
+    handles.append(Patch(facecolor=MASK_COLOUR, alpha=0.12, label="masked"))
+    height = figure.get_figheight()
+    figure.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=7, frameon=False,
+                  bbox_to_anchor=(0.5, 1 - 0.45 / height))  # fmt: skip
+    figure.tight_layout(rect=(0, 0, 1, 1 - top / height))
     return figure
 
 
@@ -220,30 +342,22 @@ def _candles(ax: Axes, x: np.ndarray, ohlc: np.ndarray, width: float, colour: st
 def _price_panel(ax: Axes, panel: Panel) -> None:
     day_width = panel.minutes / 1440
     _candles(ax, _centres(panel), panel.ohlc, 0.6 * day_width, TRUE_COLOUR, "true bars")
-    _candles(ax, _centres(panel, -0.3), panel.model, 0.3 * day_width, METHOD_COLOURS["model"], "model")
+    _candles(
+        ax, _centres(panel, -0.3), panel.model, MASKED_CANDLE * day_width, METHOD_COLOURS["model"], "model"
+    )
     _candles(
         ax,
         _centres(panel, 0.3),
         panel.baseline,
-        0.3 * day_width,
+        MASKED_CANDLE * day_width,
         METHOD_COLOURS.get(panel.baseline_name, "tab:purple"),
         panel.baseline_name,
     )
     ax.set_ylabel(f"{panel.timeframe} price", fontsize=8)
     ax.ticklabel_format(axis="y", useOffset=False)  # whole prices, never "+1.12" above the axis
-    baseline_colour = METHOD_COLOURS.get(panel.baseline_name, "tab:purple")
-    handles = [
-        Patch(facecolor="white", edgecolor=colour, label=label)
-        for colour, label in (
-            (TRUE_COLOUR, "true bars"),
-            (METHOD_COLOURS["model"], "model (masked bars)"),
-            (baseline_colour, panel.baseline_name),
-        )
-    ]
-    ax.legend(handles=handles, loc="upper left", fontsize=6, ncol=3)
 
 
-def _volume_panel(ax: Axes, panel: Panel) -> None:
+def _volume_panel(ax: Axes, panel: Panel, units: str) -> None:
     assert panel.volume is not None and panel.model_volume is not None and panel.baseline_volume is not None
     width = panel.minutes / 1440
     ax.bar(
@@ -255,7 +369,7 @@ def _volume_panel(ax: Axes, panel: Panel) -> None:
     ):
         keep = np.isfinite(values)
         ax.bar(_centres(panel, offset)[keep], values[keep], 0.3 * width, color=colour)
-    ax.set_ylabel(f"{panel.timeframe} volume\n(x ref/min)", fontsize=7)
+    ax.set_ylabel(f"{panel.timeframe} volume\n({units})", fontsize=7)
 
 
 def _shade_masked(ax: Axes, panel: Panel) -> None:

@@ -26,7 +26,7 @@ import torch
 
 from stage1_ds.config import Config, MaskingMode
 from stage1_ds.data.batch import Batch
-from stage1_ds.data.corpus import DataSource, load_corpus, open_windows
+from stage1_ds.data.corpus import DataSource, load_corpus, open_windows, volume_unit_of
 from stage1_ds.data.features import NUM_FEATURES
 from stage1_ds.data.windows import WindowSampler
 from stage1_ds.evaluation.baselines import (
@@ -37,7 +37,7 @@ from stage1_ds.evaluation.baselines import (
     recoverable,
     train_mean_predictor,
 )
-from stage1_ds.evaluation.plots import error_bars_figure, example_figure, example_window
+from stage1_ds.evaluation.plots import choose_example, error_bars_figure, example_figure, example_window
 from stage1_ds.evaluation.statistics import wilson_interval
 from stage1_ds.model.losses import cross_timeframe_terms
 from stage1_ds.model.masking import MODES, MaskedWindows
@@ -260,13 +260,15 @@ def _score_mode(
                     out.direction[tf][0] += right
                     out.direction[tf][1] += scored
             if out.example is None and bool(rows.any()):
-                first = int(torch.nonzero(rows)[0])
-                instrument = windows.instruments[int(batch.instrument[first])]
+                chosen = choose_example(batch, rows.numpy(), seed)  # legible, and it follows the seed
+                assert chosen is not None
+                instrument = windows.instruments[int(batch.instrument[chosen])]
                 out.example = {
                     "batch": batch,
                     "preds": {"model": preds},
-                    "sample": first,
+                    "sample": chosen,
                     "instrument": instrument,
+                    "volume_unit": volume_unit_of(windows, instrument),
                 }
     return out
 
@@ -310,6 +312,7 @@ def _entry(scored: ModeScores, best: dict[str, str], timeframes: list[str]) -> d
             best,
             example["instrument"],
             mode.value,
+            volume_unit=example["volume_unit"],
         )
     return entry
 

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from stage1_ds.data.corpus import volume_unit_of
 from stage1_ds.evaluation.baselines import cross_timeframe_rules
-from stage1_ds.evaluation.plots import ExampleWindow, example_figure, example_window
+from stage1_ds.evaluation.plots import ExampleWindow, choose_example, example_figure, example_window
 from stage1_ds.model.masking import MODES, MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model, parameter_report
 from stage1_ds.train.param_groups import ParamGroup
@@ -30,6 +31,7 @@ class MetricsWriter:
 
     def __init__(self, log_dir: Path, enabled: bool):
         self._writer = SummaryWriter(str(log_dir)) if enabled else None
+        self._example_id: int | None = None  # the validation sample drawn all run (`example_sample`)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self._writer is None:
@@ -76,12 +78,16 @@ class MetricsWriter:
 
     @torch.no_grad()
     def masked_window(self, engine: Any, data: MaskedWindows, device: torch.device, step: int) -> None:
-        """The image ``val/masked_window``: the first validation sample as candles in price, the model's
-        and ``cross_timeframe_rules``' reconstructions on its masked bars (`training_example`)."""
+        """The image ``val/masked_window``: one validation window chosen at the first call
+        (`example_sample`) and drawn at every call, so progress on the same bars can be watched, as candles
+        in price with the model's and ``cross_timeframe_rules``' reconstructions on its masked bars. The
+        choice is a function of the data and its seed only: a resumed run draws the same window."""
         if self._writer is None:
             return
+        if self._example_id is None:
+            self._example_id = example_sample(data)
         engine.eval()
-        example = training_example(engine, data, device)
+        example = training_example(engine, data, device, self._example_id)
         engine.train()
         self._writer.add_figure("val/masked_window", example_figure(example), step, close=True)
 
@@ -90,21 +96,39 @@ class MetricsWriter:
             self._writer.close()
 
 
-def training_example(model: Any, data: MaskedWindows, device: torch.device) -> ExampleWindow:
-    """The first sample of ``data`` with ``model``'s reconstruction (an engine or a `Stage1Model`) beside
-    ``cross_timeframe_rules``, the strongest hand rule that needs no training split."""
-    batch = data.batch(np.asarray([0]))
+#: Validation samples `example_sample` chooses among, spread evenly over the split (neighbouring anchors
+#: share their windows: the first ones would all hold the same weekend).
+EXAMPLE_CANDIDATES = 64
+
+
+def example_sample(data: MaskedWindows, seed: int = 0) -> int:
+    """The id of the validation sample to draw all run (`choose_example` over `EXAMPLE_CANDIDATES` samples
+    spread over the split); the same for the same data and seed."""
+    ids = np.unique(np.linspace(0, len(data) - 1, min(EXAMPLE_CANDIDATES, len(data))).astype(np.int64))
+    chosen = choose_example(data.batch(ids), np.ones(len(ids), bool), seed)
+    return int(ids[chosen or 0])
+
+
+@torch.no_grad()
+def training_example(
+    model: Any, data: MaskedWindows, device: torch.device, sample_id: int = 0
+) -> ExampleWindow:
+    """Sample ``sample_id`` of ``data`` with ``model``'s reconstruction (an engine or a `Stage1Model`)
+    beside ``cross_timeframe_rules``, the strongest hand rule that needs no training split."""
+    batch = data.batch(np.asarray([sample_id]))
     output = model(batch.to(device))
     reconstruction = {tf: value.float().cpu() for tf, value in output.reconstruction.items()}
     assert batch.mask_mode is not None
+    instrument = data.windows.instruments[int(batch.instrument[0])]
     return example_window(
         batch,
         0,
         reconstruction,
         cross_timeframe_rules(batch),
         dict.fromkeys(batch.windows, "cross_timeframe_rules"),
-        data.windows.instruments[int(batch.instrument[0])],
+        instrument,
         MODES[int(batch.mask_mode[0])].value,
+        volume_unit=volume_unit_of(data.windows, instrument),
     )
 
 
