@@ -229,7 +229,7 @@ def test_per_timeframe_window_lengths(synthetic_small: Path) -> None:
 def test_windows_longer_than_the_split_allows_are_an_error(synthetic_small: Path) -> None:
     from stage1_ds.errors import DataError
 
-    with pytest.raises(DataError, match=r"lower data\.window_bars"):
+    with pytest.raises(DataError, match=r"lower data\.window_bars to 32 .*--window-bars 400 \(a trained"):
         WindowDataset(synthetic_small, "val", DataConfig(window_bars=400))
 
 

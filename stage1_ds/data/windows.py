@@ -170,10 +170,10 @@ class WindowDataset(Dataset):
             longest, prepared = max(self.window_bars.values()), int(self.data.manifest["window_bars"])
             fix = (
                 # A trained model's windows cannot be shortened: the folder's lead-ins must be lengthened.
-                f"prepare the folder again with --window-bars {longest} (a model's windows: its "
-                f"data.window_bars) or more data"
+                f"lower data.window_bars to {prepared} (a config to train), or prepare the folder again with "
+                f"--window-bars {longest} (a trained model's windows cannot change)"
                 if longest > prepared
-                else "lower data.window_bars (training) or prepare more data"
+                else "lower data.window_bars or prepare more data"
             )
             raise DataError(
                 f"{self.data.root}: the {self.split} split has no anchor with full windows of all timeframes "
