@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 
 from conftest import REPO, deepspeed_command, fresh_process_env
 from stage1_ds.train.checkpoint import checkpoint_dir, latest_tag, read_meta
@@ -44,16 +45,18 @@ def _start(command: list[str], log: Path) -> subprocess.Popen:
         )
 
 
-def _wait_for_a_checkpoint(process: subprocess.Popen, run: Path, log: Path) -> None:
+def _wait_for_a_checkpoint(process: subprocess.Popen, run: Path, log: Path) -> int:
+    """The step of the run's first complete checkpoint, once there is one."""
     deadline = time.time() + 120
     while latest_tag(run) is None:
         assert process.poll() is None, log.read_text()[-3000:]
         assert time.time() < deadline, "no checkpoint within 120 s"
         time.sleep(0.2)
+    return int(read_meta(run)[1]["global_step"])
 
 
 def _assert_stopped_cleanly(
-    process: subprocess.Popen, run: Path, log: Path, ranks: int, by: signal.Signals
+    process: subprocess.Popen, run: Path, log: Path, ranks: int, by: signal.Signals, first_save: int
 ) -> None:
     """The run saved a checkpoint of the step the signal came at on every rank, said so in one line with
     the resume command, and exited 128 + the signal's number, as a shell reports a process it stopped."""
@@ -71,7 +74,7 @@ def _assert_stopped_cleanly(
     (line,) = [text for text in output.splitlines() if f"stopped by {by.name} at step" in text]
     assert f"at step {meta['global_step']} after saving a checkpoint: {checkpoint_dir(run) / tag}" in line
     assert f"--out {run} --resume" in line
-    assert meta["global_step"] > 3, "stopped where the signal came, not at a periodic save"
+    assert meta["global_step"] > first_save, "stopped where the signal came, not at the save waited for"
     rng_files = sorted(p.name for p in (checkpoint_dir(run) / tag).glob("rng_rank*.pt"))
     assert rng_files == [f"rng_rank{r}.pt" for r in range(ranks)], "every rank saved the same step"
 
@@ -80,10 +83,10 @@ def test_sigterm_saves_and_stops_a_single_process_run(synthetic_small: Path, tmp
     run, log = tmp_path / "run", tmp_path / "log.txt"
     command = [sys.executable, "-m", "stage1_ds", "train", "--data", str(synthetic_small), "--out", str(run)]
     process = _start([*command, *ENDLESS], log)
-    _wait_for_a_checkpoint(process, run, log)
+    first_save = _wait_for_a_checkpoint(process, run, log)
     time.sleep(0.5)  # a few steps past the periodic save
     process.send_signal(signal.SIGTERM)
-    _assert_stopped_cleanly(process, run, log, ranks=1, by=signal.SIGTERM)
+    _assert_stopped_cleanly(process, run, log, ranks=1, by=signal.SIGTERM, first_save=first_save)
 
 
 def test_ctrl_c_stops_with_one_line_naming_the_checkpoint_and_the_resume_command(
@@ -122,19 +125,42 @@ def test_ctrl_c_stops_with_one_line_naming_the_checkpoint_and_the_resume_command
 
 @pytest.mark.slow
 def test_sigusr1_to_one_rank_stops_both_at_the_same_step(synthetic_small: Path, tmp_path: Path) -> None:
+    """Also the train script's whole path under the launcher on two ranks (the test that only did that is
+    folded in here): the legacy --data_dir, a phase change (frozen to full, the engine rebuilt on both
+    ranks), evaluation and the TensorBoard image, and ZeRO-2's optimizer shards split evenly."""
     run, log = tmp_path / "run", tmp_path / "log.txt"
     script = str(REPO / "scripts" / "train_stage1.py")
+    staged = [
+        *(a for a in ENDLESS if not a.startswith(("train.phases", "train.eval_every", "train.image_every"))),
+        "train.phases=[{name: frozen, until_step: 2}, {name: full}]",
+        "train.eval_every_steps=2",
+        "train.image_every_steps=2",
+    ]
     process = _start(
-        deepspeed_command(2, script, "--data", str(synthetic_small), "--out", str(run), *ENDLESS), log
+        deepspeed_command(2, script, "--data_dir", str(synthetic_small), "--out", str(run), *staged), log
     )
-    _wait_for_a_checkpoint(process, run, log)
+    first_save = _wait_for_a_checkpoint(process, run, log)
     time.sleep(0.5)
     ranks = [
         p for p in psutil.Process(process.pid).children(recursive=True) if "--local_rank=1" in p.cmdline()
     ]
     assert len(ranks) == 1, [p.cmdline() for p in psutil.Process(process.pid).children(recursive=True)]
     ranks[0].send_signal(signal.SIGUSR1)  # rank 1 only, as a scheduler might
-    _assert_stopped_cleanly(process, run, log, ranks=2, by=signal.SIGUSR1)
+    _assert_stopped_cleanly(process, run, log, ranks=2, by=signal.SIGUSR1, first_save=first_save)
+    tag, meta = read_meta(run)
+    assert meta["world_size"] == 2 and meta["phase"] == "full"
+    shards = sorted((checkpoint_dir(run) / tag).glob("*optim_states.pt"))
+    sizes = [
+        sum(
+            t.numel()
+            for t in torch.load(shard, weights_only=False)["optimizer_state_dict"][
+                "single_partition_of_fp32_groups"
+            ]
+        )
+        for shard in shards
+    ]
+    assert len(sizes) == 2 and abs(sizes[0] - sizes[1]) < 64, sizes
+    assert "val loss" in log.read_text()
 
 
 @pytest.mark.parametrize("skip", [False, True])
