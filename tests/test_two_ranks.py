@@ -75,13 +75,25 @@ def _one_rank_with_accumulation(data_dir: Path, ds_config: str, steps: list[list
     return model
 
 
-@pytest.mark.parametrize("ds_config", ["ds_configs/zero2.json", "ds_configs/zero2_offload.json"])
-def test_two_ranks_agree_and_partition_the_optimizer(
-    synthetic_small: Path, tmp_path: Path, ds_config: str
-) -> None:
+DS_CONFIGS = ("ds_configs/zero2.json", "ds_configs/zero2_offload.json")
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(synthetic_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both DeepSpeed configs trained three steps on two ranks in one launch (`workers/two_ranks.py`),
+    each under ``<root>/<config's stem>``."""
+    root = tmp_path_factory.mktemp("two_ranks")
     worker = REPO / "tests" / "workers" / "two_ranks.py"
-    _launch([str(worker), str(synthetic_small), str(tmp_path), str(REPO / ds_config)], tmp_path)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    _launch([str(worker), str(synthetic_small), str(root), *(str(REPO / c) for c in DS_CONFIGS)], root)
+    return root
+
+
+@pytest.mark.parametrize("ds_config", DS_CONFIGS)
+def test_two_ranks_agree_and_partition_the_optimizer(
+    synthetic_small: Path, two_rank_runs: Path, ds_config: str, tmp_path: Path
+) -> None:
+    out = two_rank_runs / Path(ds_config).stem
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["world"] for r in ranks] == [2, 2]
     ids = [{i for step in r["sample_ids"] for i in step} for r in ranks]
     assert not ids[0] & ids[1], "each rank its own share"
@@ -90,8 +102,8 @@ def test_two_ranks_agree_and_partition_the_optimizer(
     for r in ranks:
         assert total / 2 <= r["partition_numel"] < total / 2 + 64, "each rank holds half the optimizer state"
     # The two-rank checkpoint converts to one fp32 model that reproduces the live module.
-    convert(tmp_path / "run", tmp_path / "export")
-    live = torch.load(tmp_path / "live_outputs.pt", weights_only=False)
+    convert(out / "run", tmp_path / "export")
+    live = torch.load(out / "live_outputs.pt", weights_only=False)
     exported = Stage1Model.from_pretrained(tmp_path / "export")
     config = load_export_config(tmp_path / "export")
     probe = MaskedWindows(

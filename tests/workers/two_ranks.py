@@ -21,12 +21,21 @@ from stage1_ds.model.losses import stage1_loss
 from stage1_ds.model.masking import MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model
 from stage1_ds.train.checkpoint import TrainState, save_checkpoint, write_run_files
-from stage1_ds.train.engine import build_ds_config, build_engine, init_distributed
+from stage1_ds.train.engine import build_ds_config, build_engine, init_distributed, release_engine
 
 DROPPED_ON_RANK_1 = {"h4": 0.0}
 
 
-def main(data_dir: str, out_dir: str, ds_config: str) -> None:
+def main(data_dir: str, out_root: str, *ds_configs: str) -> None:
+    """One launch, each DeepSpeed config in turn (its engine released before the next), each written to
+    ``out_root/<config's stem>``."""
+    for ds_config in ds_configs:
+        out_dir = Path(out_root) / Path(ds_config).stem
+        out_dir.mkdir(exist_ok=True)
+        run(data_dir, str(out_dir), ds_config)
+
+
+def run(data_dir: str, out_dir: str, ds_config: str) -> None:
     rank, world = init_distributed()
     config = tiny_train_config(ds_config=ds_config)
     torch.manual_seed(0)
@@ -69,6 +78,7 @@ def main(data_dir: str, out_dir: str, ds_config: str) -> None:
         "param_checksum": checksum,
     }
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
+    release_engine(bundle, model)
 
 
 if __name__ == "__main__":
