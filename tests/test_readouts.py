@@ -77,15 +77,25 @@ def test_when_the_embeddings_carry_the_residual_the_nested_readouts_find_it() ->
 
 
 def test_when_the_embeddings_are_noise_no_correction_is_the_rule_itself() -> None:
-    rule, embeddings, y = _problem(1, signal_in_embeddings=0.0, columns=600)
-    _, base = _rule_fit(rule, y)
-    nested = fit_correction(base, embeddings, y)
-    if nested.alpha is None:
-        np.testing.assert_array_equal(nested.test, base.test)
-    pca = fit_components(base, embeddings, y)
-    assert pca.components in COMPONENTS
-    if pca.components == 0:
-        np.testing.assert_array_equal(pca.test, base.test)
+    """600 columns of pure noise: the nested readout declines on val for most problems (measured: 4 of 6
+    seeds; the others take the largest penalties, which shrink the correction to almost nothing), and a
+    readout that declines predicts exactly the rule, as does the PCA readout that keeps no component."""
+    declined, kept_none = 0, 0
+    for seed in range(6):
+        rule, embeddings, y = _problem(seed, signal_in_embeddings=0.0, columns=600)
+        _, base = _rule_fit(rule, y)
+        nested = fit_correction(base, embeddings, y)
+        if nested.alpha is None:
+            declined += 1
+            np.testing.assert_array_equal(nested.test, base.test)
+        else:
+            assert nested.alpha >= 1e4, "only a correction shrunk to almost nothing"
+        pca = fit_components(base, embeddings, y)
+        assert pca.components in COMPONENTS
+        if pca.components == 0:
+            kept_none += 1
+            np.testing.assert_array_equal(pca.test, base.test)
+    assert declined >= 3 and kept_none >= 1
 
 
 def _bars(seed: int = 0, n: int = 3000) -> MinuteBars:
