@@ -27,7 +27,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from stage1_ds.experiments.ladder import LADDER_HEADING, LADDER_STEPS, climb, ladder_figure, ladder_section
+from stage1_ds.experiments.ladder import (
+    LADDER_HEADING,
+    LADDER_STEPS,
+    SIGNALS,
+    climb,
+    ladder_figure,
+    ladder_section,
+)
 from stage1_ds.experiments.quality import (
     STAGE2_HEADING,
     TRANSFER_HEADING,
@@ -106,6 +113,13 @@ def main() -> int:
         "SPXUSD) and rewrite only the ladder section and its figure",
     )
     parser.add_argument("--ladder-steps", type=int, nargs="+", default=list(LADDER_STEPS), metavar="N")
+    parser.add_argument(
+        "--ladder-signals",
+        nargs="+",
+        choices=sorted(SIGNALS),
+        help="train the missing rungs of these signals only; the others' measured rungs are read back "
+        "(default: every signal)",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/quality"), help="runs and exports go here")
     parser.add_argument("--doc", type=Path, default=Path("docs/quality.md"), help="the report to write")
     parser.add_argument(
@@ -118,13 +132,18 @@ def main() -> int:
     if args.ladder:
         held_out = tuple(args.transfer or ("USDCHF", "BCOUSD", "SPXUSD"))
         steps = tuple(args.ladder_steps)
-        rungs = climb(args.data, args.out, steps, held_out, args.max_anchors, args.batches, args.overrides)
+        signals = tuple(args.ladder_signals) if args.ladder_signals else None
+        rungs = climb(
+            args.data, args.out, steps, held_out, args.max_anchors, args.batches, args.overrides,
+            train_signals=signals,
+        )  # fmt: skip
         figure = args.doc.with_name("ladder.png")
         ladder_figure(rungs, figure)
         command = " ".join(
             [
                 f"python scripts/quality_report.py {args.data} --ladder --transfer {' '.join(held_out)}",
                 f"--ladder-steps {' '.join(map(str, steps))}",
+                *([f"--ladder-signals {' '.join(signals)}"] if signals else []),
                 *([f"--max-anchors {args.max_anchors}"] if args.max_anchors else []),
                 *args.overrides,
             ]

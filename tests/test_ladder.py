@@ -56,6 +56,14 @@ def test_the_ladder_trains_each_signal_once_and_reports_gains_against_steps(
     assert section.count(": met") + section.count(": missed") == 2 + 2 + 1
     json.dumps(rungs)  # the rungs are plain data
 
+    # A signal climbed on its own: only its missing rung is trained; the other's rungs are read back.
+    higher = climb(root, work, (12, 24), ("OTHER",), 80, 1, TINY, trained="SYNTH", train_signals=("range",))
+    assert set(higher["range"]) == {12, 24} and set(higher["reconstruction"]) == {12}
+    assert higher["reconstruction"][12] == rungs["reconstruction"][12]
+    assert {p.name for p in (work / "ladder").glob("*.json")} == {*written, "range_24.json"}
+    section = ladder_section(higher, root, None, "python scripts/quality_report.py each --ladder", (12, 24))
+    assert "| range | 24 |" in section and "| reconstruction | 24 |" not in section
+
 
 def _rung(gains: list[float]) -> dict:
     cell = {"nested": {"gain": 0.0}}

@@ -116,12 +116,15 @@ def climb(
     signals: dict[str, list[str]] | None = None,
     base: str = LADDER_CONFIG,
     trained: str = TRAINED_SCORED,
+    train_signals: tuple[str, ...] | None = None,
 ) -> dict[str, dict[int, dict[str, Any]]]:
     """Train and measure every rung not measured yet (``work/ladder/<signal>_<steps>.json``), one after
     another; returns every rung's measurements by signal and steps.
 
     Args:
         trained: the instrument of the training corpus that every rung is scored on too.
+        train_signals: train missing rungs of these signals only (None: every signal); the others' rungs
+            are read back where measured and left out where not (a ladder climbed a signal at a time).
 
     Raises:
         ValueError: a held-out instrument, or ``trained``, has no folder under ``root``.
@@ -140,6 +143,9 @@ def climb(
             path = measured / f"{signal}_{count}.json"
             if path.is_file():
                 log.info("ladder: %s at %d steps measured before: %s", signal, count, path)
+            elif train_signals is not None and signal not in train_signals:
+                log.info("ladder: %s at %d steps not measured yet (not trained in this run)", signal, count)
+                continue
             else:
                 plan = [*LADDER_OVERRIDES, *(overrides or []), *extra]
                 run = train_for(f"ladder_{signal}_{count}", plan, count, corpus, work, base)
