@@ -22,9 +22,12 @@ lint: setup
 	$(BIN)/ruff format --check stage1_ds tests scripts examples
 	$(BIN)/mypy
 
+# One pytest worker per core, each with one torch thread (two torch processes with a thread per core each
+# run many times slower, not twice as fast); a module's tests stay on one worker (their module fixtures are
+# built once).
 test: lint
 	$(BIN)/python scripts/warm_ds_ops.py
-	$(BIN)/python -m pytest
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist loadscope
 
 # The shipped t5-large configs on CPU (docs/training.md: minutes and peak memory); not part of `make test`.
 test-large: setup
