@@ -245,10 +245,19 @@ def _reports(
 
 
 def _forced(report: dict[str, Any]) -> list[str]:
-    """The warning under a report attached with --force."""
-    if "attached_despite" not in report:
-        return []
-    return [f"**Attached with --force: {report['attached_despite']}; not this model's figures.**", ""]
+    """The warnings under a report attached with --force, or scored on the model's own data
+    (``--allow-overlap``)."""
+    lines = []
+    if "attached_despite" in report:
+        lines += [f"**Attached with --force: {report['attached_despite']}; not this model's figures.**", ""]
+    if report.get("overlap_allowed"):
+        lines += [
+            "**Scored on data the model was trained or validated on (--allow-overlap): "
+            + "; ".join(report.get("overlap", []))
+            + ".**",
+            "",
+        ]
+    return lines
 
 
 def _evaluation_section(path: Path, report: dict[str, Any]) -> list[str]:
@@ -306,11 +315,12 @@ def _scored_on(report: dict[str, Any]) -> str:
 
 
 def _measured_limitations(evaluations: list[tuple[Path, dict]], probes: list[tuple[Path, dict]]) -> list[str]:
-    """Limitations as measured by the attached reports of this model (forced reports of another model are
-    not this model's measurements), or the statement that they are unmeasured."""
+    """Limitations as measured by the attached reports of this model (forced reports of another model, and
+    reports scored on its own training or validation data, are not measurements of it), or the statement
+    that they are unmeasured."""
     lines = []
     for path, report in probes:
-        if "attached_despite" in report:
+        if "attached_despite" in report or report.get("overlap_allowed"):
             continue
         for target, results in report["targets"].items():
             plus = results.get("best_rule_plus_embeddings", {})
@@ -329,7 +339,7 @@ def _measured_limitations(evaluations: list[tuple[Path, dict]], probes: list[tup
                 f"(positive: better; Diebold-Mariano p {_p(plus['dm_p_vs_best_rule'])}, n {plus['n']})."
             )
     for path, report in evaluations:
-        if "attached_despite" in report:
+        if "attached_despite" in report or report.get("overlap_allowed"):
             continue
         for mode, entry in report["modes"].items():
             ratios = {tf: e["ratio_to_best_baseline"] for tf, e in entry["timeframes"].items()}
@@ -339,12 +349,12 @@ def _measured_limitations(evaluations: list[tuple[Path, dict]], probes: list[tup
                 f"({path.name}): {entry['overall']['ratio_to_best_baseline']:.3f} of the best simple baseline's MSE "
                 f"overall, worst on {worst} ({ratios[worst]:.3f}; above 1: the baseline is better)."
             )
-    if not any(report for _, report in probes if "attached_despite" not in report):
+    if not any(r for _, r in probes if "attached_despite" not in r and not r.get("overlap_allowed")):
         lines.append(
             "- Unmeasured here: what the embeddings add to the best simple rule (attach a `stage1 probe` "
             "report of this model)."
         )
-    if not any(report for _, report in evaluations if "attached_despite" not in report):
+    if not any(r for _, r in evaluations if "attached_despite" not in r and not r.get("overlap_allowed")):
         lines.append(
             "- Unmeasured here: reconstruction against naive baselines (attach a `stage1 evaluate` report "
             "of this model)."

@@ -181,6 +181,19 @@ def test_the_card_says_where_the_model_is_what_it_saw_and_what_was_measured(
     gain = 100 * (1 - probed["best_rule_plus_embeddings"]["mse"] / probed[rule]["mse"])
     assert f"- Forecasting `rv_60m` on the test split of {synthetic_small.name} (probe.json):" in card
     assert f"over the best simple rule `{rule}`: MSE {gain:+.1f}%" in card
+    overlapping = {
+        **json.loads(eval_json.read_text()),
+        "overlap": ["SYNTH: val overlaps"],
+        "overlap_allowed": True,
+    }
+    (tmp_path / "own_data.json").write_text(json.dumps(overlapping))
+    write_card(reported, [tmp_path / "own_data.json"])
+    own = (reported / "README.md").read_text()
+    assert (
+        "**Scored on data the model was trained or validated on (--allow-overlap): SYNTH: val overlaps.**"
+        in own
+    )
+    assert "Unmeasured here: reconstruction" in own, "a score on its own data is not a measurement of it"
     ratio = json.loads(eval_json.read_text())["modes"]["time"]["overall"]["ratio_to_best_baseline"]
     assert (
         f"- Reconstruction, `time` masking, test split of {synthetic_small.name} (eval.json): {ratio:.3f}"
