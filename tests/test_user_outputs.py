@@ -192,6 +192,15 @@ def test_the_advice_on_a_month_of_bars_leads_to_a_probe_that_runs(
     assert report["stats_source"] == "folder", "the month's own scales, fitted on the bars before its anchors"
     assert "best_rule_plus_embeddings" in report["targets"]["rv_60m"]
     assert "best_rule_plus_embeddings_zero_shot" not in report["targets"]["rv_60m"], "every fit is elsewhere"
+    manifest_path = tmp_path / "month" / "manifest.json"  # as an older version wrote it: no lead-in
+    manifest = json.loads(manifest_path.read_text())
+    test = manifest["instruments"]["MONTH"]["splits"]["test"]
+    test["anchor_start"] = test["history_start"]
+    manifest_path.write_text(json.dumps(manifest))
+    capsys.readouterr()
+    probe[-1] = str(tmp_path / "again.json")
+    assert main([*probe, "--readout-from", *trained_on]) == 2
+    assert "no bars before its first anchor to fit the rules' seasonal profile on" in capsys.readouterr().err
 
 
 def _example_batch(folder: Path) -> tuple[object, np.ndarray, object]:

@@ -491,6 +491,12 @@ def anchor_sets(
             for name in windows[split].instruments:
                 data = windows[split].data_of(name)
                 bars, past = minute_bars(data, name), data.fitting_period(name)  # train, or the lead-in
+                if past.empty:
+                    raise DataError(
+                        f"{data.root}: instrument {name} has no train split and no bars before its first "
+                        "anchor to fit the rules' seasonal profile on (prepared before val and test splits "
+                        "began with a lead-in): prepare it again"
+                    )
                 known[name] = InstrumentRules(seasonal_profile(bars, past), periodicity(bars, past))
         chosen = sets[split] = probe_set(windows[split], max_anchors, seed, known)
         log.info("probe: %d %s anchors of %s (dropped: %s)", len(chosen.ids), split, where, chosen.dropped)
