@@ -530,7 +530,7 @@ def check_anchors(
             f"probe needs at least {MIN_ANCHORS} in each split ({needs}). Prepare a longer history (several "
             f"months), or give the {split} split a larger share (stage1 prepare --split TRAIN VAL TEST). A "
             "folder too short for three splits (a month) can still be scored: prepare it as one test split "
-            f"(stage1 prepare ... --split 0 0 1 --window-bars {window_bars or 'W (the model’s data.window_bars)'}) "
+            f"(stage1 prepare ... --split 0 0 1 --window-bars {window_bars or 'W'}) "
             "and fit the readout on a longer folder (stage1 probe ... --readout-from LONGER_FOLDER, e.g. the "
             "data the model was trained on)"
         )
