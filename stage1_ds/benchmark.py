@@ -135,7 +135,7 @@ def time_engine(
     def step(i: int) -> None:
         batch = moved[i % len(moved)]
         out = engine(batch)
-        loss = stage1_loss(out.reconstruction, batch, config.model.loss).total
+        loss = stage1_loss(out.reconstruction, batch, config.model.loss, out.future_size).total
         engine.backward(loss)
         engine.step()
 

@@ -76,6 +76,8 @@ class DataConfig(Section):
         instrument_sampling: how training batches share out among instruments (`InstrumentSampling`).
         instrument_temperature: with ``temperature`` sampling, T in anchors ** (1 / T): 1 is proportional,
             larger evens the instruments out.
+        future_minutes: horizons (minutes after the anchor) of the future-size targets a batch carries
+            (`Batch.future_size`, what ``model.loss.future_weight`` trains on); empty: none.
     """
 
     timeframes: list[str] = field(default_factory=lambda: list(_ALL_TIMEFRAMES))
@@ -86,6 +88,7 @@ class DataConfig(Section):
     num_workers: int = 0
     instrument_sampling: InstrumentSampling = InstrumentSampling.PROPORTIONAL
     instrument_temperature: float = 2.0
+    future_minutes: list[int] = field(default_factory=list)
 
     @property
     def volume(self) -> bool:
@@ -125,6 +128,8 @@ class DataConfig(Section):
                 )
         if self.num_workers < 0:
             problems.append(f"{prefix}.num_workers: {self.num_workers}, expected at least 0")
+        if any(not isinstance(m, int) or m < 1 for m in self.future_minutes):
+            problems.append(f"{prefix}.future_minutes: {self.future_minutes}, expected whole minutes >= 1")
         if self.channels not in (["ohlc"], ["ohlc", "volume"]):
             problems.append(f"{prefix}.channels: {self.channels}, expected [ohlc] or [ohlc, volume]")
         if not self.instrument_temperature > 0:
@@ -310,6 +315,9 @@ class LossConfig(Section):
         cross_timeframe_weight: weight of the consistency term against the reconstruction term.
         range_weight: weight of the masked bars' log-range term (`stage1_ds.model.losses.range_terms`): how
             large the hidden bars were, beside where their prices went; 0 leaves it out.
+        future_weight: weight of the future-size term (`stage1_ds.model.losses.future_term`): a head on the
+            encoder's states predicts the log range of the 1-minute bars after the anchor over each of
+            ``data.future_minutes``; 0 leaves the head and the term out.
     """
 
     kind: LossKind = LossKind.MSE
@@ -317,6 +325,7 @@ class LossConfig(Section):
     timeframe_weights: dict[str, float] = field(default_factory=dict)
     cross_timeframe_weight: float = 0.1
     range_weight: float = 0.0
+    future_weight: float = 0.0
 
     def check(self, prefix: str) -> list[str]:
         problems = []
@@ -329,6 +338,8 @@ class LossConfig(Section):
             problems.append(f"{prefix}.cross_timeframe_weight: {self.cross_timeframe_weight}, expected >= 0")
         if self.range_weight < 0:
             problems.append(f"{prefix}.range_weight: {self.range_weight}, expected >= 0")
+        if self.future_weight < 0:
+            problems.append(f"{prefix}.future_weight: {self.future_weight}, expected >= 0")
         return problems
 
 
@@ -557,7 +568,15 @@ class Config(Section):
 
     def check(self, prefix: str) -> list[str]:
         """Checks across sections (each section checks its own keys)."""
-        problems = [
+        problems = (
+            [
+                f"model.loss.future_weight: {self.model.loss.future_weight}, but data.future_minutes is empty; "
+                "name the horizons it predicts, e.g. data.future_minutes=[60, 240]"
+            ]
+            if self.model.loss.future_weight > 0 and not self.data.future_minutes
+            else []
+        )
+        problems += [
             f"model.loss.timeframe_weights.{key}: not one of data.timeframes {self.data.timeframes}"
             for key in self.model.loss.timeframe_weights
             if key not in self.data.timeframes

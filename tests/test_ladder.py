@@ -10,6 +10,7 @@ import pytest
 
 from stage1_ds.experiments.ladder import (
     LADDER_HEADING,
+    SIGNALS,
     climb,
     gain_per_doubling,
     ladder_figure,
@@ -30,7 +31,8 @@ def test_the_ladder_trains_each_signal_once_and_reports_gains_against_steps(
     (root / "other").symlink_to(unseen)
     work = tmp_path / "runs"
     rungs = climb(root, work, (12,), ("OTHER",), 80, 1, TINY, trained="SYNTH")
-    assert set(rungs) == {"reconstruction", "range"} and all(set(r) == {12} for r in rungs.values())
+    assert set(rungs) == set(SIGNALS) and all(set(r) == {12} for r in rungs.values())
+    assert "model.loss.future_weight=1.0" in rungs["future"][12]["overrides"]
     rung = rungs["range"][12]
     assert "model.loss.range_weight=1.0" in rung["overrides"]
     assert set(rung["instruments"]) == {"SYNTH", "OTHER"}
@@ -41,7 +43,7 @@ def test_the_ladder_trains_each_signal_once_and_reports_gains_against_steps(
                 assert cells[target][readout]["val_gain"] >= 0, "a nested readout never loses on val"
     assert set(rung["time_mode"]["ratios"]) == {"m1", "m5", "m15", "m30", "h1", "h4"}
     written = {p.name: p.stat().st_mtime_ns for p in (work / "ladder").glob("*.json")}
-    assert set(written) == {"reconstruction_12.json", "range_12.json"}
+    assert set(written) == {f"{signal}_12.json" for signal in SIGNALS}
 
     again = climb(root, work, (12,), ("OTHER",), 80, 1, TINY, trained="SYNTH")
     assert again == rungs

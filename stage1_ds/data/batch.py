@@ -67,6 +67,8 @@ class Batch:
         reference_volume: (B,) float64 the volume reference of each sample, in the folder's volume units
             per minute (a bar's volume feature times its window's ``volume_scale`` times this is its volume
             in those units; figures draw volume in the instrument's units with it); None without volume.
+        future_size: (B, H) float32 the future-size targets, one per ``data.future_minutes`` horizon, NaN
+            where unknown (`stage1_ds.data.windows.WindowDataset.future_sizes`); None without horizons.
     """
 
     windows: dict[str, TimeframeWindow]
@@ -76,6 +78,7 @@ class Batch:
     sample_id: torch.Tensor
     mask_mode: torch.Tensor | None = None
     reference_volume: torch.Tensor | None = None
+    future_size: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -90,4 +93,5 @@ class Batch:
             sample_id=self.sample_id.to(device),
             mask_mode=None if self.mask_mode is None else self.mask_mode.to(device),
             reference_volume=None if self.reference_volume is None else self.reference_volume.to(device),
+            future_size=None if self.future_size is None else self.future_size.to(device),
         )

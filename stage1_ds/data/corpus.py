@@ -195,6 +195,7 @@ def _concatenated(pieces: list[Batch], order: torch.Tensor) -> Batch:
         sample_id=torch.cat([p.sample_id for p in pieces])[order],
         mask_mode=cat([p.mask_mode for p in pieces]),
         reference_volume=cat([p.reference_volume for p in pieces]),
+        future_size=cat([p.future_size for p in pieces]),
     )
 
 

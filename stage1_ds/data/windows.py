@@ -35,6 +35,12 @@ from stage1_ds.data.streams import EpochPermutation, Stream, block_keys, keyed_p
 from stage1_ds.data.timeframes import BASE, TIMEFRAMES, Timeframe, bucket_start, sort_timeframes
 from stage1_ds.errors import DataError
 
+#: A future-size target (`WindowDataset.future_sizes`) is known when at least this share of its horizon's
+#: minutes have a bar (the probe's targets ask the same).
+FUTURE_COVERAGE = 0.75
+#: Added to the RMS range (feature units) before the log: finite on flat bars, as the range loss's floor.
+FUTURE_FLOOR = 0.05
+
 log = logging.getLogger(__name__)
 
 
@@ -130,6 +136,9 @@ class WindowDataset(Dataset):
             tf: np.array([self.data.rows(name, tf)[0] for name in self.instruments], dtype=np.int64)
             for tf in TIMEFRAMES
         }
+        self.future_minutes = list(config.future_minutes)
+        self._m1_end = np.array([self.data.rows(name, BASE)[1] for name in self.instruments], dtype=np.int64)
+        self._split_end = np.array([self.data.split(name, split).end for name in self.instruments], np.int64)
         self._index_anchors()
 
     def __len__(self) -> int:
@@ -215,6 +224,30 @@ class WindowDataset(Dataset):
     def __getitem__(self, sample_id: int) -> Batch:
         return self.batch(np.asarray([sample_id], dtype=np.int64))
 
+    def future_sizes(self, instrument: np.ndarray, m1_row: np.ndarray) -> np.ndarray:
+        """(B, H) the future-size targets of anchors (instrument index, global 1-minute row of the anchor
+        bar), one per horizon h of ``future_minutes``: ``log(FUTURE_FLOOR + rms)``, rms the root mean
+        square high-low range, in the instrument's 1-minute feature units, of the 1-minute bars that start
+        in ``[t, t + h minutes)``, t the anchor bar's end: bars after every bar of the window. NaN (unknown)
+        where the horizon passes the split's end (a target never reads another split) or fewer than
+        `FUTURE_COVERAGE` of its minutes have a bar (a closed market)."""
+        anchor_time = self._start[BASE][m1_row] + BASE.seconds
+        rows = m1_row[:, None] + 1 + np.arange(max(self.future_minutes))[None, :]  # (B, longest)
+        inside = rows < self._m1_end[instrument][:, None]  # the instrument's own rows only
+        rows = np.minimum(rows, len(self._start[BASE]) - 1)
+        start, log_ohlc = self._start[BASE][rows], self._log_ohlc[BASE][rows]
+        squared = ((log_ohlc[..., 1] - log_ohlc[..., 2]) / self._scale[BASE][instrument][:, None]) ** 2
+        sizes = np.full((len(m1_row), len(self.future_minutes)), np.nan, dtype=np.float32)
+        for k, minutes in enumerate(self.future_minutes):
+            ahead = inside & (start < anchor_time[:, None] + 60 * minutes)
+            count = ahead.sum(axis=1)
+            known = (anchor_time + 60 * minutes <= self._split_end[instrument]) & (
+                count >= FUTURE_COVERAGE * minutes
+            )
+            rms = np.sqrt(np.where(ahead, squared, 0.0).sum(axis=1) / np.maximum(count, 1))
+            sizes[known, k] = np.log(FUTURE_FLOOR + rms[known])
+        return sizes
+
     def batch(
         self, ids: np.ndarray, masker: BarMasker | None = None, anchors: np.ndarray | None = None
     ) -> Batch:
@@ -284,6 +317,9 @@ class WindowDataset(Dataset):
             sample_id=torch.from_numpy(ids),
             mask_mode=None if modes is None else torch.from_numpy(modes),
             reference_volume=torch.from_numpy(np.asarray(volume_ref, np.float64)) if self.volume else None,
+            future_size=torch.from_numpy(self.future_sizes(instrument, m1_row))
+            if self.future_minutes
+            else None,
         )
 
     def _reference(

@@ -46,8 +46,13 @@ LADDER_CONFIG = "configs/pretrain_fx_cpu.yaml"
 #: Every rung: 32-bar windows (the config's otherwise).
 LADDER_OVERRIDES = ["data.window_bars=32"]
 LADDER_STEPS = (2000, 8000, 32000)
-#: The pretraining signals compared: today's objective, and the same with the masked bars' log-range term.
-SIGNALS = {"reconstruction": [], "range": ["model.loss.range_weight=1.0"]}
+#: The pretraining signals compared: today's objective, the same with the masked bars' log-range term, and
+#: with the future-size term (the log range of the bars after the anchor, at the probe's two horizons).
+SIGNALS = {
+    "reconstruction": [],
+    "range": ["model.loss.range_weight=1.0"],
+    "future": ["data.future_minutes=[60, 240]", "model.loss.future_weight=1.0"],
+}
 #: The rung at which the signal is chosen (on val).
 CHOICE_STEPS = 8000
 #: The instrument trained on that every rung is scored on beside the held-out ones.

@@ -233,6 +233,18 @@ def range_terms(predictions: dict[str, torch.Tensor], batch: Batch) -> dict[str,
     return terms
 
 
+def future_term(predicted: torch.Tensor, batch: Batch) -> Term:
+    """The mean squared error of the future-size head's (B, H) predictions against the batch's known
+    targets (`Batch.future_size`, NaN where unknown; count 0 when none is known: the term is still
+    computed, so every rank builds the same graph)."""
+    assert batch.future_size is not None, "the batch carries no future-size targets (data.future_minutes)"
+    target = batch.future_size.to(predicted.device, predicted.dtype)
+    known = torch.isfinite(target)
+    error = (predicted - torch.where(known, target, predicted.detach())) ** 2
+    count = known.sum()
+    return Term((error * known).sum() / count.clamp(min=1), count)
+
+
 def _weighted_mean(terms: list[Term], weights: list[float]) -> Term:
     """The mean of the non-empty terms, weighted; 0 (count 0) when every term is empty."""
     present = [(t.count > 0).to(t.value.dtype) * w for t, w in zip(terms, weights, strict=True)]
@@ -241,8 +253,15 @@ def _weighted_mean(terms: list[Term], weights: list[float]) -> Term:
     return Term(value / total_weight.clamp(min=1e-12), torch.stack([t.count for t in terms]).sum())
 
 
-def stage1_loss(predictions: dict[str, torch.Tensor], batch: Batch, config: LossConfig) -> LossOutput:
-    """The total loss and its components (see the module docstring), in fp32 whatever the model's dtype.
+def stage1_loss(
+    predictions: dict[str, torch.Tensor],
+    batch: Batch,
+    config: LossConfig,
+    future_size: torch.Tensor | None = None,
+) -> LossOutput:
+    """The total loss and its components (see the module docstring), in fp32 whatever the model's dtype;
+    ``future_size``: the model's future-size predictions (`Stage1Output.future_size`), which
+    ``config.future_weight`` > 0 needs.
 
     The same operations run whatever the batch holds (an empty term is computed and weighted by zero, not
     skipped), so every rank builds the same backward graph: ZeRO-2 fills its gradient buckets in the order
@@ -273,6 +292,10 @@ def stage1_loss(predictions: dict[str, torch.Tensor], batch: Batch, config: Loss
         size = _weighted_mean(list(ranges.values()), [1.0] * len(ranges))
         terms.update({f"range/{tf}": t for tf, t in ranges.items()}, range=size)
         total = total + config.range_weight * size.value
+    if config.future_weight > 0:
+        assert future_size is not None, "model.loss.future_weight needs the model's future-size head"
+        terms["future"] = future_term(future_size.float(), batch)
+        total = total + config.future_weight * terms["future"].value
     return LossOutput(
         total=total,
         components={k: t.value for k, t in terms.items()},

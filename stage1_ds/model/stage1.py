@@ -88,11 +88,13 @@ def load_export_config(export_dir: Path | str) -> Config:
 @dataclass
 class Stage1Output:
     """reconstruction: per timeframe (B, L_tf, F); hidden: per timeframe (B, P_tf, d_model) encoder states;
-    patch_valid: per timeframe (B, P_tf) bool, tokens the encoder attended to."""
+    patch_valid: per timeframe (B, P_tf) bool, tokens the encoder attended to; future_size: the future-size
+    head's predictions (`ReconstructionHeads.future_size`), None without the head."""
 
     reconstruction: dict[str, torch.Tensor]
     hidden: dict[str, torch.Tensor]
     patch_valid: dict[str, torch.Tensor]
+    future_size: torch.Tensor | None = None  # (B, horizons), with ``model.loss.future_weight`` > 0
 
 
 class Stage1Model(nn.Module):
@@ -127,7 +129,8 @@ class Stage1Model(nn.Module):
         self.embed = PatchEmbedding(
             self.timeframes, max_patches, config.patch_len, features, d_model, config.calendar, time_bias
         )
-        self.heads = ReconstructionHeads(self.timeframes, config.patch_len, features, d_model)
+        future = len(data.future_minutes) if config.loss.future_weight > 0 else 0
+        self.heads = ReconstructionHeads(self.timeframes, config.patch_len, features, d_model, future)
 
     def forward(self, batch: Batch) -> Stage1Output:
         names = [tf for tf in batch.windows if tf in self.embed.stems]
@@ -146,10 +149,12 @@ class Stage1Model(nn.Module):
             tf: self.heads(tf, h, batch.windows[tf].features.shape[1])
             for tf, h in zip(names, hidden, strict=True)
         }
+        states, patch_valid = dict(zip(names, hidden, strict=True)), dict(zip(names, valid, strict=True))
         return Stage1Output(
             reconstruction=reconstruction,
-            hidden=dict(zip(names, hidden, strict=True)),
-            patch_valid=dict(zip(names, valid, strict=True)),
+            hidden=states,
+            patch_valid=patch_valid,
+            future_size=None if self.heads.future is None else self.heads.future_size(states, patch_valid),
         )
 
     def _encode(

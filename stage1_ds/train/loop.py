@@ -346,7 +346,7 @@ def train_step(
         batch: Batch = next(batches).to(dev)
         state.batches_consumed += 1
         output = engine(batch)
-        losses = stage1_loss(output.reconstruction, batch, config.model.loss)
+        losses = stage1_loss(output.reconstruction, batch, config.model.loss, output.future_size)
         if torch.isfinite(losses.total):
             _accumulate(totals, losses, dev)
         else:
@@ -395,12 +395,14 @@ def _loss_keys(config: Config) -> list[str]:
     tfs = [tf.value for tf in sort_timeframes(config.data.timeframes)]
     volume = ["reconstruction/volume", "cross/volume"] if config.data.volume else []
     ranges = ["range", *(f"range/{tf}" for tf in tfs)] if config.model.loss.range_weight > 0 else []
+    future = ["future"] if config.model.loss.future_weight > 0 else []
     return (
         ["total", "reconstruction", "cross"]
         + [f"reconstruction/{tf}" for tf in tfs]
         + [f"cross/{tf}" for tf in tfs]
         + volume
         + ranges
+        + future
     )
 
 
@@ -425,7 +427,9 @@ def validation_losses(
     for ids in sampler:
         batch = data.batch(np.asarray(ids)).to(dev)
         output = engine(batch)
-        _accumulate(totals, stage1_loss(output.reconstruction, batch, config.model.loss), dev)
+        _accumulate(
+            totals, stage1_loss(output.reconstruction, batch, config.model.loss, output.future_size), dev
+        )
     engine.train()
     return _mean_over_ranks(totals, config, dev, prefix="val/loss/")
 

@@ -97,6 +97,11 @@ def meta_batch(config: Config, size: int) -> Batch:
         instrument=torch.empty((size,), dtype=torch.int64, device=meta),
         sample_id=torch.empty((size,), dtype=torch.int64, device=meta),
         mask_mode=torch.empty((size,), dtype=torch.int64, device=meta),
+        future_size=(
+            torch.empty((size, len(config.data.future_minutes)), device=meta)
+            if config.data.future_minutes
+            else None
+        ),
     )
 
 
@@ -111,7 +116,7 @@ def saved_activation_bytes(model: Stage1Model, batch: Batch, config: Config) -> 
 
     with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
         output = model(batch)
-        stage1_loss(output.reconstruction, batch, config.model.loss)
+        stage1_loss(output.reconstruction, batch, config.model.loss, output.future_size)
     return total
 
 
