@@ -11,6 +11,7 @@ import pytest
 from stage1_ds.experiments.ladder import (
     LADDER_HEADING,
     SIGNALS,
+    choose_signal,
     climb,
     gain_per_doubling,
     ladder_figure,
@@ -80,3 +81,17 @@ def test_the_slope_is_the_mean_gain_per_doubling_of_steps() -> None:
     by_steps = {2000: _rung([1.0, 3.0]), 8000: _rung([2.0, 4.0]), 32000: _rung([3.0, 5.0])}
     assert gain_per_doubling(by_steps, "rv_60m") == pytest.approx(0.5)  # one point per two doublings
     assert math.isnan(gain_per_doubling({2000: _rung([1.0])}, "rv_60m"))
+
+
+def test_a_signal_not_yet_climbed_to_the_choice_rung_is_not_chosen() -> None:
+    def rung(val_gain: float) -> dict:
+        cell = {"nested": {"val_gain": val_gain}}
+        return {"instruments": {"I0": {"rv_60m": cell}}}
+
+    rungs = {
+        "a": {2000: rung(1.0), 8000: rung(1.0)},
+        "b": {2000: rung(5.0)},
+        "c": {2000: rung(0.5), 8000: rung(2.0)},
+    }
+    assert choose_signal(rungs, 8000) == ("c", 8000)
+    assert choose_signal({"a": {2000: rung(1.0)}, "b": {2000: rung(5.0)}}, 8000) == ("b", 2000)

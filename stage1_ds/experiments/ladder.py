@@ -162,10 +162,12 @@ def climb(
 
 def choose_signal(rungs: dict[str, dict[int, dict[str, Any]]], at: int = CHOICE_STEPS) -> tuple[str, int]:
     """The signal of highest mean val gain of the nested readout on ``rv_60m`` over the scored instruments,
-    at ``at`` steps (or, where not every signal has that rung, the most steps every signal has)."""
-    common = set.intersection(*(set(r) for r in rungs.values()))
-    rung = at if at in common else max(common)
-    return max(rungs, key=lambda s: mean_gain(rungs[s][rung], "rv_60m", "nested", "val_gain")), rung
+    at ``at`` steps among the signals measured there (a signal not yet climbed that far cannot be chosen);
+    where none is, at the most steps every signal has."""
+    having = [signal for signal, by_steps in rungs.items() if at in by_steps]
+    if not having:
+        having, at = list(rungs), max(set.intersection(*(set(r) for r in rungs.values())))
+    return max(having, key=lambda s: mean_gain(rungs[s][at], "rv_60m", "nested", "val_gain")), at
 
 
 def mean_gain(rung: dict[str, Any], target: str, readout: str, key: str = "gain") -> float:
