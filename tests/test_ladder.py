@@ -66,6 +66,10 @@ def test_the_ladder_trains_each_signal_once_and_reports_gains_against_steps(
     assert {p.name for p in (work / "ladder").glob("*.json")} == {*written, "range_24.json"}
     section = ladder_section(higher, root, None, "python scripts/quality_report.py each --ladder", (12, 24))
     assert "| range | 24 |" in section and "| reconstruction | 24 |" not in section
+    section = ladder_section(
+        higher, root, None, "python scripts/quality_report.py each --ladder", (12, 24), 24
+    )
+    assert "**range** (" in section and "reconstruction not measured there" in section
 
 
 def _rung(gains: list[float]) -> dict:

@@ -226,9 +226,11 @@ def ladder_section(
     figure: Path | None,
     command: str,
     planned: tuple[int, ...] = LADDER_STEPS,
+    choice_steps: int = CHOICE_STEPS,
 ) -> str:
-    """The markdown section `LADDER_HEADING` of docs/quality.md from the measured rungs."""
-    chosen, at = choose_signal(rungs)
+    """The markdown section `LADDER_HEADING` of docs/quality.md from the measured rungs (signals may have
+    climbed to different rungs; the choice is among those measured at ``choice_steps``)."""
+    chosen, at = choose_signal(rungs, choice_steps)
     names = list(next(iter(next(iter(rungs.values())).values()))["instruments"])
     measured = sorted({s for by_steps in rungs.values() for s in by_steps})
     lines = [
@@ -310,18 +312,28 @@ def ladder_section(
         "on log2 steps): "
         + "; ".join(
             f"{signal}: "
-            + ", ".join(f"`{t}` {gain_per_doubling(by_steps, t):+.2f} points" for t in VARIANCE_TARGETS)
+            + (
+                ", ".join(f"`{t}` {gain_per_doubling(by_steps, t):+.2f} points" for t in VARIANCE_TARGETS)
+                if len(by_steps) > 1
+                else "one rung, no slope"
+            )
             for signal, by_steps in rungs.items()
         )
         + ".",
         "",
         f"Signal chosen on val (mean nested val gain on `rv_60m` at {at:,} steps): **{chosen}** ("
-        + ", ".join(f"{s} {mean_gain(r[at], 'rv_60m', 'nested', 'val_gain'):+.2f}%" for s, r in rungs.items())
+        + ", ".join(
+            f"{s} {mean_gain(r[at], 'rv_60m', 'nested', 'val_gain'):+.2f}%"
+            if at in r
+            else f"{s} not measured there"
+            for s, r in rungs.items()
+        )
         + ").",
         "",
         "### Targets, as measured (the chosen signal, its largest rung)",
         "",
         *ladder_verdicts(rungs, chosen),
+        "",
         "",
     ]
     return "\n".join(lines)
