@@ -163,8 +163,13 @@ def test_a_non_finite_loss_stops_naming_the_step_and_checkpoint(
     poisoned = [sampler.batch_ids(b).tolist() for b in (4, 5)]  # the batches of steps 5 and 6
     real_loss = loop.stage1_loss
 
-    def loss_of(predictions: dict[str, torch.Tensor], batch: Batch, loss_config: LossConfig) -> LossOutput:
-        out = real_loss(predictions, batch, loss_config)
+    def loss_of(
+        predictions: dict[str, torch.Tensor],
+        batch: Batch,
+        loss_config: LossConfig,
+        future_size: torch.Tensor | None = None,
+    ) -> LossOutput:
+        out = real_loss(predictions, batch, loss_config, future_size)
         if batch.sample_id.tolist() in poisoned:  # as if these windows made the model overflow
             out.total = out.total * float("nan")
         return out
