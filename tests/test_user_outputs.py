@@ -19,6 +19,7 @@ from matplotlib.patches import Rectangle
 
 from stage1_ds.cli import main
 from stage1_ds.config import DataConfig, MaskingConfig, MaskingMode, load_config
+from stage1_ds.data.batch import Batch
 from stage1_ds.data.corpus import open_windows
 from stage1_ds.data.features import to_prices
 from stage1_ds.data.prepare import PrepareOptions, prepare_synthetic, summary_table
@@ -298,7 +299,7 @@ def test_evaluate_draws_a_window_that_follows_the_seed_and_tensorboard_keeps_one
     assert example.panels[0].span <= MAX_FINEST_SPAN and max(spans) <= MAX_SPAN
 
 
-def _candidates(folder: Path, seed: int = 0) -> object:
+def _candidates(folder: Path, seed: int = 0) -> Batch:
     """A time-masked batch of 64 val windows spread over the split (some hold a weekend)."""
     windows = open_windows(folder, "val", VOLUME_DATA, seed=0)
     masked = MaskedWindows(windows, MaskingConfig(modes={MaskingMode.TIME.value: 1.0}), 8, seed=seed)
@@ -309,24 +310,24 @@ def test_the_drawn_window_is_chosen_legible_and_follows_the_seed(synthetic_small
     """Trading in every panel, no break inside the finest, no coarser panel mostly gap, several masked bars;
     which of those follows the seed; windows with a weekend in their hourly panel are never drawn."""
     batch = _candidates(synthetic_small)
-    everyone = np.ones(batch.size, bool)  # type: ignore[attr-defined]
-    spans = [window_spans(batch, k) for k in range(batch.size)]  # type: ignore[attr-defined,arg-type]
+    everyone = np.ones(batch.size, bool)
+    spans = [window_spans(batch, k) for k in range(batch.size)]
     broken = {k for k, s in enumerate(spans) if s["m1"] > MAX_FINEST_SPAN or max(s.values()) > MAX_SPAN}
-    assert broken and len(broken) < batch.size, "the data has weekends inside some windows, not all"  # type: ignore[attr-defined]
-    chosen = {choose_example(batch, everyone, seed) for seed in range(8)}  # type: ignore[arg-type]
+    assert broken and len(broken) < batch.size, "the data has weekends inside some windows, not all"
+    chosen = {choose_example(batch, everyone, seed) for seed in range(8)}
     assert len(chosen) > 2, "the seed picks among the legible windows"
     for k in chosen:
         assert k not in broken
-        masked = sum(int((w.mask[k] & w.valid[k]).sum()) for w in batch.windows.values())  # type: ignore[attr-defined]
+        masked = sum(int((w.mask[k] & w.valid[k]).sum()) for w in batch.windows.values())
         assert masked >= MIN_MASKED_BARS
     first, second = sorted(chosen)[:2]
-    batch.windows["m1"].start_time[first, 16:] += 600  # type: ignore[attr-defined]  # a 10-minute break
-    pair = np.isin(np.arange(batch.size), [first, second])  # type: ignore[attr-defined]
-    assert {choose_example(batch, pair, seed) for seed in range(8)} == {second}, "a break in the finest panel"  # type: ignore[arg-type]
-    only_broken = np.isin(np.arange(batch.size), sorted(broken))  # type: ignore[attr-defined]
-    fallback = choose_example(batch, only_broken, 0)  # type: ignore[arg-type]
+    batch.windows["m1"].start_time[first, 16:] += 600  # a 10-minute break
+    pair = np.isin(np.arange(batch.size), [first, second])
+    assert {choose_example(batch, pair, seed) for seed in range(8)} == {second}, "a break in the finest panel"
+    only_broken = np.isin(np.arange(batch.size), sorted(broken))
+    fallback = choose_example(batch, only_broken, 0)
     assert fallback in broken and max(spans[fallback].values()) == min(max(spans[k].values()) for k in broken)
-    assert choose_example(batch, np.zeros(batch.size, bool), 0) is None  # type: ignore[arg-type,attr-defined]
+    assert choose_example(batch, np.zeros(batch.size, bool), 0) is None
 
 
 def test_masked_candles_are_drawn_wide_enough_and_the_legend_stays_off_the_candles() -> None:
