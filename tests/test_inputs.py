@@ -130,7 +130,7 @@ def test_binance_kline_dumps_with_and_without_header_in_ms_and_us(tmp_path: Path
         ("bars.parquet", b"PAR1 nonsense", r"bars\.parquet: not a readable Parquet file"),
         (
             "bars.csv",
-            gzip.compress(b"timestamp,open\n1,2\n"),
+            gzip.compress(b"timestamp,open\n1,2\n", mtime=0),
             r"bars\.csv: not UTF-8 text .* needs its suffix",
         ),
         ("bars.csv.xz", b"\xfd7zXZ broken", r"bars\.csv\.xz: not readable as \.xz compressed data"),
