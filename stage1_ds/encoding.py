@@ -12,6 +12,7 @@ from stage1_ds.config import DataConfig
 from stage1_ds.data.batch import Batch, TimeframeWindow
 from stage1_ds.data.corpus import DataSource, open_windows
 from stage1_ds.errors import ConfigError
+from stage1_ds.model.heads import pool_states
 from stage1_ds.model.stage1 import Stage1Model
 
 
@@ -25,8 +26,7 @@ def encode_batch(model: Stage1Model, batch: Batch) -> dict[str, dict[str, torch.
     out = model(batch.to(device))
     result = {}
     for tf, hidden in out.hidden.items():
-        valid = out.patch_valid[tf].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * valid).sum(1) / valid.sum(1).clamp(min=1.0)
+        pooled = pool_states(hidden, out.patch_valid[tf])
         result[tf] = {"tokens": hidden.float().cpu(), "pooled": pooled.float().cpu()}
     return result
 

@@ -35,10 +35,7 @@ class ReconstructionHeads(nn.Module):
         """(B, horizons) from per-timeframe (B, P, d) states and (B, P) validity: a timeframe a sample
         dropped contributes zeros (the same graph for every sample and rank)."""
         assert self.future is not None, "built without a future-size head"
-        pooled = []
-        for tf in self.timeframes:
-            weight = valid[tf].to(hidden[tf].dtype).unsqueeze(-1)  # (B, P, 1)
-            pooled.append((hidden[tf] * weight).sum(1) / weight.sum(1).clamp(min=1))
+        pooled = [pool_states(hidden[tf], valid[tf]) for tf in self.timeframes]
         return self.future(torch.cat(pooled, dim=-1))
 
     def forward(self, tf: str, hidden: torch.Tensor, length: int) -> torch.Tensor:
@@ -46,3 +43,11 @@ class ReconstructionHeads(nn.Module):
         out = self.heads[tf](hidden)  # (B, P, patch_len * F)
         bars = out.reshape(out.shape[0], -1, self.num_features)  # (B, P * patch_len, F)
         return bars[:, bars.shape[1] - length :]
+
+
+def pool_states(hidden: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, d): the mean of (B, P, d) encoder states over the (B, P) attended tokens (zeros where none is):
+    the pooled embedding a Stage-2 model reads (`stage1_ds.encoding.encode_batch`), and what the
+    future-size head sees."""
+    weight = valid.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weight).sum(1) / weight.sum(1).clamp(min=1)
