@@ -387,13 +387,14 @@ def _check_overlap(args: argparse.Namespace, split: str) -> dict:
 
 def _provenance(args: argparse.Namespace) -> dict:
     """What a report records of what it measured (``provenance``): the model (`export_identity`) and the
-    data (`data_identity`; ``readout_from`` too where given). `stage1 card` matches the model's hash."""
+    data (`data_identity`; ``readout_from`` and ``market`` too where given). `stage1 card` matches the model's hash."""
     from stage1_ds.data.corpus import data_identity
     from stage1_ds.model.stage1 import export_identity
 
     record = {"model": export_identity(args.model), "data": data_identity(args.data)}
-    if getattr(args, "readout_from", None):
-        record["readout_from"] = data_identity(args.readout_from)
+    for key in ("readout_from", "market"):
+        if getattr(args, key, None):
+            record[key] = data_identity(getattr(args, key))
     return {"provenance": record}
 
 
@@ -564,6 +565,13 @@ def _add_probe(commands: argparse._SubParsersAction) -> None:
         help="zero-shot readout: also fit the readouts on the train split of this folder (other instruments, "
         "e.g. those the model was trained on) and score them on --data's test split",
     )
+    p.add_argument(
+        "--market",
+        type=Path,
+        nargs="+",
+        help="prepared folders whose instruments the market rule reads (their recent realised variance at "
+        "each anchor; default: the instruments of --data)",
+    )
     _add_allow_overlap(p)
     p.set_defaults(run=_run_probe)
 
@@ -590,6 +598,7 @@ def _run_probe(args: argparse.Namespace) -> int:
         stats=stats,
         readout_from=args.readout_from,
         readout_stats=readout_stats,
+        market=args.market,
     )
     report.update(_stats_source(stats), **overlap, **_provenance(args))
     figure = args.json.with_suffix(".png")

@@ -26,7 +26,13 @@ the regularisation picked on val from a grid, scored on test. The simple rules, 
 - ``har_seasonal_huber``: ``har_seasonal`` fitted with Huber's loss;
 - ``har_range``: ``har`` plus log realised range per bar (Parkinson) over the same look-backs;
 - ``har_seasonal_extended_range``: ``har_seasonal_extended`` plus those ranges;
-- ``har_seasonal_extended_range_bipower``: that plus log bipower variation per bar (jump-robust variance).
+- ``har_seasonal_extended_range_bipower``: that plus log bipower variation per bar (jump-robust variance);
+- ``har_range_market`` and ``har_seasonal_extended_range_market`` (the market rule): ``har_range`` and
+  ``har_seasonal_extended_range`` plus, for every OTHER instrument of the market (``probe(market=...)``,
+  by default the instruments of the probed folders), its log realised variance per bar over its last 60
+  and 1,440 bars before ``t`` (`market_log_variance`) and whether it is absent at ``t`` (no bar in the last
+  `MARKET_STALE_MINUTES`: closed, a holiday, before its data; its two columns then take their train mean,
+  never a stale or zero value). Scored only when some other market is present on a train anchor.
 
 For the sign the rules are the sign of the last 60 minutes' (``har_calendar``) or 60 bars' (``har``)
 return, and ``har_seasonal`` adds the profile. ``best_rule`` is the rule of lowest val MSE, per target.
@@ -66,6 +72,8 @@ from stage1_ds.evaluation.statistics import Ridge, auc, auc_interval, diebold_ma
 from stage1_ds.evaluation.volatility import (
     CALENDAR_MINUTES,
     LONGEST_WINDOW_BARS,
+    MARKET_STALE_MINUTES,
+    MARKET_WINDOWS,
     SIGN_TARGET,
     TARGETS,
     TRADING_WINDOWS,
@@ -76,6 +84,7 @@ from stage1_ds.evaluation.volatility import (
     deseasonalised,
     future_targets,
     hour_of_week,
+    market_log_variance,
     periodicity,
     seasonal_log_level,
     seasonal_profile,
@@ -99,6 +108,9 @@ VARIANCE_RULES = (
     "har_seasonal_extended_range",
     "har_seasonal_extended_range_bipower",
 )
+#: The rules that see other markets (see the module docstring): scored where the market has another
+#: instrument present on some train anchor.
+MARKET_RULES = ("har_range_market", "har_seasonal_extended_range_market")
 SIGN_RULES = ("har_calendar", "har", "har_seasonal")
 EMBEDDING_METHODS = (
     "embeddings",
@@ -123,16 +135,18 @@ MIN_ANCHORS = 30
 RECOMMENDED_ANCHORS = 200
 
 
-def methods_of(target: str) -> tuple[str, ...]:
-    """Every method scored on ``target``, in report order: the rules, the embeddings, the constant."""
-    rules = SIGN_RULES if target == SIGN_TARGET else VARIANCE_RULES
+def methods_of(target: str, market: bool = False) -> tuple[str, ...]:
+    """Every method scored on ``target``, in report order: the rules (with `MARKET_RULES` for ``market``),
+    the embeddings, the constant."""
+    rules = SIGN_RULES if target == SIGN_TARGET else (*VARIANCE_RULES, *(MARKET_RULES if market else ()))
     return (*rules, *EMBEDDING_METHODS, "constant")
 
 
 @dataclass
 class ProbeSet:
     """The anchors of one split used by the probe: ids, times, targets, and the blocks of rule features
-    (`rule_blocks`); ``dropped`` counts the anchors left out and why."""
+    (`rule_blocks`, and ``market/<instrument>``: `market_log_variance` of each market instrument, NaN where
+    it is absent or is the anchor's own); ``dropped`` counts the anchors left out and why."""
 
     ids: np.ndarray
     time: np.ndarray
@@ -176,11 +190,16 @@ def rule_blocks(bars: MinuteBars, time: np.ndarray, known: InstrumentRules) -> d
 
 
 def probe_set(
-    windows: Windows, max_anchors: int | None, seed: int, known: dict[str, InstrumentRules]
+    windows: Windows,
+    max_anchors: int | None,
+    seed: int,
+    known: dict[str, InstrumentRules],
+    market: dict[str, MinuteBars] | None = None,
 ) -> ProbeSet:
     """Anchors of a split at least `SPACING_MINUTES` apart whose horizons stay inside the split and whose
     history (a calendar week, `LONGEST_WINDOW_BARS` bars) is in it, all of them or a seeded subsample of at
-    most ``max_anchors``, with their targets and rule features (``known``: each instrument's train profiles)."""
+    most ``max_anchors``, with their targets and rule features (``known``: each instrument's train profiles;
+    ``market``: the instruments whose recent variance the market rule reads, by name)."""
     ids_all = np.arange(len(windows))
     anchor_instrument, anchor_time = windows.anchor_instrument, windows.anchor_time
     chosen: list[np.ndarray] = []
@@ -209,6 +228,14 @@ def probe_set(
         ids, time = ids[keep], time[keep]
         found = future_targets(bars, time)
         features = rule_blocks(bars, time, known[name])
+        for other, other_bars in (market or {}).items():
+            # the market rule reads the OTHER markets; an instrument's own columns are absent on its anchors
+            own = other == name
+            features[f"market/{other}"] = (
+                np.full((len(time), len(MARKET_WINDOWS)), np.nan)
+                if own
+                else market_log_variance(other_bars, time)
+            )
         flat = np.zeros(len(time), dtype=bool)
         for key, block in features.items():
             if key.startswith(FLAT_CHECKED):
@@ -232,6 +259,37 @@ def probe_set(
         dropped=dropped,
         instruments=list(windows.instruments),
     )
+
+
+def market_bars(source: DataSource) -> dict[str, MinuteBars]:
+    """Every instrument of ``source``'s folders as 1-minute bars, by name (an instrument in two folders: the
+    first folder's bars): the market of the market rule."""
+    market: dict[str, MinuteBars] = {}
+    for data in load_corpus(source):
+        for name in data.instruments:
+            market.setdefault(name, minute_bars(data, name))
+    return market
+
+
+def market_columns(sets: dict[str, ProbeSet], rows: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """The market rule's columns on the anchors ``rows`` of each split: for every market instrument present
+    on some train anchor, its `MARKET_WINDOWS` log variances (where it is absent: their mean over the train
+    anchors where it is present) and a 0/1 column "absent". None: no other market is present on any train
+    anchor (a folder of one instrument, say), so there is no market rule."""
+    columns: dict[str, list[np.ndarray]] = {s: [] for s in sets}
+    for key in (k for k in sets["train"].blocks if k.startswith("market/")):
+        train = sets["train"].blocks[key][rows["train"]]
+        present = ~np.isnan(train[:, 0])  # a row is NaN as a whole (`market_log_variance`)
+        if not present.any():
+            continue
+        fill = train[present].mean(axis=0)
+        for s in sets:
+            values = sets[s].blocks[key][rows[s]]
+            absent = np.isnan(values[:, :1])
+            columns[s] += [np.where(absent, fill, values), absent.astype(np.float64)]
+    if not columns["train"]:
+        return None
+    return {s: np.concatenate(c, axis=1) for s, c in columns.items()}
 
 
 def minute_bars(data: PreparedData, instrument: str) -> MinuteBars:
@@ -398,7 +456,7 @@ def rule_designs(
     ranges, jumpless = f"range/{windows}", f"bipower/{windows}"
     absolute_return = {s: np.abs(v) for s, v in block("trading_return").items()}
     extended = (trading, "profile", level, "clock", "trading_return")
-    return {
+    rules = {
         "har_calendar": design("calendar"),
         "har_calendar_seasonal": design("calendar", "profile"),
         "har": design(trading),
@@ -410,6 +468,11 @@ def rule_designs(
         "har_seasonal_extended_range": design(*extended, ranges).plus(absolute_return),
         "har_seasonal_extended_range_bipower": design(*extended, ranges, jumpless).plus(absolute_return),
     }
+    market = market_columns(sets, rows)
+    if market is not None:
+        rules["har_range_market"] = rules["har_range"].plus(market)
+        rules["har_seasonal_extended_range_market"] = rules["har_seasonal_extended_range"].plus(market)
+    return rules
 
 
 def _variance_scores(truth: np.ndarray, pred: np.ndarray, train_mean: float) -> dict[str, float]:
@@ -451,11 +514,12 @@ def _probe_sets(
     max_anchors: int | None,
     seed: int,
     stats: dict[str, Any] | None,
+    market: dict[str, MinuteBars] | None = None,
 ) -> tuple[dict[str, ProbeSet], dict[str, dict[str, np.ndarray]]]:
     """The probe's anchors of each split of ``data_dir`` (`anchor_sets`) and the encoders' embeddings of
     them, by method name then split (no untrained control's for ``untrained=None``: the zero-shot readout
     does not use them)."""
-    windows, sets = anchor_sets(model, data_dir, splits, max_anchors, seed, stats)
+    windows, sets = anchor_sets(model, data_dir, splits, max_anchors, seed, stats, market)
     embeddings: dict[str, dict[str, np.ndarray]] = {"embeddings": {}, "embeddings_random_init": {}}
     for split, chosen in sets.items():
         embeddings["embeddings"][split] = pooled_embeddings(model, windows[split], chosen.ids)
@@ -473,9 +537,11 @@ def anchor_sets(
     max_anchors: int | None,
     seed: int,
     stats: dict[str, Any] | None,
+    market: dict[str, MinuteBars] | None = None,
 ) -> tuple[dict[str, Windows], dict[str, ProbeSet]]:
     """The model's windows of each split of ``data_dir`` and the probe's anchors in them (`probe_set`; the
-    rules know each instrument's train split), each split checked (`check_anchors`).
+    rules know each instrument's train split, the market rule the instruments of ``market``), each split
+    checked (`check_anchors`).
 
     Raises:
         DataError: a split has too few anchors.
@@ -498,7 +564,7 @@ def anchor_sets(
                         "began with a lead-in): prepare it again"
                     )
                 known[name] = InstrumentRules(seasonal_profile(bars, past), periodicity(bars, past))
-        chosen = sets[split] = probe_set(windows[split], max_anchors, seed, known)
+        chosen = sets[split] = probe_set(windows[split], max_anchors, seed, known, market)
         log.info("probe: %d %s anchors of %s (dropped: %s)", len(chosen.ids), split, where, chosen.dropped)
         check_anchors(chosen, split, data_dir, max_anchors, max(config.bars(tf) for tf in config.timeframes))
     return windows, sets
@@ -553,6 +619,7 @@ def probe(
     stats: dict[str, Any] | None = None,
     readout_from: DataSource | None = None,
     readout_stats: dict[str, Any] | None = None,
+    market: DataSource | None = None,
 ) -> dict[str, Any]:
     """Fit and score every method on every target (see the module docstring).
 
@@ -568,6 +635,8 @@ def probe(
             val) is fitted on ``readout_from`` and scored on this folder's test split, with the usual names;
             its instruments' seasonal profiles come from the bars before its first anchor.
         readout_stats: feature statistics for ``readout_from``.
+        market: the folders whose instruments the market rule reads (`MARKET_RULES`); None: ``data_dir``'s
+            own (no market rule for a folder of one instrument).
 
     Returns:
         ``targets.<target>.<method>.<metric>``; ``best_rule.<target>``: the rule chosen on val (``rule``,
@@ -577,7 +646,9 @@ def probe(
         there (``val_mse``: what choices between models may read); the test predictions; with
         ``readout_from``, ``readout_from`` and ``readout_anchors``; ``fitted_on``: ``this folder`` or
         ``readout_from`` (a folder without a train split); ``n.<target>.<split>``: the anchors each target
-        was fitted, chosen and scored on (a direction needs a move).
+        was fitted, chosen and scored on (a direction needs a move); ``market``: its ``instruments``, the
+        ``stale_minutes`` and ``windows`` it is read with, and per split the share of anchors on which each
+        instrument is ``present``.
 
     Raises:
         DataError: a split has fewer than `MIN_ANCHORS` anchors (`check_anchors`); the folder has no train
@@ -592,8 +663,9 @@ def probe(
             "must be fitted on another folder's train and val splits: pass --readout-from FOLDER (e.g. the "
             "data the model was trained on; its folders are listed in the export's data.json)"
         )
+    instruments = market_bars(data_dir if market is None else market)
     sets, embeddings = _probe_sets(
-        model, untrained, data_dir, ("test",) if test_only else SPLITS, max_anchors, seed, stats
+        model, untrained, data_dir, ("test",) if test_only else SPLITS, max_anchors, seed, stats, instruments
     )
     other_sets: dict[str, ProbeSet] = {}
     other_embeddings: dict[str, dict[str, np.ndarray]] = {}
@@ -606,6 +678,7 @@ def probe(
             max_anchors,
             seed,
             readout_stats,
+            instruments,
         )
     if test_only:  # every method fitted on the other folder, as it is fitted on a folder's own train and val
         sets = {**other_sets, **sets}
@@ -625,6 +698,15 @@ def probe(
         "predictions": {},
     }
     report["fitted_on"] = "readout_from" if test_only else "this folder"
+    report["market"] = {
+        "instruments": sorted(instruments),
+        "stale_minutes": MARKET_STALE_MINUTES,
+        "windows": list(MARKET_WINDOWS),
+        "present": {
+            split: {name: float(np.mean(~np.isnan(s.blocks[f"market/{name}"][:, 0]))) for name in instruments}
+            for split, s in sets.items()
+        },
+    }
     if readout_from is not None:
         report["readout_from"] = [str(folder) for folder in data_folders(readout_from)]
         report["readout_anchors"] = {split: len(s.ids) for split, s in other_sets.items()}
@@ -652,7 +734,11 @@ def probe(
             mixed = {**other_sets, "test": sets["test"]}
             other_rows = {s: used(mixed[s]) for s in mixed}
             other_y = {s: mixed[s].targets[target][other_rows[s]] for s in mixed}
-            other_rule = rule_designs(mixed, target, other_rows, windows_name)[best]
+            other_rules = rule_designs(mixed, target, other_rows, windows_name)
+            # this folder's best rule, or where the other folder lacks the market it reads, the best without
+            other_rule = other_rules[
+                min((n for n in designs if n in other_rules), key=lambda n: fitted[n].val_mse)
+            ]
             values = {
                 **{s: other_embeddings["embeddings"][s][other_rows[s]] for s in other_sets},
                 "test": embeddings["embeddings"]["test"][rows["test"]],
@@ -671,7 +757,8 @@ def probe(
             "windows_chosen_on": "val",
             "windows_val_mse_with_har": by_windows,
         }
-        scored = [*methods_of(target)[:-1], *(ZERO_SHOT_METHODS if zero_shot else ())]
+        has_market = MARKET_RULES[0] in designs
+        scored = [*methods_of(target, has_market)[:-1], *(ZERO_SHOT_METHODS if zero_shot else ())]
         predictions = {name: fitted[name].test for name in scored}
         train_mean = float(y["train"].mean())
         results: dict[str, dict[str, float]] = {}

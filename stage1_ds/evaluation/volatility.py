@@ -50,6 +50,11 @@ HOURS_PER_WEEK = 168
 _MONDAY = 3 * 24  # the Unix epoch began on a Thursday: hours from a Monday 00:00 UTC to it
 _FLOOR = 1e-12  # the calendar features' log of an empty window (kept as it was, for comparison)
 PARKINSON = 1.0 / (4.0 * np.log(2.0))
+#: Another market without a bar that starts in this many minutes before ``t`` is closed at ``t`` (a weekend,
+#: a holiday, before its data begins): absent from the market rule for that anchor, never a stale value.
+MARKET_STALE_MINUTES = 60
+#: The market rule's look-backs, in bars of the other market: its last hour and its last day of trading.
+MARKET_WINDOWS = (60, 1440)
 
 
 @dataclass
@@ -152,6 +157,22 @@ def trading_log_variance(bars: MinuteBars, anchor_time: np.ndarray, windows: tup
     flat = ~(per_bar[:, -1] > 0)
     per_bar[flat] = np.nan
     return np.log(per_bar)
+
+
+def market_log_variance(
+    bars: MinuteBars, anchor_time: np.ndarray, stale_minutes: int = MARKET_STALE_MINUTES
+) -> np.ndarray:
+    """(N, len(`MARKET_WINDOWS`)): another market's log realised variance per bar over its last 60 and 1,440
+    bars before ``t`` (trading time, `trading_log_variance`), from its bars that start before ``t`` only. A
+    row is NaN where that market is absent at ``t``: no bar of it starts in the last ``stale_minutes`` before
+    ``t``, fewer than ``max(MARKET_WINDOWS)`` bars of it come before ``t``, or all of them are flat."""
+    end = bars.first_at_or_after(anchor_time)
+    recent = bars.first_at_or_after(anchor_time - 60 * stale_minutes)
+    present = (end > recent) & (end >= max(MARKET_WINDOWS))
+    out = np.full((len(anchor_time), len(MARKET_WINDOWS)), np.nan)
+    if present.any():
+        out[present] = trading_log_variance(bars, anchor_time[present], MARKET_WINDOWS)
+    return out
 
 
 def trading_last_return(bars: MinuteBars, anchor_time: np.ndarray, count: int = SIGN_MINUTES) -> np.ndarray:
