@@ -167,15 +167,26 @@ def test_the_untrained_control_is_the_same_architecture_with_other_weights(train
 
 
 def test_probe_command_reports_every_target_and_method(
-    synthetic_small: Path, trained_export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    synthetic_small: Path,
+    unseen: Path,
+    trained_export: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """End to end, with another instrument (OTHER) as the market: the market rules are scored, and an
+    instrument is never its own market."""
     out = tmp_path / "probe.json"
     args = ["--model", str(trained_export), "--data", str(synthetic_small), "--json", str(out)]
-    assert main(["probe", *args, "--max-anchors", "150"]) == 0
+    market = ["--market", str(synthetic_small), str(unseen)]
+    assert main(["probe", *args, "--max-anchors", "150", *market]) == 0
     report = json.loads(out.read_text())
     assert set(report["targets"]) == set(TARGETS)
+    assert report["market"]["instruments"] == ["OTHER", "SYNTH"]
+    for split, present in report["market"]["present"].items():
+        assert present["SYNTH"] == 0.0 and present["OTHER"] > 0.5, split
+    assert report["provenance"]["market"]
     for target, results in report["targets"].items():
-        assert set(results) == set(methods_of(target))
+        assert set(results) == set(methods_of(target, market=target != "ret_sign_60m"))
         best = report["best_rule"][target]
         assert best["chosen_on"] == "val" and best["rule"] == min(best["val_mse"], key=best["val_mse"].get)
         for method, scores in results.items():
