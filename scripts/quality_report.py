@@ -4,6 +4,7 @@
     python scripts/quality_report.py DATA_DIR --variants time|signal --steps N [key=value ...]
     python scripts/quality_report.py ROOT --transfer USDCHF BCOUSD SPXUSD --steps N [key=value ...]
     python scripts/quality_report.py ROOT --ladder [--ladder-steps 2000 8000 32000] [key=value ...]
+    python scripts/quality_report.py ROOT --market-rule [EURUSD USDCHF BCOUSD SPXUSD]
 
 DATA_DIR is a prepared folder (e.g. `stage1 prepare --input ../shared/data/histdata/*EURUSD* --window-bars
 32 --out runs/eurusd32`). Trains (a) the demo config and (b) the same without the cross-timeframe loss,
@@ -16,7 +17,10 @@ is held out in turn (`stage1_ds.experiments.quality.transfer_report`): a model t
 trained on it alone, the untrained control and the rules, on its test split; only that section is
 rewritten. With --ladder, ROOT is the same and each pretraining signal is trained at each step count on
 the instruments that are not held out (`stage1_ds.experiments.ladder`), rungs measured before read back;
-only the ladder section and its figure (ladder.png beside the report) are rewritten. Everything it writes is measured; nothing is tuned on the test split. A rewrite keeps the
+only the ladder section and its figure (ladder.png beside the report) are rewritten. With --market-rule,
+ROOT is the same, every instrument under it is the market, and the rule that sees it is measured against
+the best single-instrument rule on each named instrument (`stage1_ds.experiments.market`; no training,
+minutes); only its section is rewritten. Everything it writes is measured; nothing is tuned on the test split. A rewrite keeps the
 variants section and the hand-written reading ("Reading the figures (by hand)", at the end), to be
 revised against the new figures.
 """
@@ -35,6 +39,7 @@ from stage1_ds.experiments.ladder import (
     ladder_figure,
     ladder_section,
 )
+from stage1_ds.experiments.market import MARKET_HEADING, market_rule_report, market_rule_section
 from stage1_ds.experiments.quality import (
     STAGE2_HEADING,
     TRANSFER_HEADING,
@@ -68,7 +73,7 @@ def kept(doc: Path) -> str:
         return ""
     text = doc.read_text()
     headings = [heading for heading, _ in VARIANT_SETS.values()]
-    headings += [TRANSFER_HEADING, LADDER_HEADING, STAGE2_HEADING, BY_HAND]
+    headings += [TRANSFER_HEADING, LADDER_HEADING, MARKET_HEADING, STAGE2_HEADING, BY_HAND]
     return "".join("\n" + part.rstrip("\n") + "\n" for h in headings if (part := section(text, h)))
 
 
@@ -120,6 +125,14 @@ def main() -> int:
         help="train the missing rungs of these signals only; the others' measured rungs are read back "
         "(default: every signal)",
     )
+    parser.add_argument(
+        "--market-rule",
+        nargs="*",
+        metavar="INSTRUMENT",
+        help="DATA holds one prepared folder per instrument, all of them the market: measure the market rule "
+        "against the best single-instrument rule on these instruments (default EURUSD USDCHF BCOUSD SPXUSD) "
+        "and rewrite only its section",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/quality"), help="runs and exports go here")
     parser.add_argument("--doc", type=Path, default=Path("docs/quality.md"), help="the report to write")
     parser.add_argument(
@@ -129,7 +142,15 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides of every run's config")
     args = parser.parse_intermixed_args()  # overrides may follow the options
     setup_logging()
-    if args.ladder:
+    if args.market_rule is not None:
+        scored = args.market_rule or ["EURUSD", "USDCHF", "BCOUSD", "SPXUSD"]
+        measured = market_rule_report(args.data, scored, args.max_anchors)
+        command = f"python scripts/quality_report.py {args.data} --market-rule {' '.join(scored)}"
+        if args.max_anchors:
+            command += f" --max-anchors {args.max_anchors}"
+        body = market_rule_section(measured, args.data, command)
+        args.doc.write_text(with_variants(args.doc, MARKET_HEADING, body))
+    elif args.ladder:
         held_out = tuple(args.transfer or ("USDCHF", "BCOUSD", "SPXUSD"))
         steps = tuple(args.ladder_steps)
         signals = tuple(args.ladder_signals) if args.ladder_signals else None

@@ -3,7 +3,12 @@ bars before ``t`` only, absent (never stale) where a market is closed, chosen on
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from stage1_ds.evaluation.probe import (
     MARKET_RULES,
@@ -22,6 +27,7 @@ from stage1_ds.evaluation.volatility import (
     future_targets,
     market_log_variance,
 )
+from stage1_ds.experiments.market import MARKET_HEADING
 
 DAY = 1440
 
@@ -141,3 +147,38 @@ def test_the_market_columns_use_the_train_mean_where_a_market_is_absent() -> Non
         columns["train"][absent, :2], np.broadcast_to(train[~absent].mean(axis=0), (absent.sum(), 2))
     )
     np.testing.assert_array_equal(columns["train"][:, 2], absent.astype(float))
+
+
+def test_the_market_rule_section_is_written_for_a_root_of_instrument_folders(
+    synthetic_small: Path, unseen: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`scripts/quality_report.py ROOT --market-rule ...`: every folder under ROOT is the market, each named
+    instrument is scored against the best rule without it, and only the section is written, before the
+    reading by hand."""
+    root = tmp_path / "each"
+    root.mkdir()
+    (root / "SYNTH").symlink_to(synthetic_small)
+    (root / "OTHER").symlink_to(unseen)
+    spec = importlib.util.spec_from_file_location(
+        "quality_report", Path(__file__).parent.parent / "scripts/quality_report.py"
+    )
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    doc = tmp_path / "quality.md"
+    doc.write_text("# Quality\n\n## Setup\n\nfigures\n\n" + script.BY_HAND + "\n\nby hand\n")
+    argv = ["quality_report.py", str(root), "--market-rule", "SYNTH", "OTHER", "--doc", str(doc)]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert script.main() == 0
+    text = doc.read_text()
+    assert text.index("## Setup") < text.index(MARKET_HEADING) < text.index(script.BY_HAND)
+    section = text[text.index(MARKET_HEADING) : text.index(script.BY_HAND)]
+    rows = [line.split(" | ") for line in section.splitlines() if line.startswith(("| SYNTH", "| OTHER"))]
+    assert len(rows) == 2 * 2 * len(MARKET_RULES)  # instruments x targets x market rules
+    for row in rows:
+        val_gain = float(row[4])
+        assert row[-1].startswith("yes") <= (val_gain > 0), (
+            "a market rule is chosen only where it wins on val"
+        )
+    present = next(line for line in section.splitlines() if line.startswith("- SYNTH ("))
+    assert float(present.rsplit("OTHER ", 1)[1]) > 0.5, "OTHER trades on the same days as SYNTH"

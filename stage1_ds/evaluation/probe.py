@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from stage1_ds.config import DataConfig
 from stage1_ds.data.corpus import DataSource, Windows, data_folders, load_corpus, open_windows
 from stage1_ds.data.store import PreparedData
 from stage1_ds.data.timeframes import Timeframe
@@ -531,7 +532,7 @@ def _probe_sets(
 
 
 def anchor_sets(
-    model: Stage1Model,
+    model: Stage1Model | DataConfig,
     data_dir: DataSource,
     splits: tuple[str, ...],
     max_anchors: int | None,
@@ -539,14 +540,15 @@ def anchor_sets(
     stats: dict[str, Any] | None,
     market: dict[str, MinuteBars] | None = None,
 ) -> tuple[dict[str, Windows], dict[str, ProbeSet]]:
-    """The model's windows of each split of ``data_dir`` and the probe's anchors in them (`probe_set`; the
+    """The model's windows (or those of a data config) of each split of ``data_dir`` and the probe's anchors
+    in them (`probe_set`; the
     rules know each instrument's train split, the market rule the instruments of ``market``), each split
     checked (`check_anchors`).
 
     Raises:
         DataError: a split has too few anchors.
     """
-    config = model_data_config(model)
+    config = model if isinstance(model, DataConfig) else model_data_config(model)
     windows: dict[str, Windows] = {}
     sets: dict[str, ProbeSet] = {}
     known: dict[str, InstrumentRules] = {}
