@@ -33,6 +33,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 #: Bars per window of every timeframe; `stage1 prepare` sizes the gap between splits for windows this long.
 WINDOW_BARS = 128
+#: An instrument without a 1-minute bar in this many minutes before an anchor is closed there: absent from
+#: the sample's context windows (`data.context_stale_minutes`) and from the probe's market rule.
+CONTEXT_STALE_MINUTES = 60
 #: Train, val and test shares of each instrument's 1-minute rows, in time order (`stage1 prepare`).
 SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 
@@ -78,6 +81,13 @@ class DataConfig(Section):
             larger evens the instruments out.
         future_minutes: horizons (minutes after the anchor) of the future-size targets a batch carries
             (`Batch.future_size`, what ``model.loss.future_weight`` trains on); empty: none.
+        context: each sample also carries the windows of other instruments of the corpus at its anchor time
+            (`Batch.context`, `stage1_ds.data.context`): the market it trades in.
+        context_instruments: the instruments that may be context (empty: every instrument of the corpus).
+        context_max: at most this many context instruments per sample (the first present ones, in corpus
+            order).
+        context_stale_minutes: an instrument without a 1-minute bar in this many minutes before the anchor
+            (closed, a holiday, before its data) is absent from that sample's context.
     """
 
     timeframes: list[str] = field(default_factory=lambda: list(_ALL_TIMEFRAMES))
@@ -89,6 +99,10 @@ class DataConfig(Section):
     instrument_sampling: InstrumentSampling = InstrumentSampling.PROPORTIONAL
     instrument_temperature: float = 2.0
     future_minutes: list[int] = field(default_factory=list)
+    context: bool = False
+    context_instruments: list[str] = field(default_factory=list)
+    context_max: int = 7
+    context_stale_minutes: int = CONTEXT_STALE_MINUTES
 
     @property
     def volume(self) -> bool:
@@ -136,6 +150,14 @@ class DataConfig(Section):
             problems.append(
                 f"{prefix}.instrument_temperature: {self.instrument_temperature}, expected a number above 0"
             )
+        if self.context_max < 1:
+            problems.append(f"{prefix}.context_max: {self.context_max}, expected at least 1")
+        if self.context_stale_minutes < 1:
+            problems.append(
+                f"{prefix}.context_stale_minutes: {self.context_stale_minutes}, expected whole minutes >= 1"
+            )
+        if len(set(self.context_instruments)) != len(self.context_instruments):
+            problems.append(f"{prefix}.context_instruments: {self.context_instruments} names one twice")
         return problems
 
 
@@ -569,6 +591,14 @@ class Config(Section):
     def check(self, prefix: str) -> list[str]:
         """Checks across sections (each section checks its own keys)."""
         problems = (
+            [
+                "data.context: true, but the model does not read context windows yet (only the data pipeline "
+                "serves them, stage1_ds.data.context); leave it false to train"
+            ]
+            if self.data.context
+            else []
+        )
+        problems += (
             [
                 f"model.loss.future_weight: {self.model.loss.future_weight}, but data.future_minutes is empty; "
                 "name the horizons it predicts, e.g. data.future_minutes=[60, 240]"

@@ -52,6 +52,36 @@ class TimeframeWindow:
 
 
 @dataclass
+class ContextWindows:
+    """The market around a batch's samples (`stage1_ds.data.context`): up to K other instruments' windows
+    at each sample's anchor time, K slots per sample.
+
+    Attributes:
+        windows: per timeframe name, a `TimeframeWindow` of B x K windows (row ``b * K + k`` is slot ``k`` of
+            sample ``b``): unmasked, every timeframe kept, each scaled to its own instrument's last close;
+            features zero, ``valid`` false and ``parent_index`` -1 in an empty slot.
+        present: (B, K) bool, the slot holds an instrument (false: fewer than K others were trading).
+        instrument: (B, K) int64 the slot's instrument, an index into the context's ``instruments``; -1
+            where empty. For evaluation only: no instrument identity reaches the model.
+    """
+
+    windows: dict[str, TimeframeWindow]
+    present: torch.Tensor
+    instrument: torch.Tensor
+
+    @property
+    def slots(self) -> int:
+        return int(self.present.shape[1])
+
+    def to(self, device: torch.device | str) -> ContextWindows:
+        return ContextWindows(
+            windows={tf: window.to(device) for tf, window in self.windows.items()},
+            present=self.present.to(device),
+            instrument=self.instrument.to(device),
+        )
+
+
+@dataclass
 class Batch:
     """A batch of samples; ``windows`` is ordered finest timeframe first.
 
@@ -69,6 +99,8 @@ class Batch:
             in those units; figures draw volume in the instrument's units with it); None without volume.
         future_size: (B, H) float32 the future-size targets, one per ``data.future_minutes`` horizon, NaN
             where unknown (`stage1_ds.data.windows.WindowDataset.future_sizes`); None without horizons.
+        context: the other instruments' windows at each anchor time (`ContextWindows`); None without
+            ``data.context``.
     """
 
     windows: dict[str, TimeframeWindow]
@@ -79,6 +111,7 @@ class Batch:
     mask_mode: torch.Tensor | None = None
     reference_volume: torch.Tensor | None = None
     future_size: torch.Tensor | None = None
+    context: ContextWindows | None = None
 
     @property
     def size(self) -> int:
@@ -94,4 +127,5 @@ class Batch:
             mask_mode=None if self.mask_mode is None else self.mask_mode.to(device),
             reference_volume=None if self.reference_volume is None else self.reference_volume.to(device),
             future_size=None if self.future_size is None else self.future_size.to(device),
+            context=None if self.context is None else self.context.to(device),
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 
 from stage1_ds.config import DataConfig
 from stage1_ds.data.batch import Batch, TimeframeWindow
+from stage1_ds.data.context import MarketContext
 from stage1_ds.data.store import ALIKE_KEYS, PreparedData, check_alike, load_prepared
 from stage1_ds.data.windows import BarMasker, WindowDataset
 from stage1_ds.errors import DataError
@@ -113,7 +115,8 @@ class CorpusWindows(torch.utils.data.Dataset):
         seed: int = 0,
         stats: dict[str, Any] | None = None,
     ):
-        self.parts = [WindowDataset(data, split, config, seed=seed, stats=stats) for data in datas]
+        alone = replace(config, context=False)  # the market is the corpus's, not each folder's
+        self.parts = [WindowDataset(data, split, alone, seed=seed, stats=stats) for data in datas]
         self.split, self.seed = split, seed
         self.timeframes = self.parts[0].timeframes
         self.window_bars = self.parts[0].window_bars
@@ -121,6 +124,7 @@ class CorpusWindows(torch.utils.data.Dataset):
         self._anchors_before = np.cumsum([0, *(len(part) for part in self.parts)])
         self._instruments_before = np.cumsum([0, *(len(part.instruments) for part in self.parts)])
         self._owner = {name: part.data for part in self.parts for name in part.instruments}
+        self.context = MarketContext(self.parts, config) if config.context else None
 
     def __len__(self) -> int:
         return int(self._anchors_before[-1])
@@ -164,7 +168,11 @@ class CorpusWindows(torch.utils.data.Dataset):
             pieces.append(piece)
             order.append(chosen)
         back = torch.from_numpy(np.argsort(np.concatenate(order), kind="stable"))
-        return _concatenated(pieces, back)
+        batch = _concatenated(pieces, back)
+        if self.context is not None:
+            names = np.asarray(self.instruments)[batch.instrument.numpy()]
+            batch.context = self.context.at(names, batch.anchor_time.numpy())
+        return batch
 
 
 def _concatenated(pieces: list[Batch], order: torch.Tensor) -> Batch:

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from stage1_ds.config import DataConfig, InstrumentSampling
 from stage1_ds.data.batch import Batch, TimeframeWindow
+from stage1_ds.data.context import MarketContext
 from stage1_ds.data.features import to_features, volume_reference, volume_scale
 from stage1_ds.data.store import SPLITS, PreparedData, load_prepared, scale_of
 from stage1_ds.data.streams import EpochPermutation, Stream, block_keys, keyed_permute, permute, uniform_hash
@@ -140,6 +141,9 @@ class WindowDataset(Dataset):
         self._m1_end = np.array([self.data.rows(name, BASE)[1] for name in self.instruments], dtype=np.int64)
         self._split_end = np.array([self.data.split(name, split).end for name in self.instruments], np.int64)
         self._index_anchors()
+        # The other instruments at each sample's anchor time (`data.context`): this folder's, or the corpus's
+        # when a `stage1_ds.data.corpus.CorpusWindows` serves several folders (it sets one for all).
+        self.context: MarketContext | None = MarketContext([self], config) if config.context else None
 
     def __len__(self) -> int:
         return int(self._anchors_before[-1])
@@ -148,14 +152,14 @@ class WindowDataset(Dataset):
         """Per instrument, the run of its 1-minute rows that are anchors: their end in the split, and every
         timeframe's window of full length inside the split's history (both conditions hold from some row
         on, since the last complete bar of a timeframe never moves back)."""
-        first, count = [], []
+        first, count, full, high_rows = [], [], [], []
         for name in self.instruments:
             region = self.data.split(name, self.split)
             begin, end = self.data.rows(name, BASE)
             m1_start = self._start[BASE][begin:end]
             low = int(np.searchsorted(m1_start, region.anchor_start - BASE.seconds, side="right"))
             high = int(np.searchsorted(m1_start, region.end - BASE.seconds, side="right"))
-            row = low
+            row = 0  # the first row whose windows are all full inside the split's history
             for tf in self.timeframes:
                 tf_begin, tf_end = self.data.rows(name, tf)
                 oldest = int(np.searchsorted(self._start[tf][tf_begin:tf_end], region.history_start))
@@ -164,9 +168,13 @@ class WindowDataset(Dataset):
                     row = max(row, needed)
                 else:
                     last = self._index[f"{BASE.value}_last_{tf.value}"][begin:end]
-                    row = max(row, low + int(np.searchsorted(last[low:high], needed)))
-            first.append(row)
-            count.append(max(0, high - row))
+                    row = max(row, int(np.searchsorted(last, needed)))
+            full.append(row)
+            high_rows.append(high)
+            first.append(max(low, row))
+            count.append(max(0, high - max(low, row)))
+        self._full_from = np.array(full, dtype=np.int64)  # local rows: windows full from here
+        self._split_high = np.array(high_rows, dtype=np.int64)  # local rows: the split's bars end before here
         self._first_anchor = np.array(first, dtype=np.int64)  # local 1-minute row of each instrument's first
         self._anchors_before = np.r_[0, np.cumsum(count)].astype(np.int64)
         if all(self.data.split(name, self.split).empty for name in self.instruments):
@@ -267,48 +275,13 @@ class WindowDataset(Dataset):
         none_kept = ~np.any(np.stack(list(keep.values())), axis=0)
         keep[BASE] = keep[BASE] | none_kept
 
-        rows, firsts, start, valid = {}, {}, {}, {}
+        rows, start, valid = {}, {}, {}
         for tf in self.timeframes:
             rows[tf] = self._rows(instrument, m1_row, tf)  # (B, L) global rows
-            firsts[tf] = rows[tf][:, 0]
             start[tf] = self._start[tf][rows[tf]]
             valid[tf] = np.repeat(keep[tf][:, None], rows[tf].shape[1], axis=1)
-        if masker is None:
-            masks, modes = {tf: np.zeros_like(v) for tf, v in valid.items()}, None
-        else:
-            masks, modes = masker(ids, start, valid, anchor_time)
-        visible = {tf: valid[tf] & ~masks[tf] for tf in self.timeframes}
-        log_reference, reference_tf = self._reference(rows, visible)
-        if self.volume:
-            volume_ref = self._volume_reference(rows, visible, reference_tf)
-
-        windows = {}
-        for i, tf in enumerate(self.timeframes):
-            scale = self._scale[tf][instrument]
-            features = to_features(self._log_ohlc[tf][rows[tf]], log_reference, scale)  # (B, L, 4)
-            if self.volume:
-                volume = self._units[tf][rows[tf]] / (volume_ref[:, None] * volume_scale(tf.minutes))
-                features = np.concatenate(
-                    [features, volume[..., None].astype(np.float32)], axis=2
-                )  # (B, L, 5)
-            features[~keep[tf]] = 0.0
-            parent = None
-            if i + 1 < len(self.timeframes):
-                coarse = self.timeframes[i + 1]
-                pos = self._parent(instrument, rows[tf], tf, coarse) - firsts[coarse][:, None]
-                inside = self._bucket_inside(instrument, rows[tf], start[tf], tf, coarse)
-                ok = (pos >= 0) & (pos < self.window_bars[coarse]) & inside
-                ok &= (keep[tf] & keep[coarse])[:, None]
-                parent = torch.from_numpy(np.where(ok, pos, -1))
-            windows[tf.value] = TimeframeWindow(
-                features=torch.from_numpy(features),
-                valid=torch.from_numpy(valid[tf]),
-                start_time=torch.from_numpy(start[tf]),
-                parent_index=parent,
-                scale=torch.from_numpy(scale),
-                volume_scale=torch.full((len(ids),), volume_scale(tf.minutes)) if self.volume else None,
-                mask=None if masker is None else torch.from_numpy(masks[tf]),
-            )
+        masks, modes = (None, None) if masker is None else masker(ids, start, valid, anchor_time)
+        windows, log_reference, volume_ref = self._windows(instrument, rows, start, keep, valid, masks)
         return Batch(
             windows=windows,
             reference_price=torch.from_numpy(np.exp(log_reference)),
@@ -320,7 +293,82 @@ class WindowDataset(Dataset):
             future_size=torch.from_numpy(self.future_sizes(instrument, m1_row))
             if self.future_minutes
             else None,
+            context=None
+            if self.context is None
+            else self.context.at(np.asarray(self.instruments)[instrument], anchor_time),
         )
+
+    def _windows(
+        self,
+        instrument: np.ndarray,
+        rows: dict[Timeframe, np.ndarray],
+        start: dict[Timeframe, np.ndarray],
+        keep: dict[Timeframe, np.ndarray],
+        valid: dict[Timeframe, np.ndarray],
+        masks: dict[Timeframe, np.ndarray] | None,
+    ) -> tuple[dict[str, TimeframeWindow], np.ndarray, np.ndarray | None]:
+        """Every timeframe's `TimeframeWindow` of samples whose windows hold the prepared ``rows`` (global),
+        with the reference price taken from the visible bars (`_reference`); also (B,) the log reference
+        price and the reference volume (None without volume)."""
+        visible = {tf: valid[tf] if masks is None else valid[tf] & ~masks[tf] for tf in self.timeframes}
+        log_reference, reference_tf = self._reference(rows, visible)
+        volume_ref = self._volume_reference(rows, visible, reference_tf) if self.volume else None
+        windows = {}
+        for i, tf in enumerate(self.timeframes):
+            scale = self._scale[tf][instrument]
+            features = to_features(self._log_ohlc[tf][rows[tf]], log_reference, scale)  # (B, L, 4)
+            if volume_ref is not None:
+                volume = self._units[tf][rows[tf]] / (volume_ref[:, None] * volume_scale(tf.minutes))
+                features = np.concatenate(
+                    [features, volume[..., None].astype(np.float32)], axis=2
+                )  # (B, L, 5)
+            features[~keep[tf]] = 0.0
+            parent = None
+            if i + 1 < len(self.timeframes):
+                coarse = self.timeframes[i + 1]
+                pos = self._parent(instrument, rows[tf], tf, coarse) - rows[coarse][:, :1]
+                inside = self._bucket_inside(instrument, rows[tf], start[tf], tf, coarse)
+                ok = (pos >= 0) & (pos < self.window_bars[coarse]) & inside
+                ok &= (keep[tf] & keep[coarse])[:, None]
+                parent = torch.from_numpy(np.where(ok, pos, -1))
+            windows[tf.value] = TimeframeWindow(
+                features=torch.from_numpy(features),
+                valid=torch.from_numpy(valid[tf]),
+                start_time=torch.from_numpy(start[tf]),
+                parent_index=parent,
+                scale=torch.from_numpy(scale),
+                volume_scale=torch.full((len(instrument),), volume_scale(tf.minutes))
+                if self.volume
+                else None,
+                mask=None if masks is None else torch.from_numpy(masks[tf]),
+            )
+        return windows, log_reference, volume_ref
+
+    def context_rows(
+        self, k: int, anchor_time: np.ndarray, stale_minutes: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Where instrument ``k`` of this dataset stands at other samples' anchor times: (B,) the global row of
+        its last 1-minute bar that ENDS at or before each ``t`` (a bar at or after ``t`` never enters), and
+        (B,) whether it is present there: that bar started within ``stale_minutes`` before ``t``, lies in
+        this split (before its end), and every timeframe's window ending with it is full inside the split's
+        history (a context window never reads another split)."""
+        name = self.instruments[k]
+        begin, end = self.data.rows(name, BASE)
+        starts = self._start[BASE][begin:end]
+        local = np.searchsorted(starts, anchor_time - BASE.seconds, side="right") - 1
+        recent = starts[np.maximum(local, 0)] >= anchor_time - 60 * stale_minutes
+        present = (local >= self._full_from[k]) & (local < self._split_high[k]) & recent
+        return begin + np.maximum(local, 0), present
+
+    def windows_at(self, instrument: np.ndarray, m1_row: np.ndarray) -> dict[str, TimeframeWindow]:
+        """Unmasked windows of every timeframe (all kept) ending with the given 1-minute rows (global) of
+        the given instruments (indices into `instruments`): a context instrument's windows. The reference
+        price is the close of its own last 1-minute bar, so no other instrument's price level enters."""
+        rows = {tf: self._rows(instrument, m1_row, tf) for tf in self.timeframes}
+        start = {tf: self._start[tf][rows[tf]] for tf in self.timeframes}
+        keep = {tf: np.ones(len(m1_row), bool) for tf in self.timeframes}
+        valid = {tf: np.ones(rows[tf].shape, bool) for tf in self.timeframes}
+        return self._windows(instrument, rows, start, keep, valid, None)[0]
 
     def _reference(
         self, rows: dict[Timeframe, np.ndarray], visible: dict[Timeframe, np.ndarray]

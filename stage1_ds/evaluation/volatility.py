@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from stage1_ds.config import CONTEXT_STALE_MINUTES
 from stage1_ds.data.store import SplitRange
 from stage1_ds.errors import DataError
 
@@ -51,8 +52,9 @@ _MONDAY = 3 * 24  # the Unix epoch began on a Thursday: hours from a Monday 00:0
 _FLOOR = 1e-12  # the calendar features' log of an empty window (kept as it was, for comparison)
 PARKINSON = 1.0 / (4.0 * np.log(2.0))
 #: Another market without a bar that starts in this many minutes before ``t`` is closed at ``t`` (a weekend,
-#: a holiday, before its data begins): absent from the market rule for that anchor, never a stale value.
-MARKET_STALE_MINUTES = 60
+#: a holiday, before its data begins): absent from the market rule for that anchor, never a stale value (the
+#: context windows' default, ``data.context_stale_minutes``, is the same).
+MARKET_STALE_MINUTES = CONTEXT_STALE_MINUTES
 #: The market rule's look-backs, in bars of the other market: its last hour and its last day of trading.
 MARKET_WINDOWS = (60, 1440)
 
