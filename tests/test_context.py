@@ -83,9 +83,12 @@ def test_context_windows_are_the_other_instruments_own_windows_as_of_the_anchor(
                 continue
             other = int(context.instrument[b, k])
             assert other != int(batch.instrument[b]), "an instrument is never its own context"
+            region = windows.data_of(windows.instruments[other]).split(windows.instruments[other], "val")
             for name, window in context.windows.items():
                 ends = window.start_time[row] + Timeframe(name).seconds
                 assert window.valid[row].all() and bool((ends <= t[b]).all()), (b, k, name)
+                inside = (window.start_time[row] >= region.history_start) & (ends <= region.end)
+                assert bool(inside.all()), f"sample {b}: {name} context bars outside the other's val split"
             last_end = int(context.windows["m1"].start_time[row, -1]) + 60
             assert t[b] - last_end < 60 * CONTEXT.context_stale_minutes
             sample = own.get((other, last_end))
