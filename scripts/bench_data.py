@@ -5,6 +5,7 @@ instrument-years (time and peak RSS, 1 and 2 workers) and serving from the 100-i
 Usage: python scripts/bench_data.py [--histdata ../shared/data/histdata] [--json OUT.json]
        python scripts/bench_data.py --scale [--scale-sizes 1 10 100] [--scale-dir /tmp/stage1_scale] [--json OUT.json]
        python scripts/bench_data.py --serve-scale [--serve-sizes 1 10 100 300] [--batches N] [--json OUT.json]
+       python scripts/bench_data.py --context [--context-days 120] [--batches N] [--json OUT.json]
 
 Targets: prepare one HistData year < 10 s; >= 20,000 windows/s on one core unmasked and >= 15,000 with
 masks (batches of 256, all six timeframes, 128 bars each, memory-mapped); serving two instruments x one
@@ -13,6 +14,10 @@ instrument-years within 1.2x of one), time linear in rows, at least 1.7x faster 
 serving unchanged (>= 20,000 windows/s per core) from the 100-instrument folder. Serve-scale: private
 memory (USS) of a serving process within 1.2x from 1 to 300 instrument-years; four at once at most 4x one
 over 1 instrument-year plus 10%; >= 20,000 windows/s per core with the default masks; first batch < 5 s.
+Context (`data.context`): samples served per second on one core from eight synthetic instruments, with up
+to K = 7 context instruments per sample against none, in the same process: windows per second (each
+instrument's windows of a sample counted) at least half of those without context; samples per second are
+reported beside (a sample with context is up to eight instruments' windows).
 """
 
 from __future__ import annotations
@@ -65,6 +70,41 @@ def serve(data_dir: str, batches: int) -> dict[str, float]:
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results.update(resident_split())
     return results
+
+
+def serve_context(data_dir: str, batches: int) -> dict[str, float]:
+    """Serve ``batches`` unmasked batches of 256 on one core without context and with ``data.context`` (K =
+    7), alternating the two so that both see the same machine; samples per second and their ratio."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    import torch
+
+    torch.set_num_threads(1)
+    from stage1_ds.config import DataConfig
+    from stage1_ds.data.windows import WindowDataset, WindowSampler
+
+    plain = WindowDataset(data_dir, "train", DataConfig(), seed=0)
+    context = WindowDataset(data_dir, "train", DataConfig(context=True, context_max=7), seed=0)
+    sampler = WindowSampler(len(plain), 256, seed=0)
+    seconds = {"plain": 0.0, "context": 0.0}
+    slots = 0
+    for b in range(batches + 1):
+        for name, dataset in (("plain", plain), ("context", context)):
+            start = time.perf_counter()
+            batch = dataset.batch(sampler.batch_ids(b))
+            if b:  # the first batch warms the page cache and code paths
+                seconds[name] += time.perf_counter() - start
+            if name == "context" and b and batch.context is not None:
+                slots += int(batch.context.present.sum())
+    served = 256 * batches
+    return {
+        "samples_per_s_plain": served / seconds["plain"],
+        "samples_per_s_context": served / seconds["context"],
+        "ratio": seconds["plain"] / seconds["context"],
+        # every instrument's windows of a sample, the target's and its context's, per second
+        "instrument_windows_per_s_context": (served + slots) / seconds["context"],
+        "context_instruments_per_sample": slots / served,
+        "instruments": len(plain.instruments),
+    }
 
 
 def resident_split() -> dict[str, float]:
@@ -245,12 +285,37 @@ def main() -> int:
     parser.add_argument(
         "--serve-sizes", type=int, nargs="+", default=[1, 10, 100, 300], help="instrument-years"
     )
+    parser.add_argument(
+        "--context", action="store_true", help="serving with K = 7 context instruments against none"
+    )
+    parser.add_argument("--context-days", type=int, default=120, help="days of each synthetic instrument")
     parser.add_argument("--serve", help=argparse.SUPPRESS)  # internal: run `serve` in a fresh process
+    parser.add_argument("--serve-context", help=argparse.SUPPRESS)  # internal: `serve_context`, fresh
     parser.add_argument("--serve-memory", help=argparse.SUPPRESS)  # internal: `serve_memory`, fresh process
     parser.add_argument("--prepare-child", nargs=3, help=argparse.SUPPRESS)  # internal: a fresh process
     args = parser.parse_args()
     if args.serve:
         print(json.dumps(serve(args.serve, args.batches)))
+        return 0
+    if args.serve_context:
+        print(json.dumps(serve_context(args.serve_context, args.batches)))
+        return 0
+    if args.context:
+        from stage1_ds.data.prepare import prepare_synthetic
+
+        with tempfile.TemporaryDirectory() as tmp:
+            prepare_synthetic(Path(tmp) / "eight", days=args.context_days, seed=0, instruments=8)
+            served = run_child("--serve-context", str(Path(tmp) / "eight"), "--batches", str(args.batches))
+        print(
+            f"samples served on one core, {served['instruments']} instruments: "
+            f"{served['samples_per_s_plain']:,.0f} /s alone, {served['samples_per_s_context']:,.0f} /s with "
+            f"context ({served['context_instruments_per_sample']:.1f} other instruments per sample): "
+            f"{served['ratio']:.2f}x; instruments' windows {served['instrument_windows_per_s_context']:,.0f} /s "
+            f"with context: {served['instrument_windows_per_s_context'] / served['samples_per_s_plain']:.2f}x "
+            "of those without (target >= 0.5)"
+        )
+        if args.json:
+            args.json.write_text(json.dumps(served, indent=2) + "\n")
         return 0
     if args.serve_memory:
         print(json.dumps(serve_memory(args.serve_memory, args.batches)))

@@ -98,6 +98,27 @@ def test_bench_data_serve_scale_measures_one_and_four_serving_processes(tmp_path
     assert not any((tmp_path / "scale").iterdir()), "the prepared folder is removed"
 
 
+def test_bench_data_context_measures_serving_with_and_without_other_instruments(tmp_path: Path) -> None:
+    out = tmp_path / "context.json"
+    command = [sys.executable, str(REPO / "scripts" / "bench_data.py"), "--context", "--batches", "2"]
+    command += ["--context-days", "250", "--json", str(out)]
+    result = subprocess.run(
+        command, cwd=REPO, env=fresh_process_env(), capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    measured = json.loads(out.read_text())
+    assert measured["instruments"] == 8
+    assert 5.0 < measured["context_instruments_per_sample"] <= 7.0, "the synthetic markets trade together"
+    per_sample = 1 + measured["context_instruments_per_sample"]
+    assert measured["instrument_windows_per_s_context"] == pytest.approx(
+        measured["samples_per_s_context"] * per_sample
+    )
+    assert measured["ratio"] == pytest.approx(
+        measured["samples_per_s_context"] / measured["samples_per_s_plain"]
+    )
+    assert "with context" in result.stdout
+
+
 def test_bench_encode_measures_a_decision_the_derivation_and_many_decisions(tmp_path: Path) -> None:
     out = tmp_path / "encode.json"
     command = [
