@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pandas as pd
 import pytest
@@ -31,6 +33,15 @@ from stage1_ds.data.synthetic import generate_synthetic_m1
 REPO = Path(__file__).resolve().parent.parent
 HISTDATA = REPO.parent / "shared" / "data" / "histdata"
 EURUSD_2019 = HISTDATA / "HISTDATA_COM_ASCII_EURUSD_M12019.zip"
+
+
+def load_module(path: Path) -> ModuleType:
+    """A script or example of the repository (``REPO``-relative ``path``) imported as a module."""
+    spec = importlib.util.spec_from_file_location(path.stem, REPO / path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def fresh_process_env() -> dict[str, str]:

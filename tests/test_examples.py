@@ -3,20 +3,16 @@ LoRA fine-tuning on the same anchors, scored with the same tests."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
+from types import ModuleType
 
-from conftest import REPO
+from conftest import load_module
 
 
-def _example(name: str):  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _example(name: str) -> ModuleType:
+    return load_module(Path("examples") / f"{name}.py")
 
 
 def test_the_stage2_example_fine_tunes_and_scores_against_the_rule_and_the_probe(

@@ -3,13 +3,13 @@ bars before ``t`` only, absent (never stale) where a market is closed, chosen on
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import load_module
 from stage1_ds.evaluation.probe import (
     MARKET_RULES,
     InstrumentRules,
@@ -159,12 +159,7 @@ def test_the_market_rule_section_is_written_for_a_root_of_instrument_folders(
     root.mkdir()
     (root / "SYNTH").symlink_to(synthetic_small)
     (root / "OTHER").symlink_to(unseen)
-    spec = importlib.util.spec_from_file_location(
-        "quality_report", Path(__file__).parent.parent / "scripts/quality_report.py"
-    )
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_module(Path("scripts/quality_report.py"))
     doc = tmp_path / "quality.md"
     doc.write_text("# Quality\n\n## Setup\n\nfigures\n\n" + script.BY_HAND + "\n\nby hand\n")
     argv = ["quality_report.py", str(root), "--market-rule", "SYNTH", "OTHER", "--doc", str(doc)]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import load_module
 from stage1_ds.cli import main
 from stage1_ds.config import DataConfig
 from stage1_ds.data.store import SplitRange
@@ -320,7 +321,6 @@ def test_the_variants_report_chooses_on_val_and_keeps_its_place_in_the_report(
 ) -> None:
     """Two variants at the tiny size: both trained the same steps, one chosen by its val MSE, its verdicts
     and every variant's tables written; the script splices the section in without touching the rest."""
-    import importlib.util
 
     from stage1_ds.experiments.quality import VARIANTS_HEADING, variants_report
 
@@ -336,12 +336,7 @@ def test_the_variants_report_chooses_on_val_and_keeps_its_place_in_the_report(
     assert section.startswith(VARIANTS_HEADING) and section.count("(chosen)") == 1
     assert "### Variant index: the probe" in section and "### Variant time: reconstruction" in section
     assert "beats `best_rule`" in section
-    spec = importlib.util.spec_from_file_location(
-        "quality_report", Path(__file__).parent.parent / "scripts/quality_report.py"
-    )
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_module(Path("scripts/quality_report.py"))
     doc = tmp_path / "quality.md"
     doc.write_text("# Quality\n\n## Setup\n\nfigures\n\n" + script.BY_HAND + "\n\nby hand\n")
     once = script.with_variants(doc, VARIANTS_HEADING, section)
