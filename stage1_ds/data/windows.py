@@ -2,7 +2,9 @@
 
 A sample is anchored at the end ``t`` of one 1-minute bar. For every timeframe its window is the last
 ``L_tf`` bars whose bucket ends at or before ``t`` (the 1-minute window ends with the anchor bar), all of
-them inside the split's history range. Windows never mix instruments or splits.
+them inside the split's history range. Windows never mix instruments or splits. With ``data.context`` a
+sample also carries other instruments' windows as of ``t`` (`stage1_ds.data.context`), each of them
+inside that instrument's own split of the same name.
 
 Samples are addressed by *sample ids*: ``id = epoch * num_anchors + anchor``. Everything random about a
 sample (which timeframes it drops, its masks) is a hash of ``(seed, id)`` (`stage1_ds.data.streams`), so a
@@ -151,7 +153,8 @@ class WindowDataset(Dataset):
     def _index_anchors(self) -> None:
         """Per instrument, the run of its 1-minute rows that are anchors: their end in the split, and every
         timeframe's window of full length inside the split's history (both conditions hold from some row
-        on, since the last complete bar of a timeframe never moves back)."""
+        on, since the last complete bar of a timeframe never moves back). Also each instrument's row from
+        which its windows are full and the row its split's bars end before (`context_rows` reads both)."""
         first, count, full, high_rows = [], [], [], []
         for name in self.instruments:
             region = self.data.split(name, self.split)
