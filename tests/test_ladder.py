@@ -34,6 +34,8 @@ def test_the_ladder_trains_each_signal_once_and_reports_gains_against_steps(
     rungs = climb(root, work, (12,), ("OTHER",), 80, 1, TINY, trained="SYNTH")
     assert set(rungs) == set(SIGNALS) and all(set(r) == {12} for r in rungs.values())
     assert "model.loss.future_weight=1.0" in rungs["future"][12]["overrides"]
+    for alone in ("reconstruction", "future"):  # the ladder's config has the range term: they turn it off
+        assert "model.loss.range_weight=0.0" in rungs[alone][12]["overrides"], alone
     rung = rungs["range"][12]
     assert "model.loss.range_weight=1.0" in rung["overrides"]
     assert set(rung["instruments"]) == {"SYNTH", "OTHER"}

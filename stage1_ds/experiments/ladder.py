@@ -46,12 +46,17 @@ LADDER_CONFIG = "configs/pretrain_fx_cpu.yaml"
 #: Every rung: 32-bar windows (the config's otherwise).
 LADDER_OVERRIDES = ["data.window_bars=32"]
 LADDER_STEPS = (2000, 8000, 32000)
-#: The pretraining signals compared: today's objective, the same with the masked bars' log-range term, and
-#: with the future-size term (the log range of the bars after the anchor, at the probe's two horizons).
+#: The pretraining signals compared: the reconstruction objective alone, the same with the masked bars'
+#: log-range term, and with the future-size term (the log range of the bars after the anchor, at the probe's
+#: two horizons). Each names its range weight: `LADDER_CONFIG` has the range term since the ladder chose it.
 SIGNALS = {
-    "reconstruction": [],
+    "reconstruction": ["model.loss.range_weight=0.0"],
     "range": ["model.loss.range_weight=1.0"],
-    "future": ["data.future_minutes=[60, 240]", "model.loss.future_weight=1.0"],
+    "future": [
+        "model.loss.range_weight=0.0",
+        "data.future_minutes=[60, 240]",
+        "model.loss.future_weight=1.0",
+    ],
 }
 #: The rung at which the signal is chosen (on val).
 CHOICE_STEPS = 8000
