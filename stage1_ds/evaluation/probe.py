@@ -541,9 +541,8 @@ def anchor_sets(
     market: dict[str, MinuteBars] | None = None,
 ) -> tuple[dict[str, Windows], dict[str, ProbeSet]]:
     """The model's windows (or those of a data config) of each split of ``data_dir`` and the probe's anchors
-    in them (`probe_set`; the
-    rules know each instrument's train split, the market rule the instruments of ``market``), each split
-    checked (`check_anchors`).
+    in them (`probe_set`; the rules know each instrument's train split, the market rule the instruments of
+    ``market``), each split checked (`check_anchors`).
 
     Raises:
         DataError: a split has too few anchors.
