@@ -20,9 +20,9 @@ the instruments that are not held out (`stage1_ds.experiments.ladder`), rungs me
 only the ladder section and its figure (ladder.png beside the report) are rewritten. With --market-rule,
 ROOT is the same, every instrument under it is the market, and the rule that sees it is measured against
 the best single-instrument rule on each named instrument (`stage1_ds.experiments.market`; no training,
-minutes); only its section is rewritten. Everything it writes is measured; nothing is tuned on the test split. A rewrite keeps the
-variants section and the hand-written reading ("Reading the figures (by hand)", at the end), to be
-revised against the new figures.
+minutes); only its section is rewritten. Everything it writes is measured; nothing is tuned on the test
+split. A rewrite keeps the variants section and the hand-written reading ("Reading the figures (by
+hand)", at the end), to be revised against the new figures.
 """
 
 from __future__ import annotations

@@ -387,7 +387,8 @@ def _check_overlap(args: argparse.Namespace, split: str) -> dict:
 
 def _provenance(args: argparse.Namespace) -> dict:
     """What a report records of what it measured (``provenance``): the model (`export_identity`) and the
-    data (`data_identity`; ``readout_from`` and ``market`` too where given). `stage1 card` matches the model's hash."""
+    data (`data_identity`; ``readout_from`` and ``market`` too where given). `stage1 card` matches the
+    model's hash."""
     from stage1_ds.data.corpus import data_identity
     from stage1_ds.model.stage1 import export_identity
 
