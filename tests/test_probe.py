@@ -200,7 +200,9 @@ def test_probe_command_reports_every_target_and_method(
                 assert math.isfinite(scores["dm_p_vs_best_rule"]) or method == best["rule"] or no_correction
     assert report["targets"]["rv_60m"]["constant"]["r2"] == pytest.approx(0.0)
     assert out.with_suffix(".png").stat().st_size > 0
-    assert "best_rule_plus_embeddings" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "best_rule_plus_embeddings" in printed
+    assert "market (the market rules' other instruments, present on test anchors): OTHER " in printed
 
 
 def test_the_quality_report_has_every_section(synthetic_small: Path, tmp_path: Path) -> None:

@@ -806,6 +806,12 @@ def format_probe(report: dict[str, Any]) -> str:
             f"train and val (every fit and choice) from --readout-from {' '.join(report['readout_from'])}: "
             "this folder has a test split only"
         )
+    market = report.get("market", {})
+    shares = market.get("present", {}).get("test", {})
+    others = {name: share for name, share in shares.items() if share > 0}
+    if others:
+        present = ", ".join(f"{name} {share:.0%}" for name, share in others.items())
+        lines.append(f"market (the market rules' other instruments, present on test anchors): {present}")
     for target, results in report["targets"].items():
         lines.append(f"{target}:")
         if target == SIGN_TARGET:
