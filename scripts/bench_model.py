@@ -3,8 +3,13 @@ without the time bias and calendar inputs, and per_timeframe) against a loop tha
 per timeframe (the design this project replaces).
 
 Usage: python scripts/bench_model.py [--preset mini] [--batch-size 32] [--repeats 10]
+       python scripts/bench_model.py --context [--window-bars 32] [--batch-size 32]
 
 Same model weights, same batch, same masks; figures are medians and ratios within one run.
+
+Context (`data.context`): the same batch of eight synthetic instruments read by the model with K = 7 context
+instruments (one summary token each, `stage1_ds.model.embed.ContextSummary`) against the model without
+context; forward + backward, the two taking turns step by step. Target: at most 1.5x.
 """
 
 from __future__ import annotations
@@ -44,8 +49,11 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--window-bars", type=int, default=WINDOW_BARS)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--context", action="store_true", help="K = 7 context instruments against none")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.context:
+        return bench_context(args)
     torch.manual_seed(0)
     config = bench_config(args.preset, args.window_bars, args.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,6 +117,52 @@ def main() -> int:
     print(
         f"loop / joint = {results['loop_over_joint']:.2f}x, loop / per_timeframe = "
         f"{results['loop_over_per_timeframe']:.2f}x"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def bench_context(args: argparse.Namespace) -> int:
+    """Forward + backward with K = 7 context instruments against none, same weights and batch (see the
+    module docstring); peak memory of the activations beside."""
+    config = bench_config(args.preset, args.window_bars, args.batch_size)
+    config.data.context, config.data.context_max = True, 7
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare_synthetic(
+            Path(tmp),
+            days=60 * max(1, args.window_bars // 32),
+            seed=0,
+            options=PrepareOptions(window_bars=args.window_bars),
+            instruments=8,
+        )
+        batch = masked_batches(tmp, config, 1)[0]
+    assert batch.context is not None
+    torch.manual_seed(0)
+    model = Stage1Model(config.model, config.data)
+    without = copy.deepcopy(batch)
+    without.context = None
+    steps: dict[str, list[float]] = {"plain_s": [], "context_s": []}
+    for turn in range(2 + args.repeats):
+        for name, served in (("plain_s", without), ("context_s", batch)):
+            start = time.perf_counter()
+            loss = torch.stack([v.square().mean() for v in model(served).reconstruction.values()]).sum()
+            loss.backward()
+            if turn >= 2:  # two warm-up turns
+                steps[name].append(time.perf_counter() - start)
+    results: dict[str, float] = {name: statistics.median(times) for name, times in steps.items()}
+    results["context_over_plain"] = results["context_s"] / results["plain_s"]
+    results["context_instruments_per_sample"] = float(batch.context.present.sum()) / batch.size
+    tokens = sum(num_patches(w.features.shape[1], config.model.patch_len) for w in batch.windows.values())
+    print(
+        f"preset {args.preset}, batch {args.batch_size}, six timeframes x {args.window_bars} bars ({tokens} "
+        f"patch tokens per sample), torch threads {torch.get_num_threads()}, eight synthetic instruments"
+    )
+    print(f"forward+backward without context:        {results['plain_s'] * 1000:8.1f} ms")
+    print(
+        f"  ... with K = 7 context instruments:    {results['context_s'] * 1000:8.1f} ms "
+        f"({results['context_over_plain']:.2f}x; {results['context_instruments_per_sample']:.1f} present per "
+        "sample; target <= 1.5x)"
     )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

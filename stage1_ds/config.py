@@ -592,10 +592,10 @@ class Config(Section):
         """Checks across sections (each section checks its own keys)."""
         problems = (
             [
-                "data.context: true, but the model does not read context windows yet (only the data pipeline "
-                "serves them, stage1_ds.data.context); leave it false to train"
+                f"data.context: true needs model.fusion: joint (the context summaries join the target's one "
+                f"sequence), not {self.model.fusion.value}"
             ]
-            if self.data.context
+            if self.data.context and self.model.fusion != Fusion.JOINT
             else []
         )
         problems += (

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stage1_ds.data.batch import Batch, TimeframeWindow
+from stage1_ds.data.batch import Batch, ContextWindows, TimeframeWindow
 from stage1_ds.data.features import to_features, volume_reference, volume_scale
 from stage1_ds.data.ingest import EARLIEST_UTC, LATEST_UTC, BarTime, M1Rows, bad_row_reasons, clean_m1
 from stage1_ds.data.prepare import fit_stats
@@ -200,6 +200,7 @@ class Encoder:
         timeframes: Sequence[str] | None = None,
         pooled: bool = True,
         batch_size: int = 256,
+        context: Mapping[str, Any] | None = None,
     ) -> dict[str, np.ndarray]:
         """The embeddings of the windows ending at each decision time (see the module docstring).
 
@@ -210,54 +211,98 @@ class Encoder:
             timeframes: the timeframes to return (default: every one of the model).
             pooled: per timeframe ``(N, d_model)`` averages over tokens; False: ``(N, P, d_model)`` tokens.
             batch_size: decision times per forward pass.
+            context: for a model trained with ``data.context``, the market around the target: other
+                instruments' 1-minute bars by name (as ``bars``; each scaled with its own statistics, so
+                each must be known or added). At each anchor ``t`` an instrument stands at its last bar
+                that ends at or before ``t`` and is absent where that bar started more than the model's
+                ``data.context_stale_minutes`` before ``t`` or its windows there would not be full; the
+                first ``data.context_max`` present ones, in the order given (give them in the order of the
+                training corpus to match ``stage1 encode``), fill the slots; the target itself and
+                instruments outside the model's ``data.context_instruments`` are left out. None or an
+                empty mapping: no market (every slot absent). The output is the target's states.
 
         Raises:
             DataError: bad rows, an unknown instrument, a time before the first bar, or too little history
-                before it for a full window of some timeframe (naming the timeframe and the bars needed).
+                before it for a full window of some timeframe (naming the timeframe and the bars needed);
+                ``context`` given to a model that does not read it.
         """
         name = self._instrument(instrument)
         m1, _ = self._clean(bars, name, self._units.get(name))
         derived = self.derive(m1)
+        market = self._market(context or {}, name)
         times = _seconds(at) if at is not None else derived.ends[Timeframe.M1][-1:]
         wanted = [Timeframe(tf) for tf in (timeframes or [t.value for t in self.timeframes])]
         parts: dict[str, list[np.ndarray]] = {}
         for i in range(0, len(times), batch_size):
-            batch = self.batch(derived, times[i : i + batch_size], name)
+            batch = self.batch(derived, times[i : i + batch_size], name, market)
             for tf, values in encode_batch(self.model, batch).items():
                 if Timeframe(tf) in wanted:
                     parts.setdefault(tf, []).append(values["pooled" if pooled else "tokens"].numpy())
         return {tf: np.concatenate(values) for tf, values in parts.items()}
 
-    def batch(self, derived: DerivedBars, at: np.ndarray, instrument: str) -> Batch:
+    def batch(
+        self,
+        derived: DerivedBars,
+        at: np.ndarray,
+        instrument: str,
+        market: Mapping[str, DerivedBars] | None = None,
+    ) -> Batch:
         """The unmasked batch of the windows ending at the anchors of ``at`` (epoch seconds), as
-        `stage1_ds.data.windows.WindowDataset.batch` builds it for a prepared folder."""
+        `stage1_ds.data.windows.WindowDataset.batch` builds it for a prepared folder; with ``market`` (the
+        context instruments' derived bars, `_market`) its context as `stage1_ds.data.context` serves it."""
         m1_ends = derived.ends[Timeframe.M1]
         anchor_row = np.searchsorted(m1_ends, at, side="right") - 1
         if (anchor_row < 0).any():
             first = _utc(at[anchor_row < 0][0])
             raise DataError(f"at {first}: before the end of the first 1-minute bar ({_utc(m1_ends[0])})")
         anchor_time = m1_ends[anchor_row]
+        windows, log_reference, full = self._windows(derived, anchor_time, instrument)
+        if not full.all():
+            self._refuse_short(derived, anchor_time[~full][0])
+        n = len(at)
+        return Batch(
+            windows=windows,
+            reference_price=torch.from_numpy(np.exp(log_reference)),
+            anchor_time=torch.from_numpy(anchor_time),
+            instrument=torch.zeros(n, dtype=torch.int64),
+            sample_id=torch.arange(n),
+            context=None if market is None else self._context(market, anchor_time),
+        )
+
+    def _last_rows(self, derived: DerivedBars, anchor_time: np.ndarray) -> dict[Timeframe, np.ndarray]:
+        """Per timeframe, (N, L_tf) the rows of the last ``L_tf`` bars whose buckets end at or before each
+        anchor (negative where there are fewer)."""
         rows = {}
         for tf in self.timeframes:
             last = np.searchsorted(derived.ends[tf], anchor_time, side="right") - 1
             rows[tf] = last[:, None] + np.arange(1 - self.window_bars[tf], 1)
-            short = rows[tf][:, 0] < 0
-            if short.any():
-                k = int(np.argmax(short))
-                earliest = (
-                    derived.ends[tf][self.window_bars[tf] - 1]
-                    if len(derived.ends[tf]) >= self.window_bars[tf]
-                    else None
-                )
-                raise DataError(
-                    f"at {_utc(anchor_time[k])}: {int(last[k]) + 1} {tf.value} bars end by then, the model's "
-                    f"{tf.value} window needs {self.window_bars[tf]}; give more history"
-                    + (
-                        f" (the first time with full windows of {tf.value}: {_utc(earliest)})"
-                        if earliest
-                        else ""
-                    )
-                )
+        return rows
+
+    def _refuse_short(self, derived: DerivedBars, anchor: int) -> None:
+        """Raise the error of an anchor without a full window of some timeframe, naming it."""
+        for tf, rows in self._last_rows(derived, np.array([anchor])).items():
+            if rows[0, 0] >= 0:
+                continue
+            earliest = (
+                derived.ends[tf][self.window_bars[tf] - 1]
+                if len(derived.ends[tf]) >= self.window_bars[tf]
+                else None
+            )
+            raise DataError(
+                f"at {_utc(anchor)}: {int(rows[0, -1]) + 1} {tf.value} bars end by then, the model's "
+                f"{tf.value} window needs {self.window_bars[tf]}; give more history"
+                + (f" (the first time with full windows of {tf.value}: {_utc(earliest)})" if earliest else "")
+            )
+
+    def _windows(
+        self, derived: DerivedBars, anchor_time: np.ndarray, instrument: str
+    ) -> tuple[dict[str, TimeframeWindow], np.ndarray, np.ndarray]:
+        """Every timeframe's unmasked window ending at each anchor (the end of a 1-minute bar of
+        ``derived``), scaled with ``instrument``'s statistics; the log reference price (the last 1-minute
+        bar's close) and (N,) whether every window is full (where not, its features are meaningless)."""
+        rows = self._last_rows(derived, anchor_time)
+        full = np.all([r[:, 0] >= 0 for r in rows.values()], axis=0)
+        rows = {tf: np.maximum(r, 0) for tf, r in rows.items()}
         finest = self.timeframes[0]
         log_reference = derived.log_ohlc[finest][rows[finest][:, -1], 3]  # unmasked: the last bar's close
         if self.volume:
@@ -265,7 +310,7 @@ class Encoder:
             volume_ref = volume_reference(units.sum(axis=1) / units.shape[1] / finest.minutes)
         stats = self._stats[instrument]
         windows = {}
-        n = len(at)
+        n = len(anchor_time)
         for tf in self.timeframes:
             scale = np.full(n, stats["scale"][tf.value], dtype=np.float32)
             features = to_features(derived.log_ohlc[tf][rows[tf]], log_reference, scale)
@@ -280,12 +325,80 @@ class Encoder:
                 scale=torch.from_numpy(scale),
                 volume_scale=torch.full((n,), volume_scale(tf.minutes)) if self.volume else None,
             )
-        return Batch(
-            windows=windows,
-            reference_price=torch.from_numpy(np.exp(log_reference)),
-            anchor_time=torch.from_numpy(anchor_time),
-            instrument=torch.zeros(n, dtype=torch.int64),
-            sample_id=torch.arange(n),
+        return windows, log_reference, full
+
+    def _market(self, context: Mapping[str, Any], target: str) -> dict[str, DerivedBars] | None:
+        """The context instruments' derived bars, in the order given (see `embed`); None for a model that
+        does not read context.
+
+        Raises:
+            DataError: context given to a model without it; an instrument the encoder cannot scale.
+        """
+        settings = self.model.context_data
+        if not self.model.reads_context:
+            if context:
+                raise DataError(
+                    f"context={sorted(context)}: this model was trained without data.context and reads no "
+                    "other instruments; leave context out"
+                )
+            return None
+        allowed = settings["context_instruments"]
+        market = {}
+        for name, bars in context.items():
+            if name == target or (allowed and name not in allowed):
+                continue
+            known = self._instrument(name)
+            market[known] = self.derive(self._clean(bars, known, self._units.get(known))[0])
+        return market
+
+    def _context(self, market: Mapping[str, DerivedBars], anchor_time: np.ndarray) -> ContextWindows:
+        """The context of samples anchored at ``anchor_time`` (`stage1_ds.data.context`'s rules): B x K rows,
+        slot k of sample b at ``b * K + k``."""
+        settings = self.model.context_data
+        b, slots, stale = (
+            len(anchor_time),
+            int(settings["context_max"]),
+            60 * int(settings["context_stale_minutes"]),
+        )
+        member = np.full((b, slots), -1, dtype=np.int64)
+        filled = np.zeros(b, dtype=np.int64)
+        served: list[dict[str, TimeframeWindow]] = []
+        for j, (name, derived) in enumerate(market.items()):
+            m1_ends = derived.ends[Timeframe.M1]
+            row = np.searchsorted(m1_ends, anchor_time, side="right") - 1  # its last bar ending by t
+            own_anchor = m1_ends[np.maximum(row, 0)]
+            windows, _, full = self._windows(derived, own_anchor, name)
+            started = derived.bars[Timeframe.M1].start[np.maximum(row, 0)]
+            present = (row >= 0) & full & (started >= anchor_time - stale)
+            take = present & (filled < slots)
+            member[take, filled[take]] = j
+            filled += take
+            served.append(windows)
+        windows = {}
+        for tf in self.timeframes:
+            parts = [w[tf.value] for w in served]
+            length, n = self.window_bars[tf], b * slots
+            channels = 5 if self.volume else 4
+            window = TimeframeWindow(
+                features=torch.zeros((n, length, channels), dtype=torch.float32),
+                valid=torch.zeros((n, length), dtype=torch.bool),
+                start_time=torch.zeros((n, length), dtype=torch.int64),
+                parent_index=None,
+                scale=torch.ones(n, dtype=torch.float32),
+                volume_scale=torch.ones(n) if self.volume else None,
+            )
+            for j, part in enumerate(parts):
+                sample, slot = np.nonzero(member == j)
+                where, source = torch.from_numpy(sample * slots + slot), torch.from_numpy(sample)
+                window.features[where] = part.features[source]
+                window.valid[where] = part.valid[source]
+                window.start_time[where] = part.start_time[source]
+                window.scale[where] = part.scale[source]
+                if window.volume_scale is not None and part.volume_scale is not None:
+                    window.volume_scale[where] = part.volume_scale[source]
+            windows[tf.value] = window
+        return ContextWindows(
+            windows=windows, present=torch.from_numpy(member >= 0), instrument=torch.from_numpy(member)
         )
 
     # -- helpers -----------------------------------------------------------------------------------------

@@ -107,10 +107,13 @@ def encode(
 
 
 def model_data_config(model: Stage1Model) -> DataConfig:
-    """The windows a model was built for (every timeframe kept)."""
+    """The windows a model was built for (every timeframe kept), with the context it reads: a model
+    trained with ``data.context`` is served the other instruments of the data it is given, as in training
+    (``context_max``, ``context_stale_minutes``, ``context_instruments``)."""
     return DataConfig(
         timeframes=list(model.timeframes),
         window_bars=max(model.window_bars.values()),
         window_bars_per_timeframe=dict(model.window_bars),
         channels=list(model.channels),
+        **model.context_data,
     )

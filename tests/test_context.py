@@ -4,6 +4,7 @@ any instrument at or after it, absent (never stale, never another split) where a
 from __future__ import annotations
 
 import shutil
+from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from stage1_ds.config import Config, DataConfig
+from conftest import tiny_model_config, tiny_train_config
+from stage1_ds import Encoder
+from stage1_ds.config import Config, DataConfig, Fusion, ModelConfig, PositionBias
 from stage1_ds.data.batch import Batch
 from stage1_ds.data.corpus import CorpusWindows, open_windows
 from stage1_ds.data.ingest import InputFormat
@@ -19,7 +22,9 @@ from stage1_ds.data.prepare import PrepareOptions, merge_prepared, prepare_files
 from stage1_ds.data.store import load_prepared
 from stage1_ds.data.synthetic import generate_synthetic_m1
 from stage1_ds.data.timeframes import Timeframe
+from stage1_ds.encoding import encode
 from stage1_ds.errors import ConfigError, DataError
+from stage1_ds.model.stage1 import Stage1Model, load_export_stats
 
 OPTIONS = PrepareOptions(window_bars=16, split_fractions=(0.6, 0.2, 0.2))
 CONTEXT = DataConfig(window_bars=16, context=True, context_max=2)
@@ -220,5 +225,182 @@ def test_context_keys_are_checked() -> None:
     assert any(p.startswith("data.context_max: 0") for p in problems)
     assert any(p.startswith("data.context_stale_minutes: 0") for p in problems)
     assert any(p.startswith("data.context_instruments:") for p in problems)
-    with pytest.raises(ConfigError, match=r"data\.context: true, but the model does not read context"):
-        Config(data=DataConfig(context=True)).validate()
+    with pytest.raises(ConfigError, match=r"data\.context: true needs model\.fusion: joint"):
+        Config(data=DataConfig(context=True), model=ModelConfig(fusion=Fusion.PER_TIMEFRAME)).validate()
+    Config(data=DataConfig(context=True)).validate()
+
+
+def _context_model(position_bias: PositionBias = PositionBias.TIME) -> Stage1Model:
+    torch.manual_seed(0)
+    model = Stage1Model(tiny_model_config(position_bias=position_bias), CONTEXT)
+    with torch.no_grad():  # the time bias starts at zero: give it values so that times matter
+        assert model.embed.time_bias is not None
+        model.embed.time_bias.distance.weight.normal_()
+    return model.eval()
+
+
+def _context_batch(market: tuple[Path, Path, Path]) -> Batch:
+    first, second, _ = market
+    batch = open_windows([first, second], "train", CONTEXT).batch(np.arange(0, 8000, 200))
+    assert batch.context is not None and batch.context.present.all(dim=1).float().mean() > 0.5
+    return batch
+
+
+def _states(model: Stage1Model, batch: Batch) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return model(batch).hidden
+
+
+def test_the_model_reads_present_context_and_nothing_of_an_absent_slot(
+    market: tuple[Path, Path, Path],
+) -> None:
+    """The target's states change with a present context instrument's bars; an absent slot's values, and
+    the order of the slots (no instrument identity), change nothing; no context at all is an empty market."""
+    model, batch = _context_model(), _context_batch(market)
+    assert batch.context is not None
+    states = _states(model, batch)
+    assert set(states) == set(batch.windows) and states["m1"].shape[0] == batch.size
+    both = batch.context.present.all(dim=1)
+
+    moved = deepcopy(batch)
+    assert moved.context is not None
+    moved.context.windows["h1"].features[1::2] *= 3.0  # slot 1 of every sample
+    changed = _states(model, moved)
+    assert not torch.allclose(changed["m1"][both], states["m1"][both], atol=1e-5)
+
+    absent = deepcopy(batch)
+    assert absent.context is not None
+    absent.context.present[:, 1] = False
+    dropped = _states(model, absent)
+    absent.context.windows["h1"].features[1::2] = 100.0  # an absent slot's values
+    assert torch.equal(_states(model, absent)["m1"], dropped["m1"])
+    assert not torch.allclose(dropped["m1"][both], states["m1"][both], atol=1e-5)
+
+    swapped = deepcopy(batch)
+    assert swapped.context is not None
+    order = torch.arange(batch.size * 2).reshape(-1, 2).flip(1).flatten()
+    for window in swapped.context.windows.values():
+        for name in ("features", "valid", "start_time", "scale"):
+            setattr(window, name, getattr(window, name)[order])
+    swapped.context.present = swapped.context.present.flip(1)
+    for tf, value in _states(model, swapped).items():
+        torch.testing.assert_close(value, states[tf], atol=2e-5, rtol=1e-4)
+
+    empty = deepcopy(batch)
+    assert empty.context is not None
+    empty.context.present[:] = False
+    without = deepcopy(batch)
+    without.context = None
+    torch.testing.assert_close(_states(model, without)["m1"], _states(model, empty)["m1"], atol=1e-6, rtol=0)
+
+
+def test_context_summaries_sit_in_time_and_a_model_without_context_ignores_it(
+    market: tuple[Path, Path, Path],
+) -> None:
+    """The time bias measures minutes to a context instrument's last bar: moving its bar times moves the
+    target's states; a model built without context reads none, and builds no context parameters."""
+    model, batch = _context_model(), _context_batch(market)
+    assert batch.context is not None
+    late = deepcopy(batch)
+    assert late.context is not None
+    for window in late.context.windows.values():
+        window.start_time -= 6 * 3600
+    both = batch.context.present.all(dim=1)
+    assert not torch.allclose(_states(model, late)["m1"][both], _states(model, batch)["m1"][both], atol=1e-5)
+
+    torch.manual_seed(0)
+    plain = Stage1Model(tiny_model_config(), DataConfig(window_bars=16)).eval()
+    assert not plain.reads_context and model.reads_context
+    assert not any(".context." in name for name, _ in plain.named_parameters())
+    without = deepcopy(batch)
+    without.context = None
+    torch.testing.assert_close(_states(plain, batch)["m1"], _states(plain, without)["m1"], atol=0, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def context_export(market: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained with context (DeepSpeed ZeRO-2, CPU, 3 steps) on the two folders, exported."""
+    from stage1_ds.export import convert
+    from stage1_ds.train.loop import train
+
+    first, second, _ = market
+    run = tmp_path_factory.mktemp("context_run")
+    config = tiny_train_config(max_steps=3, eval_every_steps=3, save_every_steps=3, image_every_steps=3)
+    config.data.context, config.data.context_max = True, 2
+    config.model.position_bias = PositionBias.TIME
+    train(config, [first, second], run)
+    convert(run, run / "export")
+    return run / "export"
+
+
+def _raw(folder: Path, name: str, end: int | None = None) -> pd.DataFrame:
+    """An instrument's cleaned 1-minute bars from its folder as a user's DataFrame, those starting before
+    ``end`` (seconds) only when given."""
+    data = load_prepared(folder)
+    begin, stop = data.rows(name, Timeframe.M1)
+    m1 = data.bars[Timeframe.M1]
+    start, ohlc = np.asarray(m1.start[begin:stop]), np.asarray(m1.ohlc[begin:stop])
+    keep = slice(None) if end is None else start < end
+    return pd.DataFrame(
+        {"time": start[keep], **{c: ohlc[keep, i] for i, c in enumerate(("open", "high", "low", "close"))}}
+    )
+
+
+def test_embed_with_context_equals_encode_and_reads_no_bar_after_t(
+    market: tuple[Path, Path, Path], context_export: Path
+) -> None:
+    """A model trained with context: `Encoder.embed(bars, context={name: bars})` equals `stage1 encode` of
+    the corpus (its context served by the data pipeline), the others' bars after each decision time change
+    nothing, a bar before it does, and leaving the market out changes the embeddings."""
+    first, second, _ = market
+    encoder = Encoder.from_pretrained(context_export, device="cpu")
+    assert encoder.model.reads_context
+    expected = encode(
+        encoder.model, [first, second], "train", max_batches=3, stats=load_export_stats(context_export)
+    )
+    own = expected["instrument"] == 0  # AAA: its first train anchors
+    at = expected["anchor_time"][own]
+    # The pipeline serves each other instrument from its train split: give the raw bars up to its end.
+    ends = {name: load_prepared(folder).split(name, "train").end for name, folder in _owners(market).items()}
+    context = {name: _raw(_owners(market)[name], name, ends[name]) for name in ("BBB", "CCC")}
+    got = encoder.embed(_raw(first, "AAA"), at=at, instrument="AAA", context=context)
+    for tf, values in got.items():
+        np.testing.assert_allclose(values, expected[f"{tf}_pooled"][own], atol=1e-5, rtol=0)
+
+    t = int(at[100])
+    later = {
+        name: frame.assign(close=np.where(frame.time + 60 > t, frame.close * 1.01, frame.close))
+        for name, frame in context.items()
+    }
+    for frame in later.values():
+        frame["high"] = np.maximum(frame.high, frame.close)
+    now = encoder.embed(_raw(first, "AAA"), at=[t], instrument="AAA", context=context)
+    assert all(
+        np.array_equal(encoder.embed(_raw(first, "AAA"), at=[t], instrument="AAA", context=later)[tf], v)
+        for tf, v in now.items()
+    )
+    earlier = {
+        name: frame.assign(close=np.where(frame.time + 600 > t, frame.close * 1.001, frame.close))
+        for name, frame in context.items()
+    }
+    for frame in earlier.values():
+        frame["high"] = np.maximum(frame.high, frame.close)
+        frame["low"] = np.minimum(frame.low, frame.close)
+    assert not np.array_equal(
+        encoder.embed(_raw(first, "AAA"), at=[t], instrument="AAA", context=earlier)["m1"], now["m1"]
+    )
+    # BBB absent: bars too few for its h4 window, or none in the hour before t: as if not given at all
+    ccc_only = encoder.embed(_raw(first, "AAA"), at=[t], instrument="AAA", context={"CCC": context["CCC"]})
+    bbb = context["BBB"]
+    for absent in (bbb[bbb.time > t - 86400], bbb[bbb.time + 2 * 3600 <= t]):
+        got = encoder.embed(_raw(first, "AAA"), at=[t], instrument="AAA", context={**context, "BBB": absent})
+        for tf, value in ccc_only.items():
+            np.testing.assert_allclose(got[tf], value, atol=1e-6, rtol=0)
+    assert not np.allclose(ccc_only["m1"], now["m1"], atol=1e-5)
+    alone = encoder.embed(_raw(first, "AAA"), at=[t], instrument="AAA")
+    assert not np.allclose(alone["m1"], now["m1"], atol=1e-5)
+
+
+def _owners(market: tuple[Path, Path, Path]) -> dict[str, Path]:
+    first, second, _ = market
+    return {"AAA": first, "BBB": first, "CCC": second}

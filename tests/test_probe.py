@@ -20,6 +20,7 @@ from stage1_ds.evaluation.probe import (
     LONGEST_MINUTES,
     InstrumentRules,
     methods_of,
+    probe,
     probe_set,
 )
 from stage1_ds.evaluation.statistics import Ridge, auc
@@ -203,6 +204,32 @@ def test_probe_command_reports_every_target_and_method(
     printed = capsys.readouterr().out
     assert "best_rule_plus_embeddings" in printed
     assert "market (the market rules' other instruments, present on test anchors): OTHER " in printed
+
+
+def test_a_context_model_is_probed_with_the_market_in_its_windows(
+    synthetic_small: Path, unseen: Path
+) -> None:
+    """A model trained with context sees the market's instruments (``market``, or ``context``) in its
+    windows: OTHER is present on SYNTH's anchors, and the embeddings differ from those without it."""
+    import torch
+
+    from conftest import tiny_model_config
+    from stage1_ds.evaluation.probe import _probe_sets
+
+    torch.manual_seed(0)
+    model = Stage1Model(tiny_model_config(), DataConfig(window_bars=32, context=True)).eval()
+    untrained = Stage1Model(tiny_model_config(), DataConfig(window_bars=32, context=True)).eval()
+    report = probe(model, untrained, synthetic_small, 150, market=[synthetic_small, unseen])
+    assert report["context"]["folders"] == [str(synthetic_small), str(unseen)]
+    assert all(present > 0.9 for present in report["context"]["present_per_anchor"].values())
+    seen = {
+        name: _probe_sets(model, None, synthetic_small, ("val",), 60, 0, None, None, context)[1][
+            "embeddings"
+        ]["val"]
+        for name, context in (("market", [synthetic_small, unseen]), ("alone", synthetic_small))
+    }
+    assert seen["market"].shape == seen["alone"].shape
+    assert not np.allclose(seen["market"], seen["alone"], atol=1e-5)
 
 
 def test_the_quality_report_has_every_section(synthetic_small: Path, tmp_path: Path) -> None:

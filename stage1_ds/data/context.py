@@ -62,6 +62,14 @@ class MarketContext:
     def at(self, target: np.ndarray, anchor_time: np.ndarray) -> ContextWindows:
         """The context of samples of the instruments named in ``target`` (B,) anchored at ``anchor_time`` (B,)
         seconds (see the module docstring)."""
+        return self._assemble(*self._slots(target, anchor_time))
+
+    def present(self, target: np.ndarray, anchor_time: np.ndarray) -> np.ndarray:
+        """(B, K) which slots `at` fills, without assembling the windows."""
+        return self._slots(target, anchor_time)[0] >= 0
+
+    def _slots(self, target: np.ndarray, anchor_time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, K) the member of each slot (-1: empty) and (B, members) each member's 1-minute row."""
         b, slots = len(anchor_time), self.slots
         rows = np.zeros((b, len(self._members)), dtype=np.int64)
         present = np.zeros((b, len(self._members)), dtype=bool)
@@ -73,7 +81,7 @@ class MarketContext:
         member = np.full((b, slots), -1, dtype=np.int64)
         sample, which = np.nonzero(taken)
         member[sample, order[sample, which]] = which
-        return self._assemble(member, rows)
+        return member, rows
 
     def _assemble(self, member: np.ndarray, rows: np.ndarray) -> ContextWindows:
         """Gather each slot's windows from the dataset that serves its instrument into B x K rows."""

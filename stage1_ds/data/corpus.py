@@ -234,6 +234,34 @@ def open_windows(
     return CorpusWindows(datas, split, config, seed=seed, stats=stats)
 
 
+def serve_market(
+    windows: Windows,
+    market: DataSource,
+    config: DataConfig,
+    seed: int = 0,
+    stats: dict[str, Any] | None = None,
+) -> Windows:
+    """Serve ``windows``' samples with the context of the instruments of ``market`` (other folders: the
+    market a scored folder trades in), each from its own split of the windows' split name, scaled with
+    ``stats`` (every market instrument's; None: each folder's own); in place, and returned.
+
+    Raises:
+        DataError: ``stats`` does not scale some market instrument.
+    """
+    datas = load_corpus(market)
+    if stats is not None:
+        missing = [name for data in datas for name in data.instruments if name not in stats["instruments"]]
+        if missing:
+            raise DataError(
+                f"the context of {', '.join(str(d.root) for d in datas)}: no feature statistics for {missing}; "
+                "scale every market folder (stage1_ds.data.store.model_stats over each)"
+            )
+    alone = replace(config, context=False)
+    parts = [WindowDataset(data, windows.split, alone, seed=seed, stats=stats) for data in datas]
+    windows.context = MarketContext(parts, config)
+    return windows
+
+
 def _utc(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M")
 

@@ -64,7 +64,7 @@ import numpy as np
 import torch
 
 from stage1_ds.config import DataConfig
-from stage1_ds.data.corpus import DataSource, Windows, data_folders, load_corpus, open_windows
+from stage1_ds.data.corpus import DataSource, Windows, data_folders, load_corpus, open_windows, serve_market
 from stage1_ds.data.store import PreparedData
 from stage1_ds.data.timeframes import Timeframe
 from stage1_ds.encoding import encode_batch, model_data_config
@@ -155,6 +155,8 @@ class ProbeSet:
     blocks: dict[str, np.ndarray]
     dropped: dict[str, int] = field(default_factory=dict)
     instruments: list[str] = field(default_factory=list)
+    #: A model that reads context: the mean number of context instruments present per anchor.
+    context_present: float | None = None
 
 
 @dataclass
@@ -516,11 +518,20 @@ def _probe_sets(
     seed: int,
     stats: dict[str, Any] | None,
     market: dict[str, MinuteBars] | None = None,
+    context: DataSource | None = None,
 ) -> tuple[dict[str, ProbeSet], dict[str, dict[str, np.ndarray]]]:
     """The probe's anchors of each split of ``data_dir`` (`anchor_sets`) and the encoders' embeddings of
     them, by method name then split (no untrained control's for ``untrained=None``: the zero-shot readout
-    does not use them)."""
+    does not use them); a model that reads context sees the instruments of ``context`` (None: of
+    ``data_dir``)."""
     windows, sets = anchor_sets(model, data_dir, splits, max_anchors, seed, stats, market)
+    if context is not None and model.reads_context:
+        for split, served in windows.items():
+            around = serve_market(served, context, model_data_config(model), seed, stats).context
+            assert around is not None
+            names = np.asarray(served.instruments)[served.anchor_instrument[sets[split].ids]]
+            present = around.present(names, served.anchor_time[sets[split].ids])
+            sets[split].context_present = float(present.sum(axis=1).mean())
     embeddings: dict[str, dict[str, np.ndarray]] = {"embeddings": {}, "embeddings_random_init": {}}
     for split, chosen in sets.items():
         embeddings["embeddings"][split] = pooled_embeddings(model, windows[split], chosen.ids)
@@ -621,6 +632,7 @@ def probe(
     readout_from: DataSource | None = None,
     readout_stats: dict[str, Any] | None = None,
     market: DataSource | None = None,
+    context: DataSource | None = None,
 ) -> dict[str, Any]:
     """Fit and score every method on every target (see the module docstring).
 
@@ -638,6 +650,9 @@ def probe(
         readout_stats: feature statistics for ``readout_from``.
         market: the folders whose instruments the market rule reads (`MARKET_RULES`); None: ``data_dir``'s
             own (no market rule for a folder of one instrument).
+        context: for a model trained with ``data.context``: the folders whose instruments its windows see
+            (each from its own split of the same name; ``stats`` must scale them all); None: ``market``, or
+            ``data_dir`` without one. A model without context ignores it.
 
     Returns:
         ``targets.<target>.<method>.<metric>``; ``best_rule.<target>``: the rule chosen on val (``rule``,
@@ -649,7 +664,8 @@ def probe(
         ``readout_from`` (a folder without a train split); ``n.<target>.<split>``: the anchors each target
         was fitted, chosen and scored on (a direction needs a move); ``market``: its ``instruments``, the
         ``stale_minutes`` and ``windows`` it is read with, and per split the share of anchors on which each
-        instrument is ``present``.
+        instrument is ``present``; ``context`` (a model that reads context): its folders and per split the
+        mean number of context instruments present per anchor.
 
     Raises:
         DataError: a split has fewer than `MIN_ANCHORS` anchors (`check_anchors`); the folder has no train
@@ -665,8 +681,17 @@ def probe(
             "data the model was trained on; its folders are listed in the export's data.json)"
         )
     instruments = market_bars(data_dir if market is None else market)
+    seen = context if context is not None else market if market is not None else data_dir
     sets, embeddings = _probe_sets(
-        model, untrained, data_dir, ("test",) if test_only else SPLITS, max_anchors, seed, stats, instruments
+        model,
+        untrained,
+        data_dir,
+        ("test",) if test_only else SPLITS,
+        max_anchors,
+        seed,
+        stats,
+        instruments,
+        seen,
     )
     other_sets: dict[str, ProbeSet] = {}
     other_embeddings: dict[str, dict[str, np.ndarray]] = {}
@@ -680,6 +705,7 @@ def probe(
             seed,
             readout_stats,
             instruments,
+            seen,
         )
     if test_only:  # every method fitted on the other folder, as it is fitted on a folder's own train and val
         sets = {**other_sets, **sets}
@@ -708,6 +734,11 @@ def probe(
             for split, s in sets.items()
         },
     }
+    if model.reads_context:
+        report["context"] = {
+            "folders": [str(folder) for folder in data_folders(seen)],
+            "present_per_anchor": {split: s.context_present for split, s in sets.items()},
+        }
     if readout_from is not None:
         report["readout_from"] = [str(folder) for folder in data_folders(readout_from)]
         report["readout_anchors"] = {split: len(s.ids) for split, s in other_sets.items()}

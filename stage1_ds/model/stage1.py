@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -22,7 +23,7 @@ from stage1_ds.config import (
     PositionBias,
     config_from_snapshot,
 )
-from stage1_ds.data.batch import Batch
+from stage1_ds.data.batch import Batch, TimeframeWindow
 from stage1_ds.data.features import num_features
 from stage1_ds.data.timeframes import sort_timeframes
 from stage1_ds.errors import CheckpointError
@@ -121,30 +122,47 @@ class Stage1Model(nn.Module):
         d_model = t5.d_model(self.encoder)
         max_patches = max(num_patches(n, config.patch_len) for n in self.window_bars.values())
         features = num_features(data.volume)
+        # The market around the target (`data.context`): read as one summary token per other instrument.
+        self.context_data: dict[str, Any] = {
+            "context": data.context,
+            "context_instruments": list(data.context_instruments),
+            "context_max": data.context_max,
+            "context_stale_minutes": data.context_stale_minutes,
+        }
+        # With context, the time bias's pair table has one more "timeframe": the context summaries.
+        kinds = len(self.timeframes) + (1 if data.context else 0)
         time_bias = (
-            TimeBias(t5.num_heads(self.encoder), len(self.timeframes), config.timeframe_pair_bias)
+            TimeBias(t5.num_heads(self.encoder), kinds, config.timeframe_pair_bias)
             if config.position_bias == PositionBias.TIME
             else None
         )
         self.embed = PatchEmbedding(
-            self.timeframes, max_patches, config.patch_len, features, d_model, config.calendar, time_bias
+            self.timeframes,
+            max_patches,
+            config.patch_len,
+            features,
+            d_model,
+            config.calendar,
+            time_bias,
+            context=data.context,
         )
         future = len(data.future_minutes) if config.loss.future_weight > 0 else 0
         self.heads = ReconstructionHeads(self.timeframes, config.patch_len, features, d_model, future)
 
+    @property
+    def reads_context(self) -> bool:
+        """Whether the model reads the other instruments' windows (``data.context`` when it was built)."""
+        return self.embed.context is not None
+
     def forward(self, batch: Batch) -> Stage1Output:
+        """Reconstruct the target's bars. A model that reads context takes ``batch.context`` (slots not
+        present, or no context at all, are left out: the market is then unknown, never zeros)."""
         names = [tf for tf in batch.windows if tf in self.embed.stems]
-        tokens, valid, ends = [], [], []
-        for tf in names:
-            window = batch.windows[tf]
-            mask = window.mask if window.mask is not None else torch.zeros_like(window.valid)
-            tok, _, patch_valid, end_time = self.embed(
-                tf, window.features, mask, window.valid, window.start_time
-            )
-            tokens.append(tok)
-            valid.append(patch_valid)
-            ends.append(end_time)
-        hidden = self._encode(names, tokens, valid, ends)
+        tokens, valid, ends = self._embed_windows(names, batch.windows)
+        market = None
+        if self.embed.context is not None and batch.context is not None:
+            market = self._context_tokens(names, batch.context.windows, batch.context.present)
+        hidden = self._encode(names, tokens, valid, ends, market)
         reconstruction = {
             tf: self.heads(tf, h, batch.windows[tf].features.shape[1])
             for tf, h in zip(names, hidden, strict=True)
@@ -157,22 +175,67 @@ class Stage1Model(nn.Module):
             future_size=None if self.heads.future is None else self.heads.future_size(states, patch_valid),
         )
 
+    def _embed_windows(
+        self, names: list[str], windows: dict[str, TimeframeWindow]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """Per timeframe: tokens (N, P_tf, d), patch validity (N, P_tf) and patch end times (N, P_tf); masked
+        bars (where a window has a mask) reach the encoder only as the mask embedding."""
+        tokens, valid, ends = [], [], []
+        for tf in names:
+            window = windows[tf]
+            tok, _, patch_valid, end_time = self.embed(
+                tf, window.features, window.mask, window.valid, window.start_time
+            )
+            tokens.append(tok)
+            valid.append(patch_valid)
+            ends.append(end_time)
+        return tokens, valid, ends
+
+    def _context_tokens(
+        self, names: list[str], windows: dict[str, TimeframeWindow], present: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The context summaries (B, K, d), their validity (B, K) and end times (B, K) (`ContextSummary`)."""
+        assert self.embed.context is not None
+        b, slots = present.shape
+        tokens, valid, ends = self._embed_windows(
+            names, windows
+        )  # B * K rows, slot k of sample b at b * K + k
+        valid_patches = torch.cat(valid, dim=1) & present.reshape(-1, 1)
+        summary, end = self.embed.context(torch.cat(tokens, dim=1), valid_patches, torch.cat(ends, dim=1))
+        return summary.reshape(b, slots, -1), present, end.reshape(b, slots)
+
     def _encode(
         self,
         names: list[str],
         tokens: list[torch.Tensor],
         valid: list[torch.Tensor],
         ends: list[torch.Tensor],
+        market: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> list[torch.Tensor]:
         """One encoder call for every timeframe; returns per-timeframe hidden states (B, P_tf, d). With the
         time bias, attention between any two tokens of a sequence is biased by the minutes between their
-        ends (across timeframes with ``joint`` fusion, within one with ``per_timeframe``)."""
+        ends (across timeframes with ``joint`` fusion, within one with ``per_timeframe``). ``market``: the
+        context summaries, their validity and end times (`_context_tokens`), appended to the joint sequence
+        after the target's tokens; their states are not returned."""
         lengths = [t.shape[1] for t in tokens]
-        which = [torch.full((n,), self.embed.index[tf]) for tf, n in zip(names, lengths, strict=True)]
+        which = [
+            torch.full((n,), self.embed.index[tf], device=tokens[0].device)
+            for tf, n in zip(names, lengths, strict=True)
+        ]
         if self.config.fusion == Fusion.JOINT:
-            joined, mask = torch.cat(tokens, dim=1), torch.cat(valid, dim=1).long()
-            hidden = self._run(joined, mask, torch.cat(ends, dim=1), torch.cat(which).expand(len(joined), -1))
-            return list(hidden.split(lengths, dim=1))
+            joined, mask = torch.cat(tokens, dim=1), torch.cat(valid, dim=1)
+            time, kind = torch.cat(ends, dim=1), torch.cat(which).expand(len(joined), -1)
+            if self.embed.context is not None:
+                joined = joined + self.embed.context.target_role()
+            if market is not None:
+                summary, present, end = market
+                joined, mask = torch.cat([joined, summary], dim=1), torch.cat([mask, present], dim=1)
+                time = torch.cat([time, end], dim=1)
+                kind = torch.cat([kind, torch.full_like(present, len(self.timeframes), dtype=kind.dtype)], 1)
+            hidden = self._run(joined, mask.long(), time, kind)
+            return list(hidden[:, : sum(lengths)].split(lengths, dim=1))
+        if market is not None:
+            raise ValueError("context windows need model.fusion: joint (Config.validate refuses the rest)")
         longest = max(lengths)
         b = tokens[0].shape[0]
 
