@@ -28,6 +28,7 @@ import torch
 
 from stage1_ds.benchmark import bench_config, loop_forward, masked_batches, time_steps
 from stage1_ds.config import CALENDAR_FEATURES, WINDOW_BARS, EncoderPreset, Fusion, PositionBias
+from stage1_ds.data.batch import Batch
 from stage1_ds.data.prepare import PrepareOptions, prepare_synthetic
 from stage1_ds.model.masking import num_patches
 from stage1_ds.model.stage1 import Stage1Model
@@ -152,6 +153,9 @@ def bench_context(args: argparse.Namespace) -> int:
                 steps[name].append(time.perf_counter() - start)
     results: dict[str, float] = {name: statistics.median(times) for name, times in steps.items()}
     results["context_over_plain"] = results["context_s"] / results["plain_s"]
+    for name, served in (("plain", without), ("context", batch)):
+        results[f"{name}_activation_mb"] = saved_activation_bytes(model, served) / 2**20
+    results["activation_ratio"] = results["context_activation_mb"] / results["plain_activation_mb"]
     results["context_instruments_per_sample"] = float(batch.context.present.sum()) / batch.size
     tokens = sum(num_patches(w.features.shape[1], config.model.patch_len) for w in batch.windows.values())
     print(
@@ -164,9 +168,30 @@ def bench_context(args: argparse.Namespace) -> int:
         f"({results['context_over_plain']:.2f}x; {results['context_instruments_per_sample']:.1f} present per "
         "sample; target <= 1.5x)"
     )
+    print(
+        f"activations kept for backward: {results['plain_activation_mb']:.1f} MB without context, "
+        f"{results['context_activation_mb']:.1f} MB with ({results['activation_ratio']:.2f}x)"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
+
+
+def saved_activation_bytes(model: Stage1Model, batch: Batch) -> int:
+    """Bytes of the distinct tensors autograd keeps from one forward pass for the backward (parameters
+    excluded): the activation memory a training step holds at its peak, on any device."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        model(batch)
+    return sum(storages.values())
 
 
 if __name__ == "__main__":

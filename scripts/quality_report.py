@@ -5,6 +5,7 @@
     python scripts/quality_report.py ROOT --transfer USDCHF BCOUSD SPXUSD --steps N [key=value ...]
     python scripts/quality_report.py ROOT --ladder [--ladder-steps 2000 8000 32000] [key=value ...]
     python scripts/quality_report.py ROOT --market-rule [EURUSD USDCHF BCOUSD SPXUSD]
+    python scripts/quality_report.py ROOT --context [--context-steps 2000] [key=value ...]
 
 DATA_DIR is a prepared folder (e.g. `stage1 prepare --input ../shared/data/histdata/*EURUSD* --window-bars
 32 --out runs/eurusd32`). Trains (a) the demo config and (b) the same without the cross-timeframe loss,
@@ -20,7 +21,10 @@ the instruments that are not held out (`stage1_ds.experiments.ladder`), rungs me
 only the ladder section and its figure (ladder.png beside the report) are rewritten. With --market-rule,
 ROOT is the same, every instrument under it is the market, and the rule that sees it is measured against
 the best single-instrument rule on each named instrument (`stage1_ds.experiments.market`; no training,
-minutes); only its section is rewritten. Everything it writes is measured; nothing is tuned on the test
+minutes); only its section is rewritten. With --context, ROOT is the ladder's and the encoder that sees
+the market is compared with the single-instrument one at equal steps, each against the single and the
+market rule (`stage1_ds.experiments.context`); measurements read back where made; only its section is
+rewritten. Everything it writes is measured; nothing is tuned on the test
 split. A rewrite keeps the variants section and the hand-written reading ("Reading the figures (by
 hand)", at the end), to be revised against the new figures.
 """
@@ -31,6 +35,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from stage1_ds.experiments.context import CONTEXT_HEADING, CONTEXT_STEPS, compare, context_section
 from stage1_ds.experiments.ladder import (
     LADDER_HEADING,
     LADDER_STEPS,
@@ -133,6 +138,14 @@ def main() -> int:
         "against the best single-instrument rule on these instruments (default EURUSD USDCHF BCOUSD SPXUSD) "
         "and rewrite only its section",
     )
+    parser.add_argument(
+        "--context",
+        action="store_true",
+        help="DATA holds one prepared folder per instrument (the ladder's): compare the encoder that sees the "
+        "market with the single-instrument one at each of --context-steps (held-out instruments: --transfer, "
+        "default USDCHF BCOUSD SPXUSD) and rewrite only its section",
+    )
+    parser.add_argument("--context-steps", type=int, nargs="+", default=list(CONTEXT_STEPS), metavar="N")
     parser.add_argument("--out", type=Path, default=Path("runs/quality"), help="runs and exports go here")
     parser.add_argument("--doc", type=Path, default=Path("docs/quality.md"), help="the report to write")
     parser.add_argument(
@@ -142,7 +155,22 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides of every run's config")
     args = parser.parse_intermixed_args()  # overrides may follow the options
     setup_logging()
-    if args.market_rule is not None:
+    if args.context:
+        held_out = tuple(args.transfer or ("USDCHF", "BCOUSD", "SPXUSD"))
+        steps = tuple(args.context_steps)
+        results = compare(args.data, args.out, steps, held_out, args.max_anchors, overrides=args.overrides)
+        command = " ".join(
+            [
+                f"python scripts/quality_report.py {args.data} --context --transfer {' '.join(held_out)}",
+                f"--context-steps {' '.join(map(str, steps))}",
+                *([f"--max-anchors {args.max_anchors}"] if args.max_anchors else []),
+                *args.overrides,
+            ]
+        )
+        args.doc.write_text(
+            with_variants(args.doc, CONTEXT_HEADING, context_section(results, args.data, command))
+        )
+    elif args.market_rule is not None:
         scored = args.market_rule or ["EURUSD", "USDCHF", "BCOUSD", "SPXUSD"]
         measured = market_rule_report(args.data, scored, args.max_anchors)
         command = f"python scripts/quality_report.py {args.data} --market-rule {' '.join(scored)}"

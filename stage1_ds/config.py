@@ -82,7 +82,8 @@ class DataConfig(Section):
         future_minutes: horizons (minutes after the anchor) of the future-size targets a batch carries
             (`Batch.future_size`, what ``model.loss.future_weight`` trains on); empty: none.
         context: each sample also carries the windows of other instruments of the corpus at its anchor time
-            (`Batch.context`, `stage1_ds.data.context`): the market it trades in.
+            (`Batch.context`, `stage1_ds.data.context`): the market it trades in; the model reads each as
+            one summary token (`stage1_ds.model.embed.ContextSummary`; needs ``model.fusion: joint``).
         context_instruments: the instruments that may be context (empty: every instrument of the corpus).
         context_max: at most this many context instruments per sample (the first present ones, in corpus
             order).

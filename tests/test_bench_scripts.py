@@ -119,6 +119,21 @@ def test_bench_data_context_measures_serving_with_and_without_other_instruments(
     assert "with context" in result.stdout
 
 
+def test_bench_model_context_measures_the_step_with_and_without_other_instruments(tmp_path: Path) -> None:
+    out = tmp_path / "model_context.json"
+    command = [sys.executable, str(REPO / "scripts" / "bench_model.py"), "--context", "--preset", "tiny"]
+    command += ["--batch-size", "4", "--window-bars", "32", "--repeats", "1", "--json", str(out)]
+    result = subprocess.run(
+        command, cwd=REPO, env=fresh_process_env(), capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    measured = json.loads(out.read_text())
+    assert measured["context_instruments_per_sample"] == 7.0, "the synthetic markets trade together"
+    assert measured["context_over_plain"] == pytest.approx(measured["context_s"] / measured["plain_s"])
+    assert measured["context_activation_mb"] > measured["plain_activation_mb"] > 0, "context is read"
+    assert "target <= 1.5x" in result.stdout
+
+
 def test_bench_encode_measures_a_decision_the_derivation_and_many_decisions(tmp_path: Path) -> None:
     out = tmp_path / "encode.json"
     command = [

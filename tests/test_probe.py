@@ -20,7 +20,6 @@ from stage1_ds.evaluation.probe import (
     LONGEST_MINUTES,
     InstrumentRules,
     methods_of,
-    probe,
     probe_set,
 )
 from stage1_ds.evaluation.statistics import Ridge, auc
@@ -206,32 +205,6 @@ def test_probe_command_reports_every_target_and_method(
     assert "market (the market rules' other instruments, present on test anchors): OTHER " in printed
 
 
-def test_a_context_model_is_probed_with_the_market_in_its_windows(
-    synthetic_small: Path, unseen: Path
-) -> None:
-    """A model trained with context sees the market's instruments (``market``, or ``context``) in its
-    windows: OTHER is present on SYNTH's anchors, and the embeddings differ from those without it."""
-    import torch
-
-    from conftest import tiny_model_config
-    from stage1_ds.evaluation.probe import _probe_sets
-
-    torch.manual_seed(0)
-    model = Stage1Model(tiny_model_config(), DataConfig(window_bars=32, context=True)).eval()
-    untrained = Stage1Model(tiny_model_config(), DataConfig(window_bars=32, context=True)).eval()
-    report = probe(model, untrained, synthetic_small, 150, market=[synthetic_small, unseen])
-    assert report["context"]["folders"] == [str(synthetic_small), str(unseen)]
-    assert all(present > 0.9 for present in report["context"]["present_per_anchor"].values())
-    seen = {
-        name: _probe_sets(model, None, synthetic_small, ("val",), 60, 0, None, None, context)[1][
-            "embeddings"
-        ]["val"]
-        for name, context in (("market", [synthetic_small, unseen]), ("alone", synthetic_small))
-    }
-    assert seen["market"].shape == seen["alone"].shape
-    assert not np.allclose(seen["market"], seen["alone"], atol=1e-5)
-
-
 def test_the_quality_report_has_every_section(synthetic_small: Path, tmp_path: Path) -> None:
     """A smoke run of scripts/quality_report.py's library function at the tiny size: both runs trained,
     evaluated in every mode, probed, and every section and verdict written."""
@@ -268,6 +241,33 @@ def test_a_report_run_starts_afresh_in_the_folder_of_an_earlier_report(
     train_for("a", tiny, 20, synthetic_small, tmp_path)
     train_for("a", tiny, 10, synthetic_small, tmp_path)
     assert (tmp_path / "a" / "checkpoints" / "latest").read_text().strip() == "step00000010"
+
+
+def test_a_report_run_stopped_by_a_signal_is_not_taken_for_a_whole_one(
+    synthetic_small: Path, tmp_path: Path
+) -> None:
+    """A preemption notice saves a checkpoint and ends training early; the report must not convert and
+    measure that model as if it had trained every step."""
+    import os
+    import signal
+    import threading
+    import time
+
+    def notice() -> None:  # once training listens for notices (its handler is in place), send one
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            handler = signal.getsignal(signal.SIGUSR1)
+            if getattr(handler, "__qualname__", "") == "StopFlag._handle":
+                os.kill(os.getpid(), signal.SIGUSR1)
+                return
+            time.sleep(0.05)
+
+    sender = threading.Thread(target=notice, daemon=True)
+    sender.start()
+    with pytest.raises(RuntimeError, match=r"training stopped at step \d+ of 100000"):
+        train_for("a", ["model.encoder.preset=tiny"], 100_000, synthetic_small, tmp_path)
+    sender.join()
+    assert not (tmp_path / "a_export").exists()
 
 
 def _trading_weeks(weeks: int = 5, seed: int = 0) -> MinuteBars:

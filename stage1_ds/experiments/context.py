@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from stage1_ds.data.store import load_prepared, model_stats
-from stage1_ds.evaluation.probe import probe
+from stage1_ds.evaluation.probe import format_p, probe
 from stage1_ds.evaluation.volatility import VARIANCE_TARGETS
 from stage1_ds.experiments.ladder import LADDER_CONFIG, LADDER_OVERRIDES, SIGNALS, TRAINED_SCORED
 from stage1_ds.experiments.quality import TRANSFER_HELD_OUT, Run, instrument_folders, train_for
@@ -175,3 +175,102 @@ def compare(
                 )
             results.setdefault(variant, {})[count] = json.loads(path.read_text())
     return results
+
+
+#: The issue's targets: the context encoder's test gain over the market rule on ``rv_60m`` (percent, p) on
+#: the trained instrument; and its gain at least this multiple of the single encoder's over its rule.
+TARGET_GAIN, TARGET_P, TARGET_MULTIPLE = 3.0, 0.05, 2.0
+
+
+def _cell(
+    results: dict[str, dict[int, dict[str, Any]]], variant: str, steps: int, name: str, rule: str
+) -> Any:
+    return results[variant][steps]["instruments"][name][rule]
+
+
+def context_verdicts(results: dict[str, dict[int, dict[str, Any]]], steps: int, trained: str) -> list[str]:
+    """The issue's targets read off the measurements at ``steps`` (on ``rv_60m``, test split), as lines."""
+    names = list(results["context"][steps]["instruments"])
+    held = [name for name in names if name != trained]
+    ours = {name: _cell(results, "context", steps, name, "market")["rv_60m"]["nested"] for name in names}
+    single = {name: _cell(results, "single", steps, name, "single")["rv_60m"]["nested"] for name in names}
+    first = ours[trained]
+    met = first["gain"] >= TARGET_GAIN and first["p"] < TARGET_P
+    lines = [
+        f"- {trained}: the context encoder's nested readout against the market rule: {first['gain']:+.2f}% "
+        f"(p {format_p(first['p'])}); target at least +{TARGET_GAIN:g}% at p < {TARGET_P:g}: "
+        f"{'met' if met else 'missed'}."
+    ]
+    better = [name for name in held if ours[name]["gain"] > 0]
+    worse = [name for name in held if ours[name]["gain"] < 0 and ours[name]["p"] < TARGET_P]
+    lines.append(
+        f"- Held-out instruments better than the market rule: {len(better)} of {len(held)} "
+        f"({', '.join(better) or 'none'}); significantly worse: {', '.join(worse) or 'none'}; target at "
+        f"least two better and none significantly worse: {'met' if len(better) >= 2 and not worse else 'missed'}."
+    )
+    mean_ours = sum(c["gain"] for c in ours.values()) / len(names)
+    mean_single = sum(c["gain"] for c in single.values()) / len(names)
+    twice = mean_ours >= TARGET_MULTIPLE * mean_single and mean_ours > 0
+    lines.append(
+        f"- Mean over the scored instruments: the context encoder over the market rule {mean_ours:+.2f}%, the "
+        f"single encoder over the single rule {mean_single:+.2f}%; target at least {TARGET_MULTIPLE:g}x: "
+        f"{'met' if twice else 'missed'}."
+    )
+    return lines
+
+
+def context_section(
+    results: dict[str, dict[int, dict[str, Any]]], root: Path, command: str, trained: str = TRAINED_SCORED
+) -> str:
+    """The report's section (`CONTEXT_HEADING`) of `compare`'s measurements."""
+    lines = [
+        CONTEXT_HEADING,
+        "",
+        f"Written by `{command}`. Two variants of the ladder's `{CONTEXT_SIGNAL}` rung trained at equal steps "
+        f"on the same folders of `{root}` (every one but the held-out instruments'): `single` (the ladder's "
+        f"model) and `context` (`{' '.join(CONTEXT_OVERRIDES)}`: each sample also reads up to seven other "
+        "instruments of the corpus at its anchor time, one summary token each). Each scored on the test split "
+        f"of {trained} (trained on) and of each held-out instrument with the probe's nested readout (the "
+        "embeddings as a correction to the rule, penalty chosen on val, no correction allowed) against two "
+        "rules chosen on val: the `single` rule (the instrument's own bars) and the `market` rule (also every "
+        "other folder's recent realised variance; taken only where it wins on val). A context model's "
+        "windows see every folder of the root, each from its own split. Gain: test MSE reduction over the "
+        "rule in percent (positive: the embeddings help), Diebold-Mariano p; val gain beside; `untrained`: "
+        "the same architecture with fresh weights, nested alike.",
+        "",
+    ]
+    for steps in sorted(results.get("context", {})):
+        if steps not in results.get("single", {}):
+            continue
+        minutes = {v: results[v][steps]["minutes"] for v in VARIANTS}
+        lines += [
+            f"### {steps:,} steps (training minutes: single {minutes['single']:.1f}, context "
+            f"{minutes['context']:.1f})",
+            "",
+            "| instrument | target | rule | rule chosen | single: test gain % (p) | single: val | context: test "
+            "gain % (p) | context: val | context untrained | context instruments per test anchor |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name in results["context"][steps]["instruments"]:
+            for target in VARIANCE_TARGETS:
+                for rule in RULES:
+                    mine = _cell(results, "context", steps, name, rule)
+                    theirs = _cell(results, "single", steps, name, rule)
+                    ours, base = mine[target], theirs[target]
+                    present = (mine.get("context") or {}).get("present_per_anchor", {}).get("test")
+                    lines.append(
+                        f"| {name} | `{target}` | {rule} | {base['best_rule']} | "
+                        f"{base['nested']['gain']:+.2f} ({format_p(base['nested']['p'])}) | "
+                        f"{base['nested']['val_gain']:+.2f} | "
+                        f"{ours['nested']['gain']:+.2f} ({format_p(ours['nested']['p'])}) | "
+                        f"{ours['nested']['val_gain']:+.2f} | {ours['nested_untrained']['gain']:+.2f} | "
+                        f"{'' if present is None else f'{present:.2f}'} |"
+                    )
+        lines += [
+            "",
+            "Against the issue's targets (`rv_60m`, test):",
+            "",
+            *context_verdicts(results, steps, trained),
+        ]
+        lines.append("")
+    return "\n".join(lines)

@@ -98,11 +98,21 @@ def train_for(
     name: str, overrides: list[str], steps: int, data_dir: DataSource, work: Path, base: str = DEMO_CONFIG
 ) -> Run:
     """Train run ``name`` of the ``base`` config from scratch in ``work/name`` (a folder left by an earlier
-    report is removed: `train` would resume from its checkpoint) and convert it to ``work/name_export``."""
+    report is removed: `train` would resume from its checkpoint) and convert it to ``work/name_export``.
+
+    Raises:
+        RuntimeError: training stopped before ``steps`` (a SIGTERM or SIGUSR1 saves a checkpoint and ends
+            the run early): nothing is converted, so a half-trained model is never measured as the whole.
+    """
     shutil.rmtree(work / name, ignore_errors=True)
     started = time.perf_counter()
     result = train(run_config(overrides, steps, base), data_dir, work / name)
     elapsed = (time.perf_counter() - started) / 60
+    if result.global_step < steps:
+        raise RuntimeError(
+            f"{work / name}: training stopped at step {result.global_step} of {steps} (a signal?); nothing "
+            "was converted or measured; run the report again to train it from scratch"
+        )
     export = work / f"{name}_export"
     convert(work / name, export, force=True)
     log.info("%s: %d steps in %.1f minutes", name, steps, elapsed)

@@ -146,6 +146,14 @@ def train(
         len(train_data.windows.instruments),
         since_start(),
     )
+    if config.data.context:
+        log.info(
+            "context: each sample also reads up to %d other instruments of these %d at its anchor time (absent "
+            "where one has no bar in the %d minutes before it)",
+            config.data.context_max,
+            len(train_data.windows.instruments),
+            config.data.context_stale_minutes,
+        )
 
     model = Stage1Model(config.model, config.data)
     encoder = config.model.encoder
