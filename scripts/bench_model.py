@@ -44,6 +44,21 @@ def forward_backward_s(forward: Callable[[], dict[str, torch.Tensor]], repeats: 
     return time_steps(step, warmup=2, windows=repeats, steps_per_window=1).median_s
 
 
+def in_turns(variants: dict[str, tuple[Stage1Model, Batch]], repeats: int) -> dict[str, float]:
+    """Median seconds of forward + backward per variant (a model and its batch), the variants taking turns
+    step by step so that a drift of the machine's speed during the run (several percent on this shared CPU)
+    falls on each alike; two warm-up turns."""
+    steps: dict[str, list[float]] = {name: [] for name in variants}
+    for turn in range(2 + repeats):
+        for name, (model, batch) in variants.items():
+            start = time.perf_counter()
+            loss = torch.stack([v.square().mean() for v in model(batch).reconstruction.values()]).sum()
+            loss.backward()
+            if turn >= 2:
+                steps[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times) for name, times in steps.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="mini", choices=[p.value for p in EncoderPreset])
@@ -75,22 +90,12 @@ def main() -> int:
     def timed(model: Stage1Model) -> float:
         return forward_backward_s(lambda: model(batch).reconstruction, args.repeats)
 
-    # The three joint models take turns step by step, so that a drift of the machine's speed during the run
-    # (several percent on this shared CPU) falls on each alike; each figure is the median of its steps.
     joint = {
         "joint_s": built(PositionBias.INDEX, False, []),
         "joint_time_s": built(PositionBias.TIME, True, []),
         "joint_time_calendar_s": built(PositionBias.TIME, True, list(CALENDAR_FEATURES)),
     }
-    steps: dict[str, list[float]] = {name: [] for name in joint}
-    for turn in range(2 + args.repeats):
-        for name, variant in joint.items():
-            start = time.perf_counter()
-            loss = torch.stack([v.square().mean() for v in variant(batch).reconstruction.values()]).sum()
-            loss.backward()
-            if turn >= 2:  # two warm-up turns
-                steps[name].append(time.perf_counter() - start)
-    results: dict[str, float] = {name: statistics.median(times) for name, times in steps.items()}
+    results = in_turns({name: (variant, batch) for name, variant in joint.items()}, args.repeats)
     for name in ("joint_time_s", "joint_time_calendar_s"):
         results[name.replace("_s", "_over_joint")] = results[name] / results["joint_s"]
     model = joint["joint_s"]
@@ -143,15 +148,7 @@ def bench_context(args: argparse.Namespace) -> int:
     model = Stage1Model(config.model, config.data)
     without = copy.deepcopy(batch)
     without.context = None
-    steps: dict[str, list[float]] = {"plain_s": [], "context_s": []}
-    for turn in range(2 + args.repeats):
-        for name, served in (("plain_s", without), ("context_s", batch)):
-            start = time.perf_counter()
-            loss = torch.stack([v.square().mean() for v in model(served).reconstruction.values()]).sum()
-            loss.backward()
-            if turn >= 2:  # two warm-up turns
-                steps[name].append(time.perf_counter() - start)
-    results: dict[str, float] = {name: statistics.median(times) for name, times in steps.items()}
+    results = in_turns({"plain_s": (model, without), "context_s": (model, batch)}, args.repeats)
     results["context_over_plain"] = results["context_s"] / results["plain_s"]
     for name, served in (("plain", without), ("context", batch)):
         results[f"{name}_activation_mb"] = saved_activation_bytes(model, served) / 2**20

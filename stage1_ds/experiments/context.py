@@ -30,7 +30,7 @@ from typing import Any
 from stage1_ds.data.store import load_prepared, model_stats
 from stage1_ds.evaluation.probe import format_p, probe
 from stage1_ds.evaluation.volatility import VARIANCE_TARGETS
-from stage1_ds.experiments.ladder import LADDER_CONFIG, LADDER_OVERRIDES, SIGNALS, TRAINED_SCORED
+from stage1_ds.experiments.ladder import LADDER_CONFIG, LADDER_OVERRIDES, SIGNALS, TRAINED_SCORED, gain_cells
 from stage1_ds.experiments.quality import TRANSFER_HELD_OUT, Run, instrument_folders, train_for
 from stage1_ds.model.stage1 import Stage1Model, load_export_stats
 from stage1_ds.version import code_version
@@ -118,19 +118,11 @@ def measure_variant(
                 market=market if rule == "market" else None,
                 context=market,
             )
-            cells: dict[str, Any] = {"anchors": report["anchors"], "context": report.get("context")}
-            for target in VARIANCE_TARGETS:
-                best = report["best_rule"][target]["rule"]
-                results, val = report["targets"][target], report["val_mse"][target]
-                cell: dict[str, Any] = {"best_rule": best, "best_rule_r2": results[best]["r2"]}
-                for key, method in READOUTS.items():
-                    cell[key] = {
-                        "gain": 100 * (1 - results[method]["mse"] / results[best]["mse"]),
-                        "p": results[method]["dm_p_vs_best_rule"],
-                        "val_gain": 100 * (1 - val[method] / val[best]),
-                    }
-                cells[target] = cell
-            instruments[name][rule] = cells
+            instruments[name][rule] = {
+                "anchors": report["anchors"],
+                "context": report.get("context"),
+                **gain_cells(report, READOUTS),
+            }
     return {
         "steps": run.steps,
         "overrides": run.overrides,

@@ -70,6 +70,24 @@ READOUTS = {
 }
 
 
+def gain_cells(report: dict[str, Any], readouts: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Per variance target of a probe report: the rule chosen on val (and its test R^2) and, per readout
+    (key: probe method), its test MSE gain over that rule in percent, DM p and val gain."""
+    cells = {}
+    for target in VARIANCE_TARGETS:
+        best = report["best_rule"][target]["rule"]
+        results, val = report["targets"][target], report["val_mse"][target]
+        cell: dict[str, Any] = {"best_rule": best, "best_rule_r2": results[best]["r2"]}
+        for key, method in readouts.items():
+            cell[key] = {
+                "gain": 100 * (1 - results[method]["mse"] / results[best]["mse"]),
+                "p": results[method]["dm_p_vs_best_rule"],
+                "val_gain": 100 * (1 - val[method] / val[best]),
+            }
+        cells[target] = cell
+    return cells
+
+
 def measure_rung(
     run: Run, folders: dict[str, Path], scored: list[str], max_anchors: int | None, batches: int
 ) -> dict[str, Any]:
@@ -82,18 +100,7 @@ def measure_rung(
     for name in scored:
         stats = model_stats(exported, load_prepared(folders[name]), allow_other=False)
         report = probe(model, untrained, folders[name], max_anchors, stats=stats)
-        instruments[name] = {"anchors": report["anchors"]}
-        for target in VARIANCE_TARGETS:
-            best = report["best_rule"][target]["rule"]
-            results, val = report["targets"][target], report["val_mse"][target]
-            cell: dict[str, Any] = {"best_rule": best, "best_rule_r2": results[best]["r2"]}
-            for key, method in READOUTS.items():
-                cell[key] = {
-                    "gain": 100 * (1 - results[method]["mse"] / results[best]["mse"]),
-                    "p": results[method]["dm_p_vs_best_rule"],
-                    "val_gain": 100 * (1 - val[method] / val[best]),
-                }
-            instruments[name][target] = cell
+        instruments[name] = {"anchors": report["anchors"], **gain_cells(report, READOUTS)}
     first = scored[0]
     stats = model_stats(exported, load_prepared(folders[first]), allow_other=False)
     config = load_export_config(run.export)
