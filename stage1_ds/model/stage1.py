@@ -197,9 +197,8 @@ class Stage1Model(nn.Module):
         """The context summaries (B, K, d), their validity (B, K) and end times (B, K) (`ContextSummary`)."""
         assert self.embed.context is not None
         b, slots = present.shape
-        tokens, valid, ends = self._embed_windows(
-            names, windows
-        )  # B * K rows, slot k of sample b at b * K + k
+        # B * K rows: slot k of sample b is row b * K + k
+        tokens, valid, ends = self._embed_windows(names, windows)
         valid_patches = torch.cat(valid, dim=1) & present.reshape(-1, 1)
         summary, end = self.embed.context(torch.cat(tokens, dim=1), valid_patches, torch.cat(ends, dim=1))
         return summary.reshape(b, slots, -1), present, end.reshape(b, slots)
