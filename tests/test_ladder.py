@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from stage1_ds.experiments.context import CONTEXT_HEADING, compare, context_section
 from stage1_ds.experiments.ladder import (
     LADDER_HEADING,
     SIGNALS,
@@ -73,32 +72,6 @@ def test_the_ladder_trains_each_signal_once_and_reports_gains_against_steps(
         higher, root, None, "python scripts/quality_report.py each --ladder", (12, 24), 24
     )
     assert "**range** (" in section and "reconstruction not measured there" in section
-
-    # The market-context comparison on the same root: the ladder's range rung is the single variant (read
-    # back, not trained again); the context variant is trained, and its windows see OTHER when probed.
-    weights = work / "ladder_range_12_export" / "model.safetensors"
-    trained_at = weights.stat().st_mtime_ns
-    results = compare(root, work, (12,), ("OTHER",), 80, overrides=TINY, trained="SYNTH")
-    assert weights.stat().st_mtime_ns == trained_at and (work / "context_range_12_export").is_dir()
-    assert set(results) == {"single", "context"}
-    assert "data.context=true" in results["context"][12]["overrides"]
-    for name in ("SYNTH", "OTHER"):
-        seen = results["context"][12]["instruments"][name]["market"]["context"]["present_per_anchor"]
-        assert seen["test"] > 0.5, name  # the other instrument is in its windows
-        for rule in ("single", "market"):
-            assert results["single"][12]["instruments"][name][rule]["context"] is None
-            cell = results["context"][12]["instruments"][name][rule]["rv_60m"]
-            assert math.isfinite(cell["nested"]["gain"]) and cell["nested"]["val_gain"] >= 0
-    single = results["single"][12]["instruments"]["SYNTH"]["single"]["rv_60m"]["nested"]
-    assert single["gain"] == pytest.approx(
-        rungs["range"][12]["instruments"]["SYNTH"]["rv_60m"]["nested"]["gain"]
-    )
-    written = {p.name: p.stat().st_mtime_ns for p in (work / "context").glob("*.json")}
-    assert compare(root, work, (12,), ("OTHER",), 80, overrides=TINY, trained="SYNTH") == results
-    assert {p.name: p.stat().st_mtime_ns for p in (work / "context").glob("*.json")} == written
-    text = context_section(results, root, "python scripts/quality_report.py each --context", "SYNTH")
-    assert text.startswith(CONTEXT_HEADING) and text.count("| SYNTH | `rv_60m` |") == 2
-    assert text.count(": met") + text.count(": missed") == 3
 
 
 def _rung(gains: list[float]) -> dict:
