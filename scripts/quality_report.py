@@ -5,7 +5,7 @@
     python scripts/quality_report.py ROOT --transfer USDCHF BCOUSD SPXUSD --steps N [key=value ...]
     python scripts/quality_report.py ROOT --ladder [--ladder-steps 2000 8000 32000] [key=value ...]
     python scripts/quality_report.py ROOT --market-rule [EURUSD USDCHF BCOUSD SPXUSD]
-    python scripts/quality_report.py ROOT --context [--context-steps 2000] [key=value ...]
+    python scripts/quality_report.py ROOT --context [--context-steps 2000 8000] [key=value ...]
 
 DATA_DIR is a prepared folder (e.g. `stage1 prepare --input ../shared/data/histdata/*EURUSD* --window-bars
 32 --out runs/eurusd32`). Trains (a) the demo config and (b) the same without the cross-timeframe loss,

@@ -399,7 +399,9 @@ def _provenance(args: argparse.Namespace) -> dict:
     return {"provenance": record}
 
 
-def _model_stats(args: argparse.Namespace, stats: dict | None = None, data_dir: object = None) -> dict:
+def _model_stats(
+    args: argparse.Namespace, stats: dict | None = None, data_dir: list[Path] | None = None
+) -> dict:
     """The feature statistics for the data (``data_dir``, default ``--data``): the export's for instruments
     the model was trained on, the folder's own for the others (`model_stats`), added to ``stats`` if given."""
     from stage1_ds.data.corpus import load_corpus
@@ -407,7 +409,7 @@ def _model_stats(args: argparse.Namespace, stats: dict | None = None, data_dir: 
     from stage1_ds.model.stage1 import load_export_stats
 
     stats = stats or load_export_stats(args.model)
-    for data in load_corpus(args.data if data_dir is None else data_dir):  # type: ignore[arg-type]
+    for data in load_corpus(args.data if data_dir is None else data_dir):
         stats = model_stats(stats, data, args.allow_other_stats)
     return stats
 
@@ -590,9 +592,11 @@ def _run_probe(args: argparse.Namespace) -> int:
     readout_stats = None
     if args.readout_from:
         readout_stats = _model_stats(argparse.Namespace(**{**vars(args), "data": args.readout_from}))
-    if model.reads_context and args.market:  # its windows see the market: scale every market instrument
-        stats = _model_stats(args, stats, args.market)
-        readout_stats = readout_stats and _model_stats(args, readout_stats, args.market)
+    if model.reads_context:  # its windows see the market (--market, else --data): scale all of it
+        seen = args.market or args.data
+        stats = _model_stats(args, stats, seen)
+        if readout_stats is not None:
+            readout_stats = _model_stats(args, readout_stats, seen)
     report = probe(
         model,
         untrained,

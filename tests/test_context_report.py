@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+from stage1_ds.cli import main
 from stage1_ds.evaluation.probe import MARKET_RULES
 from stage1_ds.experiments.context import CONTEXT_HEADING, compare, context_section, variant_run
 
@@ -53,6 +54,17 @@ def test_the_context_comparison_trains_both_variants_and_reads_them_back(
     run = variant_run("single", 12, [root / "synth"], work, overrides=TINY)
     assert run.export == work / "ladder_range_12_export" and run.minutes == record["minutes"]
     assert {p: p.stat().st_mtime_ns for p in weights} == weights
+
+    # `stage1 probe --market` serves the context model the market (every market instrument scaled)
+    out = tmp_path / "probe.json"
+    command = ["probe", "--model", str(work / "context_range_12_export"), "--data", str(synthetic_small)]
+    command += ["--market", str(synthetic_small), str(unseen), "--max-anchors", "80", "--json", str(out)]
+    assert main(command) == 0
+    probed = json.loads(out.read_text())["context"]
+    assert (
+        probed["folders"] == [str(synthetic_small), str(unseen)]
+        and probed["present_per_anchor"]["test"] > 0.5
+    )
 
     text = context_section(results, root, "python scripts/quality_report.py each --context", "SYNTH")
     assert text.startswith(CONTEXT_HEADING) and text.count("| SYNTH | `rv_60m` |") == 2

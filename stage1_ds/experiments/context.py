@@ -43,7 +43,7 @@ CONTEXT_SIGNAL = "range"
 #: What makes the ``context`` variant: the windows of up to seven other instruments at the anchor time.
 CONTEXT_OVERRIDES = ["data.context=true", "data.context_max=7"]
 VARIANTS = {"single": [], "context": CONTEXT_OVERRIDES}
-CONTEXT_STEPS = (2000,)
+CONTEXT_STEPS = (2000, 8000)
 #: The rules each variant is measured against (see the module docstring).
 RULES = ("single", "market")
 #: Readouts read per variant, rule and instrument: (key in the JSON, probe method).
