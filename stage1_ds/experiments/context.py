@@ -30,8 +30,15 @@ from typing import Any
 from stage1_ds.data.store import load_prepared, model_stats
 from stage1_ds.evaluation.probe import format_p, probe
 from stage1_ds.evaluation.volatility import VARIANCE_TARGETS
-from stage1_ds.experiments.ladder import LADDER_CONFIG, LADDER_OVERRIDES, SIGNALS, TRAINED_SCORED, gain_cells
-from stage1_ds.experiments.quality import TRANSFER_HELD_OUT, Run, instrument_folders, train_for
+from stage1_ds.experiments.ladder import (
+    LADDER_CONFIG,
+    LADDER_OVERRIDES,
+    SIGNALS,
+    TRAINED_SCORED,
+    gain_cells,
+    training_corpus,
+)
+from stage1_ds.experiments.quality import TRANSFER_HELD_OUT, Run, train_for
 from stage1_ds.model.stage1 import Stage1Model, load_export_stats
 from stage1_ds.version import code_version
 
@@ -148,11 +155,8 @@ def compare(
     Raises:
         ValueError: a held-out instrument, or ``trained``, has no folder under ``root``.
     """
-    folders, work = instrument_folders(root), Path(work)
-    missing = [name for name in (*held_out, trained) if name not in folders]
-    if missing:
-        raise ValueError(f"{root}: no prepared folder of {missing} (folders of {sorted(folders)})")
-    corpus = [folder for name, folder in folders.items() if name not in held_out]
+    folders, corpus = training_corpus(root, held_out, trained)
+    work = Path(work)
     measured = work / "context"
     measured.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[int, dict[str, Any]]] = {}

@@ -122,6 +122,21 @@ def measure_rung(
     }
 
 
+def training_corpus(
+    root: Path, held_out: tuple[str, ...], trained: str
+) -> tuple[dict[str, Path], list[Path]]:
+    """Every instrument folder under ``root`` by name, and the folders trained on (all but ``held_out``).
+
+    Raises:
+        ValueError: a held-out instrument, or ``trained``, has no folder under ``root``.
+    """
+    folders = instrument_folders(root)
+    missing = [name for name in (*held_out, trained) if name not in folders]
+    if missing:
+        raise ValueError(f"{root}: no prepared folder of {missing} (folders of {sorted(folders)})")
+    return folders, [folder for name, folder in folders.items() if name not in held_out]
+
+
 def climb(
     root: Path,
     work: Path,
@@ -146,12 +161,8 @@ def climb(
     Raises:
         ValueError: a held-out instrument, or ``trained``, has no folder under ``root``.
     """
-    folders, work = instrument_folders(root), Path(work)
-    missing = [name for name in (*held_out, trained) if name not in folders]
-    if missing:
-        raise ValueError(f"{root}: no prepared folder of {missing} (folders of {sorted(folders)})")
-    corpus = [folder for name, folder in folders.items() if name not in held_out]
-    scored = [trained, *held_out]
+    folders, corpus = training_corpus(root, held_out, trained)
+    work, scored = Path(work), [trained, *held_out]
     measured = work / "ladder"
     measured.mkdir(parents=True, exist_ok=True)
     rungs: dict[str, dict[int, dict[str, Any]]] = {}
