@@ -24,6 +24,9 @@ The contract, each part tested against ``stage1 encode`` of a prepared folder:
 - **Scaling** uses the model's statistics for an instrument it was trained on; for another one, call
   `Encoder.add_instrument` with its history first (fitted as ``prepare`` fits a train split), so nothing
   after that history enters the scale.
+- **The market** (a model trained with ``data.context``): ``embed(..., context={name: bars})`` reads other
+  instruments' bars at each anchor by the data pipeline's rules (`stage1_ds.data.context`; see `embed`),
+  nothing after the anchor (tested bit for bit, and against ``stage1 encode`` of a corpus).
 - **Output**: per timeframe, the encoder's states of the unmasked windows averaged over their tokens,
   ``(N, d_model)`` float32 for N decision times (or per token, ``(N, P, d_model)``, with
   ``pooled=False``). Computed without gradients, batched over ``at``, on the encoder's device, in bf16 on a
