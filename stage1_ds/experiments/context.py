@@ -36,11 +36,11 @@ from stage1_ds.experiments.ladder import (
     SIGNALS,
     TRAINED_SCORED,
     gain_cells,
+    run_record,
     training_corpus,
 )
 from stage1_ds.experiments.quality import TRANSFER_HELD_OUT, Run, train_for
 from stage1_ds.model.stage1 import Stage1Model, load_export_stats
-from stage1_ds.version import code_version
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,7 @@ def variant_run(
         log.info("context: %s at %d steps trained before: %s", variant, steps, export)
         return Run(name, plan, steps, known["minutes"], export, known["val_loss"])
     run = train_for(name, plan, steps, corpus, work, base)
-    fields = {"steps": steps, "overrides": plan, "minutes": run.minutes, "val_loss": run.val_loss}
-    record.write_text(json.dumps(fields, indent=2) + "\n")
+    record.write_text(json.dumps(run_record(run), indent=2) + "\n")
     return run
 
 
@@ -130,14 +129,7 @@ def measure_variant(
                 "context": report.get("context"),
                 **gain_cells(report, READOUTS),
             }
-    return {
-        "steps": run.steps,
-        "overrides": run.overrides,
-        "minutes": run.minutes,
-        "val_loss": run.val_loss,
-        "code": code_version(),
-        "instruments": instruments,
-    }
+    return {**run_record(run), "instruments": instruments}
 
 
 def compare(

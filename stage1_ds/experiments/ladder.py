@@ -70,6 +70,17 @@ READOUTS = {
 }
 
 
+def run_record(run: Run) -> dict[str, Any]:
+    """What a measurement records of the run it measured (and what a later run reads back)."""
+    return {
+        "steps": run.steps,
+        "overrides": run.overrides,
+        "minutes": run.minutes,
+        "val_loss": run.val_loss,
+        "code": code_version(),
+    }
+
+
 def gain_cells(report: dict[str, Any], readouts: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Per variance target of a probe report: the rule chosen on val (and its test R^2) and, per readout
     (key: probe method), its test MSE gain over that rule in percent, DM p and val gain."""
@@ -112,11 +123,7 @@ def measure_rung(
         for tf, entry in evaluation["modes"][MaskingMode.TIME.value]["timeframes"].items()
     }
     return {
-        "steps": run.steps,
-        "overrides": run.overrides,
-        "minutes": run.minutes,
-        "val_loss": run.val_loss,
-        "code": code_version(),
+        **run_record(run),
         "instruments": instruments,
         "time_mode": {"instrument": first, "ratios": time_mode},
     }
