@@ -9,7 +9,9 @@ from pathlib import Path
 
 from stage1_ds.cli import main
 from stage1_ds.evaluation.probe import MARKET_RULES
-from stage1_ds.experiments.context import CONTEXT_HEADING, compare, context_section, variant_run
+from stage1_ds.experiments import context
+from stage1_ds.experiments.context import compare, variant_run
+from stage1_ds.experiments.harness import Options, write_report
 
 TINY = ["model.encoder.preset=tiny", "train.micro_batch_size=8", "train.eval_batches=1"]
 
@@ -46,11 +48,8 @@ def test_the_context_comparison_trains_both_variants_and_reads_them_back(
     assert {p.name: p.stat().st_mtime_ns for p in (work / "context").glob("*.json")} == written
     assert {p: p.stat().st_mtime_ns for p in weights} == weights, "nothing trained again"
 
-    # The ladder's rung of the signal (its measurement beside its export) is the single variant as it is.
+    # The single variant is the ladder's rung of the signal: the same run, read back as it is.
     record = json.loads((work / "ladder_range_12.run.json").read_text())
-    (work / "ladder_range_12.run.json").unlink()
-    (work / "ladder").mkdir()
-    (work / "ladder" / "range_12.json").write_text(json.dumps({**record, "instruments": {}}))
     run = variant_run("single", 12, [root / "synth"], work, overrides=TINY)
     assert run.export == work / "ladder_range_12_export" and run.minutes == record["minutes"]
     assert {p: p.stat().st_mtime_ns for p in weights} == weights
@@ -66,6 +65,11 @@ def test_the_context_comparison_trains_both_variants_and_reads_them_back(
         and probed["present_per_anchor"]["test"] > 0.5
     )
 
-    text = context_section(results, root, "python scripts/quality_report.py each --context", "SYNTH")
-    assert text.startswith(CONTEXT_HEADING) and text.count("| SYNTH | `rv_60m` |") == 2
+    options = Options(root, work, steps=(12,), held_out=("OTHER",), trained="SYNTH", max_anchors=80)
+    options.overrides = TINY
+    measured = context.measure(options)  # read back: nothing trained or measured again
+    assert {p: p.stat().st_mtime_ns for p in weights} == weights
+    write_report(context.EXPERIMENT, measured, tmp_path / "docs")
+    text = (tmp_path / "docs" / "context.md").read_text()
+    assert text.startswith("# The encoder that sees the market") and text.count("| SYNTH | `rv_60m` |") == 2
     assert text.count(": met") + text.count(": missed") == 3

@@ -8,15 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from stage1_ds.experiments.ladder import (
-    LADDER_HEADING,
-    SIGNALS,
-    choose_signal,
-    climb,
-    gain_per_doubling,
-    ladder_figure,
-    ladder_section,
-)
+from stage1_ds.experiments import ladder
+from stage1_ds.experiments.harness import Options, write_report
+from stage1_ds.experiments.ladder import SIGNALS, choose_signal, climb, gain_per_doubling, ladder_page
 
 TINY = ["model.encoder.preset=tiny", "train.micro_batch_size=8", "train.eval_batches=1"]
 
@@ -45,33 +39,40 @@ def test_the_ladder_trains_each_signal_once_and_reports_gains_against_steps(
                 assert math.isfinite(cells[target][readout]["gain"])
                 assert cells[target][readout]["val_gain"] >= 0, "a nested readout never loses on val"
     assert set(rung["time_mode"]["ratios"]) == {"m1", "m5", "m15", "m30", "h1", "h4"}
-    written = {p.name: p.stat().st_mtime_ns for p in (work / "ladder").glob("*.json")}
-    assert set(written) == {f"{signal}_12.json" for signal in SIGNALS}
+    written_rungs = {p.name: p.stat().st_mtime_ns for p in (work / "ladder").glob("*.json")}
+    assert set(written_rungs) == {f"{signal}_12.json" for signal in SIGNALS}
 
     again = climb(root, work, (12,), ("OTHER",), 80, 1, TINY, trained="SYNTH")
     assert again == rungs
-    assert {p.name: p.stat().st_mtime_ns for p in (work / "ladder").glob("*.json")} == written
+    assert {p.name: p.stat().st_mtime_ns for p in (work / "ladder").glob("*.json")} == written_rungs
 
-    figure = tmp_path / "ladder.png"
-    ladder_figure(rungs, figure)
-    assert figure.stat().st_size > 0
-    section = ladder_section(rungs, root, figure, "python scripts/quality_report.py each --ladder", (12, 24))
-    assert section.startswith(LADDER_HEADING) and "![Gain against steps](ladder.png)" in section
-    assert "the missing rungs are not yet run" in section and "not measurable with one rung" in section
-    assert section.count(": met") + section.count(": missed") == 2 + 2 + 1
-    json.dumps(rungs)  # the rungs are plain data
+    # The experiment reads every rung back (nothing trained) and writes its three files from the results.
+    options = Options(
+        root, work, steps=(12,), held_out=("OTHER",), trained="SYNTH", max_anchors=80, batches=1
+    )
+    options.overrides = TINY
+    results = ladder.measure(options)
+    assert ladder.rungs_of(json.loads(json.dumps(results))) == rungs  # plain data, read back whole
+    docs = tmp_path / "docs"
+    written = write_report(ladder.EXPERIMENT, results, docs)
+    assert [p.name for p in written] == ["ladder.json", "ladder.md", "ladder.png"]
+    page = (docs / "ladder.md").read_text()
+    assert page.startswith("# The budget ladder") and "![Gain against steps](ladder.png)" in page
+    assert "not measurable with one rung" in page and "not yet run" not in page
+    assert page.count(": met") + page.count(": missed") == 2 + 2 + 1
 
     # A signal climbed on its own: only its missing rung is trained; the other's rungs are read back.
     higher = climb(root, work, (12, 24), ("OTHER",), 80, 1, TINY, trained="SYNTH", train_signals=("range",))
     assert set(higher["range"]) == {12, 24} and set(higher["reconstruction"]) == {12}
     assert higher["reconstruction"][12] == rungs["reconstruction"][12]
-    assert {p.name for p in (work / "ladder").glob("*.json")} == {*written, "range_24.json"}
-    section = ladder_section(higher, root, None, "python scripts/quality_report.py each --ladder", (12, 24))
-    assert "| range | 24 |" in section and "| reconstruction | 24 |" not in section
-    section = ladder_section(
-        higher, root, None, "python scripts/quality_report.py each --ladder", (12, 24), 24
+    assert {p.name for p in (work / "ladder").glob("*.json")} == {*written_rungs, "range_24.json"}
+    page = ladder_page(
+        higher, str(root), None, "python scripts/quality_report.py --experiment ladder", (12, 24)
     )
-    assert "**range** (" in section and "reconstruction not measured there" in section
+    assert "| range | 24 |" in page and "| reconstruction | 24 |" not in page
+    assert "not yet run" in ladder_page(rungs, str(root), None, "scripts/quality_report.py", (12, 24))
+    page = ladder_page(higher, str(root), None, "scripts/quality_report.py", (12, 24), 24)
+    assert "**range** (" in page and "reconstruction not measured there" in page
 
 
 def _rung(gains: list[float]) -> dict:

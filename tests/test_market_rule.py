@@ -3,11 +3,9 @@ bars before ``t`` only, absent (never stale) where a market is closed, chosen on
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from conftest import load_module
 from stage1_ds.evaluation.probe import (
@@ -27,7 +25,6 @@ from stage1_ds.evaluation.volatility import (
     future_targets,
     market_log_variance,
 )
-from stage1_ds.experiments.market import MARKET_HEADING
 
 DAY = 1440
 
@@ -149,25 +146,27 @@ def test_the_market_columns_use_the_train_mean_where_a_market_is_absent() -> Non
     np.testing.assert_array_equal(columns["train"][:, 2], absent.astype(float))
 
 
-def test_the_market_rule_section_is_written_for_a_root_of_instrument_folders(
-    synthetic_small: Path, unseen: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_the_market_rule_report_is_written_for_a_root_of_instrument_folders(
+    synthetic_small: Path, unseen: Path, tmp_path: Path
 ) -> None:
-    """`scripts/quality_report.py ROOT --market-rule ...`: every folder under ROOT is the market, each named
-    instrument is scored against the best rule without it, and only the section is written, before the
-    reading by hand."""
+    """`scripts/quality_report.py --experiment market_rule ROOT --scored ...`: every folder under ROOT is the
+    market, each named instrument is scored against the best rule without it, and the report's own files
+    are written; `--render` rewrites the same report from its stored results."""
     root = tmp_path / "each"
     root.mkdir()
     (root / "SYNTH").symlink_to(synthetic_small)
     (root / "OTHER").symlink_to(unseen)
     script = load_module(Path("scripts/quality_report.py"))
-    doc = tmp_path / "quality.md"
-    doc.write_text("# Quality\n\n## Setup\n\nfigures\n\n" + script.BY_HAND + "\n\nby hand\n")
-    argv = ["quality_report.py", str(root), "--market-rule", "SYNTH", "OTHER", "--doc", str(doc)]
-    monkeypatch.setattr(sys, "argv", argv)
-    assert script.main() == 0
-    text = doc.read_text()
-    assert text.index("## Setup") < text.index(MARKET_HEADING) < text.index(script.BY_HAND)
-    section = text[text.index(MARKET_HEADING) : text.index(script.BY_HAND)]
+    docs = tmp_path / "docs"
+    argv = ["--experiment", "market_rule", str(root), "--scored", "SYNTH", "OTHER", "--docs", str(docs)]
+    assert script.main(argv) == 0
+    assert sorted(p.name for p in docs.iterdir()) == ["market_rule.json", "market_rule.md"]
+    section = (docs / "market_rule.md").read_text()
+    assert section.startswith("# The rule that sees the market")
+    assert f"--experiment market_rule {root}" in section, "the command that wrote it"
+    (docs / "market_rule.md").unlink()
+    assert script.main(["--experiment", "market_rule", "--render", "--docs", str(docs)]) == 0
+    assert (docs / "market_rule.md").read_text() == section
     rows = [line.split(" | ") for line in section.splitlines() if line.startswith(("| SYNTH", "| OTHER"))]
     assert len(rows) == 2 * 2 * len(MARKET_RULES)  # instruments x targets x market rules
     for row in rows:

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import load_module
 from stage1_ds.cli import main
 from stage1_ds.config import DataConfig
 from stage1_ds.data.store import SplitRange
@@ -39,7 +38,8 @@ from stage1_ds.evaluation.volatility import (
     trading_last_return,
     trading_log_variance,
 )
-from stage1_ds.experiments.quality import quality_report, train_for
+from stage1_ds.experiments import main as main_report
+from stage1_ds.experiments.harness import Options, train_for, write_report
 from stage1_ds.model.stage1 import Stage1Model
 
 
@@ -205,18 +205,20 @@ def test_probe_command_reports_every_target_and_method(
     assert "market (the market rules' other instruments, present on test anchors): OTHER " in printed
 
 
-def test_the_quality_report_has_every_section(synthetic_small: Path, tmp_path: Path) -> None:
-    """A smoke run of scripts/quality_report.py's library function at the tiny size: both runs trained,
-    evaluated in every mode, probed, and every section and verdict written."""
-    doc = quality_report(
+def test_the_main_report_has_every_section(synthetic_small: Path, tmp_path: Path) -> None:
+    """A smoke run of the main experiment at the tiny size: both runs trained, evaluated in every mode,
+    probed, the results plain JSON data and every section and verdict of the report rendered from them."""
+    options = Options(
         synthetic_small,
-        minutes=0.0,  # each run trains the calibration steps
-        work=tmp_path,
+        tmp_path / "runs",
+        steps=(12,),
         max_anchors=80,
         batches=1,
         overrides=["model.encoder.preset=tiny"],
-        calibration_steps=12,
     )
+    results = json.loads(json.dumps(main_report.measure(options)))
+    write_report(main_report.EXPERIMENT, results, tmp_path / "docs")
+    doc = (tmp_path / "docs" / "main.md").read_text()
     for heading in (
         "## Setup",
         "**Mode `time`**",
@@ -229,7 +231,17 @@ def test_the_quality_report_has_every_section(synthetic_small: Path, tmp_path: P
     ):
         assert heading in doc, heading
     assert "| embeddings_random_init |" in doc and "`time` mode at most 0.85" in doc
-    assert "(best_rule) |" in doc and "chosen on val" in doc
+    assert "(best_rule) |" in doc and "chosen on val" in doc and "--steps 12" in doc
+
+
+def test_steps_per_minute_comes_from_the_difference_of_two_run_lengths(
+    synthetic_small: Path, tmp_path: Path
+) -> None:
+    """The speed calibration of the main report (which sets its steps from a budget in minutes) trains
+    three short runs and returns a positive rate."""
+    rate = main_report.steps_per_minute(synthetic_small, tmp_path, ["model.encoder.preset=tiny"], 10)
+    assert math.isfinite(rate) and rate > 0
+    assert not (tmp_path / "calibration").exists()
 
 
 def test_a_report_run_starts_afresh_in_the_folder_of_an_earlier_report(
@@ -345,36 +357,25 @@ def test_periodicity_recovers_an_hour_of_fourfold_variance_and_deseasonalising_r
     assert level[0] - level[1] == pytest.approx(factor[10] - factor[30])
 
 
-def test_the_variants_report_chooses_on_val_and_keeps_its_place_in_the_report(
-    synthetic_small: Path, tmp_path: Path
-) -> None:
+def test_the_variants_report_chooses_one_variant_on_val(synthetic_small: Path, tmp_path: Path) -> None:
     """Two variants at the tiny size: both trained the same steps, one chosen by its val MSE, its verdicts
-    and every variant's tables written; the script splices the section in without touching the rest."""
+    and every variant's tables written."""
+    from stage1_ds.experiments.variants import CHOICE_METHOD, CHOICE_TARGET, measure_variants, render_variants
 
-    from stage1_ds.experiments.quality import VARIANTS_HEADING, variants_report
-
-    section = variants_report(
+    options = Options(
         synthetic_small,
         tmp_path,
-        steps=12,
+        steps=(12,),
         max_anchors=80,
         batches=1,
-        variants={"index": ["model.position_bias=index"], "time": ["model.position_bias=time"]},
         overrides=["model.encoder.preset=tiny"],
     )
-    assert section.startswith(VARIANTS_HEADING) and section.count("(chosen)") == 1
-    assert "### Variant index: the probe" in section and "### Variant time: reconstruction" in section
-    assert "beats `best_rule`" in section
-    script = load_module(Path("scripts/quality_report.py"))
-    doc = tmp_path / "quality.md"
-    doc.write_text("# Quality\n\n## Setup\n\nfigures\n\n" + script.BY_HAND + "\n\nby hand\n")
-    once = script.with_variants(doc, VARIANTS_HEADING, section)
-    assert once.index("## Setup") < once.index(VARIANTS_HEADING) < once.index(script.BY_HAND)
-    doc.write_text(once)
-    assert (
-        script.with_variants(doc, VARIANTS_HEADING, section.replace("(chosen)", "(picked)")).count(
-            VARIANTS_HEADING
-        )
-        == 1
-    )
-    assert script.kept(doc) == "\n" + section.rstrip("\n") + "\n" + "\n" + script.BY_HAND + "\n\nby hand\n"
+    variants = {"index": ["model.position_bias=index"], "time": ["model.position_bias=time"]}
+    results = measure_variants(options, variants)
+    val = {n: v["probe"]["val_mse"][CHOICE_TARGET][CHOICE_METHOD] for n, v in results["variants"].items()}
+    assert results["chosen"] == min(val, key=lambda n: val[n])
+    page = render_variants(results, "Variants")
+    assert page.startswith("# Variants") and page.count("(chosen)") == 1
+    assert f"| {results['chosen']} (chosen) |" in page
+    assert "## Variant index: the probe" in page and "## Variant time: reconstruction" in page
+    assert "beats `best_rule`" in page

@@ -80,16 +80,19 @@ def test_the_transfer_report_holds_an_instrument_out(
 ) -> None:
     """A smoke run at the tiny size: OTHER held out, (i) trained on SYNTH's folder, (ii) on OTHER's, both
     evaluated and probed on OTHER's test split, the zero-shot readout fitted on SYNTH, every verdict said."""
-    from stage1_ds.experiments.quality import TRANSFER_HEADING, transfer_report
+    from stage1_ds.experiments import transfer
+    from stage1_ds.experiments.harness import Options
 
     root = tmp_path / "each"
     root.mkdir()
     (root / "synth").symlink_to(synthetic_small)
     (root / "other").symlink_to(unseen)
-    section = transfer_report(
-        root, ["OTHER"], tmp_path / "runs", 12, 80, 1, overrides=["model.encoder.preset=tiny"]
-    )
-    assert section.startswith(TRANSFER_HEADING) and "### OTHER held out" in section
+    options = Options(
+        root, tmp_path / "runs", steps=(12,), held_out=("OTHER",), max_anchors=80, batches=1,
+        overrides=["model.encoder.preset=tiny"],
+    )  # fmt: skip
+    section = transfer.render(json.loads(json.dumps(transfer.measure(options))))
+    assert section.startswith("# One encoder for many markets") and "## OTHER held out" in section
     assert "| (i) ... zero-shot readout |" in section and "| best_rule + (ii) |" in section
     for target in ("beats the untrained control", "at least as good as (ii)", "zero-shot readout) beats"):
         assert target in section, target

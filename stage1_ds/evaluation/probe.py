@@ -136,6 +136,12 @@ MIN_ANCHORS = 30
 RECOMMENDED_ANCHORS = 200
 
 
+def horizon_steps(target: str) -> int:
+    """How many anchors (`SPACING_MINUTES` apart) a variance target's horizon spans: the forecasts of
+    consecutive anchors overlap by this many steps less one (the Diebold-Mariano test's ``horizon``)."""
+    return -(-VARIANCE_TARGETS[target] // SPACING_MINUTES)
+
+
 def methods_of(target: str, market: bool = False) -> tuple[str, ...]:
     """Every method scored on ``target``, in report order: the rules (with `MARKET_RULES` for ``market``),
     the embeddings, the constant."""
@@ -800,10 +806,9 @@ def probe(
                 results[method] = _sign_scores(y["test"], pred)
         else:
             predictions["constant"] = np.full(len(y["test"]), train_mean)
-            horizon = -(-VARIANCE_TARGETS[target] // SPACING_MINUTES)  # forecasts that overlap
             reference = (predictions[best] - y["test"]) ** 2
             for method, pred in predictions.items():
-                stat, p = diebold_mariano((pred - y["test"]) ** 2, reference, horizon)
+                stat, p = diebold_mariano((pred - y["test"]) ** 2, reference, horizon_steps(target))
                 results[method] = {
                     **_variance_scores(y["test"], pred, train_mean),
                     "dm_stat_vs_best_rule": stat,
@@ -869,10 +874,15 @@ def format_probe(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def report_data(report: dict[str, Any]) -> dict[str, Any]:
+    """The report as plain JSON data: everything but the test predictions."""
+    return {key: value for key, value in report.items() if key != "predictions"}
+
+
 def write_probe(report: dict[str, Any], json_path: Path, figure_path: Path | None) -> None:
-    """The JSON report (without the predictions) and a PNG of predicted against realised log variance
+    """The JSON report (`report_data`) and a PNG of predicted against realised log variance
     (``rv_60m``, test split) for ``best_rule`` and ``best_rule_plus_embeddings``."""
-    json_path.write_text(json.dumps({k: v for k, v in report.items() if k != "predictions"}, indent=2) + "\n")
+    json_path.write_text(json.dumps(report_data(report), indent=2) + "\n")
     if figure_path is None:
         return
     from matplotlib import pyplot as plt

@@ -405,15 +405,17 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def evaluation_data(report: dict[str, Any]) -> dict[str, Any]:
+    """The report as plain JSON data: everything but each mode's example batch."""
+    modes = {m: {k: v for k, v in e.items() if k != "example"} for m, e in report["modes"].items()}
+    return {**report, "modes": modes}
+
+
 def write_report(report: dict[str, Any], json_path: Path | None, figure_path: Path | None) -> None:
-    """The JSON report (without the example batches) and per mode two PNGs: errors per timeframe
+    """The JSON report (`evaluation_data`) and per mode two PNGs: errors per timeframe
     (``<figure>_<mode>.png``) and one example window (``<figure>_<mode>_example.png``)."""
     if json_path is not None:
-        clean = {
-            **report,
-            "modes": {m: {k: v for k, v in e.items() if k != "example"} for m, e in report["modes"].items()},
-        }
-        json_path.write_text(json.dumps(clean, indent=2) + "\n")
+        json_path.write_text(json.dumps(evaluation_data(report), indent=2) + "\n")
     if figure_path is None:
         return
     from matplotlib import pyplot as plt

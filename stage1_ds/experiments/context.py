@@ -1,6 +1,9 @@
-"""The market-context comparison (`scripts/quality_report.py ROOT --context`): does an encoder that sees
-the other markets' windows at the same minute (``data.context``) know more than one that sees its own
-instrument only, against rules that see the same?
+"""The market-context comparison (``--experiment context``): does an encoder that sees the other markets'
+windows at the same minute (``data.context``) know more than one that sees its own instrument only, against
+rules that see the same?
+
+Options read: ``data`` (ROOT), ``out`` (WORK), ``steps`` (default `CONTEXT_STEPS`), ``held_out``,
+``max_anchors``, ``overrides``.
 
 ROOT is the ladder's corpus (`stage1_ds.experiments.ladder`): one prepared folder per instrument. Two
 variants of the ladder's chosen signal (`CONTEXT_SIGNAL`) are trained at equal steps on the same folders
@@ -30,21 +33,20 @@ from typing import Any
 from stage1_ds.data.store import load_prepared, model_stats
 from stage1_ds.evaluation.probe import format_p, probe
 from stage1_ds.evaluation.volatility import VARIANCE_TARGETS
-from stage1_ds.experiments.ladder import (
-    LADDER_CONFIG,
-    LADDER_OVERRIDES,
-    SIGNALS,
+from stage1_ds.experiments.harness import (
     TRAINED_SCORED,
-    gain_cells,
-    run_record,
+    TRANSFER_HELD_OUT,
+    Experiment,
+    Options,
+    Run,
+    trained_run,
     training_corpus,
 )
-from stage1_ds.experiments.quality import TRANSFER_HELD_OUT, Run, train_for
+from stage1_ds.experiments.ladder import LADDER_CONFIG, LADDER_OVERRIDES, SIGNALS, gain_cells
 from stage1_ds.model.stage1 import Stage1Model, load_export_stats
 
 log = logging.getLogger(__name__)
 
-CONTEXT_HEADING = "## The encoder that sees the market"
 #: The pretraining signal of both variants: the ladder's choice (docs/quality.md, the budget ladder).
 CONTEXT_SIGNAL = "range"
 #: What makes the ``context`` variant: the windows of up to seven other instruments at the anchor time.
@@ -73,25 +75,11 @@ def variant_run(
     base: str = LADDER_CONFIG,
     overrides: list[str] | None = None,
 ) -> Run:
-    """The trained and exported run of a variant: read back from ``work/<name>.run.json`` (or, for the
-    single variant, from the ladder's rung measurement beside its export) or trained now (``overrides``:
-    applied before the variant's own, as the ladder applies them)."""
-    name = run_name(variant, steps)
+    """The trained and exported run of a variant (`trained_run`; ``overrides`` applied before the variant's
+    own, as the ladder applies them): the single variant is the ladder's rung of `CONTEXT_SIGNAL`, read back
+    where the ladder trained it."""
     plan = [*LADDER_OVERRIDES, *(overrides or []), *SIGNALS[CONTEXT_SIGNAL], *VARIANTS[variant]]
-    export = work / f"{name}_export"
-    record = work / f"{name}.run.json"
-    rung = work / "ladder" / f"{CONTEXT_SIGNAL}_{steps}.json"
-    if export.is_dir() and (record.is_file() or (variant == "single" and rung.is_file())):
-        known = json.loads((record if record.is_file() else rung).read_text())
-        if known["overrides"] != plan:
-            raise ValueError(
-                f"{export}: trained with {known['overrides']}, not {plan}; remove it to train again"
-            )
-        log.info("context: %s at %d steps trained before: %s", variant, steps, export)
-        return Run(name, plan, steps, known["minutes"], export, known["val_loss"])
-    run = train_for(name, plan, steps, corpus, work, base)
-    record.write_text(json.dumps(run_record(run), indent=2) + "\n")
-    return run
+    return trained_run(run_name(variant, steps), plan, steps, corpus, work, base)
 
 
 def market_stats(export: Path, folders: dict[str, Path]) -> dict[str, Any]:
@@ -129,7 +117,7 @@ def measure_variant(
                 "context": report.get("context"),
                 **gain_cells(report, READOUTS),
             }
-    return {**run_record(run), "instruments": instruments}
+    return {**run.record(), "instruments": instruments}
 
 
 def compare(
@@ -207,14 +195,35 @@ def context_verdicts(results: dict[str, dict[int, dict[str, Any]]], steps: int, 
     return lines
 
 
-def context_section(
-    results: dict[str, dict[int, dict[str, Any]]], root: Path, command: str, trained: str = TRAINED_SCORED
+def measure(options: Options) -> dict[str, Any]:
+    """`compare` with the options; the measurements by variant and steps (keys as strings: JSON's)."""
+    steps = tuple(options.steps or CONTEXT_STEPS)
+    held_out = tuple(options.held_out)
+    results = compare(
+        options.data, options.out, steps, held_out, options.max_anchors, overrides=options.overrides
+    )
+    return {
+        "root": str(options.data),
+        "trained": TRAINED_SCORED,
+        "variants": {v: {str(n): m for n, m in by_steps.items()} for v, by_steps in results.items()},
+    }
+
+
+def render(results: dict[str, Any]) -> str:
+    """The report's markdown from `measure`'s results (`context_page`)."""
+    variants = {v: {int(n): m for n, m in by.items()} for v, by in results["variants"].items()}
+    command = results.get("command", "scripts/quality_report.py --experiment context")
+    return context_page(variants, results["root"], command, results["trained"])
+
+
+def context_page(
+    results: dict[str, dict[int, dict[str, Any]]], root: str, command: str, trained: str = TRAINED_SCORED
 ) -> str:
-    """The report's section (`CONTEXT_HEADING`) of `compare`'s measurements."""
+    """The report of `compare`'s measurements."""
     lines = [
-        CONTEXT_HEADING,
+        f"# {EXPERIMENT.title}",
         "",
-        f"Written by `{command}`. Two variants of the ladder's `{CONTEXT_SIGNAL}` rung trained at equal steps "
+        f"Generated by `{command}`. Two variants of the ladder's `{CONTEXT_SIGNAL}` rung trained at equal steps "
         f"on the same folders of `{root}` (every one but the held-out instruments'): `single` (the ladder's "
         f"model) and `context` (`{' '.join(CONTEXT_OVERRIDES)}`: each sample also reads up to seven other "
         "instruments of the corpus at its anchor time, one summary token each). Each scored on the test split "
@@ -232,7 +241,7 @@ def context_section(
             continue
         minutes = {v: results[v][steps]["minutes"] for v in VARIANTS}
         lines += [
-            f"### {steps:,} steps (training minutes: single {minutes['single']:.1f}, context "
+            f"## {steps:,} steps (training minutes: single {minutes['single']:.1f}, context "
             f"{minutes['context']:.1f})",
             "",
             "| instrument | target | rule | rule chosen | single: test gain % (p) | single: val | context: test "
@@ -262,3 +271,11 @@ def context_section(
         ]
         lines.append("")
     return "\n".join(lines)
+
+
+EXPERIMENT = Experiment(
+    name="context",
+    title="The encoder that sees the market",
+    measure=measure,
+    render=render,
+)

@@ -1,7 +1,9 @@
-"""The budget ladder (`scripts/quality_report.py ROOT --ladder`): does pretraining longer make the encoder
-worth more, and with which pretraining signal?
+"""The budget ladder (``--experiment ladder``): does pretraining longer make the encoder worth more, and
+with which pretraining signal?
 
-ROOT holds one prepared folder per instrument (`stage1_ds.experiments.quality.instrument_folders`). For
+Options read: ``data`` (ROOT), ``out`` (WORK), ``steps`` (the rungs; default `LADDER_STEPS`), ``signals``
+(train the missing rungs of these only), ``held_out``, ``max_anchors``, ``batches``, ``overrides``.
+ROOT holds one prepared folder per instrument (`stage1_ds.experiments.harness.instrument_folders`). For
 each signal of `SIGNALS` and each step count, a model of `LADDER_CONFIG` (its overrides below) is trained
 from scratch on every folder but the held-out instruments', served as one corpus, then converted and
 measured on the test split of EURUSD (trained on) and of each held-out instrument (never seen; features
@@ -14,8 +16,9 @@ scaled with its own train split's statistics):
 
 The signal is chosen on VAL: the mean over the scored instruments of the nested readout's val MSE
 reduction on ``rv_60m`` at `CHOICE_STEPS` steps. Every rung's measurements are written to
-``WORK/ladder/<signal>_<steps>.json`` and read back by a later run instead of training again (training is
-deterministic on one machine), so the ladder can be climbed over several sittings.
+``WORK/ladder/<signal>_<steps>.json`` and read back by a later run instead of measuring again; a run trained
+before (its export and run record in WORK) is measured without training again (training is deterministic
+on one machine), so the ladder can be climbed over several sittings.
 """
 
 from __future__ import annotations
@@ -23,25 +26,30 @@ from __future__ import annotations
 import json
 import logging
 import math
-import platform
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from stage1_ds.config import MaskingMode
 from stage1_ds.data.store import load_prepared, model_stats
 from stage1_ds.evaluation.probe import format_p, probe
 from stage1_ds.evaluation.reconstruction import evaluate
 from stage1_ds.evaluation.volatility import VARIANCE_TARGETS
-from stage1_ds.experiments.quality import TRANSFER_HELD_OUT, Run, instrument_folders, train_for
+from stage1_ds.experiments.harness import (
+    TRAINED_SCORED,
+    TRANSFER_HELD_OUT,
+    Experiment,
+    Options,
+    Run,
+    trained_run,
+    training_corpus,
+)
+from stage1_ds.experiments.main import versions
 from stage1_ds.model.stage1 import Stage1Model, load_export_config, load_export_stats
-from stage1_ds.version import code_version
 
 log = logging.getLogger(__name__)
 
-LADDER_HEADING = "## The budget ladder: what more pretraining buys"
 LADDER_CONFIG = "configs/pretrain_fx_cpu.yaml"
 #: Every rung: 32-bar windows (the config's otherwise).
 LADDER_OVERRIDES = ["data.window_bars=32"]
@@ -60,25 +68,12 @@ SIGNALS = {
 }
 #: The rung at which the signal is chosen (on val).
 CHOICE_STEPS = 8000
-#: The instrument trained on that every rung is scored on beside the held-out ones.
-TRAINED_SCORED = "EURUSD"
 #: Readouts of the probe read per rung: (key in the rung's JSON, probe method).
 READOUTS = {
     "nested": "best_rule_plus_embeddings",
     "nested_untrained": "best_rule_plus_embeddings_random_init",
     "pca": "best_rule_plus_embeddings_pca",
 }
-
-
-def run_record(run: Run) -> dict[str, Any]:
-    """What a measurement records of the run it measured (and what a later run reads back)."""
-    return {
-        "steps": run.steps,
-        "overrides": run.overrides,
-        "minutes": run.minutes,
-        "val_loss": run.val_loss,
-        "code": code_version(),
-    }
 
 
 def gain_cells(report: dict[str, Any], readouts: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -123,25 +118,10 @@ def measure_rung(
         for tf, entry in evaluation["modes"][MaskingMode.TIME.value]["timeframes"].items()
     }
     return {
-        **run_record(run),
+        **run.record(),
         "instruments": instruments,
         "time_mode": {"instrument": first, "ratios": time_mode},
     }
-
-
-def training_corpus(
-    root: Path, held_out: tuple[str, ...], trained: str
-) -> tuple[dict[str, Path], list[Path]]:
-    """Every instrument folder under ``root`` by name, and the folders trained on (all but ``held_out``).
-
-    Raises:
-        ValueError: a held-out instrument, or ``trained``, has no folder under ``root``.
-    """
-    folders = instrument_folders(root)
-    missing = [name for name in (*held_out, trained) if name not in folders]
-    if missing:
-        raise ValueError(f"{root}: no prepared folder of {missing} (folders of {sorted(folders)})")
-    return folders, [folder for name, folder in folders.items() if name not in held_out]
 
 
 def climb(
@@ -183,7 +163,7 @@ def climb(
                 continue
             else:
                 plan = [*LADDER_OVERRIDES, *(overrides or []), *extra]
-                run = train_for(f"ladder_{signal}_{count}", plan, count, corpus, work, base)
+                run = trained_run(f"ladder_{signal}_{count}", plan, count, corpus, work, base)
                 rung = measure_rung(run, folders, scored, max_anchors, batches)
                 path.write_text(json.dumps(rung, indent=2) + "\n")
             rungs.setdefault(signal, {})[count] = json.loads(path.read_text())
@@ -250,27 +230,77 @@ def ladder_figure(rungs: dict[str, dict[int, dict[str, Any]]], path: Path) -> No
     plt.close(figure)
 
 
-def ladder_section(
+def measure(options: Options) -> dict[str, Any]:
+    """Climb the ladder (`climb`) with the options (see the module docstring); the rungs by signal and
+    steps (keys as strings: JSON's), with what the report says of them."""
+    steps = tuple(options.steps or LADDER_STEPS)
+    rungs = climb(
+        options.data,
+        options.out,
+        steps,
+        tuple(options.held_out),
+        options.max_anchors,
+        options.batches,
+        options.overrides,
+        trained=options.trained,
+        train_signals=tuple(options.signals) or None,
+    )
+    return {
+        "root": str(options.data),
+        "planned": list(steps),
+        "choice_steps": CHOICE_STEPS,
+        "machine": versions()["machine"],
+        "rungs": {
+            signal: {str(n): rung for n, rung in by_steps.items()} for signal, by_steps in rungs.items()
+        },
+    }
+
+
+def rungs_of(results: dict[str, Any]) -> dict[str, dict[int, dict[str, Any]]]:
+    """The measured rungs of `measure`'s results by signal and (integer) steps."""
+    return {signal: {int(n): r for n, r in by_steps.items()} for signal, by_steps in results["rungs"].items()}
+
+
+def render(results: dict[str, Any]) -> str:
+    """The ladder's report from `measure`'s results (`ladder_page`)."""
+    return ladder_page(
+        rungs_of(results),
+        results["root"],
+        f"{EXPERIMENT.name}.png",
+        results.get("command", "scripts/quality_report.py --experiment ladder"),
+        tuple(results["planned"]),
+        results["choice_steps"],
+        results["machine"],
+    )
+
+
+def figure(results: dict[str, Any], path: Path) -> None:
+    """The ladder's figure from `measure`'s results (`ladder_figure`)."""
+    ladder_figure(rungs_of(results), path)
+
+
+def ladder_page(
     rungs: dict[str, dict[int, dict[str, Any]]],
-    root: Path,
-    figure: Path | None,
+    root: str,
+    figure: str | None,
     command: str,
     planned: tuple[int, ...] = LADDER_STEPS,
     choice_steps: int = CHOICE_STEPS,
+    machine: str = "",
 ) -> str:
-    """The markdown section `LADDER_HEADING` of docs/quality.md from the measured rungs (signals may have
-    climbed to different rungs; the choice is among those measured at ``choice_steps``)."""
+    """The ladder's report from the measured rungs (signals may have climbed to different rungs; the choice
+    is among those measured at ``choice_steps``)."""
     chosen, at = choose_signal(rungs, choice_steps)
     names = list(next(iter(next(iter(rungs.values())).values()))["instruments"])
     measured = sorted({s for by_steps in rungs.values() for s in by_steps})
     lines = [
-        LADDER_HEADING,
+        f"# {EXPERIMENT.title}",
         "",
-        f"Written by `{command}`. Every rung is `{LADDER_CONFIG}` with "
+        f"Generated by `{command}`. Every rung is `{LADDER_CONFIG}` with "
         + " ".join(f"`{o}`" for o in LADDER_OVERRIDES)
         + " (frozen for 10% of the steps, LoRA to a third, then full), trained from scratch on the "
         f"instrument folders under `{root}` except the held-out {', '.join(names[1:])}, on "
-        f"{platform.processor() or platform.machine()} with {torch.get_num_threads()} torch threads, one run "
+        f"{machine}, one run "
         "at a time. Each is probed on the test split of "
         f"{names[0]} (trained on) and of each held-out instrument (its features scaled from its own train "
         "split). Gain: the test MSE reduction of `best_rule` plus the embeddings' nested correction "
@@ -286,7 +316,7 @@ def ladder_section(
         "",
     ]
     if figure is not None:
-        lines += [f"![Gain against steps]({figure.name})", ""]
+        lines += [f"![Gain against steps]({figure})", ""]
     for target in VARIANCE_TARGETS:
         lines += [
             f"**`{target}`**, test gain % (p) / untrained gain % / pca gain %:",
@@ -360,7 +390,7 @@ def ladder_section(
         )
         + ").",
         "",
-        "### Targets, as measured (the chosen signal, its largest rung)",
+        "## Targets, as measured (the chosen signal, its largest rung)",
         "",
         *ladder_verdicts(rungs, chosen),
         "",
@@ -407,3 +437,12 @@ def ladder_verdicts(rungs: dict[str, dict[int, dict[str, Any]]], chosen: str) ->
         f"{ratios[worst]:.3f})."
     )
     return lines
+
+
+EXPERIMENT = Experiment(
+    name="ladder",
+    title="The budget ladder: what more pretraining buys",
+    measure=measure,
+    render=render,
+    figure=figure,
+)
