@@ -37,10 +37,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from stage1_ds.config import LoraConfig
+from stage1_ds.config import SPLITS, LoraConfig
 from stage1_ds.data.corpus import load_corpus
 from stage1_ds.data.store import model_stats
-from stage1_ds.evaluation.probe import SPLITS, anchor_sets, choose_rule, fit_correction, pooled_embeddings
+from stage1_ds.evaluation.probe import anchor_sets, choose_rule, encoder_columns, fit_correction
 from stage1_ds.evaluation.statistics import diebold_mariano
 from stage1_ds.logs import setup_logging
 from stage1_ds.model.lora import is_adapter
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rules = choose_rule(sets, TARGET, rows, y)
     rule, design = rules.fitted[rules.best], rules.designs[rules.best]
     log.info("best rule on val: %s (%s look-backs)", rules.best, rules.windows)
-    frozen = {s: pooled_embeddings(model, windows[s], sets[s].ids) for s in SPLITS}
+    frozen = {s: encoder_columns(model, windows[s], sets[s].ids)["embeddings"] for s in SPLITS}
     linear = fit_correction(rule, frozen, y)
 
     mean, std = design.x["train"].mean(axis=0), design.x["train"].std(axis=0) + 1e-9
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def lora_predict(split: str) -> np.ndarray:
         model.eval()
         embedded[split] = torch.as_tensor(
-            pooled_embeddings(model, windows[split], sets[split].ids), dtype=torch.float32
+            encoder_columns(model, windows[split], sets[split].ids)["embeddings"], dtype=torch.float32
         )
         return head_predict(split)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from stage1_ds.config import TrainConfig, config_to_dict
+from stage1_ds.config import SPLITS, TrainConfig, config_to_dict
 from stage1_ds.errors import CheckpointError
 from stage1_ds.model.stage1 import (
     EXPORT_CARD,
@@ -179,7 +179,7 @@ def _data_section(data: dict[str, Any] | None) -> list[str]:
             f"{splits[split].get('anchor_start_utc', '?')} .. {splits[split].get('end_utc', '?')}"
             if split in splits
             else "?"
-            for split in ("train", "val", "test")
+            for split in SPLITS
         ]
         sources = ", ".join(
             f"{Path(source['path']).name} ({source['sha256'][:12]})" for source in record.get("sources", [])

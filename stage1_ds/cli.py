@@ -16,6 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
+from stage1_ds.config import SPLITS
 from stage1_ds.data.ingest import BarTime, CsvColumns, InputFormat, OnBadRows
 from stage1_ds.data.prepare import (
     PrepareOptions,
@@ -24,7 +25,6 @@ from stage1_ds.data.prepare import (
     prepare_synthetic,
     summary_table,
 )
-from stage1_ds.data.store import SPLITS
 from stage1_ds.errors import Stage1Error
 from stage1_ds.logs import setup_logging
 from stage1_ds.outputs import claim_file, claim_folder

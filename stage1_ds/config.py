@@ -36,8 +36,13 @@ WINDOW_BARS = 128
 #: An instrument without a 1-minute bar in this many minutes before an anchor is closed there: absent from
 #: the sample's context windows (`data.context_stale_minutes`) and from the probe's market rule.
 CONTEXT_STALE_MINUTES = 60
+#: The splits of every prepared folder, in time order.
+SPLITS = ("train", "val", "test")
 #: Train, val and test shares of each instrument's 1-minute rows, in time order (`stage1 prepare`).
 SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
+#: A target over the minutes after an anchor (the future-size term's, the probe's) is known when at least
+#: this share of its minutes have a bar (a closed market leaves it unknown).
+TARGET_COVERAGE = 0.75
 
 
 def resolve_path(path: str | Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,19 +17,32 @@ from stage1_ds.model.heads import pool_states
 from stage1_ds.model.stage1 import Stage1Model
 
 
-@torch.no_grad()
-def encode_batch(model: Stage1Model, batch: Batch) -> dict[str, dict[str, torch.Tensor]]:
-    """Per timeframe: ``tokens`` (B, P, d_model) and ``pooled`` (B, d_model), the mean over attended tokens.
+@dataclass
+class Encoded:
+    """What a batch of windows is encoded to: per timeframe ``tokens`` (B, P, d_model) and ``pooled``
+    (B, d_model), the mean over attended tokens; and the future-size head's forecasts ``future_size``
+    (B, horizons), None for a model without the head."""
 
-    The batch is encoded as it is: windows without masks are seen whole.
-    """
+    tokens: dict[str, torch.Tensor]
+    pooled: dict[str, torch.Tensor]
+    future_size: torch.Tensor | None
+
+
+@torch.no_grad()
+def encode_outputs(model: Stage1Model, batch: Batch) -> Encoded:
+    """The batch encoded as it is (windows without masks are seen whole), on the CPU in float32."""
     device = next(model.parameters()).device
     out = model(batch.to(device))
-    result = {}
-    for tf, hidden in out.hidden.items():
-        pooled = pool_states(hidden, out.patch_valid[tf])
-        result[tf] = {"tokens": hidden.float().cpu(), "pooled": pooled.float().cpu()}
-    return result
+    pooled = {tf: pool_states(hidden, out.patch_valid[tf]).float().cpu() for tf, hidden in out.hidden.items()}
+    tokens = {tf: hidden.float().cpu() for tf, hidden in out.hidden.items()}
+    future = None if out.future_size is None else out.future_size.float().cpu()
+    return Encoded(tokens, pooled, future)
+
+
+def encode_batch(model: Stage1Model, batch: Batch) -> dict[str, dict[str, torch.Tensor]]:
+    """Per timeframe: ``tokens`` (B, P, d_model) and ``pooled`` (B, d_model) (`encode_outputs`)."""
+    out = encode_outputs(model, batch)
+    return {tf: {"tokens": out.tokens[tf], "pooled": out.pooled[tf]} for tf in out.pooled}
 
 
 def batch_from_arrays(features: dict[str, np.ndarray]) -> Batch:

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from conftest import tiny_model_config, tiny_train_config
-from stage1_ds.config import ConfigError, DataConfig, MaskingConfig, Phase, load_config
+from stage1_ds.config import TARGET_COVERAGE, ConfigError, DataConfig, MaskingConfig, Phase, load_config
 from stage1_ds.data.store import load_prepared
 from stage1_ds.data.timeframes import BASE
-from stage1_ds.data.windows import FUTURE_COVERAGE, FUTURE_FLOOR, WindowDataset
+from stage1_ds.data.windows import FUTURE_FLOOR, WindowDataset
+from stage1_ds.evaluation.probe import probe
+from stage1_ds.export import convert
 from stage1_ds.model.losses import stage1_loss
 from stage1_ds.model.masking import MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model
@@ -45,7 +47,7 @@ def test_targets_are_the_rms_range_of_the_bars_after_the_anchor_by_hand(syntheti
         for j, minutes in enumerate(HORIZONS):
             ahead = (start >= t) & (start < t + 60 * minutes)
             got = float(batch.future_size[k, j])
-            if t + 60 * minutes > split_end or ahead.sum() < FUTURE_COVERAGE * minutes:
+            if t + 60 * minutes > split_end or ahead.sum() < TARGET_COVERAGE * minutes:
                 assert np.isnan(got)
                 continue
             ranges = (log_ohlc[ahead, 1] - log_ohlc[ahead, 2]) / scale
@@ -106,9 +108,36 @@ def test_the_weight_needs_horizons() -> None:
         load_config(None, ["data.future_minutes=[0]"])
 
 
-def test_a_run_with_the_future_size_term_logs_it(synthetic_small: Path, tmp_path: Path) -> None:
+def test_a_run_with_the_future_size_term_logs_it_and_the_probe_reads_its_forecast(
+    synthetic_small: Path, trained_export: Path, tmp_path: Path
+) -> None:
+    """The head's own forecasts are read as a correction nested in the rule (never worse on val), beside
+    the embeddings and both together, for the trained and the untrained model; a model without the head
+    is refused a forecast readout, naming the keys that give it one."""
     config = tiny_train_config(max_steps=3)
     config.data.future_minutes = HORIZONS
     config.model.loss.future_weight = 1.0
-    result = loop.train(config, synthetic_small, tmp_path)
+    result = loop.train(config, synthetic_small, tmp_path / "run")
     assert np.isfinite(result.last_losses["loss/future"]) and "val/loss/future" in result.val_losses
+
+    convert(tmp_path / "run", tmp_path / "export")
+    model = Stage1Model.from_pretrained(tmp_path / "export")
+    untrained = Stage1Model.untrained_like(tmp_path / "export")
+    report = probe(model, untrained, synthetic_small, max_anchors=80, forecast=True)
+    assert report["forecast"] is True
+    for target in ("rv_60m", "rv_240m"):
+        best = report["best_rule"][target]["rule"]
+        val = report["val_mse"][target]
+        for method in (
+            "best_rule_plus_forecast",
+            "best_rule_plus_forecast_and_embeddings",
+            "best_rule_plus_forecast_random_init",
+        ):
+            assert method in report["targets"][target], method
+            assert val[method] <= val[best] + 1e-12, "a nested readout never loses on val"
+    assert "best_rule_plus_forecast" not in report["targets"]["ret_sign_60m"]
+
+    without = Stage1Model.from_pretrained(trained_export)
+    with pytest.raises(ConfigError, match=r"no future-size head.*model\.loss\.future_weight=1\.0"):
+        probe(without, without, synthetic_small, forecast=True)
+    assert probe(without, without, synthetic_small, max_anchors=80)["forecast"] is False

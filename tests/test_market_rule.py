@@ -8,14 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from conftest import load_module
-from stage1_ds.evaluation.probe import (
-    MARKET_RULES,
-    InstrumentRules,
-    ProbeSet,
-    choose_rule,
-    market_columns,
-    rule_blocks,
-)
+from stage1_ds.evaluation.probe.anchors import InstrumentRules, ProbeSet, rule_blocks
+from stage1_ds.evaluation.probe.rules import MARKET_RULES, choose_rule, market_columns
 from stage1_ds.evaluation.volatility import (
     HOURS_PER_WEEK,
     LONGEST_WINDOW_BARS,
@@ -168,7 +162,7 @@ def test_the_market_rule_report_is_written_for_a_root_of_instrument_folders(
     assert script.main(["--experiment", "market_rule", "--render", "--docs", str(docs)]) == 0
     assert (docs / "market_rule.md").read_text() == section
     rows = [line.split(" | ") for line in section.splitlines() if line.startswith(("| SYNTH", "| OTHER"))]
-    assert len(rows) == 2 * 2 * len(MARKET_RULES)  # instruments x targets x market rules
+    assert len(rows) == 2 * 2 * 3 * len(MARKET_RULES)  # instruments x targets x market rules x refits
     for row in rows:
         val_gain = float(row[4])
         assert row[-1].startswith("yes") <= (val_gain > 0), (

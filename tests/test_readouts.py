@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stage1_ds.evaluation.probe import (
+from stage1_ds.evaluation.probe.fitting import (
     COMPONENTS,
     Design,
     fit,

@@ -47,7 +47,7 @@ from stage1_ds.evaluation.plots import (
     probe_scatter_figure,
     window_spans,
 )
-from stage1_ds.evaluation.probe import MIN_ANCHORS, RECOMMENDED_ANCHORS, ProbeSet, check_anchors
+from stage1_ds.evaluation.probe.anchors import MIN_ANCHORS, RECOMMENDED_ANCHORS, ProbeSet, check_anchors
 from stage1_ds.model.masking import MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model, load_export_config
 from stage1_ds.train.metrics import MetricsWriter, example_sample, training_example

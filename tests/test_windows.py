@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from torch.utils.data import BatchSampler, DistributedSampler
 
-from stage1_ds.config import DataConfig, InstrumentSampling
+from stage1_ds.config import SPLITS, DataConfig, InstrumentSampling
 from stage1_ds.data.features import to_prices
 from stage1_ds.data.ingest import InputFormat
 from stage1_ds.data.prepare import PrepareOptions, prepare_files
-from stage1_ds.data.store import SPLITS, load_prepared
+from stage1_ds.data.store import load_prepared
 from stage1_ds.data.streams import FEISTEL_ROUNDS
 from stage1_ds.data.synthetic import generate_synthetic_m1
 from stage1_ds.data.timeframes import Timeframe, sort_timeframes

@@ -31,12 +31,12 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from stage1_ds.config import SPLITS
 from stage1_ds.data.timeframes import TIMEFRAMES, Bars, Timeframe, bucket_start
 from stage1_ds.errors import DataError
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 3  # 2: volume units, bucket origin, empty splits; 3: the serving index (`serving_index`)
-SPLITS = ("train", "val", "test")
 _FIELDS = ("start", "ohlc", "volume", "count", "units")
 _STORED = (*_FIELDS, "log_ohlc")
 

@@ -29,18 +29,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from stage1_ds.config import DataConfig, InstrumentSampling
+from stage1_ds.config import SPLITS, TARGET_COVERAGE, DataConfig, InstrumentSampling
 from stage1_ds.data.batch import Batch, TimeframeWindow
 from stage1_ds.data.context import MarketContext
 from stage1_ds.data.features import to_features, volume_reference, volume_scale
-from stage1_ds.data.store import SPLITS, PreparedData, load_prepared, scale_of
+from stage1_ds.data.store import PreparedData, load_prepared, scale_of
 from stage1_ds.data.streams import EpochPermutation, Stream, block_keys, keyed_permute, permute, uniform_hash
 from stage1_ds.data.timeframes import BASE, TIMEFRAMES, Timeframe, bucket_start, sort_timeframes
 from stage1_ds.errors import DataError
 
-#: A future-size target (`WindowDataset.future_sizes`) is known when at least this share of its horizon's
-#: minutes have a bar (the probe's targets ask the same).
-FUTURE_COVERAGE = 0.75
 #: Added to the RMS range (feature units) before the log: finite on flat bars, as the range loss's floor.
 FUTURE_FLOOR = 0.05
 
@@ -241,7 +238,7 @@ class WindowDataset(Dataset):
         square high-low range, in the instrument's 1-minute feature units, of the 1-minute bars that start
         in ``[t, t + h minutes)``, t the anchor bar's end: bars after every bar of the window. NaN (unknown)
         where the horizon passes the split's end (a target never reads another split) or fewer than
-        `FUTURE_COVERAGE` of its minutes have a bar (a closed market)."""
+        `TARGET_COVERAGE` of its minutes have a bar (a closed market)."""
         anchor_time = self._start[BASE][m1_row] + BASE.seconds
         rows = m1_row[:, None] + 1 + np.arange(max(self.future_minutes))[None, :]  # (B, longest)
         inside = rows < self._m1_end[instrument][:, None]  # the instrument's own rows only
@@ -253,7 +250,7 @@ class WindowDataset(Dataset):
             ahead = inside & (start < anchor_time[:, None] + 60 * minutes)
             count = ahead.sum(axis=1)
             known = (anchor_time + 60 * minutes <= self._split_end[instrument]) & (
-                count >= FUTURE_COVERAGE * minutes
+                count >= TARGET_COVERAGE * minutes
             )
             rms = np.sqrt(np.where(ahead, squared, 0.0).sum(axis=1) / np.maximum(count, 1))
             sizes[known, k] = np.log(FUTURE_FLOOR + rms[known])

@@ -25,15 +25,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from stage1_ds.config import CONTEXT_STALE_MINUTES
+from stage1_ds.config import CONTEXT_STALE_MINUTES, TARGET_COVERAGE
 from stage1_ds.data.store import SplitRange
 from stage1_ds.errors import DataError
 
 VARIANCE_TARGETS = {"rv_60m": 60, "rv_240m": 240}
 SIGN_TARGET, SIGN_MINUTES = "ret_sign_60m", 60
 TARGETS = (*VARIANCE_TARGETS, SIGN_TARGET)
-#: A target needs bars in at least this share of its minutes.
-COVERAGE = 0.75
 #: Returns across a longer gap between two bars are jumps, not trading (see the module docstring).
 MAX_GAP_MINUTES = 30
 #: Calendar look-backs of the first version of the probe's HAR, in minutes: an hour, a day, a week.
@@ -125,14 +123,14 @@ class MinuteBars:
 
 def future_targets(bars: MinuteBars, anchor_time: np.ndarray) -> dict[str, np.ndarray]:
     """Per anchor, from the bars that start at or after ``t`` only (the price at ``t`` is the first such
-    bar's open): ``rv_60m``, ``rv_240m``, the log realised variance (NaN under `COVERAGE` or when every bar
+    bar's open): ``rv_60m``, ``rv_240m``, the log realised variance (NaN under `TARGET_COVERAGE` or when every bar
     is flat: a log of 0 is no target), and ``ret_sign_60m`` (+1, -1, or 0 with no move or no bar)."""
     first = bars.first_at_or_after(anchor_time)
     out: dict[str, np.ndarray] = {}
     for name, minutes in VARIANCE_TARGETS.items():
         end = bars.first_at_or_after(anchor_time + 60 * minutes)
         variance = bars.variance(first, end)
-        known = (end - first >= COVERAGE * minutes) & (variance > 0)
+        known = (end - first >= TARGET_COVERAGE * minutes) & (variance > 0)
         out[name] = np.where(known, np.log(np.where(known, variance, 1.0)), np.nan)
     end = bars.first_at_or_after(anchor_time + 60 * SIGN_MINUTES)
     inside = np.minimum(first, len(bars.start) - 1)

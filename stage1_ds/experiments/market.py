@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from stage1_ds.config import DataConfig
+from stage1_ds.config import SPLITS, DataConfig
 from stage1_ds.data.store import load_prepared
 from stage1_ds.evaluation.probe import (
     MARKET_RULES,
-    SPLITS,
     anchor_sets,
     choose_rule,
+    fixed_rule_of,
     format_p,
     horizon_steps,
     market_bars,
@@ -68,10 +68,12 @@ def market_rule_report(root: Path, scored: list[str], max_anchors: int | None = 
             y = {split: chosen.targets[target] for split, chosen in sets.items()}
             rules = choose_rule(sets, target, rows, y)
             fitted = rules.fitted
-            single = min((n for n in fitted if n not in MARKET_RULES), key=lambda n: fitted[n].val_mse)
+            single = min(
+                (n for n in fitted if fixed_rule_of(n) not in MARKET_RULES), key=lambda n: fitted[n].val_mse
+            )
             reference = (fitted[single].test - y["test"]) ** 2
             cell: dict[str, Any] = {"best_rule": rules.best, "single_rule": single}
-            for rule in (r for r in MARKET_RULES if r in fitted):
+            for rule in (r for r in fitted if fixed_rule_of(r) in MARKET_RULES):
                 error = (fitted[rule].test - y["test"]) ** 2
                 _, p = diebold_mariano(error, reference, horizon_steps(target))
                 cell[rule] = {
@@ -113,7 +115,7 @@ def render(report: dict[str, Any]) -> str:
         cells = report["instruments"][name]
         for target in VARIANCE_TARGETS:
             cell = cells[target]
-            for rule in (r for r in MARKET_RULES if r in cell):
+            for rule in (r for r in cell if fixed_rule_of(r) in MARKET_RULES):
                 entry = cell[rule]
                 lines.append(
                     f"| {name} | `{target}` | {cell['single_rule']} | {rule} | {entry['val_gain']:+.1f} | "

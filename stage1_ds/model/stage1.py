@@ -154,6 +154,12 @@ class Stage1Model(nn.Module):
         """Whether the model reads the other instruments' windows (``data.context`` when it was built)."""
         return self.embed.context is not None
 
+    @property
+    def has_future_head(self) -> bool:
+        """Whether the model forecasts the size of the bars after the anchor (``model.loss.future_weight`` >
+        0 when it was built): `Stage1Output.future_size`."""
+        return self.heads.future is not None
+
     def forward(self, batch: Batch) -> Stage1Output:
         """Reconstruct the target's bars. A model that reads context takes ``batch.context`` (slots not
         present, or no context at all, are left out: the market is then unknown, never zeros)."""

@@ -1,0 +1,58 @@
+"""Read raw 1-minute bars: HistData ASCII, generic CSV with a header, and exchange kline dumps (Binance).
+
+Files are read plain or compressed (``.gz``, ``.bz2``, ``.xz``, ``.zst``), from a ``.zip`` holding one or
+more CSV files, or from Parquet (``.parquet``, columns named as for CSV). Every reader returns `M1Rows` in
+file order with a `FileReport`; sorting, de-duplication and merging of several files of one instrument
+happen in `clean_m1`. Bad rows either stop the run with the file, line number and row text
+(``on_bad_rows="error"``) or are dropped and counted (``"drop"``). A file that cannot be read at all is a
+`DataError` naming it and why, never a traceback.
+
+Clocks: naive timestamps (HistData, ISO without offset) are taken as given, or converted from
+``timezone`` (IANA) to UTC when one is given; timestamps with an offset and epoch timestamps are UTC. One
+file may not mix naive and offset timestamps (such rows are bad rows), and one instrument's files must
+share a clock (`check_clocks`). Epoch numbers are seconds, milliseconds, microseconds or nanoseconds, decided
+per value by magnitude within 1990-2100 (`EARLIEST_UTC`, `LATEST_UTC`): a column whose values span two
+units is an error; a value that is a date in none of them is a bad row.
+
+Instrument names come from file names by one rule (`name_from_file`). Text is read as UTF-8, a byte-order
+mark dropped.
+
+One module per format (`histdata`, `generic`, `binance`, `parquet`), one that opens containers
+(`containers`), one that sniffs which layout a file has (`sniff`), and the checks every reader shares
+(`timestamps`, `validate`); `read.read_source` reads one file.
+"""
+
+from stage1_ds.data.ingest.read import read_source
+from stage1_ds.data.ingest.sources import (
+    BarTime,
+    CsvColumns,
+    FileReport,
+    InputFormat,
+    M1Rows,
+    OnBadRows,
+    SourceFile,
+    discover_inputs,
+    name_from_file,
+)
+from stage1_ds.data.ingest.timestamps import EARLIEST_UTC, LATEST_UTC, check_clocks
+from stage1_ds.data.ingest.validate import bad_row_reasons, clean_m1, overlapping_pair, stamp_evidence
+
+__all__ = [
+    "EARLIEST_UTC",
+    "LATEST_UTC",
+    "BarTime",
+    "CsvColumns",
+    "FileReport",
+    "InputFormat",
+    "M1Rows",
+    "OnBadRows",
+    "SourceFile",
+    "bad_row_reasons",
+    "check_clocks",
+    "clean_m1",
+    "discover_inputs",
+    "name_from_file",
+    "overlapping_pair",
+    "read_source",
+    "stamp_evidence",
+]

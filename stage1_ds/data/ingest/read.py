@@ -1,0 +1,184 @@
+"""Reading one input file: every table in it parsed in its format, every row checked (`read_source`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from stage1_ds.data.ingest.binance import check_kline_interval, read_binance_table
+from stage1_ds.data.ingest.containers import BOM, as_utf8, open_tables
+from stage1_ds.data.ingest.generic import read_csv_table, select_columns
+from stage1_ds.data.ingest.histdata import read_histdata_table
+from stage1_ds.data.ingest.sniff import FORMAT_NAMES, sniff_format
+from stage1_ds.data.ingest.sources import (
+    OHLC,
+    CsvColumns,
+    FileReport,
+    InputFormat,
+    M1Rows,
+    OnBadRows,
+    SourceFile,
+    name_from_file,
+    sha256_of,
+)
+from stage1_ds.data.ingest.timestamps import (
+    CLOCK_FIX,
+    EARLIEST_UTC,
+    LATEST_UTC,
+    NAIVE_CLOCK,
+    NAT_SECONDS,
+    UTC_CLOCK,
+    ColumnError,
+    ParsedTimes,
+    clock_kind,
+    parse_time,
+    to_seconds,
+    to_utc,
+)
+from stage1_ds.data.ingest.validate import (
+    CUT_SHORT,
+    bad_row_reasons,
+    check_bar_interval,
+    cut_last_row,
+    overlapping_pair,
+    source_line,
+)
+from stage1_ds.errors import DataError
+
+
+def read_source(
+    source: SourceFile,
+    on_bad_rows: OnBadRows,
+    columns: CsvColumns | None = None,
+    timezone: str | None = None,
+) -> tuple[M1Rows, FileReport]:
+    """Read one file (every table in it) into `M1Rows`, checking every row.
+
+    Args:
+        timezone: IANA name of the clock of naive timestamps, converted to UTC; None keeps them as given.
+
+    Raises:
+        DataError: the file cannot be read, is empty, lacks a column, is of another format than asked for,
+            mixes clocks across its tables, or (with ``on_bad_rows="error"``) has a bad row; the message
+            names the file, the line and the row.
+    """
+    interval = name_from_file(source.path).interval
+    if source.format == InputFormat.BINANCE and interval not in (None, "1m"):
+        raise DataError(
+            f"{source.path}: the file name says {interval} klines; only 1-minute klines (1m) are read"
+        )
+    report = FileReport(path=str(source.path), sha256=sha256_of(source.path), side=source.side)
+    parts, clocks, members = [], set(), []
+    for table, display in open_tables(source.path, source.format):
+        members.append(display.rsplit("!", 1)[-1])
+        rows, clock = _read_table(
+            table, display, source.format, columns or CsvColumns(), timezone, on_bad_rows, report
+        )
+        parts.append(rows)
+        clocks.add(clock)
+    if len({clock_kind(c) for c in clocks}) > 1:
+        raise DataError(f"{source.path}: its tables use different clocks ({sorted(clocks)}); {CLOCK_FIX}")
+    report.clock = " + ".join(sorted(clocks))
+    overlap = overlapping_pair([part.start for part in parts])
+    if overlap is not None:
+        i, j, shared, smaller = overlap
+        raise DataError(
+            f"{source.path}: its tables {members[i]} and {members[j]} share {shared:,} timestamps ({shared / smaller:.0%} "
+            "of the smaller): two instruments (or bid and ask quotes) in one archive would be merged into one "
+            "series; unzip it and give the files to --input, each under its own name"
+        )
+    rows = M1Rows(
+        start=np.concatenate([p.start for p in parts]),
+        ohlc=np.concatenate([p.ohlc for p in parts]),
+        volume=np.concatenate([p.volume for p in parts]),
+    )
+    check_bar_interval(rows.start, str(source.path))
+    return rows, report
+
+
+def _read_table(
+    raw: bytes | pd.DataFrame,
+    display: str,
+    fmt: InputFormat,
+    columns: CsvColumns,
+    timezone: str | None,
+    on_bad_rows: OnBadRows,
+    report: FileReport,
+) -> tuple[M1Rows, str]:
+    """Parse and check one table; returns its good rows and a description of its clock."""
+    if isinstance(raw, pd.DataFrame):
+        # Parquet: every cell as text, nulls as empty text (a missing value, never a crash)
+        table = select_columns(raw.astype(object).where(raw.notna(), "").astype(str), display, columns)
+        header_lines, text = 1, b""
+    else:
+        raw = as_utf8(raw).removeprefix(BOM)
+        if not raw.strip():
+            raise DataError(f"{display}: file is empty (expected 1-minute OHLC rows)")
+        text = raw
+        if fmt == InputFormat.HISTDATA:
+            table, header_lines = read_histdata_table(raw, display), 0
+        elif fmt == InputFormat.BINANCE:
+            table, header_lines = read_binance_table(raw, display)
+        else:
+            table, header_lines = read_csv_table(raw, display, columns), 1
+
+    def at(row: int, what: str) -> str:
+        """``what`` of data row ``row``, with the file, the line and the row's text."""
+        if not text:
+            return f"{display}, row {row + 1}: {what}: {' '.join(str(v) for v in table.iloc[row])!r}"
+        line, shown = source_line(text, row, header_lines)
+        return f"{display}, line {line}: {what}: {shown!r}"
+
+    try:
+        if fmt == InputFormat.HISTDATA:
+            parsed = pd.to_datetime(table["timestamp"], format="%Y%m%d %H%M%S", errors="coerce")
+            times = ParsedTimes(*to_seconds(parsed), aware=False, unit_factor=1)
+        else:
+            times = parse_time(
+                table["timestamp"], "timestamp" if fmt != InputFormat.CSV else columns.timestamp
+            )
+    except ColumnError as error:
+        raise DataError(at(error.row, str(error))) from None
+    stamps, aware = times.seconds, times.aware
+    clock = UTC_CLOCK if aware else NAIVE_CLOCK
+    outside = (stamps != NAT_SECONDS) & ((stamps < EARLIEST_UTC) | (stamps >= LATEST_UTC))
+    if timezone is not None and not aware:
+        stamps = to_utc(np.where(outside, NAT_SECONDS, stamps), timezone, display)
+        clock = f"UTC (converted from {timezone})"
+    report.rows_read += len(table)
+    if fmt == InputFormat.BINANCE:
+        check_kline_interval(table, times, at)
+
+    prices = np.stack([pd.to_numeric(table[c], errors="coerce").to_numpy(np.float64) for c in OHLC], axis=1)
+    if "volume" in table:
+        volume = pd.to_numeric(table["volume"], errors="coerce").to_numpy(np.float64)
+        report.volume_column = columns.volume or "volume" if fmt == InputFormat.CSV else "volume (6th field)"
+    else:
+        volume = np.zeros(len(table), dtype=np.float64)
+
+    reasons = {  # a cut row first: it explains whatever else is wrong with it
+        CUT_SHORT: cut_last_row(text, table),
+        **bad_row_reasons(
+            stamps, prices, volume, timezone if not aware else None, outside, times.fraction, times.mixed
+        ),
+    }
+    bad = np.zeros(len(table), dtype=bool)
+    for reason, mask in reasons.items():
+        mask &= ~bad  # count each row under its first reason only
+        if mask.any():
+            report.bad_rows_dropped[reason] = report.bad_rows_dropped.get(reason, 0) + int(mask.sum())
+            bad |= mask
+    if bad.any() and (on_bad_rows == OnBadRows.ERROR or bad.all()):
+        looks = sniff_format(text) if text else None
+        hint = (
+            f"; the file looks like {FORMAT_NAMES[looks]}: --format {looks.value}"
+            if looks not in (None, fmt)
+            else ""
+        )
+        row = int(np.flatnonzero(bad)[0])  # the first bad line of the file, whatever its reason
+        reason = next(r for r, mask in reasons.items() if mask[row])
+        if on_bad_rows == OnBadRows.ERROR or hint:
+            raise DataError(at(row, reason) + (hint or " (use --on-bad-rows drop to drop such rows)"))
+    keep = ~bad
+    report.rows_kept += int(keep.sum())
+    return M1Rows(start=stamps[keep], ohlc=prices[keep], volume=volume[keep]), clock
