@@ -47,7 +47,8 @@ def serve(data_dir: str, batches: int) -> dict[str, float]:
     torch.set_num_threads(1)
     from stage1_ds.config import DataConfig, MaskingConfig
     from stage1_ds.data.batch import Batch
-    from stage1_ds.data.windows import WindowDataset, WindowSampler
+    from stage1_ds.data.sampler import WindowSampler
+    from stage1_ds.data.windows import WindowDataset
     from stage1_ds.model.masking import MaskedWindows
 
     dataset = WindowDataset(data_dir, "train", DataConfig(), seed=0)
@@ -80,7 +81,8 @@ def serve_context(data_dir: str, batches: int) -> dict[str, float]:
 
     torch.set_num_threads(1)
     from stage1_ds.config import DataConfig
-    from stage1_ds.data.windows import WindowDataset, WindowSampler
+    from stage1_ds.data.sampler import WindowSampler
+    from stage1_ds.data.windows import WindowDataset
 
     plain = WindowDataset(data_dir, "train", DataConfig(), seed=0)
     context = WindowDataset(data_dir, "train", DataConfig(context=True, context_max=7), seed=0)
@@ -215,7 +217,8 @@ def serve_memory(data_dir: str, batches: int) -> dict[str, float]:
 
     torch.set_num_threads(1)
     from stage1_ds.config import DataConfig, MaskingConfig
-    from stage1_ds.data.windows import WindowDataset, WindowSampler
+    from stage1_ds.data.sampler import WindowSampler
+    from stage1_ds.data.windows import WindowDataset
     from stage1_ds.model.masking import MaskedWindows
 
     opened = time.perf_counter()

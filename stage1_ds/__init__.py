@@ -2,7 +2,9 @@
 
 from typing import Any
 
-__version__ = "0.1.0"
+from stage1_ds.version import __version__
+
+__all__ = ["Encoder", "__version__", "encode"]
 
 
 def __getattr__(name: str) -> Any:

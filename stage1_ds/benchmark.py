@@ -25,12 +25,12 @@ from stage1_ds.config import (
     TrainConfig,
 )
 from stage1_ds.data.batch import Batch
-from stage1_ds.data.timeframes import BASE
 from stage1_ds.data.windows import WindowDataset
 from stage1_ds.model import t5
 from stage1_ds.model.losses import stage1_loss
 from stage1_ds.model.masking import MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model
+from stage1_ds.timeframes import BASE
 from stage1_ds.train.engine import (
     build_ds_config,
     build_engine,
@@ -203,9 +203,9 @@ def decision_latency(
 
     import pandas as pd
 
-    from stage1_ds.data.timeframes import Timeframe
     from stage1_ds.encoder import Encoder
     from stage1_ds.encoding import encode_batch
+    from stage1_ds.timeframes import Timeframe
 
     if buffer_days is None:
         longest = max(bars * Timeframe(tf).minutes for tf, bars in model.window_bars.items())

@@ -357,79 +357,6 @@ def _add_allow_overlap(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_overlap(args: argparse.Namespace, split: str) -> dict:
-    """The scored split against the model's own data (`scored_overlaps`): an error unless
-    ``--allow-overlap``; returns what a report records (``overlap``, ``overlap_allowed``).
-
-    Raises:
-        DataError: naming every overlap and the fix.
-    """
-    from stage1_ds.data.corpus import scored_overlaps
-    from stage1_ds.errors import DataError
-    from stage1_ds.model.stage1 import EXPORT_DATA
-
-    record_file = args.model / EXPORT_DATA
-    record = json.loads(record_file.read_text()) if record_file.is_file() else None
-    problems = scored_overlaps(record, args.data, split)
-    if problems and not args.allow_overlap:
-        raise DataError(
-            "the figures would be scored on data the model was trained or validated on:\n  "
-            + "\n  ".join(problems)
-            + "\nscore a folder prepared with the model's splits (or later data), or pass --allow-overlap "
-            "to run anyway (the report then records the overlap)"
-        )
-    if problems:
-        log.warning(
-            "scored despite overlapping the model's own data (--allow-overlap): %s", "; ".join(problems)
-        )
-    return {"overlap": problems, "overlap_allowed": bool(problems)}
-
-
-def _provenance(args: argparse.Namespace) -> dict:
-    """What a report records of what it measured (``provenance``): the model (`export_identity`) and the
-    data (`data_identity`; ``readout_from`` and ``market`` too where given). `stage1 card` matches the
-    model's hash."""
-    from stage1_ds.data.corpus import data_identity
-    from stage1_ds.model.stage1 import export_identity
-
-    record = {"model": export_identity(args.model), "data": data_identity(args.data)}
-    for key in ("readout_from", "market"):
-        if getattr(args, key, None):
-            record[key] = data_identity(getattr(args, key))
-    return {"provenance": record}
-
-
-def _model_stats(
-    args: argparse.Namespace, stats: dict | None = None, data_dir: list[Path] | None = None
-) -> dict:
-    """The feature statistics for the data (``data_dir``, default ``--data``): the export's for instruments
-    the model was trained on, the folder's own for the others (`model_stats`), added to ``stats`` if given."""
-    from stage1_ds.data.corpus import load_corpus
-    from stage1_ds.data.store import model_stats
-    from stage1_ds.model.stage1 import load_export_stats
-
-    stats = stats or load_export_stats(args.model)
-    for data in load_corpus(args.data if data_dir is None else data_dir):
-        stats = model_stats(stats, data, args.allow_other_stats)
-    return stats
-
-
-def _stats_source(stats: dict) -> dict:
-    """`stats_source` of every instrument served, for a report's JSON, said in one line too."""
-    from stage1_ds.data.store import stats_source
-
-    source = stats_source(stats, list(stats["sources"]))
-    folder = [name for name, kind in source["stats_source_by_instrument"].items() if kind == "folder"]
-    if folder:
-        print(
-            f"features scaled with the data folder's own statistics for {', '.join(folder)}, which the model "
-            "never saw; with the model's for the others"
-            if source["stats_source"] == "mixed"
-            else f"features scaled with the data folder's own statistics: the model never saw {', '.join(folder)}"
-        )
-    return source
-
-
 def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("evaluate", help="masked-bar reconstruction against naive baselines")
     _add_model_data_split(p)
@@ -455,14 +382,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     json_path = claim_file(args.json or args.model / f"eval_{args.split}.json", "--json")
     from stage1_ds.config import MaskingMode
     from stage1_ds.evaluation import evaluate, format_report, write_report
+    from stage1_ds.evaluation.provenance import check_overlap, describe_stats, provenance, scoring_stats
     from stage1_ds.model.masking import MODES
     from stage1_ds.model.stage1 import Stage1Model, load_export_config
 
     device = "cuda" if torch_cuda_available() else "cpu"
     model = Stage1Model.from_pretrained(args.model, device)
     modes = MODES if args.mode == "all" else (MaskingMode(args.mode),)
-    overlap = _check_overlap(args, args.split)
-    stats = _model_stats(args)
+    overlap = check_overlap(args.model, args.data, args.split, args.allow_overlap)
+    stats = scoring_stats(args.model, args.data, args.allow_other_stats)
     report = evaluate(
         model,
         args.data,
@@ -474,7 +402,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         stats=stats,
         seed=args.seed,
     )
-    report.update(_stats_source(stats), **overlap, **_provenance(args))
+    report.update(describe_stats(stats), **overlap, **provenance(args.model, args.data))
     figure_path = json_path.with_suffix(".png")
     write_report(report, json_path, figure_path)
     print(format_report(report))
@@ -504,13 +432,18 @@ def _run_encode(args: argparse.Namespace) -> int:
 
     from stage1_ds.data.corpus import load_corpus
     from stage1_ds.encoding import encode
+    from stage1_ds.evaluation.provenance import check_overlap, describe_stats, provenance, scoring_stats
     from stage1_ds.model.stage1 import Stage1Model
 
     # Encoding the model's own train split is what a Stage-2 training set is made of: only the others are
     # checked for the model's data.
-    overlap = _check_overlap(args, args.split) if args.split != "train" else {"overlap": []}
+    overlap = (
+        check_overlap(args.model, args.data, args.split, args.allow_overlap)
+        if args.split != "train"
+        else {"overlap": []}
+    )
     model = Stage1Model.from_pretrained(args.model, "cuda" if torch_cuda_available() else "cpu")
-    stats = _model_stats(args)
+    stats = scoring_stats(args.model, args.data, args.allow_other_stats)
     arrays = encode(
         model,
         args.data,
@@ -526,9 +459,9 @@ def _run_encode(args: argparse.Namespace) -> int:
     about = {
         "instruments": names,
         "split": args.split,
-        **_stats_source(stats),
+        **describe_stats(stats),
         **overlap,
-        **_provenance(args),
+        **provenance(args.model, args.data),
     }
     (args.out / "encoding.json").write_text(json.dumps(about, indent=2) + "\n")
     codes = {str(code): name for code, name in enumerate(names)}
@@ -582,21 +515,22 @@ def _add_probe(commands: argparse._SubParsersAction) -> None:
 def _run_probe(args: argparse.Namespace) -> int:
     claim_file(args.json, "--json")
     from stage1_ds.evaluation import format_probe, probe, write_probe
+    from stage1_ds.evaluation.provenance import check_overlap, describe_stats, provenance, scoring_stats
     from stage1_ds.model.stage1 import Stage1Model
 
-    overlap = _check_overlap(args, "test")
+    overlap = check_overlap(args.model, args.data, "test", args.allow_overlap)
     device = "cuda" if torch_cuda_available() else "cpu"
     model = Stage1Model.from_pretrained(args.model, device)
     untrained = Stage1Model.untrained_like(args.model, args.seed).to(device)
-    stats = _model_stats(args)
+    stats = scoring_stats(args.model, args.data, args.allow_other_stats)
     readout_stats = None
     if args.readout_from:
-        readout_stats = _model_stats(argparse.Namespace(**{**vars(args), "data": args.readout_from}))
+        readout_stats = scoring_stats(args.model, args.readout_from, args.allow_other_stats)
     if model.reads_context:  # its windows see the market (--market, else --data): scale all of it
         seen = args.market or args.data
-        stats = _model_stats(args, stats, seen)
+        stats = scoring_stats(args.model, seen, args.allow_other_stats, stats)
         if readout_stats is not None:
-            readout_stats = _model_stats(args, readout_stats, seen)
+            readout_stats = scoring_stats(args.model, seen, args.allow_other_stats, readout_stats)
     report = probe(
         model,
         untrained,
@@ -608,7 +542,11 @@ def _run_probe(args: argparse.Namespace) -> int:
         readout_stats=readout_stats,
         market=args.market,
     )
-    report.update(_stats_source(stats), **overlap, **_provenance(args))
+    report.update(
+        describe_stats(stats),
+        **overlap,
+        **provenance(args.model, args.data, readout_from=args.readout_from, market=args.market),
+    )
     figure = args.json.with_suffix(".png")
     write_probe(report, args.json, figure)
     print(format_probe(report))

@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from stage1_ds.data.timeframes import TIMEFRAMES, Timeframe
 from stage1_ds.errors import ConfigError
+from stage1_ds.timeframes import TIMEFRAMES, Timeframe
 
 log = logging.getLogger(__name__)
 

@@ -47,15 +47,17 @@ import pandas as pd
 import torch
 
 from stage1_ds.data.batch import Batch, ContextWindows, TimeframeWindow
-from stage1_ds.data.features import to_features, volume_reference, volume_scale
+from stage1_ds.data.context import first_present, slot_windows
+from stage1_ds.data.features import volume_reference, volume_scale, window_features
 from stage1_ds.data.ingest import EARLIEST_UTC, LATEST_UTC, BarTime, M1Rows, bad_row_reasons, clean_m1
 from stage1_ds.data.prepare import fit_stats
 from stage1_ds.data.store import SplitRange
-from stage1_ds.data.timeframes import Bars, Timeframe, aggregate, volume_units
+from stage1_ds.data.timeframes import Bars, aggregate, volume_units
 from stage1_ds.encoding import encode_batch
 from stage1_ds.errors import CheckpointError, DataError
 from stage1_ds.model import t5
 from stage1_ds.model.stage1 import EXPORT_DATA, Stage1Model, load_export_stats
+from stage1_ds.timeframes import Timeframe
 
 log = logging.getLogger(__name__)
 
@@ -311,15 +313,17 @@ class Encoder:
         if self.volume:
             units = derived.bars[finest].units[rows[finest]]
             volume_ref = volume_reference(units.sum(axis=1) / units.shape[1] / finest.minutes)
+        else:
+            volume_ref = None
         stats = self._stats[instrument]
         windows = {}
         n = len(anchor_time)
         for tf in self.timeframes:
             scale = np.full(n, stats["scale"][tf.value], dtype=np.float32)
-            features = to_features(derived.log_ohlc[tf][rows[tf]], log_reference, scale)
-            if self.volume:
-                volume = derived.bars[tf].units[rows[tf]] / (volume_ref[:, None] * volume_scale(tf.minutes))
-                features = np.concatenate([features, volume[..., None].astype(np.float32)], axis=2)
+            units = derived.bars[tf].units[rows[tf]] if self.volume else None
+            features = window_features(
+                derived.log_ohlc[tf][rows[tf]], log_reference, scale, tf.minutes, units, volume_ref
+            )
             windows[tf.value] = TimeframeWindow(
                 features=torch.from_numpy(features),
                 valid=torch.ones(rows[tf].shape, dtype=torch.bool),
@@ -358,13 +362,9 @@ class Encoder:
         """The context of samples anchored at ``anchor_time`` (`stage1_ds.data.context`'s rules): B x K rows,
         slot k of sample b at ``b * K + k``."""
         settings = self.model.context_data
-        b, slots, stale = (
-            len(anchor_time),
-            int(settings["context_max"]),
-            60 * int(settings["context_stale_minutes"]),
-        )
-        member = np.full((b, slots), -1, dtype=np.int64)
-        filled = np.zeros(b, dtype=np.int64)
+        b, slots = len(anchor_time), int(settings["context_max"])
+        stale = 60 * int(settings["context_stale_minutes"])
+        present = np.zeros((b, len(market)), dtype=bool)
         served: list[dict[str, TimeframeWindow]] = []
         for j, (name, derived) in enumerate(market.items()):
             m1_ends = derived.ends[Timeframe.M1]
@@ -372,36 +372,17 @@ class Encoder:
             own_anchor = m1_ends[np.maximum(row, 0)]
             windows, _, full = self._windows(derived, own_anchor, name)
             started = derived.bars[Timeframe.M1].start[np.maximum(row, 0)]
-            present = (row >= 0) & full & (started >= anchor_time - stale)
-            take = present & (filled < slots)
-            member[take, filled[take]] = j
-            filled += take
+            present[:, j] = (row >= 0) & full & (started >= anchor_time - stale)
             served.append(windows)
-        windows = {}
-        for tf in self.timeframes:
-            parts = [w[tf.value] for w in served]
-            length, n = self.window_bars[tf], b * slots
-            channels = 5 if self.volume else 4
-            window = TimeframeWindow(
-                features=torch.zeros((n, length, channels), dtype=torch.float32),
-                valid=torch.zeros((n, length), dtype=torch.bool),
-                start_time=torch.zeros((n, length), dtype=torch.int64),
-                parent_index=None,
-                scale=torch.ones(n, dtype=torch.float32),
-                volume_scale=torch.ones(n) if self.volume else None,
-            )
-            for j, part in enumerate(parts):
-                sample, slot = np.nonzero(member == j)
-                where, source = torch.from_numpy(sample * slots + slot), torch.from_numpy(sample)
-                window.features[where] = part.features[source]
-                window.valid[where] = part.valid[source]
-                window.start_time[where] = part.start_time[source]
-                window.scale[where] = part.scale[source]
-                if window.volume_scale is not None and part.volume_scale is not None:
-                    window.volume_scale[where] = part.volume_scale[source]
-            windows[tf.value] = window
+        member = first_present(present, slots)
+        pieces = []
+        for j, windows in enumerate(served):
+            sample, slot = np.nonzero(member == j)
+            pieces.append((sample * slots + slot, {tf: w.take(sample) for tf, w in windows.items()}))
         return ContextWindows(
-            windows=windows, present=torch.from_numpy(member >= 0), instrument=torch.from_numpy(member)
+            windows=slot_windows(b * slots, pieces, self.timeframes, self.window_bars, self.volume),
+            present=torch.from_numpy(member >= 0),
+            instrument=torch.from_numpy(member),
         )
 
     # -- helpers -----------------------------------------------------------------------------------------

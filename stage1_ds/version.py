@@ -6,8 +6,8 @@ import subprocess
 from functools import cache
 from pathlib import Path
 
-from stage1_ds import __version__
-
+#: The package's version (`stage1_ds.__version__`).
+__version__ = "0.1.0"
 _ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -21,10 +21,10 @@ from stage1_ds.data.ingest import InputFormat
 from stage1_ds.data.prepare import PrepareOptions, merge_prepared, prepare_files
 from stage1_ds.data.store import load_prepared
 from stage1_ds.data.synthetic import generate_synthetic_m1
-from stage1_ds.data.timeframes import Timeframe
 from stage1_ds.encoding import encode
 from stage1_ds.errors import ConfigError, DataError
 from stage1_ds.model.stage1 import Stage1Model, load_export_stats
+from stage1_ds.timeframes import Timeframe
 
 OPTIONS = PrepareOptions(window_bars=16, split_fractions=(0.6, 0.2, 0.2))
 CONTEXT = DataConfig(window_bars=16, context=True, context_max=2)

@@ -17,10 +17,10 @@ from stage1_ds.config import DataConfig
 from stage1_ds.data.corpus import corpus_record
 from stage1_ds.data.prepare import PrepareOptions, prepare_synthetic
 from stage1_ds.data.store import PreparedData, load_prepared
-from stage1_ds.data.timeframes import Timeframe
 from stage1_ds.encoding import encode
 from stage1_ds.errors import CheckpointError, DataError
 from stage1_ds.model.stage1 import Stage1Model, load_export_stats
+from stage1_ds.timeframes import Timeframe
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,20 @@ import torch
 from conftest import tiny_train_config
 from stage1_ds.config import Config, Phase, PhaseConfig, PositionBias, Precision
 from stage1_ds.data.batch import Batch
+from stage1_ds.data.sampler import WindowSampler
 from stage1_ds.data.store import load_prepared, model_stats
-from stage1_ds.data.windows import WindowDataset, WindowSampler
+from stage1_ds.data.windows import WindowDataset
 from stage1_ds.encoding import encode
 from stage1_ds.errors import CheckpointError, DataError
-from stage1_ds.evaluation.baselines import linear_interpolation, train_mean_predictor
-from stage1_ds.evaluation.reconstruction import BASELINES, evaluate, format_report, write_report
+from stage1_ds.evaluation.reconstruction import (
+    BASELINES,
+    evaluate,
+    format_report,
+    train_mean_predictor,
+    write_report,
+)
 from stage1_ds.export import convert
+from stage1_ds.model.baselines import linear_interpolation
 from stage1_ds.model.lora import lora_scaling
 from stage1_ds.model.losses import stage1_loss
 from stage1_ds.model.masking import MaskedWindows

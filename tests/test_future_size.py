@@ -12,13 +12,13 @@ import torch
 from conftest import tiny_model_config, tiny_train_config
 from stage1_ds.config import TARGET_COVERAGE, ConfigError, DataConfig, MaskingConfig, Phase, load_config
 from stage1_ds.data.store import load_prepared
-from stage1_ds.data.timeframes import BASE
 from stage1_ds.data.windows import FUTURE_FLOOR, WindowDataset
 from stage1_ds.evaluation.probe import probe
 from stage1_ds.export import convert
 from stage1_ds.model.losses import stage1_loss
 from stage1_ds.model.masking import MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model
+from stage1_ds.timeframes import BASE
 from stage1_ds.train import loop
 from stage1_ds.train.param_groups import group_name
 

@@ -26,19 +26,12 @@ from stage1_ds.data.ingest import (
 )
 from stage1_ds.data.prepare import PrepareOptions, prepare_files, summary_table
 from stage1_ds.data.store import load_prepared
-from stage1_ds.data.timeframes import (
-    MAX_UNITS,
-    TIMEFRAMES,
-    Bars,
-    Timeframe,
-    aggregate,
-    volume_unit,
-    volume_units,
-)
+from stage1_ds.data.timeframes import MAX_UNITS, Bars, aggregate, volume_unit, volume_units
 from stage1_ds.data.windows import WindowDataset
 from stage1_ds.errors import DataError
 from stage1_ds.model.losses import cross_timeframe_terms
 from stage1_ds.model.masking import MODES, MaskedWindows
+from stage1_ds.timeframes import TIMEFRAMES, Timeframe
 
 START = 1_704_189_600  # 2024-01-02T10:00:00Z
 OHLCV = "1.1,1.2,1.0,1.15,5"

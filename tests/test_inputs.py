@@ -23,9 +23,9 @@ from stage1_ds.data.ingest import InputFormat, OnBadRows, SourceFile, read_sourc
 from stage1_ds.data.prepare import PrepareOptions, prepare_files
 from stage1_ds.data.store import load_prepared
 from stage1_ds.data.synthetic import generate_synthetic_m1
-from stage1_ds.data.timeframes import Timeframe
 from stage1_ds.data.windows import WindowDataset
 from stage1_ds.errors import DataError
+from stage1_ds.timeframes import Timeframe
 
 START = 1_704_189_600  # 2024-01-02T10:00:00Z
 

@@ -14,9 +14,8 @@ from conftest import encoder_inputs, tiny_model_config
 from stage1_ds.config import DataConfig, MaskingConfig, MaskingMode
 from stage1_ds.data.batch import Batch
 from stage1_ds.data.streams import COLUMNS, STRIDE, Stream, uniform_hash
-from stage1_ds.data.timeframes import TIMEFRAMES, Timeframe
 from stage1_ds.data.windows import WindowDataset
-from stage1_ds.evaluation.baselines import (
+from stage1_ds.model.baselines import (
     cross_timeframe_rules,
     last_close,
     linear_interpolation,
@@ -24,6 +23,7 @@ from stage1_ds.evaluation.baselines import (
 )
 from stage1_ds.model.masking import MODES, MaskedWindows, span_mask
 from stage1_ds.model.stage1 import Stage1Model
+from stage1_ds.timeframes import TIMEFRAMES, Timeframe
 
 BASELINES = {
     "linear_interpolation": linear_interpolation,

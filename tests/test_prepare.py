@@ -16,7 +16,7 @@ import pytest
 
 from conftest import EURUSD_2019, REPO, require_histdata
 from stage1_ds.data.store import load_prepared
-from stage1_ds.data.timeframes import TIMEFRAMES, Timeframe
+from stage1_ds.timeframes import TIMEFRAMES, Timeframe
 
 
 def _raw_rows(path: Path) -> list[tuple[int, float, float, float, float]]:

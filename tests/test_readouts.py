@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ast
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,16 +127,3 @@ def test_bipower_variation_is_blind_to_a_one_bar_jump_and_realised_variance_is_n
     bv_before, bv_after = (trading_log_variance(b.bipower(), t, (240,))[0, 0] for b in (bars, jumped))
     assert rv_after - rv_before > 3.0, "realised variance takes the jump (40 times the variance)"
     assert abs(bv_after - bv_before) < (rv_after - rv_before) / 5, "bipower moves far less (two products)"
-
-
-def test_the_evaluation_package_imports_no_training_code() -> None:
-    """evaluation/ measures; the experiments that train and convert sit above it (stage1_ds/experiments)."""
-    folder = Path(__file__).resolve().parents[1] / "stage1_ds" / "evaluation"
-    forbidden = ("stage1_ds.train", "stage1_ds.export", "stage1_ds.experiments")
-    for path in folder.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                assert not node.module.startswith(forbidden), f"{path.name} imports {node.module}"
-            if isinstance(node, ast.Import):
-                for alias in node.names:
-                    assert not alias.name.startswith(forbidden), f"{path.name} imports {alias.name}"

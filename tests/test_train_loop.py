@@ -16,7 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import REPO, tiny_train_config
 from stage1_ds.config import Config, LossConfig, Phase, PhaseConfig, load_config
 from stage1_ds.data.batch import Batch
-from stage1_ds.data.windows import WindowDataset, WindowSampler
+from stage1_ds.data.sampler import WindowSampler
+from stage1_ds.data.windows import WindowDataset
 from stage1_ds.errors import CheckpointError, ConfigError
 from stage1_ds.model.losses import LossOutput
 from stage1_ds.train import loop

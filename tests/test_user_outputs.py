@@ -22,14 +22,7 @@ from stage1_ds.config import DataConfig, MaskingConfig, MaskingMode, load_config
 from stage1_ds.data.batch import Batch
 from stage1_ds.data.corpus import open_windows
 from stage1_ds.data.features import to_prices
-from stage1_ds.data.prepare import PrepareOptions, prepare_synthetic, summary_table
-from stage1_ds.data.store import load_prepared
-from stage1_ds.data.synthetic import generate_synthetic_m1
-from stage1_ds.data.timeframes import Timeframe
-from stage1_ds.errors import ConfigError, DataError
-from stage1_ds.evaluation import evaluate, format_report
-from stage1_ds.evaluation.baselines import last_close, linear_interpolation
-from stage1_ds.evaluation.plots import (
+from stage1_ds.data.figures import (
     MAX_FINEST_SPAN,
     MAX_SPAN,
     MAX_WIDTH_INCHES,
@@ -47,9 +40,16 @@ from stage1_ds.evaluation.plots import (
     probe_scatter_figure,
     window_spans,
 )
+from stage1_ds.data.prepare import PrepareOptions, prepare_synthetic, summary_table
+from stage1_ds.data.store import load_prepared
+from stage1_ds.data.synthetic import generate_synthetic_m1
+from stage1_ds.errors import ConfigError, DataError
+from stage1_ds.evaluation import evaluate, format_report
 from stage1_ds.evaluation.probe.anchors import MIN_ANCHORS, RECOMMENDED_ANCHORS, ProbeSet, check_anchors
+from stage1_ds.model.baselines import last_close, linear_interpolation
 from stage1_ds.model.masking import MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model, load_export_config
+from stage1_ds.timeframes import Timeframe
 from stage1_ds.train.metrics import MetricsWriter, example_sample, training_example
 
 VOLUME_DATA = DataConfig(window_bars=32, channels=["ohlc", "volume"])

@@ -15,19 +15,19 @@ from stage1_ds.config import SPLITS, DataConfig, InstrumentSampling
 from stage1_ds.data.features import to_prices
 from stage1_ds.data.ingest import InputFormat
 from stage1_ds.data.prepare import PrepareOptions, prepare_files
-from stage1_ds.data.store import load_prepared
-from stage1_ds.data.streams import FEISTEL_ROUNDS
-from stage1_ds.data.synthetic import generate_synthetic_m1
-from stage1_ds.data.timeframes import Timeframe, sort_timeframes
-from stage1_ds.data.windows import (
+from stage1_ds.data.sampler import (
     MIX_BLOCK,
     InstrumentMix,
-    WindowDataset,
     WindowSampler,
     build_loader,
     instrument_weights,
     training_mix,
 )
+from stage1_ds.data.store import load_prepared
+from stage1_ds.data.streams import FEISTEL_ROUNDS
+from stage1_ds.data.synthetic import generate_synthetic_m1
+from stage1_ds.data.windows import WindowDataset
+from stage1_ds.timeframes import Timeframe, sort_timeframes
 
 SMALL = DataConfig(window_bars=32)
 
@@ -302,7 +302,8 @@ def test_a_fresh_serving_process_reuses_the_memory_of_its_last_batch(synthetic_s
     script = f"""
 import resource
 from stage1_ds.config import DataConfig
-from stage1_ds.data.windows import WindowDataset, WindowSampler
+from stage1_ds.data.windows import WindowDataset
+from stage1_ds.data.sampler import WindowSampler
 dataset = WindowDataset({str(synthetic_small)!r}, "train", DataConfig(window_bars=32), seed=0)
 sampler = WindowSampler(len(dataset), 1024, seed=0)
 for b in range(3):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -38,6 +39,23 @@ class TimeframeWindow:
     scale: torch.Tensor
     mask: torch.Tensor | None = None
     volume_scale: torch.Tensor | None = None
+
+    def take(self, rows: np.ndarray) -> TimeframeWindow:
+        """The windows of the samples ``rows`` (B',)."""
+        index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+
+        def pick(value: torch.Tensor | None) -> torch.Tensor | None:
+            return None if value is None else value[index]
+
+        return TimeframeWindow(
+            features=self.features[index],
+            valid=self.valid[index],
+            start_time=self.start_time[index],
+            parent_index=pick(self.parent_index),
+            scale=self.scale[index],
+            mask=pick(self.mask),
+            volume_scale=pick(self.volume_scale),
+        )
 
     def to(self, device: torch.device | str) -> TimeframeWindow:
         return TimeframeWindow(

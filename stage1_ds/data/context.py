@@ -19,17 +19,32 @@ pure function of their sample ids (exact resume, identical workers).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from stage1_ds.config import DataConfig
 from stage1_ds.data.batch import ContextWindows, TimeframeWindow
+from stage1_ds.data.features import num_features
 from stage1_ds.errors import DataError
+from stage1_ds.timeframes import Timeframe
 
-if TYPE_CHECKING:
-    from stage1_ds.data.windows import WindowDataset
+
+class ContextSource(Protocol):
+    """What serves a market's instruments as context (`stage1_ds.data.windows.WindowDataset` does)."""
+
+    instruments: list[str]
+    timeframes: list[Timeframe]
+    window_bars: dict[Timeframe, int]
+    volume: bool
+
+    def context_rows(
+        self, k: int, anchor_time: np.ndarray, stale_minutes: int
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def windows_at(self, instrument: np.ndarray, m1_row: np.ndarray) -> dict[str, TimeframeWindow]: ...
 
 
 class MarketContext:
@@ -44,7 +59,7 @@ class MarketContext:
         DataError: ``data.context_instruments`` names an instrument the data does not hold.
     """
 
-    def __init__(self, parts: list[WindowDataset], config: DataConfig):
+    def __init__(self, parts: Sequence[ContextSource], config: DataConfig):
         members = [(part, k, name) for part in parts for k, name in enumerate(part.instruments)]
         self.instruments = [name for _, _, name in members]
         chosen = config.context_instruments or self.instruments
@@ -70,18 +85,13 @@ class MarketContext:
 
     def _slots(self, target: np.ndarray, anchor_time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, K) the member of each slot (-1: empty) and (B, members) each member's 1-minute row."""
-        b, slots = len(anchor_time), self.slots
+        b = len(anchor_time)
         rows = np.zeros((b, len(self._members)), dtype=np.int64)
         present = np.zeros((b, len(self._members)), dtype=bool)
         for j, (part, k, index) in enumerate(self._members):
             rows[:, j], present[:, j] = part.context_rows(k, anchor_time, self.stale_minutes)
             present[:, j] &= target != self.instruments[index]
-        order = np.cumsum(present, axis=1) - 1  # each present member's place among the sample's present ones
-        taken = present & (order < slots)
-        member = np.full((b, slots), -1, dtype=np.int64)
-        sample, which = np.nonzero(taken)
-        member[sample, order[sample, which]] = which
-        return member, rows
+        return first_present(present, self.slots), rows
 
     def _assemble(self, member: np.ndarray, rows: np.ndarray) -> ContextWindows:
         """Gather each slot's windows from the dataset that serves its instrument into B x K rows."""
@@ -93,32 +103,7 @@ class MarketContext:
             if len(sample):
                 served = part.windows_at(np.full(len(sample), k), rows[sample, j])
                 pieces.append((sample * slots + slot, served))
-        windows = {}
-        for i, tf in enumerate(first.timeframes):
-            length, channels = first.window_bars[tf], 5 if first.volume else 4
-            features = torch.zeros((b * slots, length, channels), dtype=torch.float32)
-            valid = torch.zeros((b * slots, length), dtype=torch.bool)
-            start = torch.zeros((b * slots, length), dtype=torch.int64)
-            scale = torch.ones(b * slots, dtype=torch.float32)
-            last = i + 1 == len(first.timeframes)
-            parent = None if last else torch.full((b * slots, length), -1, dtype=torch.int64)
-            volume = torch.ones(b * slots) if first.volume else None
-            for at, served in pieces:
-                window, where = served[tf.value], torch.from_numpy(at)
-                features[where], valid[where], start[where] = window.features, window.valid, window.start_time
-                scale[where] = window.scale
-                if parent is not None and window.parent_index is not None:
-                    parent[where] = window.parent_index
-                if volume is not None and window.volume_scale is not None:
-                    volume[where] = window.volume_scale
-            windows[tf.value] = TimeframeWindow(
-                features=features,
-                valid=valid,
-                start_time=start,
-                parent_index=parent,
-                scale=scale,
-                volume_scale=volume,
-            )
+        windows = slot_windows(b * slots, pieces, first.timeframes, first.window_bars, first.volume)
         index = np.array([m[2] for m in self._members], dtype=np.int64)
         instrument = np.where(member >= 0, index[np.maximum(member, 0)], -1)
         return ContextWindows(
@@ -126,3 +111,54 @@ class MarketContext:
             present=torch.from_numpy(member >= 0),
             instrument=torch.from_numpy(instrument.astype(np.int64)),
         )
+
+
+def first_present(present: np.ndarray, slots: int) -> np.ndarray:
+    """(B, K) the member of each of ``slots`` slots, -1 where empty: the first present members of each
+    sample (``present``: (B, members)), in member order."""
+    b = len(present)
+    order = np.cumsum(present, axis=1) - 1  # each present member's place among the sample's present ones
+    taken = present & (order < slots)
+    member = np.full((b, slots), -1, dtype=np.int64)
+    sample, which = np.nonzero(taken)
+    member[sample, order[sample, which]] = which
+    return member
+
+
+def slot_windows(
+    n: int,
+    pieces: list[tuple[np.ndarray, dict[str, TimeframeWindow]]],
+    timeframes: Sequence[Timeframe],
+    window_bars: Mapping[Timeframe, int],
+    volume: bool,
+) -> dict[str, TimeframeWindow]:
+    """The windows of ``n`` = B x K context slots (slot k of sample b at ``b * K + k``), each filled from
+    the ``pieces`` (flat slot positions and the windows that fill them, in that order); an empty slot has
+    zero features and no valid bar."""
+    windows = {}
+    for i, tf in enumerate(timeframes):
+        length, channels = window_bars[tf], num_features(volume)
+        features = torch.zeros((n, length, channels), dtype=torch.float32)
+        valid = torch.zeros((n, length), dtype=torch.bool)
+        start = torch.zeros((n, length), dtype=torch.int64)
+        scale = torch.ones(n, dtype=torch.float32)
+        last = i + 1 == len(timeframes)
+        parent = None if last else torch.full((n, length), -1, dtype=torch.int64)
+        volume_scales = torch.ones(n) if volume else None
+        for at, served in pieces:
+            window, where = served[tf.value], torch.from_numpy(at)
+            features[where], valid[where], start[where] = window.features, window.valid, window.start_time
+            scale[where] = window.scale
+            if parent is not None and window.parent_index is not None:
+                parent[where] = window.parent_index
+            if volume_scales is not None and window.volume_scale is not None:
+                volume_scales[where] = window.volume_scale
+        windows[tf.value] = TimeframeWindow(
+            features=features,
+            valid=valid,
+            start_time=start,
+            parent_index=parent,
+            scale=scale,
+            volume_scale=volume_scales,
+        )
+    return windows

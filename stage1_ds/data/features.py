@@ -58,6 +58,24 @@ def to_features(log_ohlc: np.ndarray, log_reference: np.ndarray, scale: np.ndarr
     return relative.astype(np.float32)
 
 
+def window_features(
+    log_ohlc: np.ndarray,
+    log_reference: np.ndarray,
+    scale: np.ndarray,
+    minutes: int,
+    units: np.ndarray | None = None,
+    volume_ref: np.ndarray | None = None,
+) -> np.ndarray:
+    """(B, L, F) features of windows of one timeframe: the prices as `to_features`, and with ``units`` (B, L)
+    the volume in units of each sample's ``volume_ref`` (B,) per minute times `volume_scale` of the
+    timeframe's ``minutes``: what every window a model reads is made of (prepared folders and raw bars)."""
+    features = to_features(log_ohlc, log_reference, scale)  # (B, L, 4)
+    if units is None or volume_ref is None:
+        return features
+    volume = units / (volume_ref[:, None] * volume_scale(minutes))
+    return np.concatenate([features, volume[..., None].astype(np.float32)], axis=2)  # (B, L, 5)
+
+
 def to_prices(features: np.ndarray, reference_price: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Invert `to_features`: (B, L, 4) features back to float64 prices."""
     logs = features.astype(np.float64) * scale.astype(np.float64)[:, None, None]

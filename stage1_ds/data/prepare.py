@@ -50,16 +50,9 @@ from stage1_ds.data.store import (
     write_json,
 )
 from stage1_ds.data.synthetic import SYNTHETIC_INSTRUMENT, generate_synthetic_m1
-from stage1_ds.data.timeframes import (
-    BASE,
-    MAX_UNITS,
-    TIMEFRAMES,
-    Bars,
-    Timeframe,
-    aggregate,
-    volume_unit,
-)
+from stage1_ds.data.timeframes import MAX_UNITS, Bars, aggregate, volume_unit
 from stage1_ds.errors import DataError
+from stage1_ds.timeframes import BASE, TIMEFRAMES, Timeframe
 from stage1_ds.version import code_version
 
 log = logging.getLogger(__name__)

@@ -32,8 +32,9 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from stage1_ds.config import SPLITS
-from stage1_ds.data.timeframes import TIMEFRAMES, Bars, Timeframe, bucket_start
+from stage1_ds.data.timeframes import Bars, bucket_start
 from stage1_ds.errors import DataError
+from stage1_ds.timeframes import TIMEFRAMES, Timeframe
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 3  # 2: volume units, bucket origin, empty splits; 3: the serving index (`serving_index`)

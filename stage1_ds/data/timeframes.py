@@ -1,4 +1,4 @@
-"""Timeframes and the bucket aggregation that derives coarser bars from 1-minute bars.
+"""Bars of a timeframe and the bucket aggregation that derives coarser bars from 1-minute bars.
 
 A bar of timeframe k covers the bucket ``[floor(t, k), floor(t, k) + k)`` of the data clock (seconds since
 the epoch of the file's own naive clock). Buckets nest: every bucket of a coarser timeframe in
@@ -9,45 +9,10 @@ consistency loss exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 import numpy as np
 
-
-class Timeframe(StrEnum):
-    M1 = "m1"
-    M5 = "m5"
-    M15 = "m15"
-    M30 = "m30"
-    H1 = "h1"
-    H4 = "h4"
-
-    @property
-    def minutes(self) -> int:
-        return _MINUTES[self]
-
-    @property
-    def seconds(self) -> int:
-        return _MINUTES[self] * 60
-
-
-_MINUTES = {
-    Timeframe.M1: 1,
-    Timeframe.M5: 5,
-    Timeframe.M15: 15,
-    Timeframe.M30: 30,
-    Timeframe.H1: 60,
-    Timeframe.H4: 240,
-}
-
-#: Every timeframe, finest first. m1 is the base every other one is derived from.
-TIMEFRAMES: tuple[Timeframe, ...] = tuple(Timeframe)
-BASE = Timeframe.M1
-
-
-def sort_timeframes(names: list[str] | tuple[str, ...]) -> list[Timeframe]:
-    """Return the given timeframe names as `Timeframe`s, finest first."""
-    return sorted((Timeframe(n) for n in names), key=lambda tf: tf.minutes)
+from stage1_ds.timeframes import BASE, TIMEFRAMES, Timeframe
 
 
 @dataclass(frozen=True)

@@ -28,17 +28,16 @@ from stage1_ds.config import Config, MaskingMode
 from stage1_ds.data.batch import Batch
 from stage1_ds.data.corpus import DataSource, load_corpus, open_windows, volume_unit_of
 from stage1_ds.data.features import NUM_FEATURES
-from stage1_ds.data.windows import WindowSampler
-from stage1_ds.evaluation.baselines import (
+from stage1_ds.data.figures import choose_example, error_bars_figure, example_figure, example_window
+from stage1_ds.data.sampler import WindowSampler
+from stage1_ds.evaluation.statistics import wilson_interval
+from stage1_ds.model.baselines import (
     Predictor,
     cross_timeframe_rules,
     last_close,
     linear_interpolation,
     recoverable,
-    train_mean_predictor,
 )
-from stage1_ds.evaluation.plots import choose_example, error_bars_figure, example_figure, example_window
-from stage1_ds.evaluation.statistics import wilson_interval
 from stage1_ds.model.losses import cross_timeframe_terms
 from stage1_ds.model.masking import MODES, MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model
@@ -102,6 +101,29 @@ class Scores:
         if self.volume_count:
             out["volume_mse"] = self.volume_squared / self.volume_count
         return out
+
+
+def train_mean_predictor(
+    data_dir: DataSource, config: Config, batches: int = 16, batch_size: int = 64, stats: dict | None = None
+) -> Predictor:
+    """The training split's mean feature per timeframe and window position, over the samples that keep the
+    timeframe (a dropped timeframe's zeros are not prices), as a constant prediction."""
+    windows = open_windows(data_dir, "train", config.data, seed=config.seed, stats=stats)
+    sampler = WindowSampler(len(windows), min(batch_size, len(windows)), seed=12345, num_batches=batches)
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, torch.Tensor] = {}
+    for ids in sampler:
+        batch = windows.batch(np.asarray(ids))
+        for tf, window in batch.windows.items():
+            kept = window.valid.any(dim=1)
+            sums[tf] = sums.get(tf, 0) + window.features[kept].sum(0)
+            counts[tf] = counts.get(tf, 0) + kept.sum()
+    means = {tf: s / counts[tf].clamp(min=1) for tf, s in sums.items()}
+
+    def predict(batch: Batch) -> dict[str, torch.Tensor]:
+        return {tf: means[tf].expand_as(w.features).clone() for tf, w in batch.windows.items()}
+
+    return predict
 
 
 def model_predictor(model: Stage1Model) -> Predictor:

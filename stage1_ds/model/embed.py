@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stage1_ds.data.timeframes import Timeframe
 from stage1_ds.model.time_aware import CalendarEmbedding, TimeBias
+from stage1_ds.timeframes import Timeframe
 
 
 def patchify(values: torch.Tensor, patch_len: int) -> torch.Tensor:

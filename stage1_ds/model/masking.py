@@ -34,7 +34,7 @@ from stage1_ds.config import MaskingConfig, MaskingMode
 from stage1_ds.data.batch import Batch
 from stage1_ds.data.corpus import Windows
 from stage1_ds.data.streams import COLUMNS, STRIDE, Stream, uniform_columns, uniform_hash
-from stage1_ds.data.timeframes import Timeframe
+from stage1_ds.timeframes import Timeframe
 
 #: Index of each mode in `Batch.mask_mode`.
 MODES: tuple[MaskingMode, ...] = tuple(MaskingMode)

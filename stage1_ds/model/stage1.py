@@ -25,7 +25,6 @@ from stage1_ds.config import (
 )
 from stage1_ds.data.batch import Batch, TimeframeWindow
 from stage1_ds.data.features import num_features
-from stage1_ds.data.timeframes import sort_timeframes
 from stage1_ds.errors import CheckpointError
 from stage1_ds.model import t5
 from stage1_ds.model.embed import PatchEmbedding
@@ -33,6 +32,7 @@ from stage1_ds.model.heads import ReconstructionHeads
 from stage1_ds.model.lora import base_model, has_lora, is_adapter, merge_lora, plain_name, wrap_with_lora
 from stage1_ds.model.masking import num_patches
 from stage1_ds.model.time_aware import TimeBias
+from stage1_ds.timeframes import sort_timeframes
 
 #: Files of an export folder (written by `stage1_ds.export`).
 EXPORT_WEIGHTS = "model.safetensors"

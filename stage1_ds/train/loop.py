@@ -24,13 +24,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from stage1_ds.config import Config, config_to_dict
 from stage1_ds.data.batch import Batch
 from stage1_ds.data.corpus import DataSource, open_windows
+from stage1_ds.data.sampler import WindowSampler, build_loader, training_mix
 from stage1_ds.data.store import write_json
-from stage1_ds.data.timeframes import sort_timeframes
-from stage1_ds.data.windows import WindowSampler, build_loader, training_mix
 from stage1_ds.errors import Stage1Error
 from stage1_ds.model.losses import LossOutput, stage1_loss
 from stage1_ds.model.masking import MaskedWindows, num_patches
 from stage1_ds.model.stage1 import Stage1Model, format_parameter_report, parameter_report
+from stage1_ds.timeframes import sort_timeframes
 from stage1_ds.train.checkpoint import (
     TrainState,
     checkpoint_dir,

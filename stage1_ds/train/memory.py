@@ -29,9 +29,9 @@ import torch
 from stage1_ds.config import Config, Phase
 from stage1_ds.data.batch import Batch, TimeframeWindow
 from stage1_ds.data.features import num_features
-from stage1_ds.data.timeframes import sort_timeframes
 from stage1_ds.model.losses import stage1_loss
 from stage1_ds.model.stage1 import Stage1Model
+from stage1_ds.timeframes import sort_timeframes
 
 GIB = 1024**3
 #: The CUDA context, library workspaces and caches on each GPU (about 1-2 GiB on recent GPUs; taken high).

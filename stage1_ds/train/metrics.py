@@ -16,8 +16,8 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from stage1_ds.data.corpus import volume_unit_of
-from stage1_ds.evaluation.baselines import cross_timeframe_rules
-from stage1_ds.evaluation.plots import ExampleWindow, choose_example, example_figure, example_window
+from stage1_ds.data.figures import ExampleWindow, choose_example, example_figure, example_window
+from stage1_ds.model.baselines import cross_timeframe_rules
 from stage1_ds.model.masking import MODES, MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model, parameter_report
 from stage1_ds.train.param_groups import ParamGroup

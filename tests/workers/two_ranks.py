@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from conftest import tiny_train_config
 from stage1_ds.config import Phase
-from stage1_ds.data.windows import WindowDataset, WindowSampler
+from stage1_ds.data.sampler import WindowSampler
+from stage1_ds.data.windows import WindowDataset
 from stage1_ds.model.losses import stage1_loss
 from stage1_ds.model.masking import MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model

@@ -18,7 +18,6 @@ import numpy as np
 from stage1_ds.config import DataConfig
 from stage1_ds.data.corpus import DataSource, Windows, data_folders, load_corpus, open_windows
 from stage1_ds.data.store import PreparedData
-from stage1_ds.data.timeframes import Timeframe
 from stage1_ds.encoding import model_data_config
 from stage1_ds.errors import DataError
 from stage1_ds.evaluation.volatility import (
@@ -42,6 +41,7 @@ from stage1_ds.evaluation.volatility import (
     trading_log_variance,
 )
 from stage1_ds.model.stage1 import Stage1Model
+from stage1_ds.timeframes import Timeframe
 
 log = logging.getLogger(__name__)
 

@@ -104,7 +104,7 @@ def write_probe(report: dict[str, Any], json_path: Path, figure_path: Path | Non
         return
     from matplotlib import pyplot as plt
 
-    from stage1_ds.evaluation.plots import ScatterPanel, probe_scatter_figure
+    from stage1_ds.data.figures import ScatterPanel, probe_scatter_figure
 
     values = report["predictions"]["rv_60m"]
     best = report["best_rule"]["rv_60m"]["rule"]

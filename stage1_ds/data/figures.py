@@ -36,7 +36,7 @@ from matplotlib.patches import Patch
 
 from stage1_ds.data.batch import Batch
 from stage1_ds.data.features import VOLUME, to_prices
-from stage1_ds.data.timeframes import Timeframe
+from stage1_ds.timeframes import Timeframe
 
 #: One colour per method, the same in every figure (a method absent from a report leaves its colour unused).
 METHOD_COLOURS = {

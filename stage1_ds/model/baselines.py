@@ -4,7 +4,6 @@
   timeframe from the visible bars at its edges (held flat beyond the first or last visible bar);
 - ``last_close``: the last visible close carried forward into every feature of the masked bars (the next
   visible close for a span at the window start);
-- ``train_mean``: the training split's mean of each feature at each window position (kept samples only);
 - ``cross_timeframe_rules``: every visible bar of every timeframe, with the plain rules that tie them: a
   masked coarser bar is the aggregate (first open, max high, min low, last close) of its finer bars when
   they are all known; a masked finer bar takes its open from a known coarser bar it starts, its close from
@@ -13,7 +12,9 @@
   bars set. Rules chain: a bar recovered exactly counts as known for the next timeframe.
 
 All work on a masked `Batch` and return ``{tf: (B, L, 4)}`` predictions in the feature space.
-`recoverable` says which masked bars the other timeframes' visible bars determine exactly.
+`recoverable` says which masked bars the other timeframes' visible bars determine exactly. They sit at the
+model's floor, beside its masking: training draws them beside the model in TensorBoard, evaluation scores
+them (with the train split's mean, `stage1_ds.evaluation.reconstruction.train_mean_predictor`).
 """
 
 from __future__ import annotations
@@ -25,10 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from stage1_ds.config import Config
 from stage1_ds.data.batch import Batch, TimeframeWindow
-from stage1_ds.data.corpus import DataSource, open_windows
-from stage1_ds.data.windows import WindowSampler
 
 Predictor = Callable[[Batch], dict[str, torch.Tensor]]
 OPEN, HIGH, LOW, CLOSE = range(4)
@@ -81,29 +79,6 @@ def last_close(batch: Batch) -> dict[str, torch.Tensor]:
         pred = np.where(visible[..., None], features, guess)
         out[tf] = torch.from_numpy(pred.astype(np.float32))
     return out
-
-
-def train_mean_predictor(
-    data_dir: DataSource, config: Config, batches: int = 16, batch_size: int = 64, stats: dict | None = None
-) -> Predictor:
-    """The training split's mean feature per timeframe and window position, over the samples that keep the
-    timeframe (a dropped timeframe's zeros are not prices), as a constant prediction."""
-    windows = open_windows(data_dir, "train", config.data, seed=config.seed, stats=stats)
-    sampler = WindowSampler(len(windows), min(batch_size, len(windows)), seed=12345, num_batches=batches)
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, torch.Tensor] = {}
-    for ids in sampler:
-        batch = windows.batch(np.asarray(ids))
-        for tf, window in batch.windows.items():
-            kept = window.valid.any(dim=1)
-            sums[tf] = sums.get(tf, 0) + window.features[kept].sum(0)
-            counts[tf] = counts.get(tf, 0) + kept.sum()
-    means = {tf: s / counts[tf].clamp(min=1) for tf, s in sums.items()}
-
-    def predict(batch: Batch) -> dict[str, torch.Tensor]:
-        return {tf: means[tf].expand_as(w.features).clone() for tf, w in batch.windows.items()}
-
-    return predict
 
 
 @dataclass

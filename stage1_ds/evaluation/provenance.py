@@ -1,0 +1,74 @@
+"""What a report records of what it scored, and the checks before scoring: the model's own data kept out
+of the scored split, the statistics that scale each instrument, and the identities of model and data."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from stage1_ds.data.corpus import DataSource, data_identity, load_corpus, scored_overlaps
+from stage1_ds.data.store import model_stats, stats_source
+from stage1_ds.errors import DataError
+from stage1_ds.model.stage1 import EXPORT_DATA, export_identity, load_export_stats
+
+log = logging.getLogger(__name__)
+
+
+def check_overlap(model_dir: Path, data: DataSource, split: str, allow_overlap: bool) -> dict[str, Any]:
+    """The scored split against the model's own data (`scored_overlaps`): an error unless
+    ``allow_overlap``; returns what a report records (``overlap``, ``overlap_allowed``).
+
+    Raises:
+        DataError: naming every overlap and the fix.
+    """
+    record_file = model_dir / EXPORT_DATA
+    record = json.loads(record_file.read_text()) if record_file.is_file() else None
+    problems = scored_overlaps(record, data, split)
+    if problems and not allow_overlap:
+        raise DataError(
+            "the figures would be scored on data the model was trained or validated on:\n  "
+            + "\n  ".join(problems)
+            + "\nscore a folder prepared with the model's splits (or later data), or pass --allow-overlap "
+            "to run anyway (the report then records the overlap)"
+        )
+    if problems:
+        log.warning(
+            "scored despite overlapping the model's own data (--allow-overlap): %s", "; ".join(problems)
+        )
+    return {"overlap": problems, "overlap_allowed": bool(problems)}
+
+
+def provenance(model_dir: Path, data: DataSource, **others: DataSource | None) -> dict[str, Any]:
+    """What a report records of what it measured (``provenance``): the model (`export_identity`) and the
+    data (`data_identity`), and each of ``others`` given (``readout_from``, ``market``). `stage1 card`
+    matches the model's hash."""
+    record = {"model": export_identity(model_dir), "data": data_identity(data)}
+    record.update({key: data_identity(value) for key, value in others.items() if value})
+    return {"provenance": record}
+
+
+def scoring_stats(
+    model_dir: Path, data: DataSource, allow_other: bool, stats: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The feature statistics for ``data``: the export's for instruments the model was trained on, the
+    folder's own for the others (`model_stats`), added to ``stats`` if given."""
+    stats = stats or load_export_stats(model_dir)
+    for folder in load_corpus(data):
+        stats = model_stats(stats, folder, allow_other)
+    return stats
+
+
+def describe_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """`stats_source` of every instrument served, for a report's JSON, said in one line too."""
+    source = stats_source(stats, list(stats["sources"]))
+    folder = [name for name, kind in source["stats_source_by_instrument"].items() if kind == "folder"]
+    if folder:
+        print(
+            f"features scaled with the data folder's own statistics for {', '.join(folder)}, which the model "
+            "never saw; with the model's for the others"
+            if source["stats_source"] == "mixed"
+            else f"features scaled with the data folder's own statistics: the model never saw {', '.join(folder)}"
+        )
+    return source
