@@ -43,7 +43,7 @@ from stage1_ds.data.store import model_stats
 from stage1_ds.evaluation.probe import anchor_sets, choose_rule, encoder_columns, fit_correction
 from stage1_ds.evaluation.statistics import diebold_mariano
 from stage1_ds.logs import setup_logging
-from stage1_ds.model.lora import is_adapter
+from stage1_ds.model.lora import adapter_parameters
 from stage1_ds.model.stage1 import Stage1Model, load_export_stats
 
 log = logging.getLogger("stage2")
@@ -179,8 +179,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     # Stage 2: LoRA adapters on the encoder, trained with the head (embeddings recomputed every batch).
     model.add_lora(LoraConfig(rank=args.lora_rank, alpha=2 * args.lora_rank, dropout=0.0))
+    adapter_names = adapter_parameters(model)
     for name, parameter in model.named_parameters():
-        parameter.requires_grad = is_adapter(name)
+        parameter.requires_grad = name in adapter_names
     adapters = [p for p in model.parameters() if p.requires_grad]
 
     def windows_of(batch: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
-from stage1_ds.config import SPLITS
+from stage1_ds.config import EVAL_BATCH_SIZE, EVAL_BATCHES, EVAL_SEED, SPLITS
 from stage1_ds.data.ingest import BarTime, CsvColumns, InputFormat, OnBadRows
 from stage1_ds.data.prepare import (
     PrepareOptions,
@@ -366,13 +366,13 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
         default="all",
         help="masking mode(s) to evaluate (default: all three)",
     )
-    p.add_argument("--batches", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batches", type=int, default=EVAL_BATCHES)
+    p.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE)
     p.add_argument(
         "--seed",
         type=int,
-        default=2024,
-        help="the windows scored, their masks and the example window drawn (default: 2024)",
+        default=EVAL_SEED,
+        help=f"the windows scored, their masks and the example window drawn (default: {EVAL_SEED})",
     )
     p.add_argument("--json", type=Path, help="write the report here (default: <model>/eval_<split>.json)")
     p.set_defaults(run=_run_evaluate)

@@ -36,6 +36,9 @@ WINDOW_BARS = 128
 #: An instrument without a 1-minute bar in this many minutes before an anchor is closed there: absent from
 #: the sample's context windows (`data.context_stale_minutes`) and from the probe's market rule.
 CONTEXT_STALE_MINUTES = 60
+#: What `stage1 evaluate` scores unless told otherwise: batches of windows per masking mode, windows per
+#: batch, and the seed of the windows scored, their masks and the example window drawn.
+EVAL_BATCHES, EVAL_BATCH_SIZE, EVAL_SEED = 20, 64, 2024
 #: The splits of every prepared folder, in time order.
 SPLITS = ("train", "val", "test")
 #: Train, val and test shares of each instrument's 1-minute rows, in time order (`stage1 prepare`).

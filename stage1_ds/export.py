@@ -32,7 +32,7 @@ from stage1_ds.card import write_card
 from stage1_ds.config import Config, config_to_dict
 from stage1_ds.errors import CheckpointError
 from stage1_ds.model import t5
-from stage1_ds.model.lora import is_adapter, lora_scaling, merge_lora_state_dict
+from stage1_ds.model.lora import is_adapter_key, lora_scaling, merge_lora_state_dict
 from stage1_ds.model.stage1 import (
     ENCODER_PREFIX,
     EXPORT_CONFIG,
@@ -61,7 +61,7 @@ def consolidate(run_dir: Path, tag: str, config: Config) -> dict[str, torch.Tens
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as error:
         raise CheckpointError(f"{folder}: DeepSpeed could not consolidate this checkpoint: {error}") from None
     state = {name: tensor.float() for name, tensor in state.items()}
-    if any(is_adapter(name) for name in state):
+    if any(is_adapter_key(name) for name in state):
         state = merge_lora_state_dict(state, lora_scaling(config.model.lora))
     return t5.untie(state, ENCODER_PREFIX)
 
@@ -109,7 +109,7 @@ def convert(
         "trained_code_version": meta["code_version"],
         "code_version": code_version(),
         "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "lora_merged": any(is_adapter(name) for name in meta["parameter_shapes"]),
+        "lora_merged": any(is_adapter_key(name) for name in meta["parameter_shapes"]),
         # Micro batches are counted per rank in the checkpoint's world size (a resume on another number of
         # ranks converts the count), so their product is every window the model was trained on.
         "windows_seen": {

@@ -18,7 +18,7 @@ from stage1_ds.config import AdamOp, Config, EncoderPreset, Phase, PhaseConfig, 
 from stage1_ds.data.batch import Batch
 from stage1_ds.data.windows import WindowDataset
 from stage1_ds.errors import ConfigError
-from stage1_ds.model.lora import is_adapter, lora_scaling, plain_name
+from stage1_ds.model.lora import adapter_parameters, lora_scaling, plain_name
 from stage1_ds.model.losses import stage1_loss
 from stage1_ds.model.masking import MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model
@@ -65,7 +65,7 @@ def _encoder_state(model: Stage1Model) -> dict[str, torch.Tensor]:
     return {
         plain_name(n): p.detach().clone()
         for n, p in model.named_parameters()
-        if n.startswith("encoder.") and not is_adapter(n)
+        if n.startswith("encoder.") and n not in adapter_parameters(model)
     }
 
 
@@ -220,7 +220,7 @@ def test_bf16_phase_rebuilds_keep_the_fp32_master_weights(synthetic_small: Path,
     assert torch.equal(rebuilt.cpu(), stem.bfloat16().float()), "a new engine starts from the bf16 weights"
     assert restore_fp32_masters(model, masters) == len(
         [p for p in model.parameters() if p.requires_grad]
-    ) - len([n for n, p in model.named_parameters() if is_adapter(n)])
+    ) - len(adapter_parameters(model))
     assert torch.equal(safe_get_full_fp32_param(model.embed.stems["m1"].weight).cpu(), stem)
     release_engine(bundle, model)
 

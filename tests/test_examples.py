@@ -29,11 +29,11 @@ def test_the_stage2_example_fine_tunes_and_scores_against_the_rule_and_the_probe
     for name, scores in report["test"].items():
         assert scores["n"] == n and math.isfinite(scores["mse"]), name
     assert math.isnan(report["test"]["best_rule"]["vs"]["best_rule"]["p"])  # itself
-    assert (
-        report["val_mse"]["fine_tuned"]
-        <= report["val_mse"]["head_only"]
-        <= report["lora"]["epochs"][0]["val_mse"] + 1e9
-    )
-    # Each stage keeps its best val epoch, never worse than where it started (the rule, for the head).
-    assert report["val_mse"]["head_only"] <= report["val_mse"]["best_rule"] * (1 + 1e-6)  # float32 head
-    assert len(report["head_only"]["epochs"]) >= 1
+    # Each stage keeps its best val epoch, never worse than where it started: the rule for the head (float32
+    # arithmetic), the head for LoRA; and what it keeps is the best of its epochs.
+    val = report["val_mse"]
+    assert val["head_only"] <= val["best_rule"] * (1 + 1e-6)
+    assert val["fine_tuned"] <= val["head_only"] * (1 + 1e-6)
+    for stage, name in (("head_only", "head_only"), ("lora", "fine_tuned")):
+        epochs = report[stage]["epochs"]
+        assert epochs and val[name] <= min(e["val_mse"] for e in epochs) * (1 + 1e-6), stage

@@ -288,6 +288,7 @@ def test_masked_volume_reaches_no_input(synthetic_small: Path, tmp_path: Path) -
         units[rows] = units[rows] * 3 + 7
         units.flush()
     after = MaskedWindows(WindowDataset(folder, "train", VOLUME), config, 8, seed=0).batch(ids)
+    assert any(window.mask.any() for window in before.windows.values())  # type: ignore[union-attr]
     for name, window in before.windows.items():
         visible = ~window.mask  # type: ignore[operator]
         assert torch.equal(window.features[visible], after.windows[name].features[visible]), name

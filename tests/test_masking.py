@@ -48,7 +48,7 @@ def test_changing_masked_prices_changes_no_input_but_the_targets(
     data = DataConfig(window_bars=32)
     model = Stage1Model(tiny_model_config(), data).eval()
     dataset = WindowDataset(folder, "train", data)
-    anchors_masked = 0
+    anchors_masked = windows_masked = 0
     for sample in np.linspace(0, len(dataset) - 1, 6).astype(np.int64):
         ids = np.array([sample])
         before = _masked(folder, mode, data, ids)
@@ -70,11 +70,13 @@ def test_changing_masked_prices_changes_no_input_but_the_targets(
             mask = window.mask
             assert mask is not None and torch.equal(mask, after.windows[name].mask)  # type: ignore[arg-type]
             assert torch.equal(window.features[~mask], after.windows[name].features[~mask])
-            if mask.any():
+            if mask.any():  # the targets of the masked bars move with their prices
+                windows_masked += 1
                 assert not torch.equal(window.features[mask], after.windows[name].features[mask])
         for array, rows, values in arrays.values():  # put the folder back for the next sample
             array[rows] = values
             array.flush()
+    assert windows_masked >= 6, "each sample masks bars of some timeframe"
     if mode == "horizon":
         assert anchors_masked == 6, "horizon masking always hides the anchor bar"
 

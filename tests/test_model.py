@@ -28,7 +28,7 @@ from stage1_ds.data.batch import Batch
 from stage1_ds.data.windows import WindowDataset
 from stage1_ds.errors import ConfigError
 from stage1_ds.model import t5
-from stage1_ds.model.lora import is_adapter, lora_scaling, merge_lora_state_dict
+from stage1_ds.model.lora import adapter_parameters, is_adapter_key, lora_scaling, merge_lora_state_dict
 from stage1_ds.model.masking import MaskedWindows
 from stage1_ds.model.stage1 import Stage1Model, parameter_report
 
@@ -118,7 +118,9 @@ def test_lora_phase_trains_only_adapters_in_the_encoder(synthetic_small: Path) -
     encoder_trainable = [
         n for n, p in model.named_parameters() if p.requires_grad and n.startswith("encoder.")
     ]
-    assert encoder_trainable and all(is_adapter(n) for n in encoder_trainable)
+    adapters = adapter_parameters(model)
+    assert encoder_trainable and set(encoder_trainable) == adapters
+    assert all(is_adapter_key(n) for n in adapters), "peft's layout of adapter keys, which checkpoints keep"
     assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith(("embed.", "heads.")))
     report = parameter_report(model)
     assert report["lora"]["trainable"] == report["lora"]["total"] > 0

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stage1_ds.config import Config, MaskingMode
+from stage1_ds.config import EVAL_BATCH_SIZE, EVAL_BATCHES, EVAL_SEED, Config, MaskingMode
 from stage1_ds.data.batch import Batch
 from stage1_ds.data.corpus import DataSource, load_corpus, open_windows, volume_unit_of
 from stage1_ds.data.features import NUM_FEATURES
@@ -143,9 +143,9 @@ def evaluate(
     data_dir: DataSource,
     config: Config,
     split: str = "test",
-    batches: int = 20,
-    batch_size: int = 64,
-    seed: int = 2024,
+    batches: int = EVAL_BATCHES,
+    batch_size: int = EVAL_BATCH_SIZE,
+    seed: int = EVAL_SEED,
     modes: tuple[MaskingMode, ...] = MODES,
     stats: dict[str, Any] | None = None,
 ) -> dict[str, Any]:

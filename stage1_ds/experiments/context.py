@@ -200,11 +200,17 @@ def measure(options: Options) -> dict[str, Any]:
     steps = tuple(options.steps or CONTEXT_STEPS)
     held_out = tuple(options.held_out)
     results = compare(
-        options.data, options.out, steps, held_out, options.max_anchors, overrides=options.overrides
+        options.data,
+        options.out,
+        steps,
+        held_out,
+        options.max_anchors,
+        trained=options.trained,
+        overrides=options.overrides,
     )
     return {
         "root": str(options.data),
-        "trained": TRAINED_SCORED,
+        "trained": options.trained,
         "variants": {v: {str(n): m for n, m in by_steps.items()} for v, by_steps in results.items()},
     }
 

@@ -111,7 +111,7 @@ def measure_rung(
     stats = model_stats(exported, load_prepared(folders[first]), allow_other=False)
     config = load_export_config(run.export)
     evaluation = evaluate(
-        model, folders[first], config, "test", batches, 64, modes=(MaskingMode.TIME,), stats=stats
+        model, folders[first], config, "test", batches, modes=(MaskingMode.TIME,), stats=stats
     )
     time_mode = {
         tf: entry["ratio_to_best_baseline"]

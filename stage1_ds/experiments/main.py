@@ -18,7 +18,7 @@ import deepspeed
 import torch
 import transformers
 
-from stage1_ds.config import SPLIT_FRACTIONS
+from stage1_ds.config import EVAL_BATCH_SIZE, EVAL_SEED, SPLIT_FRACTIONS
 from stage1_ds.data.store import load_prepared
 from stage1_ds.evaluation.probe import probe, report_data
 from stage1_ds.evaluation.reconstruction import evaluate, evaluation_data
@@ -104,7 +104,7 @@ def measure(options: Options, calibration_steps: int = CALIBRATION_STEPS) -> dic
         stats = load_export_stats(run.export)
         config = load_export_config(run.export)
         evaluations[name] = evaluation_data(
-            evaluate(model, data_dir, config, "test", options.batches, 64, stats=stats)
+            evaluate(model, data_dir, config, "test", options.batches, stats=stats)
         )
         untrained = Stage1Model.untrained_like(run.export)
         probes[name] = report_data(probe(model, untrained, data_dir, options.max_anchors, stats=stats))
@@ -169,7 +169,8 @@ def render(results: dict[str, Any]) -> str:
         f"- Training budget: {budget}.",
         f"- Versions: stage1_ds {v['stage1_ds']}, torch {v['torch']}, deepspeed {v['deepspeed']}, "
         f"transformers {v['transformers']}.",
-        f"- Evaluation: {results['batches']} batches of 64 test windows per masking mode (seed 2024); probe: "
+        f"- Evaluation: {results['batches']} batches of {EVAL_BATCH_SIZE} test windows per masking mode (seed "
+        f"{EVAL_SEED}); probe: "
         + (f"at most {max_anchors} anchors" if max_anchors else "every qualifying anchor")
         + " per split, an hour apart.",
         "",

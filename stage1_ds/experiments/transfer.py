@@ -61,7 +61,7 @@ def measure(options: Options) -> dict[str, Any]:
             exported = load_export_stats(run.export)
             stats = model_stats(exported, load_prepared(folders[name]), allow_other=False)
             config = load_export_config(run.export)
-            evaluation = evaluate(model, folders[name], config, "test", options.batches, 64, stats=stats)
+            evaluation = evaluate(model, folders[name], config, "test", options.batches, stats=stats)
             readout: dict[str, Any] = {}
             if kind == "others":
                 other_stats = exported

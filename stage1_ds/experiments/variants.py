@@ -56,7 +56,7 @@ def measure_variants(options: Options, variants: dict[str, list[str]]) -> dict[s
             "extra": extra,
             "window_bars": config.data.window_bars,
             "evaluation": evaluation_data(
-                evaluate(model, data_dir, config, "test", options.batches, 64, stats=stats)
+                evaluate(model, data_dir, config, "test", options.batches, stats=stats)
             ),
             "probe": report_data(
                 probe(

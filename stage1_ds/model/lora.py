@@ -10,6 +10,7 @@ import warnings
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from stage1_ds.config import LoraConfig
@@ -19,7 +20,6 @@ from stage1_ds.model import t5
 # peft's naming: the wrapper adds this prefix; an adapted layer keeps its weight under `.base_layer`.
 _PEFT_PREFIX = "base_model.model."
 _BASE_LAYER = ".base_layer.weight"
-_ADAPTER_MARK = "lora_"
 _LORA_A, _LORA_B = ".lora_A.default.weight", ".lora_B.default.weight"
 
 
@@ -67,9 +67,22 @@ def lora_scaling(config: LoraConfig) -> float:
     return config.alpha / config.rank
 
 
-def is_adapter(parameter_name: str) -> bool:
-    """Whether a parameter (or state-dict key) is a LoRA adapter weight."""
-    return _ADAPTER_MARK in parameter_name
+def adapter_parameters(model: nn.Module) -> frozenset[str]:
+    """The names (as ``model.named_parameters()`` gives them) of every LoRA adapter weight: the parameters of
+    the adapter sub-layers (``LoraLayer.adapter_layer_names``) of each of peft's LoRA layers in ``model``."""
+    names = set()
+    for module_name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            for layer in module.adapter_layer_names:
+                prefix = f"{module_name}.{layer}" if module_name else layer
+                names |= {f"{prefix}.{name}" for name, _ in getattr(module, layer).named_parameters()}
+    return frozenset(names)
+
+
+def is_adapter_key(key: str) -> bool:
+    """Whether a state-dict key (a checkpoint's, with no modules to ask) is a LoRA adapter weight, by peft's
+    layout of its keys: ``<layer>.lora_A.<adapter>.weight`` and ``<layer>.lora_B.<adapter>.weight``."""
+    return ".lora_A." in key or ".lora_B." in key
 
 
 def plain_name(parameter_name: str) -> str:

@@ -27,7 +27,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from stage1_ds.config import MaskingConfig, MaskingMode
@@ -249,10 +248,3 @@ class MaskedWindows(Dataset):
 
     def __getitem__(self, sample_id: int) -> Batch:
         return self.batch(np.asarray([sample_id], dtype=np.int64))
-
-
-def mode_counts(batch: Batch) -> dict[str, int]:
-    """How many samples of a masked batch got each mode."""
-    assert batch.mask_mode is not None
-    counts = torch.bincount(batch.mask_mode, minlength=len(MODES)).tolist()
-    return {mode.value: int(n) for mode, n in zip(MODES, counts, strict=True)}

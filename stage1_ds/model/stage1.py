@@ -29,7 +29,14 @@ from stage1_ds.errors import CheckpointError
 from stage1_ds.model import t5
 from stage1_ds.model.embed import PatchEmbedding
 from stage1_ds.model.heads import ReconstructionHeads
-from stage1_ds.model.lora import base_model, has_lora, is_adapter, merge_lora, plain_name, wrap_with_lora
+from stage1_ds.model.lora import (
+    adapter_parameters,
+    base_model,
+    has_lora,
+    merge_lora,
+    plain_name,
+    wrap_with_lora,
+)
 from stage1_ds.model.masking import num_patches
 from stage1_ds.model.time_aware import TimeBias
 from stage1_ds.timeframes import sort_timeframes
@@ -319,6 +326,7 @@ class Stage1Model(nn.Module):
         elif phase == Phase.FULL:
             self.merge_lora()
         unused_index_bias = self.config.position_bias == PositionBias.TIME
+        adapters = adapter_parameters(self)
         for name, param in self.named_parameters():
             if not name.startswith(ENCODER_PREFIX):
                 param.requires_grad_(True)
@@ -327,7 +335,7 @@ class Stage1Model(nn.Module):
             elif unused_index_bias and t5.is_index_bias(plain_name(name)):
                 param.requires_grad_(False)  # the time bias replaces it: a weight without a gradient
             else:
-                param.requires_grad_(phase == Phase.FULL or is_adapter(name))
+                param.requires_grad_(phase == Phase.FULL or name in adapters)
 
 
 COMPONENTS = ("stems", "embeddings", "encoder", "lora", "heads")
@@ -340,8 +348,9 @@ def is_token_embedding(name: str) -> bool:
     )
 
 
-def component_of(name: str) -> str | None:
-    """Which report component a parameter belongs to (None for the unused token embedding)."""
+def component_of(name: str, adapters: frozenset[str] = frozenset()) -> str | None:
+    """Which report component a parameter belongs to (None for the unused token embedding); ``adapters``:
+    the model's LoRA adapter weights (`adapter_parameters`)."""
     if name.startswith("embed.stems."):
         return "stems"
     if name.startswith("embed."):
@@ -350,15 +359,16 @@ def component_of(name: str) -> str | None:
         return "heads"
     if is_token_embedding(name):
         return None
-    return "lora" if is_adapter(name) else "encoder"
+    return "lora" if name in adapters else "encoder"
 
 
 def parameter_report(model: nn.Module) -> dict[str, dict[str, int]]:
     """Per component (stems, embeddings, encoder, lora, heads) and in total: parameters and trainable ones.
     The unused token embedding is not model capacity and is left out."""
     report = {c: {"total": 0, "trainable": 0} for c in (*COMPONENTS, "all")}
+    adapters = adapter_parameters(model)
     for name, param in model.named_parameters():
-        component = component_of(name)
+        component = component_of(name, adapters)
         if component is None:
             continue
         for key in (component, "all"):

@@ -165,18 +165,3 @@ def plan_memory(config: Config, bf16: bool, world_size: int, offload: bool, buck
             )
         )
     return plans
-
-
-def format_plan(plans: list[PhasePlan], device_bytes: int | None) -> str:
-    """A table: per phase, weights, trainable, model states, activations, total, and against the device."""
-    lines = [
-        f"{'phase':<8}{'weights':>14}{'trainable':>14}{'states GiB':>12}{'act/sample MiB':>16}"
-        f"{'total GiB':>11}{'largest micro batch':>21}"
-    ]
-    for plan in plans:
-        fits = "" if device_bytes is None else str(plan.largest_micro_batch(device_bytes))
-        lines.append(
-            f"{plan.phase:<8}{plan.weights:>14,}{plan.trainable:>14,}{plan.model_states / GIB:>12.2f}"
-            f"{plan.activations_per_sample / 2**20:>16.1f}{plan.total / GIB:>11.2f}{fits:>21}"
-        )
-    return "\n".join(lines)

@@ -15,7 +15,7 @@ from torch import nn
 
 from stage1_ds.config import OptimizerConfig
 from stage1_ds.model import t5
-from stage1_ds.model.lora import is_adapter, plain_name
+from stage1_ds.model.lora import adapter_parameters, plain_name
 from stage1_ds.model.stage1 import ENCODER_PREFIX, is_token_embedding
 
 STEMS, HEADS, LORA, ENCODER_OTHER = "stems", "heads", "lora", "encoder_other"
@@ -37,15 +37,16 @@ class ParamGroup:
         return {"params": self.params, "lr": self.lr, "weight_decay": self.weight_decay, "name": self.name}
 
 
-def group_name(parameter_name: str) -> str | None:
-    """The named group of a Stage1Model parameter; None for the unused token embedding."""
+def group_name(parameter_name: str, adapters: frozenset[str] = frozenset()) -> str | None:
+    """The named group of a Stage1Model parameter; None for the unused token embedding. ``adapters``: the
+    model's LoRA adapter weights (`adapter_parameters`)."""
     if parameter_name.startswith("embed."):
         return STEMS
     if parameter_name.startswith("heads."):
         return HEADS
     if is_token_embedding(parameter_name):
         return None
-    if is_adapter(parameter_name):
+    if parameter_name in adapters:
         return LORA
     block = t5.block_index(plain_name(parameter_name.removeprefix(ENCODER_PREFIX)))
     return ENCODER_OTHER if block is None else f"encoder_block_{block:02d}"
@@ -81,10 +82,11 @@ def build_param_groups(model: nn.Module, config: OptimizerConfig, num_blocks: in
     """
     groups: dict[str, ParamGroup] = {}
     seen: set[int] = set()
+    adapters = adapter_parameters(model)
     for name, param in model.named_parameters():
         assert id(param) not in seen, f"parameter {name} appears twice"
         seen.add(id(param))
-        base = group_name(name)
+        base = group_name(name, adapters)
         if base is None or not param.requires_grad:
             continue
         decay = takes_weight_decay(name, param)

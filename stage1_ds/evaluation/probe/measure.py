@@ -130,7 +130,8 @@ def probe(
         stats: feature statistics to scale with (the model's); None: the folder's own.
         readout_from: another folder (instruments the model was trained on, say): the zero-shot readout.
             `ZERO_SHOT_METHODS` are then fitted on its train split (penalty chosen on its val split) and
-            scored on this folder's test split, beside every method fitted on this folder's own train split.
+            scored on this folder's test split, beside every method fitted on this folder's own train split
+            (the zero-shot rule is this folder's best rule fitted once: a refit would read its own history).
             A folder without a train split (``--split 0 0 1``: a month of new data, say) is scored this way
             only: every method (rules included, their windows and penalties chosen on the other folder's
             val) is fitted on ``readout_from`` and scored on this folder's test split, with the usual names;
