@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=Path, default=QUALITY_DIR, help="the folder of the reports")
     parser.add_argument("--max-anchors", type=int, help="probe anchors per split at most (default: all)")
     parser.add_argument("--batches", type=int, default=40, help="evaluation batches of 64 per masking mode")
+    parser.add_argument(
+        "--read-only", action="store_true", help="ladder: report the rungs measured so far, training nothing"
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides of every run's config")
     args = parser.parse_intermixed_args(argv)  # overrides may follow the options
     if args.list:
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             max_anchors=args.max_anchors,
             batches=args.batches,
             overrides=args.overrides,
+            read_only=args.read_only,
         )
         results = experiment.measure(options)
         results["command"] = shlex.join(["python", "scripts/quality_report.py", *(argv or sys.argv[1:])])

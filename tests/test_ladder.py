@@ -10,7 +10,14 @@ import pytest
 
 from stage1_ds.experiments import ladder
 from stage1_ds.experiments.harness import Options, write_report
-from stage1_ds.experiments.ladder import SIGNALS, choose_signal, climb, gain_per_doubling, ladder_page
+from stage1_ds.experiments.ladder import (
+    SIGNALS,
+    choose_signal,
+    climb,
+    gain_per_doubling,
+    ladder_page,
+    val_score,
+)
 
 TINY = ["model.encoder.preset=tiny", "train.micro_batch_size=8", "train.eval_batches=1"]
 
@@ -38,6 +45,13 @@ def test_the_ladder_trains_each_signal_once_and_reports_gains_against_steps(
             for readout in ("nested", "nested_untrained", "pca"):
                 assert math.isfinite(cells[target][readout]["gain"])
                 assert cells[target][readout]["val_gain"] >= 0, "a nested readout never loses on val"
+                assert cells[target][readout]["val_se"] >= 0
+            assert "forecast" not in cells[target], "no future-size head, no forecast readout"
+            assert cells[target]["best"]["readout"] == "nested"
+    future = rungs["future"][12]["instruments"]["OTHER"]["rv_60m"]
+    assert {"forecast", "forecast_and_embeddings", "forecast_untrained"} <= set(future)
+    candidates = {k: future[k]["val_gain"] for k in ("nested", "forecast", "forecast_and_embeddings")}
+    assert future["best"]["val_gain"] == max(candidates.values()), "the best readout is chosen on val"
     assert set(rung["time_mode"]["ratios"]) == {"m1", "m5", "m15", "m30", "h1", "h4"}
     written_rungs = {p.name: p.stat().st_mtime_ns for p in (work / "ladder").glob("*.json")}
     assert set(written_rungs) == {f"{signal}_12.json" for signal in SIGNALS}
@@ -59,7 +73,7 @@ def test_the_ladder_trains_each_signal_once_and_reports_gains_against_steps(
     page = (docs / "ladder.md").read_text()
     assert page.startswith("# The budget ladder") and "![Gain against steps](ladder.png)" in page
     assert "not measurable with one rung" in page and "not yet run" not in page
-    assert page.count(": met") + page.count(": missed") == 2 + 2 + 1
+    assert page.count(": met") + page.count(": missed") == 2 * 2 + 2 + 1  # 5%, 2x (per instrument), time
 
     # A signal climbed on its own: only its missing rung is trained; the other's rungs are read back.
     higher = climb(root, work, (12, 24), ("OTHER",), 80, 1, TINY, trained="SYNTH", train_signals=("range",))
@@ -72,14 +86,22 @@ def test_the_ladder_trains_each_signal_once_and_reports_gains_against_steps(
     assert "| range | 24 |" in page and "| reconstruction | 24 |" not in page
     assert "not yet run" in ladder_page(rungs, str(root), None, "scripts/quality_report.py", (12, 24))
     page = ladder_page(higher, str(root), None, "scripts/quality_report.py", (12, 24), 24)
-    assert "**range** (" in page and "reconstruction not measured there" in page
+    assert "Signal chosen on val at 24 steps" in page and "): **range**" in page
 
 
-def _rung(gains: list[float]) -> dict:
-    cell = {"nested": {"gain": 0.0}}
+def _rung(gains: list[float], val: list[float] | None = None, se: float = 0.1) -> dict:
+    """A rung's cells: the best readout's test gains per instrument (and val gains, with one standard
+    error) on both targets."""
+    val = val or gains
+
+    def cell(g: float, v: float) -> dict:
+        best = {"readout": "nested", "gain": g, "val_gain": v, "val_se": se}
+        return {"best": best, "nested": best}
+
     return {
         "instruments": {
-            f"I{k}": {"rv_60m": {"nested": {"gain": g}}, "rv_240m": cell} for k, g in enumerate(gains)
+            f"I{k}": {t: cell(g, v) for t in ("rv_60m", "rv_240m")}
+            for k, (g, v) in enumerate(zip(gains, val, strict=True))
         }
     }
 
@@ -90,15 +112,31 @@ def test_the_slope_is_the_mean_gain_per_doubling_of_steps() -> None:
     assert math.isnan(gain_per_doubling({2000: _rung([1.0])}, "rv_60m"))
 
 
-def test_a_signal_not_yet_climbed_to_the_choice_rung_is_not_chosen() -> None:
-    def rung(val_gain: float) -> dict:
-        cell = {"nested": {"val_gain": val_gain}}
-        return {"instruments": {"I0": {"rv_60m": cell}}}
-
-    rungs = {
-        "a": {2000: rung(1.0), 8000: rung(1.0)},
-        "b": {2000: rung(5.0)},
-        "c": {2000: rung(0.5), 8000: rung(2.0)},
+def test_the_choice_prefers_the_cheaper_of_signals_within_two_standard_errors() -> None:
+    """The mean val gain over instruments and targets decides; where the best is within two standard errors
+    of the difference of another signal, the cheaper of them is taken (and said)."""
+    close = {"range": {8000: _rung([0, 0], [1.0, 1.2])}, "future_range": {8000: _rung([0, 0], [1.3, 1.3])}}
+    assert choose_signal(close, 8000) == ("range", 8000, ["range", "future_range"])
+    clear = {
+        "range": {8000: _rung([0, 0], [1.0, 1.2], 0.05)},
+        "future_range": {8000: _rung([0, 0], [2.0, 2.2], 0.05)},
     }
-    assert choose_signal(rungs, 8000) == ("c", 8000)
-    assert choose_signal({"a": {2000: rung(1.0)}, "b": {2000: rung(5.0)}}, 8000) == ("b", 2000)
+    assert choose_signal(clear, 8000) == ("future_range", 8000, ["future_range"])
+    # The conservative error of the mean: an instrument's two targets move together.
+    mean, error = val_score(_rung([0, 0], [1.0, 3.0], se=0.2))
+    assert mean == pytest.approx(2.0) and error == pytest.approx(math.sqrt(2 * 0.2**2) / 2)
+
+
+def test_a_signal_not_yet_climbed_to_the_choice_rung_is_not_chosen() -> None:
+    rungs = {
+        "range": {2000: _rung([0], [1.0]), 8000: _rung([0], [1.0])},
+        "future": {2000: _rung([0], [5.0])},
+        "future_range": {2000: _rung([0], [0.5]), 8000: _rung([0], [2.0])},
+    }
+    assert choose_signal(rungs, 8000)[:2] == ("future_range", 8000)
+    assert choose_signal({"range": {2000: _rung([0], [1.0])}, "future": {2000: _rung([0], [5.0])}}, 8000)[
+        :2
+    ] == (
+        "future",
+        2000,
+    )

@@ -74,16 +74,36 @@ def diebold_mariano(loss_a: np.ndarray, loss_b: np.ndarray, horizon: int = 1) ->
     n = len(d)
     if n < 2:
         return float("nan"), float("nan")
-    centred = d - d.mean()
-    gamma = [float(centred[k:] @ centred[: n - k] / n) for k in range(min(horizon, n))]
-    variance = gamma[0] + 2 * sum(gamma[1:])
-    if variance <= 0:
-        variance = gamma[0] + 2 * sum((1 - k / horizon) * g for k, g in enumerate(gamma) if k)
+    variance = long_run_variance(d, horizon)
     if variance <= 0:
         return float("nan"), float("nan")
     correction = math.sqrt((n + 1 - 2 * horizon + horizon * (horizon - 1) / n) / n)
     statistic = float(d.mean() / math.sqrt(variance / n)) * correction
     return statistic, student_t_p_value(statistic, n - 1)
+
+
+def long_run_variance(values: np.ndarray, horizon: int) -> float:
+    """The long-run variance of a series whose terms overlap by ``horizon - 1`` steps (an MA(h - 1)): the
+    autocovariances to lag ``h - 1`` with uniform weights, as the Diebold-Mariano test takes them, or with
+    Bartlett weights (never negative) where that is not positive."""
+    centred = np.asarray(values, dtype=np.float64) - float(np.mean(values))
+    n = len(centred)
+    gamma = [float(centred[k:] @ centred[: n - k] / n) for k in range(min(horizon, n))]
+    variance = gamma[0] + 2 * sum(gamma[1:])
+    if variance <= 0:
+        variance = gamma[0] + 2 * sum((1 - k / horizon) * g for k, g in enumerate(gamma) if k)
+    return max(variance, 0.0)
+
+
+def mse_gain(loss: np.ndarray, reference: np.ndarray, horizon: int = 1) -> tuple[float, float]:
+    """The MSE reduction of a forecast against a reference on the same targets, in percent of the
+    reference's MSE (positive: smaller errors), and its standard error from the paired per-target losses:
+    the delta method on the ratio ``R = mean(loss) / mean(reference)``, ``se = 100 sqrt(LRV(loss - R
+    reference) / n) / mean(reference)``, the long-run variance over ``horizon`` overlapping steps."""
+    loss, reference = np.asarray(loss, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    ratio = float(loss.mean() / reference.mean())
+    spread = math.sqrt(long_run_variance(loss - ratio * reference, horizon) / len(loss))
+    return 100 * (1 - ratio), 100 * spread / float(reference.mean())
 
 
 def student_t_p_value(statistic: float, df: float) -> float:

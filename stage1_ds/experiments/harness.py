@@ -55,6 +55,7 @@ class Options:
         max_anchors: probe anchors per split at most (None: every qualifying anchor).
         batches: evaluation batches of 64 windows per masking mode.
         overrides: ``key=value`` applied to every run's config.
+        read_only: report what is measured already; train and measure nothing (the ladder).
     """
 
     data: Path
@@ -68,6 +69,7 @@ class Options:
     max_anchors: int | None = None
     batches: int = 40
     overrides: list[str] = field(default_factory=list)
+    read_only: bool = False
 
 
 @dataclass(frozen=True)

@@ -2,23 +2,28 @@
 with which pretraining signal?
 
 Options read: ``data`` (ROOT), ``out`` (WORK), ``steps`` (the rungs; default `LADDER_STEPS`), ``signals``
-(train the missing rungs of these only), ``held_out``, ``max_anchors``, ``batches``, ``overrides``.
-ROOT holds one prepared folder per instrument (`stage1_ds.experiments.harness.instrument_folders`). For
-each signal of `SIGNALS` and each step count, a model of `LADDER_CONFIG` (its overrides below) is trained
-from scratch on every folder but the held-out instruments', served as one corpus, then converted and
-measured on the test split of EURUSD (trained on) and of each held-out instrument (never seen; features
-scaled with its own train split's statistics):
+(train the missing rungs of these only), ``held_out``, ``trained``, ``max_anchors``, ``batches``,
+``overrides``. ROOT holds one prepared folder per instrument (`stage1_ds.experiments.harness.
+instrument_folders`). For each signal of `SIGNALS` and each step count, a model of `LADDER_CONFIG` (its
+overrides below) is trained from scratch on every folder but the held-out instruments', served as one
+corpus, then converted and measured on the test split of the trained-on instrument (EURUSD) and of each
+held-out one (never seen; features scaled with its own train split's statistics):
 
-- the nested readout's gain over ``best_rule`` (`stage1_ds.evaluation.probe.fit_correction`): the test
-  MSE reduction in percent (positive: the embeddings help) with its Diebold-Mariano p, on ``rv_60m`` and
-  ``rv_240m``, beside the untrained encoder's gain and the principal-components readout's;
-- `time`-mode reconstruction per timeframe against the best baseline (chosen on val), on EURUSD.
+- each readout's gain over ``best_rule`` (the best of the rules fitted once and refitted as time rolls,
+  chosen on val; `stage1_ds.evaluation.probe`): the test MSE reduction in percent (positive: the encoder
+  helps) with its Diebold-Mariano p, and the val MSE reduction with its standard error over the val
+  anchors (paired with the rule's, overlapping horizons counted), on ``rv_60m`` and ``rv_240m``: the
+  embeddings' nested correction, the future-size head's forecasts and both (models with the head), the
+  frozen correction and the principal components, and the untrained encoder's twins;
+- per cell the best of `CANDIDATE_READOUTS`, chosen on val;
+- how much refitting alone moves the rule: the best refitted rule against the best rule fitted once;
+- `time`-mode reconstruction per timeframe against the best baseline (chosen on val), on the trained-on
+  instrument.
 
-The signal is chosen on VAL: the mean over the scored instruments of the nested readout's val MSE
-reduction on ``rv_60m`` at `CHOICE_STEPS` steps. Every rung's measurements are written to
-``WORK/ladder/<signal>_<steps>.json`` and read back by a later run instead of measuring again; a run trained
-before (its export and run record in WORK) is measured without training again (training is deterministic
-on one machine), so the ladder can be climbed over several sittings.
+The signal is chosen on VAL at `CHOICE_STEPS` steps (`choose_signal`). Every rung's measurements are
+written to ``WORK/ladder/<signal>_<steps>.json`` and read back by a later run instead of measuring again; a
+model trained before (its export and run record in WORK) is measured without training again, so the
+ladder can be climbed over several sittings and its models trained apart from its measurements.
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ import numpy as np
 
 from stage1_ds.config import MaskingMode
 from stage1_ds.data.store import load_prepared, model_stats
-from stage1_ds.evaluation.probe import format_p, probe
+from stage1_ds.evaluation.probe import format_p, horizon_steps, probe
 from stage1_ds.evaluation.reconstruction import evaluate
+from stage1_ds.evaluation.statistics import mse_gain
 from stage1_ds.evaluation.volatility import VARIANCE_TARGETS
 from stage1_ds.experiments.harness import (
     TRAINED_SCORED,
@@ -54,42 +60,62 @@ LADDER_CONFIG = "configs/pretrain_fx_cpu.yaml"
 #: Every rung: 32-bar windows (the config's otherwise).
 LADDER_OVERRIDES = ["data.window_bars=32"]
 LADDER_STEPS = (2000, 8000, 32000)
-#: The pretraining signals compared: the reconstruction objective alone, the same with the masked bars'
-#: log-range term, and with the future-size term (the log range of the bars after the anchor, at the probe's
-#: two horizons). Each names its range weight: `LADDER_CONFIG` has the range term since the ladder chose it.
+_FUTURE = ["data.future_minutes=[60, 240]", "model.loss.future_weight=1.0"]
+#: The pretraining signals: the reconstruction objective alone, with the masked bars' log-range term, with
+#: the future-size term (a head predicting the log range of the bars after the anchor at the probe's two
+#: horizons), and with both terms. Each names its range weight, whatever `LADDER_CONFIG` has.
 SIGNALS = {
     "reconstruction": ["model.loss.range_weight=0.0"],
     "range": ["model.loss.range_weight=1.0"],
-    "future": [
-        "model.loss.range_weight=0.0",
-        "data.future_minutes=[60, 240]",
-        "model.loss.future_weight=1.0",
-    ],
+    "future": ["model.loss.range_weight=0.0", *_FUTURE],
+    "future_range": ["model.loss.range_weight=1.0", *_FUTURE],
 }
+#: What a signal costs beside the reconstruction objective (more terms, more heads): of two signals within
+#: two standard errors on val, the cheaper is preferred.
+COST = {"reconstruction": 0, "range": 1, "future": 2, "future_range": 3}
 #: The rung at which the signal is chosen (on val).
 CHOICE_STEPS = 8000
-#: Readouts of the probe read per rung: (key in the rung's JSON, probe method).
+#: Readouts of the probe read per rung: (key in the rung's JSON, probe method); absent ones are skipped
+#: (the forecast readouts of a model without the future-size head, the frozen one of a rule fitted once).
 READOUTS = {
     "nested": "best_rule_plus_embeddings",
     "nested_untrained": "best_rule_plus_embeddings_random_init",
+    "frozen": "best_rule_plus_embeddings_frozen",
     "pca": "best_rule_plus_embeddings_pca",
+    "forecast": "best_rule_plus_forecast",
+    "forecast_untrained": "best_rule_plus_forecast_random_init",
+    "forecast_and_embeddings": "best_rule_plus_forecast_and_embeddings",
+    "forecast_and_embeddings_untrained": "best_rule_plus_forecast_and_embeddings_random_init",
 }
+#: The readouts a cell's best is chosen among, on val: the embeddings, the head's forecasts, both.
+CANDIDATE_READOUTS = ("nested", "forecast", "forecast_and_embeddings")
 
 
 def gain_cells(report: dict[str, Any], readouts: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Per variance target of a probe report: the rule chosen on val (and its test R^2) and, per readout
-    (key: probe method), its test MSE gain over that rule in percent, DM p and val gain."""
+    """Per variance target of a probe report (with its val forecasts): the rule chosen on val (and its test
+    R^2), what the refit alone gains over the rule fitted once, and per readout present (key: probe method)
+    its test MSE gain over the rule in percent with the DM p, and its val gain with the standard error of
+    the paired val losses; ``best``: the readout of `CANDIDATE_READOUTS` of highest val gain."""
     cells = {}
     for target in VARIANCE_TARGETS:
         best = report["best_rule"][target]["rule"]
-        results, val = report["targets"][target], report["val_mse"][target]
+        results, val = report["targets"][target], report["val_predictions"][target]
+        rule_loss = (val[best] - val["truth"]) ** 2
         cell: dict[str, Any] = {"best_rule": best, "best_rule_r2": results[best]["r2"]}
+        if "refit" in report["best_rule"][target]:
+            cell["refit"] = report["best_rule"][target]["refit"]
         for key, method in readouts.items():
+            if method not in results:
+                continue
+            val_gain, val_se = mse_gain((val[method] - val["truth"]) ** 2, rule_loss, horizon_steps(target))
             cell[key] = {
                 "gain": 100 * (1 - results[method]["mse"] / results[best]["mse"]),
                 "p": results[method]["dm_p_vs_best_rule"],
-                "val_gain": 100 * (1 - val[method] / val[best]),
+                "val_gain": val_gain,
+                "val_se": val_se,
             }
+        chosen = max((k for k in CANDIDATE_READOUTS if k in cell), key=lambda k: cell[k]["val_gain"])
+        cell["best"] = {"readout": chosen, **cell[chosen]}
         cells[target] = cell
     return cells
 
@@ -137,13 +163,14 @@ def climb(
     trained: str = TRAINED_SCORED,
     train_signals: tuple[str, ...] | None = None,
 ) -> dict[str, dict[int, dict[str, Any]]]:
-    """Train and measure every rung not measured yet (``work/ladder/<signal>_<steps>.json``), one after
-    another; returns every rung's measurements by signal and steps.
+    """Train (or read back) and measure every rung not measured yet (``work/ladder/<signal>_<steps>.json``),
+    one after another; returns every rung's measurements by signal and steps.
 
     Args:
         trained: the instrument of the training corpus that every rung is scored on too.
-        train_signals: train missing rungs of these signals only (None: every signal); the others' rungs
-            are read back where measured and left out where not (a ladder climbed a signal at a time).
+        train_signals: measure missing rungs of these signals only (None: every signal; empty: none, the
+            report of what is measured); the others' rungs are read back where measured and left out where
+            not (a ladder climbed a signal at a time).
 
     Raises:
         ValueError: a held-out instrument, or ``trained``, has no folder under ``root``.
@@ -159,7 +186,7 @@ def climb(
             if path.is_file():
                 log.info("ladder: %s at %d steps measured before: %s", signal, count, path)
             elif train_signals is not None and signal not in train_signals:
-                log.info("ladder: %s at %d steps not measured yet (not trained in this run)", signal, count)
+                log.info("ladder: %s at %d steps not measured yet (not in this run's signals)", signal, count)
                 continue
             else:
                 plan = [*LADDER_OVERRIDES, *(overrides or []), *extra]
@@ -170,64 +197,47 @@ def climb(
     return rungs
 
 
-def choose_signal(rungs: dict[str, dict[int, dict[str, Any]]], at: int = CHOICE_STEPS) -> tuple[str, int]:
-    """The signal of highest mean val gain of the nested readout on ``rv_60m`` over the scored instruments,
-    at ``at`` steps among the signals measured there (a signal not yet climbed that far cannot be chosen);
-    where none is, at the most steps every signal has."""
-    having = [signal for signal, by_steps in rungs.items() if at in by_steps]
-    if not having:
-        having, at = list(rungs), max(set.intersection(*(set(r) for r in rungs.values())))
-    return max(having, key=lambda s: mean_gain(rungs[s][at], "rv_60m", "nested", "val_gain")), at
-
-
 def mean_gain(rung: dict[str, Any], target: str, readout: str, key: str = "gain") -> float:
     """The mean over the rung's scored instruments of a readout's gain (or ``val_gain``) on ``target``."""
     return float(np.mean([cells[target][readout][key] for cells in rung["instruments"].values()]))
 
 
-def gain_per_doubling(by_steps: dict[int, dict[str, Any]], target: str) -> float:
-    """The least-squares slope of the mean nested test gain (points of MSE %) against log2(steps); nan with
-    fewer than two rungs."""
+def val_score(rung: dict[str, Any]) -> tuple[float, float]:
+    """What a signal is chosen by: the mean over the scored instruments and both targets of the best
+    readout's val gain (percent), and its standard error. An instrument's two targets share anchors, so
+    their errors are taken as moving together (their standard errors averaged, not pooled): conservative."""
+    cells = [cells for cells in rung["instruments"].values()]
+    gains = [c[t]["best"]["val_gain"] for c in cells for t in VARIANCE_TARGETS]
+    per_instrument = [np.mean([c[t]["best"]["val_se"] for t in VARIANCE_TARGETS]) for c in cells]
+    return float(np.mean(gains)), float(math.sqrt(sum(s * s for s in per_instrument)) / len(cells))
+
+
+def choose_signal(
+    rungs: dict[str, dict[int, dict[str, Any]]], at: int = CHOICE_STEPS
+) -> tuple[str, int, list[str]]:
+    """The signal chosen on val at ``at`` steps among the signals measured there (where none is, at the most
+    steps every signal has): of those whose `val_score` is within two standard errors of the highest (the
+    standard error of the difference, treating the signals' errors as independent), the cheapest (`COST`).
+    Returns the signal, the steps, and the signals found within two standard errors of the highest."""
+    having = [signal for signal, by_steps in rungs.items() if at in by_steps]
+    if not having:
+        having, at = list(rungs), max(set.intersection(*(set(r) for r in rungs.values())))
+    scores = {signal: val_score(rungs[signal][at]) for signal in having}
+    top = max(scores, key=lambda s: scores[s][0])
+    close = [
+        s for s in having if scores[top][0] - scores[s][0] <= 2 * math.hypot(scores[top][1], scores[s][1])
+    ]
+    return min(close, key=lambda s: COST.get(s, len(COST))), at, close
+
+
+def gain_per_doubling(by_steps: dict[int, dict[str, Any]], target: str, readout: str = "best") -> float:
+    """The least-squares slope of the mean test gain of ``readout`` (points of MSE %) against log2(steps);
+    nan with fewer than two rungs."""
     if len(by_steps) < 2:
         return float("nan")
     x = np.log2(np.array(list(by_steps), dtype=float))
-    y = np.array([mean_gain(r, target, "nested") for r in by_steps.values()])
+    y = np.array([mean_gain(r, target, readout) for r in by_steps.values()])
     return float(np.polyfit(x, y, 1)[0])
-
-
-def ladder_figure(rungs: dict[str, dict[int, dict[str, Any]]], path: Path) -> None:
-    """Test gain of the nested readout against steps (log x), one line per instrument and signal, a panel
-    per target; the untrained encoder's gain dotted."""
-    from matplotlib import pyplot as plt
-
-    targets = list(VARIANCE_TARGETS)
-    figure, axes = plt.subplots(1, len(targets), figsize=(6 * len(targets), 4.2), squeeze=False)
-    styles = dict(zip(rungs, ("-", "--", "-.", ":"), strict=False))
-    names = list(next(iter(next(iter(rungs.values())).values()))["instruments"])
-    colours = {name: plt.get_cmap("tab10")(k) for k, name in enumerate(names)}
-    for ax, target in zip(axes[0], targets, strict=True):
-        for signal, by_steps in rungs.items():
-            steps = sorted(by_steps)
-            for name in names:
-                gains = [by_steps[s]["instruments"][name][target]["nested"]["gain"] for s in steps]
-                ax.plot(
-                    steps, gains, styles[signal], marker="o", color=colours[name], label=f"{name}, {signal}"
-                )
-        first = next(iter(rungs.values()))
-        for name in names:
-            untrained = np.mean(
-                [r["instruments"][name][target]["nested_untrained"]["gain"] for r in first.values()]
-            )
-            ax.axhline(untrained, color=colours[name], linestyle=":", linewidth=1)
-        ax.axhline(0.0, color="black", linewidth=0.8)
-        ax.set_xscale("log")
-        ax.set_xlabel("pretraining steps (log)")
-        ax.set_ylabel("test MSE reduction over best_rule, %")
-        ax.set_title(f"{target}: rule + embeddings (nested); dotted: untrained encoder")
-    axes[0][0].legend(fontsize=7, loc="best")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 def measure(options: Options) -> dict[str, Any]:
@@ -243,7 +253,7 @@ def measure(options: Options) -> dict[str, Any]:
         options.batches,
         options.overrides,
         trained=options.trained,
-        train_signals=tuple(options.signals) or None,
+        train_signals=() if options.read_only else tuple(options.signals) or None,
     )
     return {
         "root": str(options.data),
@@ -279,6 +289,50 @@ def figure(results: dict[str, Any], path: Path) -> None:
     ladder_figure(rungs_of(results), path)
 
 
+def ladder_figure(rungs: dict[str, dict[int, dict[str, Any]]], path: Path) -> None:
+    """Test gain of each cell's best readout against steps (log x), one line per instrument and signal, a
+    panel per target; the untrained encoder's nested gain dotted."""
+    from matplotlib import pyplot as plt
+
+    targets = list(VARIANCE_TARGETS)
+    figure, axes = plt.subplots(1, len(targets), figsize=(6 * len(targets), 4.2), squeeze=False)
+    styles = dict(zip(rungs, ("-", "--", "-.", ":"), strict=False))
+    names = list(next(iter(next(iter(rungs.values())).values()))["instruments"])
+    colours = {name: plt.get_cmap("tab10")(k) for k, name in enumerate(names)}
+    for ax, target in zip(axes[0], targets, strict=True):
+        for signal, by_steps in rungs.items():
+            steps = sorted(by_steps)
+            for name in names:
+                gains = [by_steps[s]["instruments"][name][target]["best"]["gain"] for s in steps]
+                ax.plot(
+                    steps, gains, styles[signal], marker="o", color=colours[name], label=f"{name}, {signal}"
+                )
+        first = next(iter(rungs.values()))
+        for name in names:
+            untrained = np.mean(
+                [r["instruments"][name][target]["nested_untrained"]["gain"] for r in first.values()]
+            )
+            ax.axhline(untrained, color=colours[name], linestyle=":", linewidth=1)
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("pretraining steps (log)")
+        ax.set_ylabel("test MSE reduction over best_rule, %")
+        ax.set_title(f"{target}: rule + the best readout (chosen on val); dotted: untrained")
+    axes[0][0].legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _cell_text(cell: dict[str, Any]) -> str:
+    best = cell["best"]
+    untrained = cell.get(f"{best['readout']}_untrained", cell["nested_untrained"])
+    return (
+        f"{best['gain']:+.1f} ({format_p(best['p'])}) {best['readout']} / {untrained['gain']:+.1f} / "
+        f"{cell['nested']['gain']:+.1f}"
+    )
+
+
 def ladder_page(
     rungs: dict[str, dict[int, dict[str, Any]]],
     root: str,
@@ -290,7 +344,7 @@ def ladder_page(
 ) -> str:
     """The ladder's report from the measured rungs (signals may have climbed to different rungs; the choice
     is among those measured at ``choice_steps``)."""
-    chosen, at = choose_signal(rungs, choice_steps)
+    chosen, at, close = choose_signal(rungs, choice_steps)
     names = list(next(iter(next(iter(rungs.values())).values()))["instruments"])
     measured = sorted({s for by_steps in rungs.values() for s in by_steps})
     lines = [
@@ -298,15 +352,16 @@ def ladder_page(
         "",
         f"Generated by `{command}`. Every rung is `{LADDER_CONFIG}` with "
         + " ".join(f"`{o}`" for o in LADDER_OVERRIDES)
-        + " (frozen for 10% of the steps, LoRA to a third, then full), trained from scratch on the "
-        f"instrument folders under `{root}` except the held-out {', '.join(names[1:])}, on "
-        f"{machine}, one run "
-        "at a time. Each is probed on the test split of "
-        f"{names[0]} (trained on) and of each held-out instrument (its features scaled from its own train "
-        "split). Gain: the test MSE reduction of `best_rule` plus the embeddings' nested correction "
-        "(`fit_correction`: penalty chosen on val, no correction allowed) over `best_rule` itself, in "
-        "percent (positive: better), with its Diebold-Mariano p (HLN); `untrained`: the same readout of the "
-        "untrained encoder; `pca`: the principal-components readout. "
+        + " and its signal's overrides (frozen for 10% of the steps, LoRA to a third, then full), trained from "
+        f"scratch on the instrument folders under `{root}` except the held-out {', '.join(names[1:])}, on "
+        f"{machine}, one run at a time. Each is probed on the test split of {names[0]} (trained on) and of "
+        "each held-out instrument (its features scaled from its own train split). Gain: the test MSE "
+        "reduction of `best_rule` plus a readout (a correction nested in the rule: penalty chosen on val, no "
+        "correction allowed) over `best_rule` itself, in percent (positive: better), with its "
+        "Diebold-Mariano p (HLN). `best_rule` is the best, on val, of the rules fitted once and refitted "
+        "every week as time rolls. A cell shows the best readout on val (`nested`: the embeddings; "
+        "`forecast`: the future-size head's own forecasts; `forecast_and_embeddings`: both), then the same "
+        "readout of the untrained encoder, then the embeddings' nested readout. "
         f"Rungs measured: {', '.join(f'{s:,}' for s in measured)} steps"
         + (
             f" (planned: {', '.join(f'{s:,}' for s in planned)}; the missing rungs are not yet run)."
@@ -319,57 +374,60 @@ def ladder_page(
         lines += [f"![Gain against steps]({figure})", ""]
     for target in VARIANCE_TARGETS:
         lines += [
-            f"**`{target}`**, test gain % (p) / untrained gain % / pca gain %:",
+            f"**`{target}`**, test gain % (p) best readout / untrained / embeddings nested:",
             "",
-            "| signal | steps | minutes | val loss | " + " | ".join(names) + " | mean |",
+            "| signal | steps | minutes | val loss | " + " | ".join(names) + " | mean (best) |",
             "|---|---|---|---|" + "---|" * (len(names) + 1),
         ]
         for signal, by_steps in rungs.items():
             for count in sorted(by_steps):
                 rung = by_steps[count]
-                cells = []
-                for name in names:
-                    cell = rung["instruments"][name][target]
-                    cells.append(
-                        f"{cell['nested']['gain']:+.1f} ({format_p(cell['nested']['p'])}) / "
-                        f"{cell['nested_untrained']['gain']:+.1f} / {cell['pca']['gain']:+.1f}"
-                    )
+                cells = [_cell_text(rung["instruments"][name][target]) for name in names]
                 lines.append(
                     f"| {signal} | {count:,} | {rung['minutes']:.1f} | {rung['val_loss']:.4f} | "
                     + " | ".join(cells)
-                    + f" | {mean_gain(rung, target, 'nested'):+.2f} |"
+                    + f" | {mean_gain(rung, target, 'best'):+.2f} |"
                 )
         lines.append("")
-    best_rules = {
-        name: {
-            t: next(iter(next(iter(rungs.values())).values()))["instruments"][name][t]["best_rule"]
-            for t in VARIANCE_TARGETS
-        }
-        for name in names
-    }
+    first = next(iter(next(iter(rungs.values())).values()))
     lines += [
-        "`best_rule` per instrument (chosen on val; the same in every rung): "
-        + "; ".join(
-            f"{name} " + ", ".join(f"`{t}` {r}" for t, r in rules.items())
-            for name, rules in best_rules.items()
-        )
-        + ".",
+        "What refitting alone moves (the same in every rung): the best rule refitted as time rolls "
+        "against the best rule fitted once, test MSE gain % (DM p); `best_rule` as chosen on val:",
+        "",
+    ]
+    for name in names:
+        parts = []
+        for target in VARIANCE_TARGETS:
+            cell = first["instruments"][name][target]
+            refit = cell.get("refit")
+            parts.append(
+                f"`{target}` {cell['best_rule']}"
+                + (
+                    f" (refit {refit['gain']:+.1f}%, p {format_p(refit['p'])}, over `{refit['best_fixed']}`)"
+                    if refit
+                    else ""
+                )
+            )
+        lines.append(f"- {name}: " + "; ".join(parts) + ".")
+    timeframes = list(first["time_mode"]["ratios"])
+    lines += [
         "",
         f"`time`-mode reconstruction on {names[0]}, model / best baseline (chosen on val) per timeframe:",
         "",
+        "| signal | steps | " + " | ".join(timeframes) + " |",
+        "|---|---|" + "---|" * len(timeframes),
     ]
-    timeframes = list(next(iter(next(iter(rungs.values())).values()))["time_mode"]["ratios"])
-    lines += ["| signal | steps | " + " | ".join(timeframes) + " |", "|---|---|" + "---|" * len(timeframes)]
     for signal, by_steps in rungs.items():
         for count in sorted(by_steps):
             ratios = by_steps[count]["time_mode"]["ratios"]
             lines.append(
                 f"| {signal} | {count:,} | " + " | ".join(f"{ratios[tf]:.3f}" for tf in timeframes) + " |"
             )
+    scores = {s: val_score(r[at]) for s, r in rungs.items() if at in r}
     lines += [
         "",
-        "Slope, the mean nested test gain over the scored instruments per doubling of steps (least squares "
-        "on log2 steps): "
+        "Slope, the mean test gain of the best readout over the scored instruments per doubling of steps "
+        "(least squares on log2 steps): "
         + "; ".join(
             f"{signal}: "
             + (
@@ -381,14 +439,15 @@ def ladder_page(
         )
         + ".",
         "",
-        f"Signal chosen on val (mean nested val gain on `rv_60m` at {at:,} steps): **{chosen}** ("
-        + ", ".join(
-            f"{s} {mean_gain(r[at], 'rv_60m', 'nested', 'val_gain'):+.2f}%"
-            if at in r
-            else f"{s} not measured there"
-            for s, r in rungs.items()
-        )
-        + ").",
+        f"Signal chosen on val at {at:,} steps: the mean over instruments and both targets of the best "
+        "readout's val gain, with its standard error over the val anchors ("
+        + ", ".join(f"{s} {m:+.2f}% ± {e:.2f}" for s, (m, e) in scores.items())
+        + f"): **{chosen}**"
+        + (
+            f", the cheapest of {', '.join(close)}, which are within two standard errors of the highest."
+            if len(close) > 1
+            else ", clear of the others by more than two standard errors."
+        ),
         "",
         "## Targets, as measured (the chosen signal, its largest rung)",
         "",
@@ -400,32 +459,35 @@ def ladder_page(
 
 
 def ladder_verdicts(rungs: dict[str, dict[int, dict[str, Any]]], chosen: str) -> list[str]:
-    """The quality issue's targets for the ladder, met or missed, with their figures."""
+    """The issue's targets for the ladder, met or missed, with their figures."""
     by_steps = rungs[chosen]
     top = max(by_steps)
     rung = by_steps[top]
     lines = []
+    for target in VARIANCE_TARGETS:
+        for name, cells in rung["instruments"].items():
+            best = cells[target]["best"]
+            met = best["gain"] >= 5 and best["p"] < 0.05
+            lines.append(
+                f"- {name}, `{target}`, {top:,} steps: the best readout ({best['readout']}) beats `best_rule` "
+                f"by at least 5% MSE at p < 0.05: {'met' if met else 'missed'} ({best['gain']:+.1f}%, p "
+                f"{format_p(best['p'])}; moonshot 10%)."
+            )
     for name, cells in rung["instruments"].items():
-        nested = cells["rv_60m"]["nested"]
-        met = nested["gain"] >= 5 and nested["p"] < 0.05
-        lines.append(
-            f"- {name}, `rv_60m`, {top:,} steps: the nested readout beats `best_rule` by at least 5% MSE at "
-            f"p < 0.05: {'met' if met else 'missed'} ({nested['gain']:+.1f}%, p {format_p(nested['p'])})."
-        )
-    for name, cells in rung["instruments"].items():
-        trained, untrained = cells["rv_60m"]["nested"]["gain"], cells["rv_60m"]["nested_untrained"]["gain"]
-        met = trained > 0 and trained >= 2 * max(untrained, 0.0)
+        best = cells["rv_60m"]["best"]
+        untrained = cells["rv_60m"].get(f"{best['readout']}_untrained", cells["rv_60m"]["nested_untrained"])
+        met = best["gain"] > 0 and best["gain"] >= 2 * max(untrained["gain"], 0.0)
         lines.append(
             f"- {name}, `rv_60m`: the trained encoder's gain at least twice the untrained one's: "
-            f"{'met' if met else 'missed'} ({trained:+.1f}% vs {untrained:+.1f}%)."
+            f"{'met' if met else 'missed'} ({best['gain']:+.1f}% vs {untrained['gain']:+.1f}%)."
         )
     slope = gain_per_doubling(by_steps, "rv_60m")
     lines.append(
-        "- The gain rises with steps (mean over instruments, `rv_60m`): "
+        "- The gain rises at least a point per doubling of steps (mean over instruments, `rv_60m`): "
         + (
             "not measurable with one rung."
             if math.isnan(slope)
-            else f"{'met' if slope > 0 else 'missed'} ({slope:+.2f} points per doubling over "
+            else f"{'met' if slope >= 1 else 'missed'} ({slope:+.2f} points per doubling over "
             f"{', '.join(f'{s:,}' for s in sorted(by_steps))} steps)."
         )
     )

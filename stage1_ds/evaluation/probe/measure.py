@@ -153,7 +153,8 @@ def probe(
         ``har``; ``refit``: the best refitted rule against the best rule fitted once); the anchors used and
         dropped per split; the penalties chosen (``alphas``; null: a nested readout chose no correction),
         the PCA readouts' ``components``, and each method's val MSE there (``val_mse``: what choices between
-        models may read); the test predictions; ``forecast``: whether the head's forecasts were read; with
+        models may read); the test predictions and the val forecasts of the rules and readouts fitted on
+        this folder (``predictions``, ``val_predictions``: not in the JSON); ``forecast``: whether the head's forecasts were read; with
         ``readout_from``, ``readout_from`` and ``readout_anchors``; ``fitted_on``: ``this folder`` or
         ``readout_from`` (a folder without a train split); ``n.<target>.<split>``: the anchors each target
         was fitted, chosen and scored on (a direction needs a move); ``market``: its ``instruments``, the
@@ -226,6 +227,7 @@ def probe(
         "components": {},
         "val_mse": {},
         "predictions": {},
+        "val_predictions": {},
         "forecast": read_forecast,
     }
     report["fitted_on"] = "readout_from" if test_only else "this folder"
@@ -318,4 +320,6 @@ def probe(
         }
         report["val_mse"][target] = {name: f.val_mse for name, f in fitted.items()}
         report["predictions"][target] = {"truth": y["test"], **predictions}
+        own = [*rules.fitted, *readouts]  # fitted on this folder: their val forecasts are this val split's
+        report["val_predictions"][target] = {"truth": y["val"], **{n: fitted[n].by_split["val"] for n in own}}
     return report

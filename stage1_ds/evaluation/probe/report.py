@@ -92,8 +92,8 @@ def format_probe(report: dict[str, Any]) -> str:
 
 
 def report_data(report: dict[str, Any]) -> dict[str, Any]:
-    """The report as plain JSON data: everything but the test predictions."""
-    return {key: value for key, value in report.items() if key != "predictions"}
+    """The report as plain JSON data: everything but the test predictions and val forecasts."""
+    return {key: value for key, value in report.items() if key not in ("predictions", "val_predictions")}
 
 
 def write_probe(report: dict[str, Any], json_path: Path, figure_path: Path | None) -> None:
