@@ -50,7 +50,7 @@ from stage1_ds.data.batch import Batch, ContextWindows, TimeframeWindow
 from stage1_ds.data.context import first_present, slot_windows
 from stage1_ds.data.features import volume_reference, volume_scale, window_features
 from stage1_ds.data.ingest import EARLIEST_UTC, LATEST_UTC, BarTime, M1Rows, bad_row_reasons, clean_m1
-from stage1_ds.data.prepare import fit_stats
+from stage1_ds.data.splits import fit_stats
 from stage1_ds.data.store import SplitRange
 from stage1_ds.data.timeframes import Bars, aggregate, volume_units
 from stage1_ds.encoding import encode_batch

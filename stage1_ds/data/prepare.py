@@ -34,12 +34,18 @@ from stage1_ds.data.ingest import (
     read_source,
     stamp_evidence,
 )
+from stage1_ds.data.splits import (
+    fit_stats,
+    longest_window_span,
+    rows_per_split,
+    split_ranges,
+    warn_few_anchors,
+)
 from stage1_ds.data.store import (
     FORMAT_VERSION,
     SPLITS,
     BarsWriter,
     PreparedData,
-    SplitRange,
     check_alike,
     fitting_period,
     load_prepared,
@@ -378,11 +384,11 @@ def prepare_instrument(job: Job, options: PrepareOptions, parts: Path) -> Prepar
             f"{name}: a bar holds {most:,} volume units, not exact in float32 (limit {MAX_UNITS:,})"
         )
     try:
-        gap = _longest_window_span(by_tf, options.window_bars, name)
-        splits = _split_ranges(by_tf[BASE], options.split_fractions, gap, name)
+        gap = longest_window_span(by_tf, options.window_bars, name)
+        splits = split_ranges(by_tf[BASE], options.split_fractions, gap, name)
     except DataError as error:
         raise DataError(f"{error}. {_flags_that_work(by_tf, options)}") from None
-    _warn_few_anchors(by_tf[BASE], splits, name)
+    warn_few_anchors(by_tf[BASE], splits, name)
     record.update(
         time_range_utc=[
             str(np.datetime64(int(by_tf[BASE].start[0]), "s")),
@@ -390,7 +396,7 @@ def prepare_instrument(job: Job, options: PrepareOptions, parts: Path) -> Prepar
         ],
         gap_seconds=gap,
         splits={s: split_to_json(r) for s, r in splits.items()},
-        rows={tf.value: _rows_per_split(by_tf[tf], tf, splits) for tf in TIMEFRAMES},
+        rows={tf.value: rows_per_split(by_tf[tf], tf, splits) for tf in TIMEFRAMES},
     )
     fitted_on, period = fitting_period(splits)
     if fitted_on != "train":
@@ -467,8 +473,6 @@ def _check_sufficient(data: PreparedData, name: str) -> None:
             raise DataError(f"{data.root}: instrument {name}, {tf}: statistics do not agree with their sums")
 
 
-#: Fewer 1-minute anchors than a day's worth in a val or test split and `prepare` warns.
-FEW_ANCHORS = 1440
 #: The windows `_flags_that_work` tries, longest first (the demo's model needs at least 2 patches of 8).
 WINDOW_CANDIDATES = (96, 64, 48, 32, 24, 16)
 
@@ -484,14 +488,14 @@ def _flags_that_work(by_tf: dict[Timeframe, Bars], options: PrepareOptions) -> s
         """Whether every non-empty split is longer than the gap that windows of ``w`` bars need."""
         if w not in gaps:
             try:
-                gaps[w] = _longest_window_span(by_tf, w, "")
+                gaps[w] = longest_window_span(by_tf, w, "")
             except DataError:
                 gaps[w] = None
         gap = gaps[w]
         if gap is None:
             return False
         try:
-            _split_ranges(by_tf[BASE], split, gap, "")
+            split_ranges(by_tf[BASE], split, gap, "")
         except DataError:
             return False
         return True
@@ -536,101 +540,6 @@ def _flags_that_work(by_tf: dict[Timeframe, Bars], options: PrepareOptions) -> s
             f"({len(by_tf[BASE]):,} 1-minute bars): give a longer file." + to_score
         )
     return "Flags that fit this data: " + ", or ".join(found) + "." + to_score
-
-
-def _warn_few_anchors(m1: Bars, splits: dict[str, SplitRange], name: str) -> None:
-    """Warn when a non-empty val or test split has fewer than `FEW_ANCHORS` 1-minute bars after its history
-    (the anchors its windows can end at, so the bars that can be scored)."""
-    for split in ("val", "test"):
-        r = splits[split]
-        if r.empty:
-            continue
-        anchors = int(
-            ((m1.start >= r.anchor_start - BASE.seconds) & (m1.start + BASE.seconds <= r.end)).sum()
-        )
-        if anchors < FEW_ANCHORS:
-            log.warning(
-                "%s: the %s split's windows can end at only %d 1-minute bars (%.1f hours of trading after its "
-                "%.1f days of history), fewer than a day's worth (%d): its scores will be noisy; a longer "
-                "file, a larger %s share (--split) or a smaller --window-bars gives more",
-                name,
-                split,
-                anchors,
-                anchors / 60,
-                (r.anchor_start - r.history_start) / 86400,
-                FEW_ANCHORS,
-                split,
-            )
-
-
-def _longest_window_span(by_tf: dict[Timeframe, Bars], window_bars: int, name: str) -> int:
-    """The longest time, in seconds, that ``window_bars`` consecutive bars of any timeframe cover."""
-    longest = 0
-    for tf, bars in by_tf.items():
-        if len(bars) < window_bars:
-            raise DataError(
-                f"instrument {name}: only {len(bars)} {tf.value} bars, fewer than one window of "
-                f"{window_bars}; give more data or a smaller --window-bars"
-            )
-        start = bars.start
-        span = int(np.max(start[window_bars - 1 :] - start[: len(start) - window_bars + 1])) + tf.seconds
-        longest = max(longest, span)
-    return longest
-
-
-def _split_ranges(
-    m1: Bars, fractions: tuple[float, float, float], gap: int, name: str
-) -> dict[str, SplitRange]:
-    """Time ranges of the splits by shares of the 1-minute rows; every non-empty split but train starts
-    with ``gap`` seconds of history (a val or test split with nothing before it too: that lead-in is what a
-    folder without a train split fits its statistics on, `fitting_period`), and an empty split is an empty
-    range at its place in time."""
-    n = len(m1)
-    end = int(m1.start[-1]) + BASE.seconds
-    bounds = [0.0, fractions[0], fractions[0] + fractions[1], 1.0]
-    rows = [min(n, int(n * b)) if k < 3 else n for k, b in enumerate(bounds)]
-    times = [int(m1.start[r]) if r < n else end for r in rows]
-    ranges = {}
-    for k, split in enumerate(SPLITS):
-        if rows[k + 1] <= rows[k]:
-            ranges[split] = SplitRange(times[k], times[k], times[k])
-            continue
-        history = times[k]
-        ranges[split] = SplitRange(history, history + (gap if split != "train" else 0), times[k + 1])
-        r = ranges[split]
-        if r.anchor_start >= r.end:
-            raise DataError(
-                f"instrument {name}: the {split} split ({(r.end - r.history_start) / 86400:.1f} days) is no "
-                f"longer than the gap between splits ({gap / 86400:.1f} days, the longest window span); "
-                "give more data, larger split fractions or a smaller --window-bars"
-            )
-    return ranges
-
-
-def _in_range(bars: Bars, tf: Timeframe, r: SplitRange) -> np.ndarray:
-    return (bars.start >= r.history_start) & (bars.start + tf.seconds <= r.end)
-
-
-def _rows_per_split(bars: Bars, tf: Timeframe, splits: dict[str, SplitRange]) -> dict[str, int]:
-    counts = {"total": len(bars)}
-    counts.update({s: int(_in_range(bars, tf, splits[s]).sum()) for s in SPLITS})
-    return counts
-
-
-def fit_stats(by_tf: dict[Timeframe, Bars], train: SplitRange, lag: int) -> dict[str, Any]:
-    """Per timeframe: RMS of the log change of close over ``lag`` bars in the training split, its
-    power-of-two scale, and the sufficient statistics it comes from (sum of squared changes and their
-    count: what `stage1 prepare --merge` checks)."""
-    rms, scale, sufficient = {}, {}, {}
-    for tf, bars in by_tf.items():
-        close = np.log(bars.ohlc[_in_range(bars, tf, train), 3])
-        h = max(1, min(lag, len(close) - 1))
-        changes = close[h:] - close[:-h] if len(close) > 1 else np.zeros(0)
-        value = float(np.sqrt(np.mean(changes**2))) if len(changes) else 0.0
-        rms[tf.value] = value
-        scale[tf.value] = power_of_two_scale(value)
-        sufficient[tf.value] = {"sum_squares": float(np.sum(changes**2)), "count": len(changes)}
-    return {"rms_log_change": rms, "scale": scale, "sufficient": sufficient}
 
 
 def summary_table(manifest: dict[str, Any]) -> str:
