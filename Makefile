@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-large lint
+.PHONY: setup demo test test-large lint ops
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,15 @@ lint: setup
 	$(BIN)/ruff format --check stage1_ds tests scripts examples
 	$(BIN)/mypy
 
-# One pytest worker per core, each with one torch thread (two torch processes with a thread per core each
-# run many times slower, not twice as fast); a module's tests stay on one worker (their module fixtures are
-# built once).
-test: lint
+# DeepSpeed's C++ ops, built once (cached under ~/.cache/torch_extensions).
+ops: setup
 	$(BIN)/python scripts/warm_ds_ops.py
+
+# Lint and the op build need nothing of each other: side by side. Then one pytest worker per core, each
+# with one torch thread (two torch processes with a thread per core each run many times slower, not twice
+# as fast); a module's tests stay on one worker (their module fixtures are built once).
+test: setup
+	$(MAKE) --no-print-directory -j2 lint ops
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist loadscope
 
 # The shipped t5-large configs on CPU (docs/training.md: minutes and peak memory); not part of `make test`.

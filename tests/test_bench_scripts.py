@@ -1,4 +1,4 @@
-"""The benchmark scripts keep working: the GPU one on CPU (the mini preset, one timed step per measurement),
+"""The benchmark scripts keep working: the GPU one on CPU (the tiny preset, one timed step per measurement),
 the data-at-scale one on two small sizes."""
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from conftest import REPO, fresh_process_env
 
 
 @pytest.mark.slow
-def test_bench_gpu_runs_on_cpu_with_the_mini_preset(tmp_path: Path) -> None:
+def test_bench_gpu_runs_on_cpu_with_the_tiny_preset(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     command = [
         sys.executable,
         str(REPO / "scripts" / "bench_gpu.py"),
         "--preset",
-        "mini",
+        "tiny",
         "--batch-size",
         "2",
         "--warmup",

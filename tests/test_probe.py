@@ -216,17 +216,20 @@ def test_probe_command_reports_every_target_and_method(
 
 
 def test_the_main_report_has_every_section(synthetic_small: Path, tmp_path: Path) -> None:
-    """A smoke run of the main experiment at the tiny size: both runs trained, evaluated in every mode,
-    probed, the results plain JSON data and every section and verdict of the report rendered from them."""
+    """A smoke run of the main experiment at the tiny size, its steps set by a speed measured first: both
+    runs trained, evaluated in every mode, probed, the results plain JSON data and every section and
+    verdict of the report rendered from them."""
     options = Options(
         synthetic_small,
         tmp_path / "runs",
-        steps=(12,),
+        minutes=0.0,
         max_anchors=80,
         batches=1,
         overrides=["model.encoder.preset=tiny"],
     )
-    results = json.loads(json.dumps(main_report.measure(options)))
+    results = json.loads(json.dumps(main_report.measure(options, calibration_steps=10)))
+    assert results["steps"] == 10 and results["steps_per_minute"] > 0  # the budget's fewest steps
+    assert not (tmp_path / "runs" / "calibration").exists()
     write_report(main_report.EXPERIMENT, results, tmp_path / "docs")
     doc = (tmp_path / "docs" / "main.md").read_text()
     for heading in (
@@ -241,17 +244,7 @@ def test_the_main_report_has_every_section(synthetic_small: Path, tmp_path: Path
     ):
         assert heading in doc, heading
     assert "| embeddings_random_init |" in doc and "`time` mode at most 0.85" in doc
-    assert "(best_rule) |" in doc and "chosen on val" in doc and "--steps 12" in doc
-
-
-def test_steps_per_minute_comes_from_the_difference_of_two_run_lengths(
-    synthetic_small: Path, tmp_path: Path
-) -> None:
-    """The speed calibration of the main report (which sets its steps from a budget in minutes) trains
-    three short runs and returns a positive rate."""
-    rate = main_report.steps_per_minute(synthetic_small, tmp_path, ["model.encoder.preset=tiny"], 10)
-    assert math.isfinite(rate) and rate > 0
-    assert not (tmp_path / "calibration").exists()
+    assert "(best_rule) |" in doc and "chosen on val" in doc and "--minutes 0" in doc
 
 
 def test_a_report_run_starts_afresh_in_the_folder_of_an_earlier_report(

@@ -151,10 +151,11 @@ def _train_losses(run_dir: Path) -> dict[int, float]:
     return {e.step: e.value for e in events.Scalars("loss/total")}
 
 
-def _keep_only_step_3(run_dir: Path, copy: Path) -> None:
-    """A copy of the run as it was when it saved at step 3 (what a preempted run leaves)."""
-    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("tensorboard", "step00000006"))
-    (checkpoint_dir(copy) / "latest").write_text("step00000003")
+def _keep_only_step(run_dir: Path, copy: Path, step: int) -> None:
+    """A copy of the run as it was when it saved at ``step`` (what a preempted run leaves)."""
+    later = [f"step{s:08d}" for s in range(step + 1, step + 100)]
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("tensorboard", "loaded_moments.pt", *later))
+    (checkpoint_dir(copy) / "latest").write_text(f"step{step:08d}")
 
 
 def _assert_same_moments(got: dict, expected: dict) -> None:
@@ -164,40 +165,41 @@ def _assert_same_moments(got: dict, expected: dict) -> None:
         torch.testing.assert_close(got[name][1], exp_avg_sq, rtol=0, atol=0, msg=name)
 
 
-def _assert_losses_join(resumed: dict[int, float], uninterrupted: dict[int, float]) -> None:
+def _assert_losses_join(resumed: dict[int, float], uninterrupted: dict[int, float], steps: list[int]) -> None:
     """After the resume the loss follows the uninterrupted run: the same windows make each step, split into
     other micro batches, so the per-step mean differs slightly (measured: 2e-4 relative at most)."""
-    assert sorted(resumed) == [4, 5, 6]
+    assert sorted(resumed) == steps
     for step, loss in resumed.items():
         assert loss == pytest.approx(uninterrupted[step], rel=2e-3), (step, resumed, uninterrupted)
 
 
-def test_a_two_rank_run_resumes_on_one_rank_with_its_adam_state(
+def test_a_run_moves_from_one_rank_to_two_and_back_with_its_adam_state(
     synthetic_small: Path, tmp_path: Path
 ) -> None:
-    two_ranks, one_rank = tmp_path / "two_ranks", tmp_path / "one_rank"
-    _launch([str(RESUME_WORKER), "train", str(synthetic_small), str(two_ranks), "1"], tmp_path)
-    _keep_only_step_3(two_ranks, one_rank)
-    config = resume_config(gradient_accumulation_steps=2)  # the same samples per step on one rank
-    expected = _consolidated_moments(checkpoint_dir(two_ranks) / "step00000003")
-    _assert_same_moments(loaded_moments(config, one_rank), expected)
+    """One rank trains nine steps (the uninterrupted run; two micro batches a step); its step-3 checkpoint
+    resumes on two ranks (one micro batch each) to step 6, and that two-rank checkpoint resumes on one rank
+    to step 9. Each resume loads exactly the Adam moments saved (put together from every rank's shard, also
+    by the torch fallback optimizer), counts the samples consumed, and its losses follow the uninterrupted
+    run's."""
+    one, two, back = tmp_path / "one_rank", tmp_path / "two_ranks", tmp_path / "back"
+    config = resume_config(gradient_accumulation_steps=2)
+    loop.train(config, synthetic_small, one)
+    uninterrupted = _train_losses(one)
+
+    _keep_only_step(one, two, 3)
+    _launch([str(RESUME_WORKER), "resume", str(synthetic_small), str(two), "1", "6"], tmp_path)
+    loaded = torch.load(two / "loaded_moments.pt", weights_only=False)
+    _assert_same_moments(loaded, _consolidated_moments(checkpoint_dir(one) / "step00000003"))
+    meta = read_meta(two)[1]
+    assert meta["world_size"] == 2 and meta["global_step"] == 6 and meta["batches_consumed"] == 6
+    _assert_losses_join(_train_losses(two), uninterrupted, [4, 5, 6])
+
+    _keep_only_step(two, back, 6)
+    expected = _consolidated_moments(checkpoint_dir(two) / "step00000006")
+    _assert_same_moments(loaded_moments(config, back), expected)
     with_torch_adam = resume_config(gradient_accumulation_steps=2)
     with_torch_adam.train.adam_op = AdamOp.TORCH  # the fallback optimizer loads the universal copy too
-    _assert_same_moments(loaded_moments(with_torch_adam, one_rank), expected)
-    result = loop.train(config, synthetic_small, one_rank, resume=True)
-    assert result.global_step == 6 and read_meta(one_rank)[1]["batches_consumed"] == 12
-    _assert_losses_join(_train_losses(one_rank), _train_losses(two_ranks))
-
-
-def test_a_one_rank_run_resumes_on_two_ranks_with_its_adam_state(
-    synthetic_small: Path, tmp_path: Path
-) -> None:
-    one_rank, two_ranks = tmp_path / "one_rank", tmp_path / "two_ranks"
-    loop.train(resume_config(gradient_accumulation_steps=2), synthetic_small, one_rank)
-    _keep_only_step_3(one_rank, two_ranks)
-    _launch([str(RESUME_WORKER), "resume", str(synthetic_small), str(two_ranks), "1"], tmp_path)
-    loaded = torch.load(two_ranks / "loaded_moments.pt", weights_only=False)
-    _assert_same_moments(loaded, _consolidated_moments(checkpoint_dir(one_rank) / "step00000003"))
-    meta = read_meta(two_ranks)[1]
-    assert meta["world_size"] == 2 and meta["global_step"] == 6 and meta["batches_consumed"] == 6
-    _assert_losses_join(_train_losses(two_ranks), _train_losses(one_rank))
+    _assert_same_moments(loaded_moments(with_torch_adam, back), expected)
+    result = loop.train(config, synthetic_small, back, resume=True)
+    assert result.global_step == 9 and read_meta(back)[1]["batches_consumed"] == 18
+    _assert_losses_join(_train_losses(back), uninterrupted, [7, 8, 9])

@@ -1,10 +1,11 @@
 """The run the world-size tests stop and resume (`resume_config`), on however many ranks the launcher gives.
 
-    deepspeed --num_gpus 2 tests/workers/resume.py train DATA_DIR RUN_DIR GRADIENT_ACCUMULATION_STEPS
-    deepspeed --num_gpus 2 tests/workers/resume.py resume DATA_DIR RUN_DIR GRADIENT_ACCUMULATION_STEPS
+    deepspeed --num_gpus 2 tests/workers/resume.py train DATA_DIR RUN_DIR GRADIENT_ACCUMULATION_STEPS [STOP]
+    deepspeed --num_gpus 2 tests/workers/resume.py resume DATA_DIR RUN_DIR GRADIENT_ACCUMULATION_STEPS [STOP]
 
 ``train`` trains from scratch. ``resume`` loads the run's latest checkpoint as `stage1 train` does, writes
-the Adam moments the engine loaded (rank 0, ``RUN_DIR/loaded_moments.pt``), then trains on to the end.
+the Adam moments the engine loaded (rank 0, ``RUN_DIR/loaded_moments.pt``), then trains on to the end, or
+saves and stops after step STOP.
 """
 
 import sys
@@ -29,11 +30,14 @@ from stage1_ds.train.engine import (
 
 
 def resume_config(gradient_accumulation_steps: int) -> Config:
-    """Six steps, a checkpoint every three: the run that the world-size tests stop and resume. `spans` masks
-    hide the same number of bars in every sample, so a step's loss (a mean over micro batches of means
-    over masked bars) does not depend on how its samples are split into micro batches."""
+    """Nine steps, a checkpoint every three (all kept): the run that the world-size tests stop and resume.
+    `spans` masks hide the same number of bars in every sample, so a step's loss (a mean over micro
+    batches of means over masked bars) does not depend on how its samples are split into micro batches."""
     config = tiny_train_config(
-        max_steps=6, save_every_steps=3, gradient_accumulation_steps=gradient_accumulation_steps
+        max_steps=9,
+        save_every_steps=3,
+        keep_checkpoints=3,
+        gradient_accumulation_steps=gradient_accumulation_steps,
     )
     config.model.masking.modes = {"spans": 1.0}
     return config
@@ -53,13 +57,14 @@ def loaded_moments(config: Config, run_dir: Path) -> dict[str, tuple[torch.Tenso
     return moments
 
 
-def main(mode: str, data_dir: str, run_dir: str, gradient_accumulation_steps: str) -> None:
+def main(mode: str, data_dir: str, run_dir: str, gradient_accumulation_steps: str, stop: str = "") -> None:
     config = resume_config(int(gradient_accumulation_steps))
     if mode == "resume":
         moments = loaded_moments(config, Path(run_dir))
         if torch.distributed.get_rank() == 0:
             torch.save(moments, Path(run_dir) / "loaded_moments.pt")
-    loop.train(config, Path(data_dir), Path(run_dir), resume=mode == "resume")
+    stop_at = int(stop) if stop else None
+    loop.train(config, Path(data_dir), Path(run_dir), resume=mode == "resume", stop_at_step=stop_at)
 
 
 if __name__ == "__main__":
