@@ -33,10 +33,16 @@ from stage1_ds.evaluation.probe import (
 )
 from stage1_ds.evaluation.statistics import diebold_mariano
 from stage1_ds.evaluation.volatility import MARKET_STALE_MINUTES, MARKET_WINDOWS, VARIANCE_TARGETS
-from stage1_ds.experiments.harness import Experiment, Options, instrument_folders
+from stage1_ds.experiments.harness import (
+    TRAINED_SCORED,
+    TRANSFER_HELD_OUT,
+    Experiment,
+    Options,
+    instrument_folders,
+)
 
 #: Scored by default: the trained-on instrument of the multi-instrument experiments and the held-out ones.
-SCORED = ("EURUSD", "USDCHF", "BCOUSD", "SPXUSD")
+SCORED = (TRAINED_SCORED, *TRANSFER_HELD_OUT)
 
 
 def market_rule_report(root: Path, scored: list[str], max_anchors: int | None = None) -> dict[str, Any]:

@@ -194,27 +194,6 @@ def market_bars(source: DataSource) -> dict[str, MinuteBars]:
     return market
 
 
-def market_columns(sets: dict[str, ProbeSet], rows: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-    """The market rule's columns on the anchors ``rows`` of each split: for every market instrument present
-    on some train anchor, its `MARKET_WINDOWS` log variances (where it is absent: their mean over the train
-    anchors where it is present) and a 0/1 column "absent". None: no other market is present on any train
-    anchor (a folder of one instrument, say), so there is no market rule."""
-    columns: dict[str, list[np.ndarray]] = {s: [] for s in sets}
-    for key in (k for k in sets["train"].blocks if k.startswith("market/")):
-        train = sets["train"].blocks[key][rows["train"]]
-        present = ~np.isnan(train[:, 0])  # a row is NaN as a whole (`market_log_variance`)
-        if not present.any():
-            continue
-        fill = train[present].mean(axis=0)
-        for s in sets:
-            values = sets[s].blocks[key][rows[s]]
-            absent = np.isnan(values[:, :1])
-            columns[s] += [np.where(absent, fill, values), absent.astype(np.float64)]
-    if not columns["train"]:
-        return None
-    return {s: np.concatenate(c, axis=1) for s, c in columns.items()}
-
-
 def minute_bars(data: PreparedData, instrument: str) -> MinuteBars:
     """An instrument's 1-minute bars from a prepared folder."""
     begin, end = data.rows(instrument, Timeframe.M1)
