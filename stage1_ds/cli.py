@@ -60,8 +60,9 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--timezone",
-        help="IANA time zone of naive timestamps (e.g. America/New_York for HistData): converted to UTC "
-        "before bucketing (default: as given; offsets and epoch times are UTC anyway)",
+        help="IANA time zone of naive timestamps, converted to UTC before bucketing (default: HistData files "
+        "are converted from their documented clock, America/New_York; other files' naive times are kept as "
+        "given; offsets and epoch times are UTC anyway); 'as-given' keeps naive times as written",
     )
     p.add_argument(
         "--bucket-origin",

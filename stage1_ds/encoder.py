@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -118,6 +118,7 @@ class Encoder:
                 "00:00 of the bars' clock, and volume units come from add_instrument"
             )
         self.data = data or {}
+        self.clock = model_clock(self.data)
         self.bucket_origin = int(self.data.get("bucket_origin_seconds") or 0)
         self.timeframes = [Timeframe(tf) for tf in model.timeframes]
         self.window_bars = {tf: model.window_bars[tf.value] for tf in self.timeframes}
@@ -162,14 +163,16 @@ class Encoder:
     def d_model(self) -> int:
         return t5.d_model(self.model.encoder)
 
-    def add_instrument(self, name: str, history: Any) -> None:
+    def add_instrument(self, name: str, history: Any, timezone: str | None = None) -> None:
         """Fit the feature statistics (and volume unit) of an instrument the model was never trained on from
-        its ``history`` (bars as `embed` takes them), as ``prepare`` fits them on a train split.
+        its ``history`` (bars as `embed` takes them; ``timezone`` as for `embed`), as ``prepare`` fits them
+        on a train split.
 
         Raises:
-            DataError: the history is too short to fit a scale for every timeframe, or has bad rows.
+            DataError: the history is too short to fit a scale for every timeframe, has bad rows, or has
+                naive times for a model of UTC bars without ``timezone``.
         """
-        m1, unit = self._clean(history, name, unit=None)
+        m1, unit = self._clean(history, name, None, timezone)
         derived = self.derive(m1)
         for tf in self.timeframes:
             if len(derived.bars[tf]) < 2:
@@ -191,10 +194,10 @@ class Encoder:
             ends={tf: b.start + tf.seconds for tf, b in bars.items()},
         )
 
-    def minute_bars(self, bars: Any, instrument: str | None = None) -> Bars:
+    def minute_bars(self, bars: Any, instrument: str | None = None, timezone: str | None = None) -> Bars:
         """``bars`` cleaned as ``prepare`` cleans them, volume in the instrument's units."""
         name = self._instrument(instrument)
-        return self._clean(bars, name, self._units.get(name))[0]
+        return self._clean(bars, name, self._units.get(name), timezone)[0]
 
     @torch.no_grad()
     def embed(
@@ -206,6 +209,7 @@ class Encoder:
         pooled: bool = True,
         batch_size: int = 256,
         context: Mapping[str, Any] | None = None,
+        timezone: str | None = None,
     ) -> dict[str, np.ndarray]:
         """The embeddings of the windows ending at each decision time (see the module docstring).
 
@@ -225,17 +229,21 @@ class Encoder:
                 training corpus to match ``stage1 encode``), fill the slots; the target itself and
                 instruments outside the model's ``data.context_instruments`` are left out. None or an
                 empty mapping: no market (every slot absent). The output is the target's states.
+            timezone: the IANA zone of naive times (of ``bars``, ``context`` and ``at``), converted to UTC.
+                A model of UTC bars (`clock`) refuses naive times without it: read as UTC they would be
+                hours off.
 
         Raises:
             DataError: bad rows, an unknown instrument, a time before the first bar, or too little history
-                before it for a full window of some timeframe (naming the timeframe and the bars needed);
-                ``context`` given to a model that does not read it.
+                before it for a full window of every timeframe (naming each short timeframe and the first
+                time with full windows); ``context`` given to a model that does not read it; naive times
+                for a model of UTC bars without ``timezone``.
         """
         name = self._instrument(instrument)
-        m1, _ = self._clean(bars, name, self._units.get(name))
+        m1, _ = self._clean(bars, name, self._units.get(name), timezone)
         derived = self.derive(m1)
-        market = self._market(context or {}, name)
-        times = _seconds(at) if at is not None else derived.ends[Timeframe.M1][-1:]
+        market = self._market(context or {}, name, timezone)
+        times = self._times(at, timezone, "at") if at is not None else derived.ends[Timeframe.M1][-1:]
         wanted = [Timeframe(tf) for tf in (timeframes or [t.value for t in self.timeframes])]
         parts: dict[str, list[np.ndarray]] = {}
         for i in range(0, len(times), batch_size):
@@ -283,21 +291,40 @@ class Encoder:
             rows[tf] = last[:, None] + np.arange(1 - self.window_bars[tf], 1)
         return rows
 
+    @property
+    def min_history_minutes(self) -> int:
+        """Minutes of trading the model needs before its first decision: the longest window of any
+        timeframe (its bars times its minutes) and one bar of it more (the unfinished bar is left out).
+        Weekends and breaks come on top: a 32-bar model's h4 window is 7,920 minutes, a week and a day of FX
+        trading; a 128-bar one's about four and a half weeks."""
+        return max((self.window_bars[tf] + 1) * tf.minutes for tf in self.timeframes)
+
     def _refuse_short(self, derived: DerivedBars, anchor: int) -> None:
-        """Raise the error of an anchor without a full window of some timeframe, naming it."""
-        for tf, rows in self._last_rows(derived, np.array([anchor])).items():
-            if rows[0, 0] >= 0:
-                continue
-            earliest = (
-                derived.ends[tf][self.window_bars[tf] - 1]
-                if len(derived.ends[tf]) >= self.window_bars[tf]
-                else None
+        """Raise the error of an anchor without a full window of every timeframe, naming each short one and
+        the first time the bars given have full windows of all (if they do)."""
+        rows = self._last_rows(derived, np.array([anchor]))
+        short = [tf for tf, r in rows.items() if r[0, 0] < 0]
+        counts = ", ".join(
+            f"{int(rows[tf][0, -1]) + 1} {tf.value} bars of the {self.window_bars[tf]} its window needs"
+            for tf in short
+        )
+        full = [
+            derived.ends[tf][self.window_bars[tf] - 1]
+            if len(derived.ends[tf]) >= self.window_bars[tf]
+            else None
+            for tf in self.timeframes
+        ]
+        first = max(full) if all(t is not None for t in full) else None  # type: ignore[type-var]
+        raise DataError(
+            f"at {_utc(anchor)}: too little history before it: {counts}. The model needs about "
+            f"{self.min_history_minutes:,} minutes of trading before its first decision (weekends and breaks on "
+            "top); "
+            + (
+                f"the first time with full windows of every timeframe in the bars given: {_utc(first)}"
+                if first is not None
+                else "the bars given never hold full windows of every timeframe: give more history"
             )
-            raise DataError(
-                f"at {_utc(anchor)}: {int(rows[0, -1]) + 1} {tf.value} bars end by then, the model's "
-                f"{tf.value} window needs {self.window_bars[tf]}; give more history"
-                + (f" (the first time with full windows of {tf.value}: {_utc(earliest)})" if earliest else "")
-            )
+        )
 
     def _windows(
         self, derived: DerivedBars, anchor_time: np.ndarray, instrument: str
@@ -334,7 +361,9 @@ class Encoder:
             )
         return windows, log_reference, full
 
-    def _market(self, context: Mapping[str, Any], target: str) -> dict[str, DerivedBars] | None:
+    def _market(
+        self, context: Mapping[str, Any], target: str, timezone: str | None = None
+    ) -> dict[str, DerivedBars] | None:
         """The context instruments' derived bars, in the order given (see `embed`); None for a model that
         does not read context.
 
@@ -355,7 +384,7 @@ class Encoder:
             if name == target or (allowed and name not in allowed):
                 continue
             known = self._instrument(name)
-            market[known] = self.derive(self._clean(bars, known, self._units.get(known))[0])
+            market[known] = self.derive(self._clean(bars, known, self._units.get(known), timezone)[0])
         return market
 
     def _context(self, market: Mapping[str, DerivedBars], anchor_time: np.ndarray) -> ContextWindows:
@@ -401,9 +430,28 @@ class Encoder:
             )
         return instrument
 
-    def _clean(self, bars: Any, name: str, unit: float | None) -> tuple[Bars, float]:
+    def _times(self, times: Any, timezone: str | None, what: str) -> np.ndarray:
+        """Epoch seconds (UTC) of datetime-likes or numbers; naive datetimes are converted from ``timezone``,
+        or taken as the model's clock where that clock is naive.
+
+        Raises:
+            DataError: naive datetimes, no ``timezone``, and a model of UTC bars: the error names its clock.
+        """
+        seconds, naive = _seconds(times, timezone)
+        if naive and self.clock.startswith("UTC"):
+            raise DataError(
+                f"{what}: naive times (no zone), and this model was trained on bars in {self.clock}: read as "
+                "UTC they could be hours off. Give the times their zone (for a DataFrame: "
+                "bars.tz_localize('America/New_York'), HistData's clock) or pass timezone='America/New_York' "
+                "(any IANA zone); UTC times: timezone='UTC'"
+            )
+        return seconds
+
+    def _clean(
+        self, bars: Any, name: str, unit: float | None, timezone: str | None = None
+    ) -> tuple[Bars, float]:
         """Cleaned 1-minute bars and the volume unit (``unit``, or fitted from them when None)."""
-        rows = _rows_of(bars, self.volume, name)
+        rows = _rows_of(bars, self.volume, name, lambda times: self._times(times, timezone, name))
         if self.bar_time == BarTime.END:  # the minute an end stamp closes began a minute earlier
             rows = replace(rows, start=rows.start - 60)
         cleaned, report = clean_m1([rows])
@@ -416,8 +464,25 @@ class Encoder:
         return Bars(cleaned.start, cleaned.ohlc, cleaned.volume, cleaned.count, units), unit
 
 
-def _rows_of(bars: Any, needs_volume: bool, name: str) -> M1Rows:
-    """A DataFrame or dict of arrays as 1-minute rows, every bad row an error naming it."""
+def model_clock(data: Mapping[str, Any]) -> str:
+    """The clock of the bars a model was trained on, from its data record (``data.json``): ``UTC`` (with
+    the zone it was converted from), ``naive`` (the files' own clock, or the synthetic market's), or
+    ``unknown`` (a record written before clocks were kept)."""
+    clocks = {s.get("clock") for r in data.get("instruments", {}).values() for s in r.get("sources", [])}
+    if data.get("timezone"):
+        return f"UTC (converted from {data['timezone']})"
+    if data.get("synthetic"):
+        return "naive (the synthetic market's clock)"
+    if clocks and all(c and c.startswith("UTC") for c in clocks):
+        return "UTC"
+    if clocks and any(c and c.startswith("as given") for c in clocks):
+        return "naive (the files' own clock)"
+    return "unknown"
+
+
+def _rows_of(bars: Any, needs_volume: bool, name: str, to_seconds: Callable[[Any], np.ndarray]) -> M1Rows:
+    """A DataFrame or dict of arrays as 1-minute rows (times to epoch seconds by ``to_seconds``), every bad
+    row an error naming it."""
     if isinstance(bars, pd.DataFrame):
         columns = {str(c).lower(): c for c in bars.columns}
         if isinstance(bars.index, pd.DatetimeIndex):
@@ -449,7 +514,7 @@ def _rows_of(bars: Any, needs_volume: bool, name: str) -> M1Rows:
         raise DataError(
             f"{name}: bars lack {missing} (columns: open, high, low, close, and volume for this model)"
         )
-    start = _seconds(times)
+    start = to_seconds(times)
     ohlc = np.stack([values[c] for c in PRICE_COLUMNS], axis=1)
     volume = values.get("volume", np.zeros(len(start)))
     outside = (start < EARLIEST_UTC) | (start >= LATEST_UTC)
@@ -463,15 +528,24 @@ def _rows_of(bars: Any, needs_volume: bool, name: str) -> M1Rows:
     return M1Rows(start=start, ohlc=ohlc, volume=volume)
 
 
-def _seconds(times: Any) -> np.ndarray:
-    """Epoch seconds (int64, at least 1-d) of datetime-likes (aware ones converted to UTC) or numbers."""
-    array = np.atleast_1d(np.asarray(times.values if isinstance(times, (pd.Series, pd.Index)) else times))
-    if array.dtype.kind in "iuf":
-        return array.astype(np.int64)
-    stamps = pd.DatetimeIndex(array if array.dtype.kind == "M" else pd.to_datetime(list(array)))
+def _seconds(times: Any, timezone: str | None = None) -> tuple[np.ndarray, bool]:
+    """Epoch seconds (int64, at least 1-d) of datetime-likes (aware ones converted to UTC; naive ones from
+    ``timezone`` where given) or numbers (epoch seconds, UTC); and whether they were naive datetimes taken
+    as they are."""
+    if isinstance(times, (pd.Series, pd.Index)) and isinstance(times.dtype, pd.DatetimeTZDtype):
+        stamps = pd.DatetimeIndex(times)
+    else:
+        array = np.atleast_1d(np.asarray(times.values if isinstance(times, (pd.Series, pd.Index)) else times))
+        if array.dtype.kind in "iuf":
+            return array.astype(np.int64), False
+        stamps = pd.DatetimeIndex(array if array.dtype.kind == "M" else pd.to_datetime(list(array)))
+    naive = stamps.tz is None
+    if naive and timezone is not None:
+        stamps = stamps.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
+        naive = False
     if stamps.tz is not None:
         stamps = stamps.tz_convert("UTC").tz_localize(None)
-    return np.asarray((stamps - pd.Timestamp(0)) // pd.Timedelta(seconds=1), dtype=np.int64)
+    return np.asarray((stamps - pd.Timestamp(0)) // pd.Timedelta(seconds=1), dtype=np.int64), naive
 
 
 def _utc(seconds: Any) -> str:

@@ -3,6 +3,7 @@ bar after the decision time, and stream as they batch."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -151,11 +152,43 @@ def test_bad_bars_and_short_history_are_named(month: Path, trained_export: Path)
         encoder.embed(frame.drop(columns="close"))
     early = frame.index[2 * 1440]  # m15 to h1 have 16 bars by then, h4 not
     with pytest.raises(
-        DataError, match=r"h4 bars end by then, the model's h4 window needs 16; give more history"
-    ):
+        DataError, match=r"too little history before it: \d+ h4 bars of the 16 its window"
+    ) as error:
         encoder.embed(frame, at=early)
+    assert "m5" not in str(error.value), "only the short timeframes are named"
+    first = str(error.value).rsplit("full windows of every timeframe in the bars given: ", 1)[1]
+    assert encoder.embed(frame, at=pd.Timestamp(first))["h4"].shape == (1, encoder.d_model), "it is the first"
+    with pytest.raises(DataError, match=r"h1 bars .*h4 bars .*never hold full windows"):
+        encoder.embed(frame.iloc[:600], at=frame.index[500])  # several timeframes short at once
+    assert encoder.min_history_minutes == 17 * 240  # a 16-bar h4 window and the bar in progress
     with pytest.raises(DataError, match=r"before the end of the first 1-minute bar"):
         encoder.embed(frame, at=frame.index[0])
+
+
+def test_a_model_of_utc_bars_refuses_naive_times_unless_told_their_zone(
+    month: Path, trained_export: Path, tmp_path: Path
+) -> None:
+    """Naive times read as UTC would be hours off for a model whose data were converted to UTC: refused,
+    naming the model's clock; with the zone given (or aware times) the bars embed alike."""
+    export = tmp_path / "utc_export"
+    shutil.copytree(trained_export, export)
+    record = json.loads((export / "data.json").read_text())
+    (export / "data.json").write_text(
+        json.dumps({**record, "timezone": "America/New_York", "synthetic": False})
+    )
+    encoder = Encoder.from_pretrained(export, device="cpu")
+    assert encoder.clock == "UTC (converted from America/New_York)"
+    new_york = _raw(load_prepared(month)).iloc[: 10 * 1440].tz_localize("UTC").tz_convert("America/New_York")
+    naive = new_york.tz_localize(None)
+    with pytest.raises(
+        DataError, match=r"naive times .*trained on bars in UTC \(converted from America/New_York\)"
+    ):
+        encoder.embed(naive)
+    with pytest.raises(DataError, match=r"naive times"):
+        encoder.add_instrument("OTHER", naive)
+    told = encoder.embed(naive, timezone="America/New_York")
+    aware = encoder.embed(new_york)
+    assert all(np.array_equal(told[tf], aware[tf]) for tf in aware)
 
 
 def test_from_pretrained_by_id_reads_the_local_hub_cache(trained_export: Path, tmp_path: Path) -> None:

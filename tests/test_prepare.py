@@ -9,7 +9,9 @@ import subprocess
 import sys
 import zipfile
 from collections import defaultdict
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
@@ -18,20 +20,21 @@ from conftest import EURUSD_2019, REPO, require_histdata
 from stage1_ds.data.store import load_prepared
 from stage1_ds.timeframes import TIMEFRAMES, Timeframe
 
+PREPARE = [sys.executable, "-m", "stage1_ds", "prepare"]
+
 
 def _raw_rows(path: Path) -> list[tuple[int, float, float, float, float]]:
-    """An independent, plain-Python reading of a HistData zip, de-duplicated keeping the first."""
+    """An independent, plain-Python reading of a HistData zip on its clock (New York time, converted to UTC
+    by the standard library), de-duplicated keeping the first."""
+    new_york = ZoneInfo("America/New_York")
     with zipfile.ZipFile(path) as archive:
         name = next(n for n in archive.namelist() if n.endswith(".csv"))
         text = io.TextIOWrapper(archive.open(name), encoding="ascii")
         seen, rows = set(), []
         for line in text:
             stamp, o, h, low, c, _ = line.strip().split(";")
-            t = int(
-                np.datetime64(
-                    f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]}T{stamp[9:11]}:{stamp[11:13]}", "s"
-                ).astype(np.int64)
-            )
+            local = datetime.strptime(stamp, "%Y%m%d %H%M%S").replace(tzinfo=new_york)
+            t = int(local.timestamp())
             if t not in seen:
                 seen.add(t)
                 rows.append((t, float(o), float(h), float(low), float(c)))
@@ -75,17 +78,18 @@ def test_derived_bars_equal_an_independent_aggregation(eurusd_2019: Path) -> Non
 
 def test_spot_checked_bars_match_hand_computed_values(eurusd_2019: Path) -> None:
     data = load_prepared(eurusd_2019)
-    # The first five minutes of 2019 in the file: 17:02, 17:03, 17:04 fall in the 17:00 m5 bucket.
+    # The first five minutes of 2019 in the file (New York time, 22:02 UTC): 17:02, 17:03, 17:04 fall in the
+    # 17:00 (22:00 UTC) m5 bucket.
     #   20190101 170200;1.145980;1.145990;1.145980;1.145980
     #   20190101 170300;1.145980;1.146070;1.145980;1.146070
     #   20190101 170400;1.146070;1.146070;1.146060;1.146060
     m5 = data.bars[Timeframe.M5]
-    assert np.datetime64(int(m5.start[0]), "s") == np.datetime64("2019-01-01T17:00:00")
+    assert np.datetime64(int(m5.start[0]), "s") == np.datetime64("2019-01-01T22:00:00")
     np.testing.assert_array_equal(m5.ohlc[0], [1.14598, 1.14607, 1.14598, 1.14606])
     assert m5.count[0] == 3
-    # h4 bars start on multiples of 4 hours of the data clock; the first covers 16:00-20:00.
+    # h4 bars start on multiples of 4 hours of the data clock (UTC); the first covers 20:00-24:00.
     h4 = data.bars[Timeframe.H4]
-    assert np.datetime64(int(h4.start[0]), "s") == np.datetime64("2019-01-01T16:00:00")
+    assert np.datetime64(int(h4.start[0]), "s") == np.datetime64("2019-01-01T20:00:00")
     assert h4.count[0] == int(np.sum(data.bars[Timeframe.M1].start < h4.start[0] + 4 * 3600))
 
 
@@ -106,7 +110,15 @@ def test_all_shared_histdata_files_prepare_as_four_instruments(tmp_path: Path) -
     histdata = require_histdata()
     out = tmp_path / "all"
     result = subprocess.run(
-        [sys.executable, "-m", "stage1_ds", "prepare", "--input", str(histdata), "--out", str(out)],
+        [
+            *PREPARE,
+            "--input",
+            str(histdata),
+            "--out",
+            str(out),
+            "--timezone",
+            "as-given",
+        ],  # the reference's clock
         capture_output=True,
         text=True,
         check=False,
@@ -147,6 +159,25 @@ def test_all_shared_histdata_files_prepare_as_four_instruments(tmp_path: Path) -
         for source in record["sources"]:
             source["path"] = Path(source["path"]).name
     assert manifest == reference["manifest"]
+    assert "timestamps kept as given" in result.stderr and "(naive, as given)" in result.stdout
+
+
+def test_histdata_is_read_on_its_documented_clock_and_every_range_names_its_clock(tmp_path: Path) -> None:
+    """Without --timezone, HistData's New York times are converted to UTC, said in one line with the flags
+    that choose otherwise; the summary names the clock of each range."""
+    require_histdata()
+    out = tmp_path / "eurusd"
+    command = [*PREPARE, "--input", str(EURUSD_2019), "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    said = [line for line in result.stderr.splitlines() if "New York time" in line]
+    assert len(said) == 1 and "--timezone ZONE" in said[0] and "--timezone as-given" in said[0]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["timezone"] == "America/New_York"
+    assert (
+        manifest["instruments"]["EURUSD"]["time_range_utc"][0] == "2019-01-01T22:02:00"
+    )  # 17:02 in New York
+    assert "(UTC, converted from America/New_York)" in result.stdout
 
 
 def test_prepare_refuses_to_overwrite_without_force(

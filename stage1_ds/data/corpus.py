@@ -91,7 +91,8 @@ def corpus_record(datas: list[PreparedData]) -> dict[str, Any]:
             record = data.manifest["instruments"][name]
             instruments[name] = {key: record.get(key) for key in DATA_RECORD_KEYS}
             instruments[name]["sources"] = [
-                {"path": source["path"], "sha256": source["sha256"]} for source in record.get("sources", [])
+                {"path": source["path"], "sha256": source["sha256"], "clock": source.get("clock", "")}
+                for source in record.get("sources", [])
             ]
     return {
         "folders": [str(data.root) for data in datas],

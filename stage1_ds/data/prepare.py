@@ -20,6 +20,8 @@ from tqdm import tqdm
 from stage1_ds.config import SPLIT_FRACTIONS, WINDOW_BARS
 from stage1_ds.data.features import FEATURE_NAMES, power_of_two_scale
 from stage1_ds.data.ingest import (
+    AS_GIVEN,
+    HISTDATA_CLOCK,
     BarTime,
     CsvColumns,
     FileReport,
@@ -76,6 +78,8 @@ class PrepareOptions:
         on_bad_rows: stop at the first bad row, or drop bad rows and count them.
         csv_columns: column names of generic CSV and Parquet input.
         timezone: IANA name of the clock of naive timestamps; each file is converted to UTC before bucketing.
+            None: HistData files are converted from their documented clock (`HISTDATA_CLOCK`, said in one
+            line), other files' naive timestamps are kept as given; `AS_GIVEN` keeps HistData's too.
             None: naive timestamps as given (timestamps with an offset and epoch times are UTC anyway).
         bucket_origin_minutes: where buckets start, in minutes after midnight of the data clock (all
             timeframes shift together, so they still nest): h4 buckets start at this time plus multiples of
@@ -132,13 +136,29 @@ def prepare_files(
     Returns:
         The manifest that was written.
     """
-    options = options or PrepareOptions()
+    options = resolve_clock(options or PrepareOptions(), fmt)
     _claim_output(out, options.force)
     by_instrument: dict[str, list[SourceFile]] = {}
     for source in discover_inputs(inputs, fmt, instrument):
         by_instrument.setdefault(source.instrument, []).append(source)
     jobs: list[Job] = [FilesJob(name, tuple(files)) for name, files in by_instrument.items()]
     return _prepare(out, jobs, options, synthetic=None)
+
+
+def resolve_clock(options: PrepareOptions, fmt: InputFormat) -> PrepareOptions:
+    """The options with the clock the files are read on said: HistData's documented clock where none is
+    given (and one line saying so, with the flags that choose another), none for ``--timezone as-given``."""
+    if options.timezone == AS_GIVEN:
+        log.info("timestamps kept as given (naive, the files' own clock; --timezone as-given)")
+        return replace(options, timezone=None)
+    if options.timezone is None and fmt == InputFormat.HISTDATA:
+        log.info(
+            "HistData files are stamped in New York time: converted to UTC from %s (pass --timezone ZONE for "
+            "another clock, or --timezone as-given to keep the times as written)",
+            HISTDATA_CLOCK,
+        )
+        return replace(options, timezone=HISTDATA_CLOCK)
+    return options
 
 
 def prepare_synthetic(
@@ -542,6 +562,21 @@ def _flags_that_work(by_tf: dict[Timeframe, Bars], options: PrepareOptions) -> s
     return "Flags that fit this data: " + ", or ".join(found) + "." + to_score
 
 
+def clock_of(record: dict[str, Any]) -> str:
+    """The clock of an instrument's times, in words: ``UTC``, ``UTC, converted from ZONE``, ``naive, as
+    given`` or the synthetic market's."""
+    clocks = sorted({source.get("clock", "") for source in record.get("sources", [])})
+    if not clocks:
+        return "the synthetic market's clock"
+    if all(c.startswith("UTC (converted from") for c in clocks):
+        return "UTC, converted from " + ", ".join(
+            c.removeprefix("UTC (converted from ").rstrip(")") for c in clocks
+        )
+    if all(c.startswith("UTC") for c in clocks):
+        return "UTC"
+    return "naive, as given"
+
+
 def summary_table(manifest: dict[str, Any]) -> str:
     """A plain-text table of bars per timeframe and split, and what cleaning dropped."""
     width = max(12, *(len(name) + 2 for name in manifest["instruments"]))
@@ -564,6 +599,6 @@ def summary_table(manifest: dict[str, Any]) -> str:
         lines.append(
             f"{name}: {record['duplicates_dropped']} duplicate timestamps dropped; bad rows dropped: "
             f"{dropped}; {volume}; bars stamped at their {record.get('bar_time', 'start')}; range "
-            f"{record['time_range_utc'][0]} .. {record['time_range_utc'][1]}"
+            f"{record['time_range_utc'][0]} .. {record['time_range_utc'][1]} ({clock_of(record)})"
         )
     return "\n".join(lines)

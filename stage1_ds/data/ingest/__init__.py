@@ -24,6 +24,8 @@ One module per format (`histdata`, `generic`, `binance`, `parquet`), one that op
 
 from stage1_ds.data.ingest.read import read_source
 from stage1_ds.data.ingest.sources import (
+    AS_GIVEN,
+    HISTDATA_CLOCK,
     BarTime,
     CsvColumns,
     FileReport,
@@ -38,7 +40,9 @@ from stage1_ds.data.ingest.timestamps import EARLIEST_UTC, LATEST_UTC, check_clo
 from stage1_ds.data.ingest.validate import bad_row_reasons, clean_m1, overlapping_pair, stamp_evidence
 
 __all__ = [
+    "AS_GIVEN",
     "EARLIEST_UTC",
+    "HISTDATA_CLOCK",
     "LATEST_UTC",
     "BarTime",
     "CsvColumns",

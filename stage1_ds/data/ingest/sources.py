@@ -31,6 +31,14 @@ class BarTime(StrEnum):
     END = "end"  # with its end (many futures platforms and brokers): moved back a minute on reading
 
 
+#: HistData's clock: New York local time with its daylight saving (the 2018 files; the 2019 ones follow the
+#: European daylight-saving calendar in a few weeks of March and October), what `stage1 prepare` converts
+#: HistData files from when no --timezone is given.
+HISTDATA_CLOCK = "America/New_York"
+#: ``--timezone as-given``: naive timestamps kept on the file's own clock, not converted.
+AS_GIVEN = "as-given"
+
+
 class OnBadRows(StrEnum):
     ERROR = "error"
     DROP = "drop"
