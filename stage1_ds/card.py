@@ -17,6 +17,7 @@ import yaml
 
 from stage1_ds.config import SPLITS, TrainConfig, config_to_dict
 from stage1_ds.errors import CheckpointError
+from stage1_ds.evaluation.probe.report import READOUT_NAMES, readout_verdict
 from stage1_ds.model.stage1 import (
     EXPORT_CARD,
     EXPORT_DATA,
@@ -323,21 +324,13 @@ def _measured_limitations(evaluations: list[tuple[Path, dict]], probes: list[tup
         if "attached_despite" in report or report.get("overlap_allowed"):
             continue
         for target, results in report["targets"].items():
-            plus = results.get("best_rule_plus_embeddings", {})
-            if target not in report["best_rule"] or "mse" not in plus:  # direction targets: no MSE
-                continue
-            rule = report["best_rule"][target]["rule"]
-            gain = 100 * (1 - plus["mse"] / results[rule]["mse"])
-            verdict = (
-                "adds nothing measurable"
-                if not plus["dm_p_vs_best_rule"] < 0.05
-                else ("helps" if gain > 0 else "hurts")
-            )
-            lines.append(
-                f"- Forecasting `{target}` on the test split of {_scored_on(report)} ({path.name}): the "
-                f"embeddings {verdict} over the best simple rule `{rule}`: MSE {gain:+.1f}% "
-                f"(positive: better; Diebold-Mariano p {_p(plus['dm_p_vs_best_rule'])}, n {plus['n']})."
-            )
+            for method in READOUT_NAMES:
+                if target not in report["best_rule"] or "mse" not in results.get(method, {}):
+                    continue  # direction targets (no MSE); a model without a future-size head
+                lines.append(
+                    f"- Forecasting on the test split of {_scored_on(report)} ({path.name}): "
+                    f"{readout_verdict(report, target, method)}."
+                )
     for path, report in evaluations:
         if "attached_despite" in report or report.get("overlap_allowed"):
             continue

@@ -205,7 +205,12 @@ def test_evaluate_reports_every_mode_timeframe_and_baseline(
     for mode in report["modes"]:
         assert (tmp_path / f"r_{mode}.png").stat().st_size > 0
         assert (tmp_path / f"r_{mode}_example.png").stat().st_size > 0
-    assert "mode horizon" in format_report(report)
+    text = format_report(report)
+    assert "mode horizon" in text and "IN-SAMPLE" not in text
+    for mode, result in report["modes"].items():  # one verdict per mode, its word the overall ratio's
+        ratio = result["overall"]["ratio_to_best_baseline"]
+        word = "better than" if ratio < 1 else "worse than"
+        assert f"{mode}: the model is {word} the best baseline overall ({ratio:.3f} of its MSE" in text
 
 
 def test_a_model_predicting_the_interpolation_scores_ratio_one(

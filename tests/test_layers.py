@@ -22,7 +22,7 @@ FLOORS = {
     "stage1_ds.data": 1,
     "stage1_ds.model": 2,
     "stage1_ds.encoding": 3,
-    "stage1_ds.card": 3,
+    "stage1_ds.card": 5,
     "stage1_ds.train": 4,
     "stage1_ds.evaluation": 4,
     "stage1_ds.export": 5,

@@ -62,4 +62,21 @@ def test_a_folder_on_another_clock_is_refused(
     out = tmp_path / "probe.json"
     args = ["probe", "--model", str(trained_export), "--data", str(other), "--json", str(out)]
     assert main(args) == 2
-    assert "prepared with --timezone America/New_York" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "prepared with --timezone America/New_York" in error
+    assert "another clock than the model's" in error and "trained or validated on" not in error
+
+
+def test_scoring_the_models_own_train_split_is_said_to_be_in_sample(
+    trained_export: Path, synthetic_small: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Asked for by name, the model's own train split is scored, with a line saying the figures are
+    in-sample, and the JSON records which data it was."""
+    out = tmp_path / "eval.json"
+    args = ["evaluate", "--model", str(trained_export), "--data", str(synthetic_small), "--json", str(out)]
+    assert main([*args, "--split", "train", "--batches", "1", "--batch-size", "8", "--mode", "time"]) == 0
+    captured = capsys.readouterr()
+    assert "IN-SAMPLE" in captured.out and "IN-SAMPLE" in captured.err
+    report = json.loads(out.read_text())
+    assert report["in_sample"] and "overlaps the model's train period" in report["in_sample"][0]
+    assert report["overlap"] == [] and not report["overlap_allowed"]

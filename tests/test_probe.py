@@ -212,6 +212,16 @@ def test_probe_command_reports_every_target_and_method(
     assert out.with_suffix(".png").stat().st_size > 0
     printed = capsys.readouterr().out
     assert "best_rule_plus_embeddings" in printed
+    assert printed.count("negative: the method's errors are smaller") == 1, "the DM convention, once"
+    assert printed.count("dropped:") == 3 and "{" not in printed, "each count once, in words"
+    verdicts = printed.split("verdict (test split):\n", 1)[1].splitlines()
+    assert [v.split(":")[0].strip() for v in verdicts[:2]] == ["`rv_60m`", "`rv_240m`"]
+    for target in ("rv_60m", "rv_240m"):
+        line = next(v for v in verdicts if v.strip().startswith(f"`{target}`: the embeddings"))
+        if report["alphas"][target]["best_rule_plus_embeddings"] is None:
+            assert "declined on val" in line and "(declined on val)" in printed
+        else:
+            assert "MSE" in line and ("better" in line or "worse" in line or "no measurable difference" in line)
     assert "market (the market rules' other instruments, present on test anchors): OTHER " in printed
 
 

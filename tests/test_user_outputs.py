@@ -31,13 +31,13 @@ from stage1_ds.data.figures import (
     MIN_MASKED_BARS,
     MIN_WIDTH_INCHES,
     ExampleWindow,
+    MseBar,
     Panel,
-    ScatterPanel,
     choose_example,
     error_bars_figure,
     example_figure,
     example_window,
-    probe_scatter_figure,
+    mse_figure,
     window_spans,
 )
 from stage1_ds.data.prepare import PrepareOptions, prepare_synthetic, summary_table
@@ -378,18 +378,23 @@ def test_bar_charts_keep_one_colour_per_method_and_say_n() -> None:
         assert ax.get_xticklabels()[0].get_text() == "m1\nn=310" and "64 windows" in ax.get_title()
 
 
-def test_the_probe_scatter_names_n_split_and_instruments() -> None:
-    rng = np.random.default_rng(0)
-    panels = [
-        ScatterPanel("best_rule", "har (best_rule)", rng.normal(size=40), rng.normal(size=40), 0.5),
-        ScatterPanel(
-            "best_rule_plus_embeddings", "plus embeddings", rng.normal(size=40), rng.normal(size=40), 0.6
-        ),
-    ]
-    figure = probe_scatter_figure(panels, "test", ["EURUSD", "GBPUSD"], "rv_60m")
-    titles = [ax.get_title() for ax in figure.get_axes()]
-    assert titles == ["har (best_rule): R^2 0.500, n=40", "plus embeddings: R^2 0.600, n=40"]
-    assert figure._suptitle is not None and figure._suptitle.get_text() == "test split of EURUSD, GBPUSD"
+def test_the_probe_figure_sets_each_readouts_mse_beside_the_rules_with_intervals() -> None:
+    """A panel per target, a bar per method with its interval, the rule's MSE a dashed line through all,
+    a declined correction marked in its label and hatched; the split and instruments in the title."""
+    panels = {
+        "rv_60m": [MseBar("best_rule", 0.40, 0.02), MseBar("the embeddings", 0.38, 0.02)],
+        "rv_240m": [MseBar("best_rule", 0.30, 0.03), MseBar("the embeddings", 0.30, 0.03, declined=True)],
+    }
+    figure = mse_figure(panels, "test", ["EURUSD", "GBPUSD"])
+    first, second = figure.get_axes()
+    assert [t.get_text() for t in first.get_yticklabels()] == ["best_rule", "the embeddings"]
+    assert "the embeddings (declined on val)" in [t.get_text() for t in second.get_yticklabels()]
+    widths = sorted(round(p.get_width(), 3) for p in first.patches)
+    assert widths == [0.38, 0.40]
+    assert [p.get_hatch() for p in second.patches] == ["", "//"]
+    (dashed,) = [line for line in first.get_lines() if line.get_linestyle() == "--"]
+    assert dashed.get_xdata()[0] == 0.40, "the rule's MSE, dashed, through every bar"
+    assert figure._suptitle is not None and "test split of EURUSD, GBPUSD" in figure._suptitle.get_text()
 
 
 def test_the_evaluate_table_prints_the_volume_errors(synthetic_small: Path) -> None:

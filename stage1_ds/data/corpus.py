@@ -267,37 +267,42 @@ def _utc(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M")
 
 
-def scored_overlaps(model_record: dict[str, Any] | None, data: DataSource, split: str) -> list[str]:
-    """What would let a model be scored on its own training data: for every instrument of ``data`` the
-    model was trained on (its export's ``data.json``, `corpus_record`), a ``split`` whose bars (history
-    included) overlap the model's train or val period (other than the split of that name itself: scoring
-    ``val`` on val is asked for), one line naming both ranges; and folders prepared on
-    another clock than the model's data (``--timezone``). Empty when nothing overlaps, or when the export
-    has no data record (written before data.json existed: nothing to compare)."""
+def scored_overlaps(
+    model_record: dict[str, Any] | None, data: DataSource, split: str
+) -> dict[str, list[str]]:
+    """What would let a model be scored on its own data, from its export's ``data.json`` (`corpus_record`),
+    one line each, by kind:
+
+    - ``overlap``: for every instrument of ``data`` the model was trained on, a ``split`` whose bars (history
+      included) overlap the model's train or val period of another name, naming both ranges;
+    - ``in_sample``: the model's own train or val split scored by its name (asked for; said, not refused);
+    - ``clock``: folders prepared on another clock than the model's data (``--timezone``).
+
+    Every list is empty when the export has no data record (written before data.json existed)."""
+    found: dict[str, list[str]] = {"overlap": [], "in_sample": [], "clock": []}
     if model_record is None:
-        return []
-    problems = []
+        return found
     known = model_record.get("instruments", {})
     for folder in load_corpus(data):
         clock = folder.manifest.get("timezone")
         if clock != model_record.get("timezone"):
-            problems.append(
+            found["clock"].append(
                 f"{folder.root}: prepared with --timezone {clock or '(none: the files own clock)'}, the model's "
-                f"data with {model_record.get('timezone') or '(none: the files own clock)'}: its hours and "
-                "figures mean another clock"
+                f"data with {model_record.get('timezone') or '(none: the files own clock)'}: its hours mean "
+                "another clock than the model learned"
             )
         for name in folder.instruments:
             if name not in known:
                 continue
             scored = folder.split(name, split)
             for period in ("train", "val"):
-                if period == split:  # scoring the model's own val (or train) split is asked for by name
-                    continue
                 used = known[name]["splits"][period]
-                if scored.history_start < used["end"] and used["history_start"] < scored.end:
-                    problems.append(
-                        f"{name}: the {split} split of {folder.root} ({_utc(scored.history_start)} .. "
-                        f"{_utc(scored.end)}) overlaps the model's {period} period "
-                        f"({_utc(used['history_start'])} .. {_utc(used['end'])})"
-                    )
-    return problems
+                if not (scored.history_start < used["end"] and used["history_start"] < scored.end):
+                    continue
+                line = (
+                    f"{name}: the {split} split of {folder.root} ({_utc(scored.history_start)} .. "
+                    f"{_utc(scored.end)}) overlaps the model's {period} period "
+                    f"({_utc(used['history_start'])} .. {_utc(used['end'])})"
+                )
+                found["in_sample" if period == split else "overlap"].append(line)
+    return found

@@ -14,8 +14,7 @@ and the predictions) and a function that draws it. Tests read the description, n
   figure is as wide as a masked bar's candles need to be `MIN_CANDLE_PIXELS` wide. `stage1 evaluate`
   saves one per mode; training logs one to TensorBoard (``val/masked_window``), the same window all run.
 - `error_bars_figure`: RMSE per timeframe of every method of one masking mode, with n.
-- `probe_scatter_figure`: predicted against realised log variance for two probe methods, with n, the split
-  and the instruments.
+- `mse_figure`: the test MSE of the probe's rule and of each readout, with 95% intervals, a panel per target.
 """
 
 from __future__ import annotations
@@ -407,35 +406,47 @@ def error_bars_figure(
 
 
 @dataclass
-class ScatterPanel:
-    """One method of `probe_scatter_figure`: predictions against the realised values, and its R^2."""
+class MseBar:
+    """One method of `mse_figure`: its test MSE, the half-width of its 95% interval, and whether it is a
+    readout that declined to correct the rule (drawn hatched)."""
 
-    method: str
     label: str
-    predicted: np.ndarray
-    realised: np.ndarray
-    r2: float
+    mse: float
+    half_width: float
+    declined: bool = False
 
 
-def probe_scatter_figure(
-    panels: list[ScatterPanel], split: str, instruments: list[str], target: str
-) -> Figure:
-    """Predicted against realised values, one panel per method (sharing axes), with n, split, instruments."""
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.2), sharex=True, sharey=True)
+def mse_figure(panels: dict[str, list[MseBar]], split: str, instruments: list[str]) -> Figure:
+    """One panel per target: each method's MSE as a horizontal bar with its 95% interval, the first (the
+    rule) as a dashed reference line through every bar, so a gain reads at a glance."""
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(6.5 * len(panels), 0.6 + 0.45 * max(map(len, panels.values())))
+    )
     axes = np.atleast_1d(axes)
-    for ax, panel in zip(axes, panels, strict=True):
-        ax.scatter(
-            panel.predicted,
-            panel.realised,
-            s=4,
-            alpha=0.4,
-            color=METHOD_COLOURS.get(panel.method, "tab:blue"),
+    for ax, (target, bars) in zip(axes, panels.items(), strict=True):
+        y = np.arange(len(bars))[::-1]
+        colours = [
+            "tab:gray" if k == 0 else ("tab:blue" if "untrained" in bar.label else "tab:orange")
+            for k, bar in enumerate(bars)
+        ]
+        ax.barh(
+            y,
+            [bar.mse for bar in bars],
+            xerr=[bar.half_width for bar in bars],
+            color=colours,
+            hatch=["//" if bar.declined else "" for bar in bars],
+            capsize=3,
         )
-        low, high = float(np.min(panel.realised)), float(np.max(panel.realised))
-        ax.plot([low, high], [low, high], color=TRUE_COLOUR, linewidth=0.8)
-        ax.set_title(f"{panel.label}: R^2 {panel.r2:.3f}, n={len(panel.realised)}", fontsize=9)
-        ax.set_xlabel(f"predicted {target}", fontsize=8)
-    axes[0].set_ylabel(f"realised {target}", fontsize=8)
-    figure.suptitle(f"{split} split of {', '.join(instruments)}", fontsize=9)
+        ax.axvline(bars[0].mse, color="black", linestyle="--", linewidth=0.8)
+        ax.set_yticks(
+            y, [bar.label + (" (declined on val)" if bar.declined else "") for bar in bars], fontsize=8
+        )
+        low = min(bar.mse - bar.half_width for bar in bars)
+        high = max(bar.mse + bar.half_width for bar in bars)
+        ax.set_xlim(low - 0.1 * (high - low), high + 0.1 * (high - low))
+        ax.set_xlabel(f"{target}: test MSE (95% interval; dashed: best_rule)", fontsize=8)
+    figure.suptitle(
+        f"{split} split of {', '.join(instruments)}: the rule and the rule plus each readout", fontsize=9
+    )
     figure.tight_layout()
     return figure

@@ -17,27 +17,43 @@ log = logging.getLogger(__name__)
 
 
 def check_overlap(model_dir: Path, data: DataSource, split: str, allow_overlap: bool) -> dict[str, Any]:
-    """The scored split against the model's own data (`scored_overlaps`): an error unless
-    ``allow_overlap``; returns what a report records (``overlap``, ``overlap_allowed``).
+    """The scored split against the model's own data (`scored_overlaps`): another split overlapping the
+    model's train or val period, or a folder on another clock, is an error unless ``allow_overlap``; the
+    model's own train or val split scored by name is said in one line (in-sample). Returns what a report
+    records (``overlap``, ``clock``, ``in_sample``, ``overlap_allowed``).
 
     Raises:
-        DataError: naming every overlap and the fix.
+        DataError: naming every overlap (or clock) and the fix.
     """
     record_file = model_dir / EXPORT_DATA
     record = json.loads(record_file.read_text()) if record_file.is_file() else None
-    problems = scored_overlaps(record, data, split)
-    if problems and not allow_overlap:
+    found = scored_overlaps(record, data, split)
+    if found["clock"] and not allow_overlap:
+        raise DataError(
+            "the data are on another clock than the model's:\n  "
+            + "\n  ".join(found["clock"])
+            + "\nprepare them again with the model's --timezone (its data.json says which), or pass "
+            "--allow-overlap to run anyway (the report then records it)"
+        )
+    if found["overlap"] and not allow_overlap:
         raise DataError(
             "the figures would be scored on data the model was trained or validated on:\n  "
-            + "\n  ".join(problems)
+            + "\n  ".join(found["overlap"])
             + "\nscore a folder prepared with the model's splits (or later data), or pass --allow-overlap "
             "to run anyway (the report then records the overlap)"
         )
-    if problems:
+    allowed = found["overlap"] + found["clock"]
+    if allowed:
+        log.warning("scored despite: %s (--allow-overlap)", "; ".join(allowed))
+    if found["in_sample"]:
         log.warning(
-            "scored despite overlapping the model's own data (--allow-overlap): %s", "; ".join(problems)
+            "IN-SAMPLE: the %s split is the model's own %s data (%s): the figures say how well it fits what "
+            "it saw, not how it does on new bars",
+            split,
+            split,
+            "; ".join(found["in_sample"]),
         )
-    return {"overlap": problems, "overlap_allowed": bool(problems)}
+    return {**found, "overlap_allowed": bool(allowed)}
 
 
 def provenance(model_dir: Path, data: DataSource, **others: DataSource | None) -> dict[str, Any]:

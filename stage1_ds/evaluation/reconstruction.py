@@ -424,7 +424,33 @@ def format_report(report: dict[str, Any]) -> str:
                     if d["n"]
                 )
             )
+    if report.get("in_sample") or report.get("overlap"):
+        lines.append(
+            "IN-SAMPLE: the scored split is, or overlaps, the model's own training or validation data ("
+            + "; ".join([*report.get("in_sample", []), *report.get("overlap", [])])
+            + "): these figures say how well it fits what it saw, not how it does on new bars"
+        )
+    lines.append("verdict (masked bars, model MSE against the best baseline chosen on val):")
+    lines += ["  " + mode_verdict(mode, entry) for mode, entry in report["modes"].items()]
     return "\n".join(lines)
+
+
+def mode_verdict(mode: str, entry: dict[str, Any]) -> str:
+    """One sentence per masking mode: better or worse than the best baseline overall, by how much, and on
+    how many of the timeframes."""
+    ratio = entry["overall"]["ratio_to_best_baseline"]
+    ratios = {
+        tf: e["ratio_to_best_baseline"]
+        for tf, e in entry["timeframes"].items()
+        if e["model"]["masked_values"]
+    }
+    better = [tf for tf, r in ratios.items() if r < 1]
+    word = "better than" if ratio < 1 else "worse than" if ratio > 1 else "level with"
+    return (
+        f"{mode}: the model is {word} the best baseline overall ({ratio:.3f} of its MSE, "
+        f"{100 * abs(1 - ratio):.0f}% {'lower' if ratio < 1 else 'higher'}); better on {len(better)} of "
+        f"{len(ratios)} timeframes{' (' + ', '.join(better) + ')' if better and len(better) < len(ratios) else ''}"
+    )
 
 
 def evaluation_data(report: dict[str, Any]) -> dict[str, Any]:
