@@ -127,7 +127,7 @@ def time_engine(
     """Forward, ``engine.backward``, ``engine.step`` under the DeepSpeed engine that ``config`` describes."""
     init_distributed()
     model = build_model(config, phase)
-    bundle = build_engine(model, config, build_ds_config(config, None))
+    bundle = build_engine(model, config, build_ds_config(config))
     engine = bundle.engine
     dev = device()
     moved = [b.to(dev) for b in batches]

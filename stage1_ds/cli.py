@@ -243,10 +243,12 @@ def run_train(args: argparse.Namespace) -> int:
         )
         return 128 + int(signal.Signals[result.stopped_by])
     log.info(
-        "training finished at step %d; checkpoint %s; TensorBoard: tensorboard --logdir %s",
+        "training finished at step %d; checkpoint %s; curves: tensorboard --logdir %s; next, one fp32 model "
+        "folder: stage1 convert %s --out EXPORT",
         result.global_step,
         result.checkpoint_tag,
         out / "tensorboard",
+        out,
     )
     return 0
 
@@ -279,6 +281,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     print(f"demo finished at step {result.global_step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}")
     print(f"checkpoints: {run / 'checkpoints'}")
     print(f"TensorBoard: .venv/bin/tensorboard --logdir {run / 'tensorboard'}")
+    print(f"next, one fp32 model folder: .venv/bin/stage1 convert {run} --out {args.out / 'export'}")
     return 0
 
 

@@ -49,7 +49,7 @@ def _batches(folder: Path, config: Config, count: int) -> list[Batch]:
 def _engine(model: Stage1Model, config: Config, phase: Phase) -> EngineBundle:
     init_distributed()
     model.set_phase(phase, config.model.lora)
-    return build_engine(model, config, build_ds_config(config, None))
+    return build_engine(model, config, build_ds_config(config))
 
 
 def _step(bundle: EngineBundle, batch: Batch, config: Config) -> float:
@@ -178,7 +178,7 @@ def test_ds_config_refuses_keys_the_project_owns(tmp_path: Path) -> None:
     )
     config = tiny_train_config(ds_config=str(path))
     with pytest.raises(ConfigError, match=r"sets \['train_batch_size', 'optimizer.params.lr'\]"):
-        build_ds_config(config, None)
+        build_ds_config(config)
     merged = build_ds_config(tiny_train_config(gradient_accumulation_steps=3), tmp_path / "tb")
     assert merged["gradient_accumulation_steps"] == 3 and merged["train_micro_batch_size_per_gpu"] == 4
     assert merged["bf16"] == {"enabled": False} and merged["tensorboard"]["output_path"] == str(
@@ -269,7 +269,7 @@ def test_continuing_groups_keep_their_adam_state_across_a_phase_boundary(
     config = tiny_train_config(adam_op=adam_op)
     batches = _batches(synthetic_small, config, 4)
     model = Stage1Model(config.model, config.data)
-    ds_config = build_ds_config(config, None)
+    ds_config = build_ds_config(config)
     bundle = _engine(model, config, Phase.FROZEN)
     assert isinstance(bundle.engine.optimizer.optimizer, torch.optim.AdamW) == (adam_op == AdamOp.TORCH)
     for batch in batches[:3]:
@@ -293,7 +293,7 @@ def test_bf16_lora_to_full_boundary_folds_the_update_in_fp32(synthetic_small: Pa
     scaling = lora_scaling(config.model.lora)
     batches = _batches(synthetic_small, config, 2)
     model = Stage1Model(config.model, config.data)
-    ds_config = build_ds_config(config, None)
+    ds_config = build_ds_config(config)
     bundle = _engine(model, config, Phase.LORA)
     with torch.no_grad():  # peft starts B at zero; a small update, as after real training
         for name, param in model.named_parameters():

@@ -56,7 +56,7 @@ def _train_and_save(
     model.set_phase(phase, config.model.lora)
     run_dir.mkdir(parents=True)
     write_run_files(run_dir, model, folder)
-    bundle = build_engine(model, config, build_ds_config(config, None))
+    bundle = build_engine(model, config, build_ds_config(config))
     if phase == Phase.LORA:
         with torch.no_grad():  # peft starts B at zero; make the adapters matter before training moves them
             for name, param in model.named_parameters():

@@ -71,7 +71,7 @@ def test_the_deepspeed_config_asks_for_torch_adam_on_a_fallback(no_fused_adam: N
 
 
 def test_auto_keeps_deepspeeds_op_where_it_is_built() -> None:
-    ds = build_ds_config(tiny_train_config(), None)
+    ds = build_ds_config(tiny_train_config())
     assert "torch_adam" not in ds["optimizer"]["params"]
 
 

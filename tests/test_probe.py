@@ -221,7 +221,9 @@ def test_probe_command_reports_every_target_and_method(
         if report["alphas"][target]["best_rule_plus_embeddings"] is None:
             assert "declined on val" in line and "(declined on val)" in printed
         else:
-            assert "MSE" in line and ("better" in line or "worse" in line or "no measurable difference" in line)
+            assert "MSE" in line and (
+                "better" in line or "worse" in line or "no measurable difference" in line
+            )
     assert "market (the market rules' other instruments, present on test anchors): OTHER " in printed
 
 

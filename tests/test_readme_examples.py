@@ -146,9 +146,11 @@ QUICK = {
 }
 
 
-def test_the_readme_walkthrough_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_readme_walkthrough_runs_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Each `stage1` command of the walkthrough in order, in a folder beside ../shared/data (the real EURUSD
-    zip); every output it promises is there."""
+    zip); every output it promises is there, and training ends naming the next command."""
     from conftest import require_histdata
 
     histdata = require_histdata()
@@ -166,6 +168,9 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path, monkeypatch: pyt
     for command in commands:
         args = shlex.split(command)[1:]
         assert main([*args, *QUICK.get(args[0], [])]) == 0, command
+        said = capsys.readouterr().err  # the log (stderr) of this command
+        if args[0] == "train":
+            assert "next, one fp32 model folder: stage1 convert runs/eurusd --out EXPORT" in said
     assert (work / "data/eurusd/manifest.json").is_file()
     assert (work / "exports/eurusd/model.safetensors").is_file()
     for report in ("eval.json", "eval_time_example.png", "probe.json", "probe.png"):

@@ -85,6 +85,10 @@ def test_tensorboard_has_the_curves_users_watch(staged_run: Path) -> None:
         "val/loss/cross",
     }
     assert expected <= tags, expected - tags
+    # One run (no second one of DeepSpeed's own monitor), in optimizer steps, from the untrained model on.
+    assert [p.name for p in (staged_run / "tensorboard").iterdir() if p.is_dir()] == []
+    assert events.Scalars("val/loss/total")[0].step == 0
+    assert max(e.step for e in events.Scalars("loss/total")) == 9, "steps, not samples"
     assert {"lr/lora", "lr/encoder_block_00", "lr/encoder_block_01"} <= tags
     phases = [e.value for e in events.Scalars("phase")]
     assert phases[0] == 0 and phases[-1] == 2 and sorted(phases) == phases
@@ -233,7 +237,7 @@ def test_every_shipped_config_validates() -> None:
         config = load_config(path)
         assert path.read_text().startswith("# "), f"{path.name} starts with the command that runs it"
         assert "modes:" in path.read_text() and len(config.model.masking.modes) > 1, f"{path.name}: a mixture"
-        build_ds_config(config, None)
+        build_ds_config(config)
 
 
 def test_a_config_typo_fails_naming_the_key(tmp_path: Path) -> None:

@@ -55,7 +55,7 @@ def _one_rank_with_accumulation(data_dir: Path, ds_config: str, steps: list[list
     torch.manual_seed(0)
     model = Stage1Model(config.model, config.data)
     model.set_phase(Phase.FULL)
-    bundle = build_engine(model, config, build_ds_config(config, None))
+    bundle = build_engine(model, config, build_ds_config(config))
     data = [
         MaskedWindows(
             WindowDataset(data_dir, "train", replace(config.data, keep_probability=keep)),

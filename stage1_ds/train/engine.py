@@ -98,12 +98,12 @@ def read_ds_json(config: Config) -> dict[str, Any]:
         raise ConfigError(f"train.ds_config: {path}: not valid JSON: {error}") from None
 
 
-def build_ds_config(
-    config: Config, tensorboard_dir: Path | None, adam: AdamChoice | None = None
-) -> dict[str, Any]:
-    """The DeepSpeed JSON named by ``train.ds_config``, plus batch sizes, accumulation, clipping, precision,
-    the Adam implementation (``adam``; None: `choose_adam` of ``train.adam_op``) and the TensorBoard path
-    from the project's config.
+def build_ds_config(config: Config, adam: AdamChoice | None = None) -> dict[str, Any]:
+    """The DeepSpeed JSON named by ``train.ds_config``, plus batch sizes, accumulation, clipping, precision
+    and the Adam implementation (``adam``; None: `choose_adam` of ``train.adam_op``) from the project's
+    config. DeepSpeed's own TensorBoard monitor stays off: the project's writer logs every curve a user
+    watches in optimizer steps (`stage1_ds.train.metrics`), where DeepSpeed's would add a second run of
+    group 0's lr counted in samples.
 
     Raises:
         ConfigError: the JSON is missing, unreadable, or sets a key the project's config owns.
@@ -142,8 +142,6 @@ def build_ds_config(
         ds["optimizer"]["params"]["torch_adam"] = True
         if is_offloaded(ds):  # else ZeRO-Offload insists on DeepSpeed's cpu_adam
             ds["zero_force_ds_cpu_optimizer"] = False
-    if tensorboard_dir is not None:
-        ds["tensorboard"] = {"enabled": True, "output_path": str(tensorboard_dir), "job_name": "deepspeed"}
     return ds
 
 

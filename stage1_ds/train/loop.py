@@ -175,7 +175,7 @@ def train(
     (log.warning if adam.fallback else log.info)("optimizer: %s (%s)", adam.op, adam.reason)
     if rank == 0:
         write_json(run_dir / ADAM_RECORD, {"op": adam.op, "fallback": adam.fallback, "reason": adam.reason})
-    ds_config = build_ds_config(config, run_dir / "tensorboard", adam)
+    ds_config = build_ds_config(config, adam)
     metrics = MetricsWriter(run_dir / "tensorboard", enabled=rank == 0)
     stop = StopFlag()
     stopped_by: str | None = None
@@ -203,6 +203,8 @@ def train(
             bundle.engine, val_data, val_batches(num_batches=train_cfg.eval_batches), config, dev
         )
         log.info("evaluation before training works: val loss %.4f", first_val["val/loss/total"])
+        if point is None:  # the curve's first point: the untrained model (a resume logged its own already)
+            metrics.scalars(first_val, state.global_step)
 
         sampler = WindowSampler(
             len(train_data),

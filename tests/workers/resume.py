@@ -50,7 +50,7 @@ def loaded_moments(config: Config, run_dir: Path) -> dict[str, tuple[torch.Tenso
     point = find_resume_point(run_dir, True, config)
     assert point is not None
     restore_model(point, model, config)
-    bundle = build_engine(model, config, point.ds_config(build_ds_config(config, None)))
+    bundle = build_engine(model, config, point.ds_config(build_ds_config(config)))
     restore_engine(point, bundle.engine, run_dir)
     moments = optimizer_moments(model, bundle)
     release_engine(bundle, model)

@@ -42,7 +42,7 @@ def run(data_dir: str, out_dir: str, ds_config: str) -> None:
     torch.manual_seed(0)
     model = Stage1Model(config.model, config.data)
     model.set_phase(Phase.FULL)
-    bundle = build_engine(model, config, build_ds_config(config, None))
+    bundle = build_engine(model, config, build_ds_config(config))
     data_config = replace(config.data, keep_probability=DROPPED_ON_RANK_1 if rank == 1 else {})
     data = MaskedWindows(WindowDataset(data_dir, "train", data_config), config.model.masking, 8, seed=0)
     sampler = WindowSampler(len(data), config.train.micro_batch_size, seed=0, rank=rank, world_size=world)
