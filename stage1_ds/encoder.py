@@ -296,7 +296,7 @@ class Encoder:
         """Minutes of trading the model needs before its first decision: the longest window of any
         timeframe (its bars times its minutes) and one bar of it more (the unfinished bar is left out).
         Weekends and breaks come on top: a 32-bar model's h4 window is 7,920 minutes, a week and a day of FX
-        trading; a 128-bar one's about four and a half weeks."""
+        trading; a 128-bar one's 30,960, more than four weeks of FX."""
         return max((self.window_bars[tf] + 1) * tf.minutes for tf in self.timeframes)
 
     def _refuse_short(self, derived: DerivedBars, anchor: int) -> None:

@@ -213,14 +213,10 @@ def test_the_readme_stage2_lines_run(month: Path, trained_export: Path) -> None:
     code = readme.split("## For a Stage-2 model", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     code = code.replace('"exports/eurusd"', repr(str(trained_export))).replace('"EURUSD"', '"SYNTH"')
     frame = _raw(load_prepared(month))
-    namespace = {
-        "bars": frame,
-        "decision_times": frame.index[-300::60],
-        "gbpusd_history": frame.iloc[: 20 * 1440],
-    }
+    namespace = {"bars": frame, "gbpusd_history": frame.iloc[: 20 * 1440]}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["now"]["h4"].shape == (1, namespace["encoder"].d_model)
-    assert namespace["history"]["m1"].shape == (5, namespace["encoder"].d_model)
+    assert namespace["history"]["m1"].shape == (10, namespace["encoder"].d_model)
     assert namespace["tokens"]["m1"].shape[:2] == (1, 2)  # 16 bars in patches of 8
     assert "GBPUSD" in namespace["encoder"].instruments
 
