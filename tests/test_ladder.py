@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from stage1_ds.experiments import ladder
@@ -16,7 +17,9 @@ from stage1_ds.experiments.ladder import (
     climb,
     gain_per_doubling,
     ladder_page,
+    paired_difference,
     val_score,
+    without_losses,
 )
 
 TINY = ["model.encoder.preset=tiny", "train.micro_batch_size=8", "train.eval_batches=1"]
@@ -76,7 +79,8 @@ def test_the_ladder_trains_each_signal_once_and_reports_gains_against_steps(
         read_only=True,
     )
     results = ladder.measure(options)
-    assert ladder.rungs_of(json.loads(json.dumps(results))) == rungs  # plain data, read back whole
+    reported = {s: {n: without_losses(r) for n, r in by.items()} for s, by in rungs.items()}
+    assert ladder.rungs_of(json.loads(json.dumps(results))) == reported  # plain data, read back whole
     docs = tmp_path / "docs"
     written = write_report(ladder.EXPERIMENT, results, docs)
     assert [p.name for p in written] == ["ladder.json", "ladder.md", "ladder.png"]
@@ -101,13 +105,18 @@ def test_the_ladder_trains_each_signal_once_and_reports_gains_against_steps(
     assert set(higher["range"]) == {12, 24} and set(higher["future"]) == {12}
     assert higher["future"][12] == rungs["future"][12]
     assert {p.name for p in (work / "ladder").glob("*.json")} == {*written_rungs, "range_24.json"}
-    page = ladder_page(
-        higher, str(root), None, "python scripts/quality_report.py --experiment ladder", (12, 24)
-    )
+    page = ladder_page(higher, choose_signal(higher, 12), str(root), None, "q.py", (12, 24))
     assert "| range | 24 |" in page and "| future | 24 |" not in page
-    assert "not yet run" in ladder_page(rungs, str(root), None, "scripts/quality_report.py", (12, 24))
-    page = ladder_page(higher, str(root), None, "scripts/quality_report.py", (12, 24), 24)
+    assert "not yet run" in ladder_page(rungs, choose_signal(rungs, 12), str(root), None, "q.py", (12, 24))
+    page = ladder_page(higher, choose_signal(higher, 24), str(root), None, "q.py", (12, 24))
     assert "Signal chosen on val at 24 steps" in page and "): **range**" in page
+    # The rungs kept their val losses in WORK: the choice between two signals is paired over the anchors.
+    both = choose_signal(rungs, 12)
+    (other,) = both["differences"]
+    assert both["differences"][other][2] is True and "paired over the same val anchors" in ladder_page(
+        rungs, both, str(root), None, "q.py", (12,)
+    )
+    assert all("val_losses" not in json.dumps(r) for r in results["rungs"].values()), "not in the report"
 
 
 def _rung(gains: list[float], val: list[float] | None = None, se: float = 0.1) -> dict:
@@ -137,15 +146,50 @@ def test_the_choice_prefers_the_cheaper_of_signals_within_two_standard_errors() 
     """The mean val gain over instruments and targets decides; where the best is within two standard errors
     of the difference of another signal, the cheaper of them is taken (and said)."""
     close = {"range": {8000: _rung([0, 0], [1.0, 1.2])}, "future_range": {8000: _rung([0, 0], [1.3, 1.3])}}
-    assert choose_signal(close, 8000) == ("range", 8000, ["range", "future_range"])
+    choice = choose_signal(close, 8000)
+    assert (choice["chosen"], choice["at"], choice["close"]) == ("range", 8000, ["future_range", "range"])
     clear = {
         "range": {8000: _rung([0, 0], [1.0, 1.2], 0.05)},
         "future_range": {8000: _rung([0, 0], [2.0, 2.2], 0.05)},
     }
-    assert choose_signal(clear, 8000) == ("future_range", 8000, ["future_range"])
+    assert choose_signal(clear, 8000)["chosen"] == "future_range"
     # The conservative error of the mean: an instrument's two targets move together.
     mean, error = val_score(_rung([0, 0], [1.0, 3.0], se=0.2))
     assert mean == pytest.approx(2.0) and error == pytest.approx(math.sqrt(2 * 0.2**2) / 2)
+
+
+def _losses(rng: np.random.Generator, rule: np.ndarray, better_by: float) -> dict:
+    """A cell whose best readout's val losses are the rule's less ``better_by`` of them, with noise shared by
+    every signal (the same anchors)."""
+    best = rule * (1 - better_by)
+    gain = 100 * better_by
+    return {
+        "best": {"readout": "nested", "gain": 0, "val_gain": gain, "val_se": 1.0},
+        "val_losses": {"rule": rule.tolist(), "best": best.tolist()},
+    }
+
+
+def test_two_signals_on_the_same_anchors_are_compared_pair_by_pair() -> None:
+    """Scores whose errors are large apart (the rule's noise) but move together anchor by anchor: the
+    paired difference is resolved where the unpaired one is not, and the better signal is chosen."""
+    rng = np.random.default_rng(0)
+    rules = {name: rng.exponential(1.0, 400) for name in ("I0", "I1")}
+
+    def rung(better_by: float) -> dict:
+        return {
+            "instruments": {
+                n: {t: _losses(rng, r, better_by) for t in ("rv_60m", "rv_240m")} for n, r in rules.items()
+            }
+        }
+
+    rungs = {"range": {8000: rung(0.01)}, "future_range": {8000: rung(0.02)}}
+    choice = choose_signal(rungs, 8000)
+    difference, error, paired = choice["differences"]["range"]
+    assert paired and difference == pytest.approx(1.0, abs=0.05) and error < 0.5
+    assert choice["chosen"] == "future_range", "the unpaired errors (1.0 each) would have called it a tie"
+    assert paired_difference(rungs["future_range"][8000], rungs["range"][8000])[0] == pytest.approx(
+        difference
+    )
 
 
 def test_a_signal_not_yet_climbed_to_the_choice_rung_is_not_chosen() -> None:
@@ -154,10 +198,6 @@ def test_a_signal_not_yet_climbed_to_the_choice_rung_is_not_chosen() -> None:
         "future": {2000: _rung([0], [5.0])},
         "future_range": {2000: _rung([0], [0.5]), 8000: _rung([0], [2.0])},
     }
-    assert choose_signal(rungs, 8000)[:2] == ("future_range", 8000)
-    assert choose_signal({"range": {2000: _rung([0], [1.0])}, "future": {2000: _rung([0], [5.0])}}, 8000)[
-        :2
-    ] == (
-        "future",
-        2000,
-    )
+    assert (choose_signal(rungs, 8000)["chosen"], choose_signal(rungs, 8000)["at"]) == ("future_range", 8000)
+    lower = choose_signal({"range": {2000: _rung([0], [1.0])}, "future": {2000: _rung([0], [5.0])}}, 8000)
+    assert (lower["chosen"], lower["at"]) == ("future", 2000)

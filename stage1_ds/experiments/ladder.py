@@ -40,7 +40,7 @@ from stage1_ds.config import MaskingMode
 from stage1_ds.data.store import load_prepared, model_stats
 from stage1_ds.evaluation.probe import format_p, horizon_steps, probe
 from stage1_ds.evaluation.reconstruction import evaluate
-from stage1_ds.evaluation.statistics import mse_gain
+from stage1_ds.evaluation.statistics import long_run_variance, mse_gain
 from stage1_ds.evaluation.volatility import VARIANCE_TARGETS
 from stage1_ds.experiments.harness import (
     TRAINED_SCORED,
@@ -91,11 +91,15 @@ READOUTS = {
 CANDIDATE_READOUTS = ("nested", "forecast", "forecast_and_embeddings")
 
 
-def gain_cells(report: dict[str, Any], readouts: dict[str, str]) -> dict[str, dict[str, Any]]:
+def gain_cells(
+    report: dict[str, Any], readouts: dict[str, str], keep_losses: bool = False
+) -> dict[str, dict[str, Any]]:
     """Per variance target of a probe report (with its val forecasts): the rule chosen on val (and its test
     R^2), what the refit alone gains over the rule fitted once, and per readout present (key: probe method)
     its test MSE gain over the rule in percent with the DM p, and its val gain with the standard error of
-    the paired val losses; ``best``: the readout of `CANDIDATE_READOUTS` of highest val gain."""
+    the paired val losses; ``best``: the readout of `CANDIDATE_READOUTS` of highest val gain. With
+    ``keep_losses``, ``val_losses``: the squared val errors of the rule and of the best readout per anchor
+    (what two signals' val gains are compared by, anchor by anchor: `choose_signal`)."""
     cells = {}
     for target in VARIANCE_TARGETS:
         best = report["best_rule"][target]["rule"]
@@ -116,6 +120,12 @@ def gain_cells(report: dict[str, Any], readouts: dict[str, str]) -> dict[str, di
             }
         chosen = max((k for k in CANDIDATE_READOUTS if k in cell), key=lambda k: cell[k]["val_gain"])
         cell["best"] = {"readout": chosen, **cell[chosen]}
+        if keep_losses:
+            best_loss = (val[readouts[chosen]] - val["truth"]) ** 2
+            cell["val_losses"] = {
+                "rule": [float(f"{v:.6g}") for v in rule_loss],
+                "best": [float(f"{v:.6g}") for v in best_loss],
+            }
         cells[target] = cell
     return cells
 
@@ -132,7 +142,7 @@ def measure_rung(
     for name in scored:
         stats = model_stats(exported, load_prepared(folders[name]), allow_other=False)
         report = probe(model, untrained, folders[name], max_anchors, stats=stats)
-        instruments[name] = {"anchors": report["anchors"], **gain_cells(report, READOUTS)}
+        instruments[name] = {"anchors": report["anchors"], **gain_cells(report, READOUTS, keep_losses=True)}
     first = scored[0]
     stats = model_stats(exported, load_prepared(folders[first]), allow_other=False)
     config = load_export_config(run.export)
@@ -212,22 +222,72 @@ def val_score(rung: dict[str, Any]) -> tuple[float, float]:
     return float(np.mean(gains)), float(math.sqrt(sum(s * s for s in per_instrument)) / len(cells))
 
 
-def choose_signal(
-    rungs: dict[str, dict[int, dict[str, Any]]], at: int = CHOICE_STEPS
-) -> tuple[str, int, list[str]]:
+def paired_difference(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float]:
+    """How much higher signal ``a``'s `val_score` is than ``b``'s, and the standard error of that
+    difference from the val anchors themselves (both rungs' ``val_losses``: the same anchors, the same
+    rule): per anchor, the two best readouts' squared errors apart, in percent of the rule's MSE, averaged
+    over the two targets; per instrument the mean and its long-run variance (overlapping horizons); the
+    instruments independent."""
+    means, variances = [], []
+    for name, cells in a["instruments"].items():
+        parts = []
+        for target in VARIANCE_TARGETS:
+            ours, theirs = cells[target]["val_losses"], b["instruments"][name][target]["val_losses"]
+            rule = np.asarray(ours["rule"])
+            if len(rule) != len(theirs["rule"]):
+                raise ValueError(f"{name} {target}: the two rungs were scored on different val anchors")
+            parts.append(100 * (np.asarray(theirs["best"]) - np.asarray(ours["best"])) / rule.mean())
+        per_anchor = np.mean(parts, axis=0)
+        means.append(float(per_anchor.mean()))
+        horizon = max(horizon_steps(t) for t in VARIANCE_TARGETS)
+        variances.append(long_run_variance(per_anchor, horizon) / len(per_anchor))
+    return float(np.mean(means)), float(math.sqrt(sum(variances)) / len(means))
+
+
+def has_losses(rung: dict[str, Any]) -> bool:
+    return all("val_losses" in c[t] for c in rung["instruments"].values() for t in VARIANCE_TARGETS)
+
+
+def choose_signal(rungs: dict[str, dict[int, dict[str, Any]]], at: int = CHOICE_STEPS) -> dict[str, Any]:
     """The signal chosen on val at ``at`` steps among the signals measured there (where none is, at the most
-    steps every signal has): of those whose `val_score` is within two standard errors of the highest (the
-    standard error of the difference, treating the signals' errors as independent), the cheapest (`COST`).
-    Returns the signal, the steps, and the signals found within two standard errors of the highest."""
+    steps every signal has): the highest `val_score`, unless another signal is within two standard errors
+    of it, in which case the cheapest (`COST`) of those. The standard error of a difference is the paired
+    one over the val anchors (`paired_difference`) where the rungs kept their val losses, else that of two
+    independent scores (larger). Returns ``chosen``, ``at``, each signal's ``scores`` (mean, se), the
+    ``differences`` from the highest (difference, se, paired or not) and the signals ``close`` to it."""
     having = [signal for signal, by_steps in rungs.items() if at in by_steps]
     if not having:
         having, at = list(rungs), max(set.intersection(*(set(r) for r in rungs.values())))
     scores = {signal: val_score(rungs[signal][at]) for signal in having}
     top = max(scores, key=lambda s: scores[s][0])
-    close = [
-        s for s in having if scores[top][0] - scores[s][0] <= 2 * math.hypot(scores[top][1], scores[s][1])
-    ]
-    return min(close, key=lambda s: COST.get(s, len(COST))), at, close
+    differences: dict[str, tuple[float, float, bool]] = {}
+    for signal in having:
+        if signal == top:
+            continue
+        if has_losses(rungs[top][at]) and has_losses(rungs[signal][at]):
+            differences[signal] = (*paired_difference(rungs[top][at], rungs[signal][at]), True)
+        else:
+            gap = scores[top][0] - scores[signal][0]
+            differences[signal] = (gap, math.hypot(scores[top][1], scores[signal][1]), False)
+    close = [top, *(s for s, (d, e, _) in differences.items() if d <= 2 * e)]
+    chosen = min(close, key=lambda s: COST.get(s, len(COST)))
+    return {"chosen": chosen, "at": at, "scores": scores, "differences": differences, "close": close}
+
+
+def without_losses(rung: dict[str, Any]) -> dict[str, Any]:
+    """A rung as the report keeps it: the per-anchor val losses left out (they stay in WORK)."""
+    return {
+        **rung,
+        "instruments": {
+            name: {
+                key: (
+                    {k: v for k, v in cell.items() if k != "val_losses"} if isinstance(cell, dict) else cell
+                )
+                for key, cell in cells.items()
+            }
+            for name, cells in rung["instruments"].items()
+        },
+    }
 
 
 def gain_per_doubling(by_steps: dict[int, dict[str, Any]], target: str, readout: str = "best") -> float:
@@ -258,10 +318,11 @@ def measure(options: Options) -> dict[str, Any]:
     return {
         "root": str(options.data),
         "planned": list(steps),
-        "choice_steps": CHOICE_STEPS,
         "machine": versions()["machine"],
+        "choice": choose_signal(rungs, CHOICE_STEPS),
         "rungs": {
-            signal: {str(n): rung for n, rung in by_steps.items()} for signal, by_steps in rungs.items()
+            signal: {str(n): without_losses(rung) for n, rung in by_steps.items()}
+            for signal, by_steps in rungs.items()
         },
     }
 
@@ -275,11 +336,11 @@ def render(results: dict[str, Any]) -> str:
     """The ladder's report from `measure`'s results (`ladder_page`)."""
     return ladder_page(
         rungs_of(results),
+        results["choice"],
         results["root"],
         f"{EXPERIMENT.name}.png",
         results.get("command", "scripts/quality_report.py --experiment ladder"),
         tuple(results["planned"]),
-        results["choice_steps"],
         results["machine"],
     )
 
@@ -335,16 +396,16 @@ def _cell_text(cell: dict[str, Any]) -> str:
 
 def ladder_page(
     rungs: dict[str, dict[int, dict[str, Any]]],
+    choice: dict[str, Any],
     root: str,
     figure: str | None,
     command: str,
     planned: tuple[int, ...] = LADDER_STEPS,
-    choice_steps: int = CHOICE_STEPS,
     machine: str = "",
 ) -> str:
-    """The ladder's report from the measured rungs (signals may have climbed to different rungs; the choice
-    is among those measured at ``choice_steps``)."""
-    chosen, at, close = choose_signal(rungs, choice_steps)
+    """The ladder's report from the measured rungs (signals may have climbed to different rungs) and the
+    choice made on val (`choose_signal`)."""
+    chosen, at, close = choice["chosen"], choice["at"], choice["close"]
     names = list(next(iter(next(iter(rungs.values())).values()))["instruments"])
     measured = sorted({s for by_steps in rungs.values() for s in by_steps})
     lines = [
@@ -423,7 +484,8 @@ def ladder_page(
             lines.append(
                 f"| {signal} | {count:,} | " + " | ".join(f"{ratios[tf]:.3f}" for tf in timeframes) + " |"
             )
-    scores = {s: val_score(r[at]) for s, r in rungs.items() if at in r}
+    scores, differences = choice["scores"], choice["differences"]
+    top = close[0]
     lines += [
         "",
         "Slope, the mean test gain of the best readout over the scored instruments per doubling of steps "
@@ -442,6 +504,11 @@ def ladder_page(
         f"Signal chosen on val at {at:,} steps: the mean over instruments and both targets of the best "
         "readout's val gain, with its standard error over the val anchors ("
         + ", ".join(f"{s} {m:+.2f}% ± {e:.2f}" for s, (m, e) in scores.items())
+        + f"). The highest, {top}, against each other signal, the difference with its standard error ("
+        + "; ".join(
+            f"{s}: {d:+.2f} ± {e:.2f}, {'paired over the same val anchors' if paired else 'unpaired'}"
+            for s, (d, e, paired) in differences.items()
+        )
         + f"): **{chosen}**"
         + (
             f", the cheapest of {', '.join(close)}, which are within two standard errors of the highest."
