@@ -46,6 +46,7 @@ from stage1_ds.model.stage1 import (
 )
 from stage1_ds.outputs import make_readable
 from stage1_ds.train.checkpoint import checkpoint_dir, config_of, read_meta
+from stage1_ds.train.pickles import check_folder
 from stage1_ds.version import code_version
 
 
@@ -56,6 +57,7 @@ def consolidate(run_dir: Path, tag: str, config: Config) -> dict[str, torch.Tens
         raise CheckpointError(
             f"{folder}: DeepSpeed's model or optimizer states are missing (a half-written checkpoint?)"
         )
+    check_folder(folder)  # before DeepSpeed unpickles anything of it
     try:
         state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir(run_dir)), tag=tag)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as error:

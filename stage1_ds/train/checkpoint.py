@@ -33,6 +33,7 @@ from stage1_ds.errors import CheckpointError
 from stage1_ds.model import t5
 from stage1_ds.model.stage1 import EXPORT_DATA, EXPORT_ENCODER_CONFIG, EXPORT_STATS, Stage1Model
 from stage1_ds.train.engine import UNIVERSAL_DIR, universal_checkpoint
+from stage1_ds.train.pickles import check_folder, safe_load
 from stage1_ds.version import code_version
 
 log = logging.getLogger(__name__)
@@ -243,6 +244,7 @@ def restore_engine(point: ResumePoint, engine: Any, run_dir: Path) -> None:
     DeepSpeed's ``ds_to_universal``), which re-partitions the optimizer state over this run's ranks.
     """
     load_dir = checkpoint_dir(run_dir)
+    check_folder(load_dir / point.tag)  # before DeepSpeed unpickles anything of it
     if point.world_changed:
         log.warning(
             "checkpoint %s was written by %d ranks, this run has %d: loading it through a universal "
@@ -252,6 +254,7 @@ def restore_engine(point: ResumePoint, engine: Any, run_dir: Path) -> None:
             torch.distributed.get_world_size(),
         )
         load_dir = universal_checkpoint(load_dir, point.tag)
+        check_folder(load_dir / point.tag)
     engine.load_checkpoint(str(load_dir), tag=point.tag, load_lr_scheduler_states=False)
     restore_rng(run_dir, point.tag, torch.distributed.get_rank())
 
@@ -261,7 +264,7 @@ def restore_rng(run_dir: Path, tag: str, rank: int) -> None:
     if not path.is_file():
         log.warning("%s: missing; this rank's random state starts fresh", path)
         return
-    rng = torch.load(path, weights_only=False)
+    rng = safe_load(path)
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     torch.set_rng_state(rng["torch"])
