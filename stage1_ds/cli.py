@@ -29,7 +29,7 @@ from stage1_ds.data.prepare import (
 )
 from stage1_ds.errors import Stage1Error
 from stage1_ds.logs import setup_logging
-from stage1_ds.outputs import claim_file, claim_folder
+from stage1_ds.outputs import claim_file, claim_folder, remove_own_folder
 
 log = logging.getLogger("stage1_ds")
 #: The exit code of a run stopped by Ctrl-C (128 + SIGINT, as a shell reports it). A run stopped by
@@ -263,17 +263,17 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    import shutil
 
     from stage1_ds.config import load_config, resolve_path
+    from stage1_ds.train.checkpoint import TRAIN
     from stage1_ds.train.loop import train
 
     data, run = args.out / "data", args.out / "run"
     claim_folder(args.out, "--out")
+    remove_own_folder(run, "--out", TRAIN)  # the demo trains from scratch, in a run folder it made
     if not (data / "manifest.json").exists():
         options = PrepareOptions(split_fractions=(0.6, 0.2, 0.2), window_bars=32)
         print(summary_table(prepare_synthetic(data, days=120, seed=0, options=options)))
-    shutil.rmtree(run, ignore_errors=True)  # the demo always trains from scratch
     config = load_config(resolve_path("configs/demo_cpu.yaml"), args.overrides)
     result = train(config, data, run)
     train_loss = result.last_losses.get("loss/total", float("nan"))

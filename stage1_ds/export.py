@@ -44,7 +44,7 @@ from stage1_ds.model.stage1 import (
     Stage1Model,
     parameter_report,
 )
-from stage1_ds.outputs import make_readable
+from stage1_ds.outputs import made_by, make_readable, mark_folder, remove_own_folder, replace_own_files
 from stage1_ds.train.checkpoint import checkpoint_dir, config_of, read_meta
 from stage1_ds.train.pickles import check_folder
 from stage1_ds.version import code_version
@@ -68,6 +68,10 @@ def consolidate(run_dir: Path, tag: str, config: Config) -> dict[str, torch.Tens
     return t5.untie(state, ENCODER_PREFIX)
 
 
+#: The command whose mark (`stage1_ds.outputs.MARK`) an export folder carries.
+CONVERT = "stage1 convert"
+
+
 def convert(
     run_dir: Path,
     out: Path,
@@ -85,8 +89,13 @@ def convert(
         CheckpointError: no such checkpoint, an incomplete one, one from another model, or ``out`` exists
             and ``force`` is not set.
     """
-    if out.exists() and any(out.iterdir()) and not force:
+    replacing = out.exists() and any(out.iterdir())
+    if replacing and not force:
         raise CheckpointError(f"{out}: already exists; pass --force to overwrite it")
+    if replacing and made_by(out) != CONVERT:
+        replace_own_files(out, "--out", CONVERT)  # refuses a folder stage1 convert did not make
+    staging = out.with_name(out.name + ".partial")
+    remove_own_folder(staging, "--out", CONVERT)  # an interrupted export's, never a user's
     tag, meta = read_meta(run_dir, tag)
     for name in (EXPORT_ENCODER_CONFIG, EXPORT_STATS):
         if not (run_dir / name).is_file():
@@ -123,9 +132,8 @@ def convert(
         "parameters": {k: v["total"] for k, v in report.items()},
         "dtype": "float32",
     }
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    mark_folder(staging, CONVERT, [])
     save_file({k: v.contiguous() for k, v in state.items()}, str(staging / EXPORT_WEIGHTS))
     (staging / EXPORT_CONFIG).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
     shutil.copyfile(run_dir / EXPORT_ENCODER_CONFIG, staging / EXPORT_ENCODER_CONFIG)
@@ -134,7 +142,13 @@ def convert(
         shutil.copyfile(run_dir / EXPORT_DATA, staging / EXPORT_DATA)
     (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
     write_card(staging, card_metrics, name=out.name, location=out)
+    mark_folder(staging, CONVERT)
     make_readable(staging)
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)  # the export appears whole or not at all
+    if replacing:  # its own files replaced, the user's (reports, notes) kept
+        replace_own_files(out, "--out", CONVERT)
+        for path in staging.iterdir():
+            path.replace(out / path.name)
+        staging.rmdir()
+    else:
+        staging.rename(out)  # the export appears whole or not at all
     return info

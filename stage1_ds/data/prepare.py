@@ -60,6 +60,7 @@ from stage1_ds.data.store import (
 from stage1_ds.data.synthetic import SYNTHETIC_INSTRUMENT, generate_synthetic_m1
 from stage1_ds.data.timeframes import MAX_UNITS, Bars, aggregate, volume_unit
 from stage1_ds.errors import DataError
+from stage1_ds.outputs import made_by, mark_folder, remove_own_folder, replace_own_files
 from stage1_ds.timeframes import BASE, TIMEFRAMES, Timeframe
 from stage1_ds.version import code_version
 
@@ -300,14 +301,29 @@ class Prepared:
 PARTS = "parts.partial"
 
 
+#: The command whose mark (`stage1_ds.outputs.MARK`) a prepared folder carries, and what it writes there.
+PREPARE = "stage1 prepare"
+PREPARED_FILES = ["manifest.json", "stats.json", "bars"]
+
+
 def _claim_output(out: Path, force: bool) -> None:
+    """Make ``out`` ready for a prepared folder: a new one, or with ``force`` one this command prepared
+    (only its own files replaced); a staging folder of parts left by an interrupted run is removed if this
+    command made it.
+
+    Raises:
+        DataError: ``out`` holds prepared data and ``force`` is not set.
+        OutputError: ``out`` (or its ``parts.partial``) exists and was not made by ``stage1 prepare``.
+    """
     if (out / "manifest.json").exists():
         if not force:
             raise DataError(f"{out}: already holds prepared data; pass --force to replace it")
+        if made_by(out) != PREPARE:
+            replace_own_files(out, "--out", PREPARE)  # refuses, naming the folder
         # The manifest goes first, so an interrupted rewrite never looks complete.
         (out / "manifest.json").unlink()
-        shutil.rmtree(out / "bars", ignore_errors=True)
-    shutil.rmtree(out / PARTS, ignore_errors=True)
+        replace_own_files(out, "--out", PREPARE)
+    remove_own_folder(out / PARTS, "--out", PREPARE)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -320,6 +336,7 @@ def _prepare(
     parts that finished early wait on disk."""
     parts = out / PARTS
     parts.mkdir(parents=True)
+    mark_folder(parts, PREPARE, [])  # an interrupted run's parts are this command's to remove
     workers = max(1, min(options.workers or len(os.sched_getaffinity(0)), len(jobs)))
     progress = tqdm(total=len(jobs), desc="preparing", unit="instrument", disable=None)
     done: dict[str, Prepared] = {}
@@ -369,6 +386,7 @@ def _prepare(
     write_json(out / "stats.json", stats)
     manifest = _manifest(records, options, synthetic)
     write_json(out / "manifest.json", manifest)  # last: its presence marks a complete folder
+    mark_folder(out, PREPARE, PREPARED_FILES)
     return manifest
 
 
@@ -476,6 +494,7 @@ def merge_prepared(folders: list[Path], out: Path, force: bool = False) -> dict[
     }
     write_json(out / "stats.json", stats)
     write_json(out / "manifest.json", manifest)
+    mark_folder(out, PREPARE, PREPARED_FILES)
     return manifest
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,8 @@ from stage1_ds.config import Config, PhaseConfig, load_config, resolve_path
 from stage1_ds.data.corpus import DataSource
 from stage1_ds.data.store import load_prepared
 from stage1_ds.export import convert
+from stage1_ds.outputs import remove_own_folder
+from stage1_ds.train.checkpoint import TRAIN
 from stage1_ds.train.loop import train
 from stage1_ds.version import code_version
 
@@ -171,7 +172,7 @@ def train_for(
         RuntimeError: training stopped before ``steps`` (a SIGTERM or SIGUSR1 saves a checkpoint and ends
             the run early): nothing is converted, so a half-trained model is never measured as the whole.
     """
-    shutil.rmtree(work / name, ignore_errors=True)
+    remove_own_folder(work / name, "--out", TRAIN)  # an earlier run of this name, never a user's folder
     started = time.perf_counter()
     result = train(run_config(overrides, steps, base), data_dir, work / name)
     elapsed = (time.perf_counter() - started) / 60

@@ -32,6 +32,7 @@ from stage1_ds.data.store import write_json
 from stage1_ds.errors import CheckpointError
 from stage1_ds.model import t5
 from stage1_ds.model.stage1 import EXPORT_DATA, EXPORT_ENCODER_CONFIG, EXPORT_STATS, Stage1Model
+from stage1_ds.outputs import mark_folder
 from stage1_ds.train.engine import UNIVERSAL_DIR, universal_checkpoint
 from stage1_ds.train.pickles import check_folder, safe_load
 from stage1_ds.version import code_version
@@ -69,13 +70,27 @@ class ResumePoint:
         return {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
 
 
+#: The command whose mark (`stage1_ds.outputs.MARK`) a run folder carries, and what a run writes there.
+TRAIN = "stage1 train"
+RUN_FILES = [
+    EXPORT_ENCODER_CONFIG,
+    EXPORT_STATS,
+    EXPORT_DATA,
+    "checkpoints",
+    "tensorboard",
+    "optimizer_op.json",
+]
+
+
 def write_run_files(run_dir: Path, model: Stage1Model, data: DataSource) -> None:
     """What `stage1 convert` needs besides the weights: the exact T5 layout, the data statistics (of every
-    instrument of the folder, or of the folders of a corpus) and the record of the data (`corpus_record`)."""
+    instrument of the folder, or of the folders of a corpus) and the record of the data (`corpus_record`);
+    and the folder's mark (made by ``stage1 train``, the files a run writes)."""
     t5.write_layout(model.encoder, run_dir / EXPORT_ENCODER_CONFIG)
     datas = load_corpus(data)
     write_json(run_dir / EXPORT_STATS, corpus_stats(datas))
     write_json(run_dir / EXPORT_DATA, corpus_record(datas))
+    mark_folder(run_dir, TRAIN, RUN_FILES)
 
 
 def tag_for(step: int) -> str:

@@ -61,7 +61,7 @@ from stage1_ds.train.schedule import lr_multiplier, phase_index
 
 log = logging.getLogger(__name__)
 #: The Adam implementation of the run and why (`stage1_ds.train.ops.choose_adam`), written to the run folder.
-ADAM_RECORD = "optimizer_op.json"
+ADAM_RECORD = "optimizer_op.json"  # one of `stage1_ds.train.checkpoint.RUN_FILES`
 
 
 class TrainingError(Stage1Error):
