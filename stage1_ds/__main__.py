@@ -1,5 +1,5 @@
 """`python -m stage1_ds` is the same as the `stage1` command."""
 
-from stage1_ds.cli import main
+from stage1_ds.entry import main
 
 raise SystemExit(main())

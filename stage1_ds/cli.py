@@ -46,7 +46,11 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--input", nargs="+", type=Path, default=[], help="files or folders of 1-minute bars")
     p.add_argument("--out", type=Path, required=True, help="the prepared data folder to write")
     p.add_argument("--format", choices=[f.value for f in InputFormat], default=InputFormat.HISTDATA.value)
-    p.add_argument("--instrument", help="instrument name for every input (default: from the file name)")
+    p.add_argument(
+        "--instrument",
+        type=_instrument_name,
+        help="instrument name for every input: letters, digits and ._- (default: from the file name)",
+    )
     p.add_argument("--on-bad-rows", choices=[m.value for m in OnBadRows], default=OnBadRows.ERROR.value)
     defaults = PrepareOptions()
     p.add_argument(
@@ -122,8 +126,36 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
         help="the volume column, which must then exist (default: a column named 'volume' if the header has "
         "one, else no volume)",
     )
-    csv.add_argument("--delimiter", default=columns.delimiter)
+    csv.add_argument(
+        "--delimiter",
+        type=_delimiter,
+        default=columns.delimiter,
+        help="one character, or tab, comma, semicolon, pipe, space (\\t works too)",
+    )
     p.set_defaults(run=_run_prepare)
+
+
+#: Delimiters by name (and the two characters a shell passes for ``'\t'``).
+_DELIMITERS = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|", "space": " "}
+
+
+def _delimiter(text: str) -> str:
+    """One delimiter character, or its name (argparse names the option when this raises)."""
+    delimiter = _DELIMITERS.get(text.lower(), text)
+    if len(delimiter) != 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected one character, or one of {', '.join(sorted(_DELIMITERS))}"
+        )
+    return delimiter
+
+
+def _instrument_name(text: str) -> str:
+    """An instrument name: letters, digits and ``._-``, not starting with a dot (never a path)."""
+    if not text or text.startswith(".") or not all(c.isalnum() or c in "._-" for c in text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: an instrument name is letters, digits and ._- (e.g. EURUSD, BTC-USDT), not a path"
+        )
+    return text
 
 
 def _time_of_day(text: str) -> int:
@@ -203,13 +235,12 @@ def run_train(args: argparse.Namespace) -> int:
     from stage1_ds.config import load_config
 
     config = load_config(args.config, args.overrides)
-    out = claim_folder(args.out or Path("runs") / args.config.stem, "--out")
+    out = claim_folder(_train_out(args), "--out")
     log.info("loading torch, transformers and DeepSpeed")
     from stage1_ds.train.checkpoint import checkpoint_dir
     from stage1_ds.train.loop import TrainingInterrupted, train
 
-    command = ["stage1", "train", "--config", str(args.config), "--data", *map(str, args.data)]
-    resume = shlex.join([*command, "--out", str(out), "--resume", *args.overrides])
+    resume = _resume_command(args, out)
     # Every rank ends the same way; the line that says how is said once (other ranks log warnings too).
     once = logging.WARNING if os.environ.get("RANK", "0") == "0" else logging.INFO
     try:
@@ -251,6 +282,32 @@ def run_train(args: argparse.Namespace) -> int:
         out,
     )
     return 0
+
+
+def _train_out(args: argparse.Namespace) -> Path:
+    return Path(args.out or Path("runs") / args.config.stem)
+
+
+def _resume_command(args: argparse.Namespace, out: Path) -> str:
+    """The command that continues this run from its newest complete checkpoint."""
+    command = ["stage1", "train", "--config", str(args.config), "--data", *map(str, args.data)]
+    return shlex.join([*command, "--out", str(out), "--resume", *args.overrides])
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """The one line of a command stopped by Ctrl-C outside the training loop (which says its own)."""
+    if args.command != "train":
+        return (
+            f"interrupted (Ctrl-C): stage1 {args.command} did not finish; what it was writing is incomplete"
+        )
+    out = _train_out(args)
+    latest = out / "checkpoints" / "latest"
+    saved = latest.read_text().strip() if latest.is_file() else None
+    return "interrupted (Ctrl-C) before training began; last complete checkpoint: " + (
+        f"{out / 'checkpoints' / saved}; continue with: {_resume_command(args, out)}"
+        if saved
+        else "none; the same command starts afresh"
+    )
 
 
 def _add_demo(commands: argparse._SubParsersAction) -> None:
@@ -622,6 +679,9 @@ def main(argv: list[str] | None = None) -> int:
     except Stage1Error as error:
         log.error("%s", error)
         return 2
+    except KeyboardInterrupt:  # the training loop says its own line; this is any moment before or outside it
+        log.warning("%s", _interrupted(args))
+        return INTERRUPTED
 
 
 if __name__ == "__main__":
