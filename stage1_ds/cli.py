@@ -127,6 +127,17 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
         "one, else no volume)",
     )
     csv.add_argument(
+        "--symbol",
+        help="of a file whose symbol column (symbol, sym, name, ticker, ...) names several instruments: the "
+        "rows of this one",
+    )
+    csv.add_argument(
+        "--side",
+        choices=["bid", "ask", "mid"],
+        default=columns.side,
+        help="of a file of bid and ask rows (a side column): which to read, or mid, their mean (default bid)",
+    )
+    csv.add_argument(
         "--delimiter",
         type=_delimiter,
         default=columns.delimiter,
@@ -183,6 +194,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
             close=args.close_column,
             volume=args.volume_column,
             delimiter=args.delimiter,
+            symbol=args.symbol,
+            side=args.side,
         ),
         force=args.force,
     )

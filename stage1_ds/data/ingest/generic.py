@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from typing import Any
 
 import pandas as pd
@@ -12,6 +13,8 @@ import pandas as pd
 from stage1_ds.data.ingest.sniff import FORMAT_NAMES, sniff_format
 from stage1_ds.data.ingest.sources import CsvColumns, InputFormat
 from stage1_ds.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def read_text(raw: bytes, display: str, **options: object) -> pd.DataFrame:
@@ -54,35 +57,103 @@ def read_csv_table(raw: bytes, display: str, columns: CsvColumns) -> pd.DataFram
 
 
 #: Header names of a column that says which instrument a row is of (a long-format file of many).
-SYMBOL_COLUMNS = ("symbol", "ticker", "instrument", "pair", "asset", "market")
+SYMBOL_COLUMNS = ("symbol", "sym", "name", "ticker", "instrument", "pair", "asset", "market")
+#: Header names of a column that says which side a quote is of (bid or ask rows in one file).
+SIDE_COLUMNS = ("side", "quote", "bidask", "bid_ask", "price_type")
+#: Separate date and time columns (their names, either of each pair), joined into the timestamp.
+DATE_COLUMNS, TIME_COLUMNS = ("date", "day"), ("time", "hour")
 
 
-def refuse_symbol_column(table: pd.DataFrame, by_case: dict[str, Any], display: str) -> None:
-    """A file with a symbol column of several values holds several instruments' rows, which one series would
-    merge (the prices jumping between them).
+def header_key(column: Any) -> str:
+    """A header name as matched: case ignored, and MetaTrader's angle brackets (``<DATE>``) dropped."""
+    return str(column).strip().strip("<>").strip().lower()
+
+
+def choose_symbol(
+    table: pd.DataFrame, by_key: dict[str, Any], display: str, symbol: str | None
+) -> pd.DataFrame:
+    """The rows of one instrument of a long file: a symbol column of several values needs ``symbol``
+    (``--symbol``); one value, or none asked, passes.
 
     Raises:
-        DataError: naming the column, its instruments and the fix.
+        DataError: several instruments and no ``symbol`` (naming them and the flag), or a ``symbol`` the
+            column does not hold.
     """
-    for name in SYMBOL_COLUMNS:
-        if name in by_case:
-            values = pd.unique(table[by_case[name]].astype(str))
-            if len(values) > 1:
-                shown = ", ".join(map(str, values[:5])) + (" ..." if len(values) > 5 else "")
-                raise DataError(
-                    f"{display}: its column {by_case[name]!r} names {len(values)} instruments ({shown}); one "
-                    "file is one instrument here: write one file per instrument (named after it) and give "
-                    "them all to --input"
-                )
+    column = next((by_key[name] for name in SYMBOL_COLUMNS if name in by_key), None)
+    if column is None:
+        if symbol is not None:
+            raise DataError(
+                f"{display}: --symbol {symbol}: the file has no symbol column ({', '.join(SYMBOL_COLUMNS)})"
+            )
+        return table
+    values = table[column].astype(str).str.strip()
+    names = list(pd.unique(values))
+    if symbol is None:
+        if len(names) > 1:
+            shown = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+            raise DataError(
+                f"{display}: its column {column!r} names {len(names)} instruments ({shown}); one series is one "
+                "instrument: prepare each with --symbol NAME (and --instrument NAME), or write one file per "
+                "instrument"
+            )
+        return table
+    if symbol not in names:
+        raise DataError(f"{display}: --symbol {symbol}: column {column!r} holds {names[:8]}")
+    return table[values == symbol]
 
 
-def joined_date_and_time(table: pd.DataFrame, by_case: dict[str, Any], timestamp: str) -> pd.DataFrame:
-    """Separate date and time columns (``date``, ``time``) joined into the timestamp column: when the
-    header has no column named as the timestamp, or the timestamp column is the date (no time of day in it)."""
-    date, time = by_case.get("date"), by_case.get("time")
+def choose_side(
+    table: pd.DataFrame, by_key: dict[str, Any], display: str, side: str, ohlc: list[str]
+) -> pd.DataFrame:
+    """One quote side of a file whose rows are bid and ask quotes (a side column): ``bid`` or ``ask`` rows,
+    or ``mid``, the mean of the two at each minute that has both (the others dropped, counted in the log).
+
+    Raises:
+        DataError: the side column holds other values than bid and ask, or none of the side asked.
+    """
+    column = next((by_key[name] for name in SIDE_COLUMNS if name in by_key), None)
+    if column is None:
+        return table
+    values = table[column].astype(str).str.strip().str.lower()
+    unknown = sorted(set(pd.unique(values)) - {"bid", "ask"})
+    if unknown:
+        raise DataError(f"{display}: its side column {column!r} holds {unknown}; expected bid and ask")
+    if side in ("bid", "ask"):
+        chosen = table[values == side]
+        if chosen.empty:
+            raise DataError(
+                f"{display}: no {side} rows in its side column {column!r} (--side bid, ask or mid)"
+            )
+        return chosen
+    stamp = table.columns[0]
+    bid, ask = table[values == "bid"], table[values == "ask"]
+    both = (
+        bid.rename_axis("__row").reset_index().merge(ask, on=stamp, suffixes=("", "__ask")).set_index("__row")
+    )
+    for name in ohlc:
+        mean = (
+            pd.to_numeric(both[name], errors="coerce") + pd.to_numeric(both[name + "__ask"], errors="coerce")
+        ) / 2
+        both[name] = mean.map(repr)
+    dropped = len(bid) + len(ask) - 2 * len(both)
+    if dropped:
+        log.info(
+            "%s: %d bid or ask rows without the other side at their minute dropped (--side mid)",
+            display,
+            dropped,
+        )
+    return both[[c for c in table.columns if c in both.columns]]
+
+
+def joined_date_and_time(table: pd.DataFrame, by_key: dict[str, Any], timestamp: str) -> pd.DataFrame:
+    """Separate date and time columns (``date`` or ``day``, and ``time`` or ``hour``) joined into the
+    timestamp column: when the header has no column named as the timestamp, or the timestamp column is the
+    date (no time of day in it)."""
+    date = next((by_key[n] for n in DATE_COLUMNS if n in by_key), None)
+    time = next((by_key[n] for n in TIME_COLUMNS if n in by_key), None)
     if date is None or time is None:
         return table
-    chosen = by_case.get(timestamp.lower())
+    chosen = by_key.get(timestamp.lower())
     if chosen is not None and chosen != date:
         return table
     joined = table[date].astype(str).str.strip() + " " + table[time].astype(str).str.strip()
@@ -90,6 +161,14 @@ def joined_date_and_time(table: pd.DataFrame, by_case: dict[str, Any], timestamp
 
 
 def select_columns(table: pd.DataFrame, display: str, columns: CsvColumns) -> pd.DataFrame:
+    """The file's rows of one instrument and side (`choose_symbol`, `choose_side`) with the columns read,
+    named ``timestamp``, ``open``, ``high``, ``low``, ``close`` (and ``volume``), the row labels kept (they
+    are the data rows of the file, for its line numbers).
+
+    Raises:
+        DataError: a column is missing (naming the header and the flags), or the symbol or side choice
+            fails.
+    """
     wanted = {
         "timestamp": columns.timestamp,
         "open": columns.open,
@@ -97,19 +176,19 @@ def select_columns(table: pd.DataFrame, display: str, columns: CsvColumns) -> pd
         "low": columns.low,
         "close": columns.close,
     }
-    # A header's case is the exporter's choice (Volume, CLOSE): a name matches without case when the header
-    # has no column of exactly that name.
-    by_case = {str(column).lower(): column for column in table.columns}
-    refuse_symbol_column(table, by_case, display)
-    table = joined_date_and_time(table, by_case, columns.timestamp)
-    by_case = {str(column).lower(): column for column in table.columns}
+    # A header's case is the exporter's choice (Volume, CLOSE, MetaTrader's <CLOSE>): a name matches without
+    # case or brackets when the header has no column of exactly that name.
+    by_key = {header_key(column): column for column in table.columns}
+    table = choose_symbol(table, by_key, display, columns.symbol)
+    table = joined_date_and_time(table, by_key, columns.timestamp)
+    by_key = {header_key(column): column for column in table.columns}
 
     def named(name: str) -> str:
-        return name if name in table.columns else by_case.get(name.lower(), name)
+        return name if name in table.columns else by_key.get(header_key(name), name)
 
     if columns.volume is not None:
         wanted["volume"] = columns.volume
-    elif "volume" in by_case:
+    elif "volume" in by_key:
         wanted["volume"] = "volume"
     wanted = {key: named(name) for key, name in wanted.items()}
     missing = [name for name in wanted.values() if name not in table.columns]
@@ -124,4 +203,20 @@ def select_columns(table: pd.DataFrame, display: str, columns: CsvColumns) -> pd
             f"{display}, line 1: missing column(s) {missing}; the header has {list(table.columns)} "
             f"(set the names with --timestamp-column, --open-column, ..., --volume-column or --delimiter){hint}"
         )
-    return table[list(wanted.values())].set_axis(list(wanted), axis=1)
+    side = next((by_key[name] for name in SIDE_COLUMNS if name in by_key), None)
+    keep = [*wanted.values(), *([side] if side is not None else [])]
+    chosen = table[keep]
+    chosen = choose_side(
+        chosen, by_key, display, columns.side, [wanted[k] for k in ("open", "high", "low", "close")]
+    )
+    return chosen[list(wanted.values())].set_axis(list(wanted), axis=1)
+
+
+def unread_columns(header: list[Any], columns: CsvColumns) -> list[str]:
+    """The header's columns the reader does not use: where a second instrument, a quote side or a split
+    date and time may hide when one minute appears twice with different prices."""
+    used = {
+        header_key(n) for n in (columns.timestamp, columns.open, columns.high, columns.low, columns.close)
+    }
+    used |= {header_key(columns.volume or "volume"), *DATE_COLUMNS, *TIME_COLUMNS}
+    return [str(c) for c in header if header_key(c) not in used]

@@ -7,7 +7,7 @@ import pandas as pd
 
 from stage1_ds.data.ingest.binance import check_kline_interval, read_binance_table
 from stage1_ds.data.ingest.containers import BOM, as_utf8, open_tables
-from stage1_ds.data.ingest.generic import read_csv_table, select_columns
+from stage1_ds.data.ingest.generic import read_csv_table, read_text, select_columns, unread_columns
 from stage1_ds.data.ingest.histdata import read_histdata_table
 from stage1_ds.data.ingest.sniff import FORMAT_NAMES, sniff_format
 from stage1_ds.data.ingest.sources import (
@@ -123,10 +123,11 @@ def _read_table(
             table, header_lines = read_csv_table(raw, display, columns), 1
 
     def at(row: int, what: str) -> str:
-        """``what`` of data row ``row``, with the file, the line and the row's text."""
+        """``what`` of the table's row ``row``, with the file, the line and the row's text (its label is
+        its data row in the file: rows of another symbol or side were left out)."""
         if not text:
             return f"{display}, row {row + 1}: {what}: {' '.join(str(v) for v in table.iloc[row])!r}"
-        line, shown = source_line(text, row, header_lines)
+        line, shown = source_line(text, int(table.index[row]), header_lines)
         return f"{display}, line {line}: {what}: {shown!r}"
 
     try:
@@ -179,6 +180,47 @@ def _read_table(
         reason = next(r for r, mask in reasons.items() if mask[row])
         if on_bad_rows == OnBadRows.ERROR or hint:
             raise DataError(at(row, reason) + (hint or " (use --on-bad-rows drop to drop such rows)"))
+    clash = clashing_rows(stamps, np.c_[prices, volume], ~bad)
+    if clash is not None:
+        first, second = clash
+        header = list(raw.columns) if isinstance(raw, pd.DataFrame) else list(table.columns)
+        if fmt == InputFormat.CSV and text:
+            header = list(read_text(text.split(b"\n", 1)[0] + b"\n", display, sep=columns.delimiter).columns)
+        raise DataError(
+            f"{at(first, 'a time')} and {at(second, 'the same time, other prices').split(', ', 1)[1]}. One "
+            "minute twice with different prices is a column the reader did not understand, not data: "
+            + duplicate_cause(fmt, unread_columns(header, columns) if fmt == InputFormat.CSV else [])
+        )
     keep = ~bad
     report.rows_kept += int(keep.sum())
     return M1Rows(start=stamps[keep], ohlc=prices[keep], volume=volume[keep]), clock
+
+
+def clashing_rows(stamps: np.ndarray, values: np.ndarray, usable: np.ndarray) -> tuple[int, int] | None:
+    """The first two ``usable`` rows (in file order) with the same time and different ``values``; None when
+    every repeated time repeats its whole row (a source's doubled hour: dropped later, counted)."""
+    rows = np.flatnonzero(usable)
+    order = rows[np.argsort(stamps[rows], kind="stable")]
+    same = np.flatnonzero(stamps[order][1:] == stamps[order][:-1])
+    a, b = order[same], order[same + 1]
+    differ = ~np.all((values[a] == values[b]) | (np.isnan(values[a]) & np.isnan(values[b])), axis=1)
+    if not differ.any():
+        return None
+    k = int(np.argmin(np.where(differ, np.maximum(a, b), np.iinfo(np.int64).max)))
+    return int(min(a[k], b[k])), int(max(a[k], b[k]))
+
+
+def duplicate_cause(fmt: InputFormat, unread: list[str]) -> str:
+    """What a minute given twice with different prices most likely is, and the flag that fixes it."""
+    if unread:
+        return (
+            f"the columns {unread} are not read: a column of instruments (--symbol NAME picks one; "
+            "symbol, sym, name or ticker are recognised), of quote sides (a side column of bid and ask: "
+            "--side bid, ask or mid), or a time column to join with the date (date/day with time/hour)"
+        )
+    if fmt == InputFormat.CSV:
+        return (
+            "two instruments, or bid and ask quotes, in one file without a column saying which, or times "
+            "without their time of day (a separate time column?): split the file per instrument and side"
+        )
+    return "two instruments, or bid and ask quotes, in one file: one file per instrument and side"

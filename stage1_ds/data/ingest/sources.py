@@ -55,6 +55,8 @@ class CsvColumns:
     close: str = "close"
     volume: str | None = None  # None: a column named "volume" if the header has one; a name: it must exist
     delimiter: str = ","
+    symbol: str | None = None  # the rows of this instrument of a file with a symbol column of several
+    side: str = "bid"  # of a file of bid and ask rows (a side column): bid, ask, or mid (their mean)
 
 
 @dataclass(frozen=True)
