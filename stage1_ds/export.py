@@ -41,6 +41,8 @@ from stage1_ds.model.stage1 import (
     EXPORT_INFO,
     EXPORT_STATS,
     EXPORT_WEIGHTS,
+    FINGERPRINT_KEY,
+    RUN_FINGERPRINT,
     Stage1Model,
     parameter_report,
 )
@@ -134,7 +136,10 @@ def convert(
     }
     staging.mkdir(parents=True)
     mark_folder(staging, CONVERT, [])
-    save_file({k: v.contiguous() for k, v in state.items()}, str(staging / EXPORT_WEIGHTS))
+    # The fingerprint of the data trained on travels inside the weights: a copied model file keeps it.
+    known = run_dir / RUN_FINGERPRINT
+    metadata = {FINGERPRINT_KEY: known.read_text()} if known.is_file() else None
+    save_file({k: v.contiguous() for k, v in state.items()}, str(staging / EXPORT_WEIGHTS), metadata=metadata)
     (staging / EXPORT_CONFIG).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
     shutil.copyfile(run_dir / EXPORT_ENCODER_CONFIG, staging / EXPORT_ENCODER_CONFIG)
     shutil.copyfile(run_dir / EXPORT_STATS, staging / EXPORT_STATS)

@@ -8,10 +8,13 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from stage1_ds.cli import main
-from stage1_ds.data.prepare import PrepareOptions, prepare_synthetic
+from stage1_ds.data.ingest import InputFormat
+from stage1_ds.data.prepare import PrepareOptions, prepare_files, prepare_synthetic
+from stage1_ds.data.synthetic import generate_synthetic_m1
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +83,70 @@ def test_scoring_the_models_own_train_split_is_said_to_be_in_sample(
     report = json.loads(out.read_text())
     assert report["in_sample"] and "overlaps the model's train period" in report["in_sample"][0]
     assert report["overlap"] == [] and not report["overlap_allowed"]
+
+
+@pytest.fixture(scope="module")
+def renamed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained export's own bars (the synthetic market of seed 7) at twice the price, called EURX, all
+    of it one test split: a copy no name check recognises."""
+    root = tmp_path_factory.mktemp("renamed")
+    bars = generate_synthetic_m1(90, 7)
+    frame = pd.DataFrame({"timestamp": bars.start, **{k: 2 * bars.ohlc[:, i] for i, k in enumerate("ohlc")}})
+    frame.columns = ["timestamp", "open", "high", "low", "close"]
+    frame.to_csv(root / "EURX.csv", index=False)
+    options = PrepareOptions(window_bars=32, split_fractions=(0.0, 0.0, 1.0))
+    prepare_files([root / "EURX.csv"], root / "data", InputFormat.CSV, options=options)
+    return root / "data"
+
+
+def test_the_models_own_bars_under_another_name_are_recognised_by_content(
+    trained_export: Path, renamed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Renamed and re-based, its training bars are still its training bars: evaluate and encode refuse
+    them (naming how many days and which), also from a copy of the export without its data record, whose
+    weights keep the fingerprint; --allow-overlap scores them and the report says so."""
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_export, copy)
+    (copy / "data.json").unlink()
+    for model in (trained_export, copy):
+        evaluate = [
+            "evaluate",
+            "--model",
+            str(model),
+            "--data",
+            str(renamed),
+            "--json",
+            str(tmp_path / "e.json"),
+        ]
+        evaluate += ["--allow-other-stats", "--batches", "1", "--batch-size", "8", "--mode", "time"]
+        assert main(evaluate) == 2
+        error = capsys.readouterr().err
+        assert "whatever their name or folder" in error and "days (EURX test " in error, error
+        assert " is SYNTH train " in error
+    encode = ["encode", "--model", str(copy), "--data", str(renamed), "--out", str(tmp_path / "emb")]
+    assert main([*encode, "--allow-other-stats", "--max-batches", "1"]) == 2
+    assert main([*evaluate, "--allow-overlap"]) == 0
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["overlap_allowed"] and report["content"] and "EURX test" in report["content"][0]
+
+
+def test_the_identity_of_an_export_covers_its_config_and_data_record(
+    trained_export: Path, tmp_path: Path
+) -> None:
+    """A license stated in config.yaml is the same model; any other edit of the config, or of data.json, is
+    not."""
+    from stage1_ds.model.stage1 import export_identity
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_export, copy)
+    same = export_identity(copy)["sha256"]
+    assert same == export_identity(trained_export)["sha256"]
+    config = (copy / "config.yaml").read_text()
+    (copy / "config.yaml").write_text(config + "license: mit\n")
+    assert export_identity(copy)["sha256"] == same
+    (copy / "config.yaml").write_text(config.replace("seed: 0", "seed: 1"))
+    assert export_identity(copy)["sha256"] != same
+    (copy / "config.yaml").write_text(config)
+    record = json.loads((copy / "data.json").read_text())
+    (copy / "data.json").write_text(json.dumps({**record, "timezone": "Europe/London"}))
+    assert export_identity(copy)["sha256"] != same

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from stage1_ds.data.corpus import DataSource, data_identity, load_corpus, scored_overlaps
+from stage1_ds.data.fingerprint import folder_days, matching_days
 from stage1_ds.data.store import model_stats, stats_source
 from stage1_ds.errors import DataError
-from stage1_ds.model.stage1 import EXPORT_DATA, export_identity, load_export_stats
+from stage1_ds.model.stage1 import EXPORT_DATA, export_identity, load_export_fingerprint, load_export_stats
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ def check_overlap(model_dir: Path, data: DataSource, split: str, allow_overlap: 
     record_file = model_dir / EXPORT_DATA
     record = json.loads(record_file.read_text()) if record_file.is_file() else None
     found = scored_overlaps(record, data, split)
+    found["content"] = content_overlaps(model_dir, data, split)
     if found["clock"] and not allow_overlap:
         raise DataError(
             "the data are on another clock than the model's:\n  "
@@ -42,7 +44,14 @@ def check_overlap(model_dir: Path, data: DataSource, split: str, allow_overlap: 
             + "\nscore a folder prepared with the model's splits (or later data), or pass --allow-overlap "
             "to run anyway (the report then records the overlap)"
         )
-    allowed = found["overlap"] + found["clock"]
+    if found["content"] and not allow_overlap:
+        raise DataError(
+            "the figures would be scored on bars the model was trained or validated on (the same returns, day "
+            "by day, whatever their name or folder):\n  "
+            + "\n  ".join(found["content"])
+            + "\nscore data the model never saw, or pass --allow-overlap to run anyway (the report records it)"
+        )
+    allowed = found["overlap"] + found["clock"] + found["content"]
     if allowed:
         log.warning("scored despite: %s (--allow-overlap)", "; ".join(allowed))
     if found["in_sample"]:
@@ -54,6 +63,34 @@ def check_overlap(model_dir: Path, data: DataSource, split: str, allow_overlap: 
             "; ".join(found["in_sample"]),
         )
     return {**found, "overlap_allowed": bool(allowed)}
+
+
+def content_overlaps(model_dir: Path, data: DataSource, split: str) -> list[str]:
+    """The days of the scored split whose bars are the model's own training or validation bars by content
+    (`stage1_ds.data.fingerprint`), whatever they are called; the model's own split scored by its name is
+    in-sample (said by `scored_overlaps`), not counted here. One line per scored folder with matches: how
+    many days, and the first few pairs.
+    """
+    known = load_export_fingerprint(model_dir)
+    if known is None:
+        log.warning(
+            "%s: the export keeps no fingerprint of the data it was trained on (written before fingerprints "
+            "were kept): only names guard against scoring its own training data",
+            model_dir,
+        )
+        return []
+    lines = []
+    for folder in load_corpus(data):
+        matches = matching_days(known, folder_days(folder, [split]))
+        named = [
+            (scored, theirs)
+            for scored, theirs in matches
+            if scored.split(" ")[0] != theirs.split(" ")[0] or theirs.split(" ")[1] != split
+        ]
+        if named:
+            shown = "; ".join(f"{scored} is {theirs}" for scored, theirs in named[:3])
+            lines.append(f"{folder.root}: {len(named)} days ({shown}{' ...' if len(named) > 3 else ''})")
+    return lines
 
 
 def provenance(model_dir: Path, data: DataSource, **others: DataSource | None) -> dict[str, Any]:

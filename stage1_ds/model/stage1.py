@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
@@ -51,30 +52,52 @@ EXPORT_INFO = "export_info.json"
 EXPORT_DATA = "data.json"
 #: The model card (`stage1_ds.card`).
 EXPORT_CARD = "README.md"
+#: A run's fingerprint of the data it trained and validated on (`stage1_ds.data.fingerprint`); an export
+#: keeps it in its weights file's metadata under `FINGERPRINT_KEY`, so a copy of the weights keeps it.
+RUN_FINGERPRINT = "fingerprint.json"
+FINGERPRINT_KEY = "stage1_ds.fingerprint"
 #: Where the shared encoder's parameters sit in a Stage1Model's state dict.
 ENCODER_PREFIX = "encoder."
-#: The files whose content makes the model what it is: weights, encoder layout, feature statistics. A
-#: report records their hash (`export_identity`); config.yaml may gain a license and stay the same model.
-EXPORT_IDENTITY_FILES = (EXPORT_WEIGHTS, EXPORT_ENCODER_CONFIG, EXPORT_STATS)
+#: The files whose content makes the model what it is: weights (with the data fingerprint), encoder layout,
+#: feature statistics, config and data record. A report records their hash (`export_identity`).
+EXPORT_IDENTITY_FILES = (EXPORT_WEIGHTS, EXPORT_ENCODER_CONFIG, EXPORT_STATS, EXPORT_CONFIG, EXPORT_DATA)
 
 
 def export_identity(export_dir: Path | str) -> dict[str, str]:
     """What a report records of the model it measured: the export folder (resolved) and one SHA-256 over
     the name and content of each of `EXPORT_IDENTITY_FILES`, so a copy or a re-export of the same
-    checkpoint is the same model and retrained weights are not.
+    checkpoint is the same model, and retrained weights, or an edited config or data record, are not.
+    config.yaml counts without its ``license`` (the card's to state); a missing data.json (exports written
+    before it existed) counts as absent.
 
     Raises:
-        CheckpointError: one of the files is missing.
+        CheckpointError: the weights, layout, statistics or config are missing.
     """
     root = Path(export_dir).resolve()
     digest = hashlib.sha256()
     for name in EXPORT_IDENTITY_FILES:
         path = root / name
+        if name == EXPORT_DATA and not path.is_file():
+            digest.update(name.encode() + b"\0absent")
+            continue
         if not path.is_file():
             raise CheckpointError(f"{path}: missing; is {root} a folder written by 'stage1 convert'?")
-        with path.open("rb") as handle:
-            digest.update(name.encode() + b"\0" + hashlib.file_digest(handle, "sha256").digest())
+        if name == EXPORT_CONFIG:
+            config = {k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k != "license"}
+            content = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).digest()
+        else:
+            with path.open("rb") as handle:
+                content = hashlib.file_digest(handle, "sha256").digest()
+        digest.update(name.encode() + b"\0" + content)
     return {"export": str(root), "sha256": digest.hexdigest()}
+
+
+def load_export_fingerprint(export_dir: Path | str) -> dict | None:
+    """The fingerprint of the data an exported model was trained and validated on (its weights' metadata);
+    None for exports written before fingerprints were kept."""
+    with safe_open(str(Path(export_dir) / EXPORT_WEIGHTS), framework="pt") as weights:
+        text = (weights.metadata() or {}).get(FINGERPRINT_KEY)
+    return None if text is None else dict(json.loads(text))
 
 
 def load_export_stats(export_dir: Path | str) -> dict:

@@ -28,10 +28,17 @@ import torch
 
 from stage1_ds.config import Config, config_from_snapshot, config_to_dict
 from stage1_ds.data.corpus import DataSource, corpus_record, corpus_stats, load_corpus
+from stage1_ds.data.fingerprint import fingerprint
 from stage1_ds.data.store import write_json
 from stage1_ds.errors import CheckpointError
 from stage1_ds.model import t5
-from stage1_ds.model.stage1 import EXPORT_DATA, EXPORT_ENCODER_CONFIG, EXPORT_STATS, Stage1Model
+from stage1_ds.model.stage1 import (
+    EXPORT_DATA,
+    EXPORT_ENCODER_CONFIG,
+    EXPORT_STATS,
+    RUN_FINGERPRINT,
+    Stage1Model,
+)
 from stage1_ds.outputs import mark_folder
 from stage1_ds.train.engine import UNIVERSAL_DIR, universal_checkpoint
 from stage1_ds.train.pickles import check_folder, safe_load
@@ -76,6 +83,7 @@ RUN_FILES = [
     EXPORT_ENCODER_CONFIG,
     EXPORT_STATS,
     EXPORT_DATA,
+    RUN_FINGERPRINT,
     "checkpoints",
     "tensorboard",
     "optimizer_op.json",
@@ -90,6 +98,7 @@ def write_run_files(run_dir: Path, model: Stage1Model, data: DataSource) -> None
     datas = load_corpus(data)
     write_json(run_dir / EXPORT_STATS, corpus_stats(datas))
     write_json(run_dir / EXPORT_DATA, corpus_record(datas))
+    write_json(run_dir / RUN_FINGERPRINT, fingerprint(datas))
     mark_folder(run_dir, TRAIN, RUN_FILES)
 
 
