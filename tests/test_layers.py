@@ -31,6 +31,7 @@ FLOORS = {
     "stage1_ds.benchmark": 5,
     "stage1_ds.experiments": 6,
     "stage1_ds.cli": 6,
+    "stage1_ds.entry": 6,
     "stage1_ds.__main__": 6,
     "stage1_ds": 6,
 }
