@@ -29,6 +29,7 @@ FLOORS = {
     "stage1_ds.encoder": 5,
     "stage1_ds.doctor": 5,
     "stage1_ds.benchmark": 5,
+    "stage1_ds.finetune": 5,
     "stage1_ds.experiments": 6,
     "stage1_ds.cli": 6,
     "stage1_ds.entry": 6,

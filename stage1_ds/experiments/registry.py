@@ -6,7 +6,7 @@ function) and its line here.
 
 from __future__ import annotations
 
-from stage1_ds.experiments import context, ladder, main, market, transfer, variants
+from stage1_ds.experiments import context, ladder, main, market, stage2, transfer, variants
 from stage1_ds.experiments.harness import Experiment
 
 EXPERIMENTS: dict[str, Experiment] = {
@@ -19,5 +19,6 @@ EXPERIMENTS: dict[str, Experiment] = {
         ladder.EXPERIMENT,
         market.EXPERIMENT,
         context.EXPERIMENT,
+        stage2.EXPERIMENT,
     )
 }

@@ -95,8 +95,8 @@ def fit_readouts(
 
     Args:
         rules: the target's rules, ``best`` chosen.
-        columns: per encoder suffix (`ENCODERS`), its columns per kind (``embeddings``, ``forecast``), per
-            split, on the anchors of ``y``.
+        columns: per encoder suffix (`ENCODERS`; those given), its columns per kind (``embeddings``,
+            ``forecast``), per split, on the anchors of ``y``.
         y: per split, the target.
     """
     best = rules.best
@@ -111,7 +111,7 @@ def fit_readouts(
         return refit_correction(rules.designs[best], alpha, base, x, y, rules.schedules[best])
 
     fitted: dict[str, Fitted] = {}
-    for suffix in ENCODERS:
+    for suffix in (s for s in ENCODERS if s in columns):
         values = columns[suffix]["embeddings"]
         zero = {s: np.zeros(len(v)) for s, v in values.items()}
         fitted[f"embeddings{suffix}"] = fit(Design(values, zero), y)
