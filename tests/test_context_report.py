@@ -50,14 +50,14 @@ def test_the_context_comparison_trains_both_variants_and_reads_them_back(
     assert {p: p.stat().st_mtime_ns for p in weights} == weights, "nothing trained again"
 
     # The single variant is the ladder's rung of the signal: the same run, read back as it is.
-    record = json.loads((work / "ladder_range_12.run.json").read_text())
+    record = json.loads((work / "ladder_future_12.run.json").read_text())
     run = variant_run("single", 12, [root / "synth"], work, overrides=TINY)
-    assert run.export == work / "ladder_range_12_export" and run.minutes == record["minutes"]
+    assert run.export == work / "ladder_future_12_export" and run.minutes == record["minutes"]
     assert {p: p.stat().st_mtime_ns for p in weights} == weights
 
     # `stage1 probe --market` serves the context model the market (every market instrument scaled)
     out = tmp_path / "probe.json"
-    command = ["probe", "--model", str(work / "context_range_12_export"), "--data", str(synthetic_small)]
+    command = ["probe", "--model", str(work / "context_future_12_export"), "--data", str(synthetic_small)]
     command += ["--market", str(synthetic_small), str(unseen), "--max-anchors", "80", "--json", str(out)]
     assert main(command) == 0
     probed = json.loads(out.read_text())["context"]
