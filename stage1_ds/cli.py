@@ -89,6 +89,14 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
         default=defaults.window_bars,
         help="longest window (bars per timeframe) to serve; sets the gap between splits",
     )
+    p.add_argument(
+        "--max-input-mb",
+        type=int,
+        default=defaults.max_input_mb,
+        metavar="MB",
+        help="the most text one compressed file (or zip member) may expand to, read in a stream (default "
+        f"{defaults.max_input_mb}); memory stays bounded by it whatever a file expands to",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing prepared folder")
     p.add_argument(
         "--synthetic", action="store_true", help="write the synthetic market instead of reading files"
@@ -185,6 +193,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
         timezone=args.timezone,
         bucket_origin_minutes=args.bucket_origin,
         bar_time=BarTime(args.bar_time),
+        max_input_mb=args.max_input_mb,
         workers=args.workers,
         csv_columns=CsvColumns(
             timestamp=args.timestamp_column,

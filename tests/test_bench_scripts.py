@@ -164,3 +164,24 @@ def test_bench_memory_sets_the_plan_beside_a_measured_cost_per_sample(tmp_path: 
     assert result.returncode == 0, result.stderr[-3000:]
     (row,) = json.loads(out.read_text())
     assert row["preset"] == "tiny" and row["planned"] > 0 and row["rise"]["64"] > 0
+
+
+def test_the_hostile_input_benchmark_runs_its_cases_and_says_each_outcome(tmp_path: Path) -> None:
+    """Three of its cases (the script runs each through the real command): bars, a flag error, a refused
+    checkpoint; the full list runs in about 35 s (docs/data.md)."""
+    out = tmp_path / "hostile.json"
+    command = [
+        sys.executable,
+        str(REPO / "scripts" / "hostile_inputs.py"),
+        "--cases",
+        "MetaTrader|--delimiter ''|checkpoint",
+        "--json",
+        str(out),
+    ]
+    result = subprocess.run(
+        command, cwd=REPO, env=fresh_process_env(), capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    outcomes = json.loads(out.read_text())
+    assert [o["kind"] for o in outcomes] == ["one file", "flags", "code execution"]
+    assert all(o["ok"] for o in outcomes) and "3 of 3 cases as expected" in result.stdout

@@ -13,10 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import EURUSD_2019, require_histdata
 from stage1_ds.config import ConfigError, DataConfig, MaskingConfig, load_config
 from stage1_ds.data.ingest import (
-    BarTime,
     CsvColumns,
     InputFormat,
     OnBadRows,
@@ -25,13 +23,12 @@ from stage1_ds.data.ingest import (
     read_source,
 )
 from stage1_ds.data.prepare import PrepareOptions, prepare_files, summary_table
-from stage1_ds.data.store import load_prepared
 from stage1_ds.data.timeframes import MAX_UNITS, Bars, aggregate, volume_unit, volume_units
 from stage1_ds.data.windows import WindowDataset
 from stage1_ds.errors import DataError
 from stage1_ds.model.losses import cross_timeframe_terms
 from stage1_ds.model.masking import MODES, MaskedWindows
-from stage1_ds.timeframes import TIMEFRAMES, Timeframe
+from stage1_ds.timeframes import TIMEFRAMES
 
 START = 1_704_189_600  # 2024-01-02T10:00:00Z
 OHLCV = "1.1,1.2,1.0,1.15,5"
@@ -503,20 +500,6 @@ def test_utf16_text_is_read_as_text(tmp_path: Path) -> None:
     assert len(read.start) == 30
 
 
-def test_a_last_line_cut_inside_a_number_without_a_newline_is_named(tmp_path: Path) -> None:
-    lines = [
-        "timestamp,open,high,low,close",
-        *(f"{START + 60 * i},1.10520,1.10600,1.10400,1.10550" for i in range(30)),
-    ]
-    path = tmp_path / "bars.csv"
-    path.write_text("\n".join(lines)[:-2])  # the download stopped inside the last close: 1.105, a valid bar
-    with pytest.raises(DataError, match=r"bars.csv, line 31: last line cut short"):
-        _read(path)
-    path.write_text("\n".join(lines))  # whole, only the final newline missing: read
-    read, _ = _read(path)
-    assert len(read.start) == 30
-
-
 def test_an_archive_of_two_instruments_is_refused_naming_both(tmp_path: Path) -> None:
     """Two instruments' files in one zip share their timestamps (parts of one series do not: they stay one
     instrument, tests/test_inputs.py)."""
@@ -558,33 +541,3 @@ def test_separate_date_and_time_columns_are_joined(tmp_path: Path, asked: str) -
         columns=CsvColumns(timestamp=asked),
     )
     assert read.start.tolist() == [START + 60 * i for i in range(120)], "every minute kept"
-
-
-def test_bars_stamped_at_their_end_are_detected_and_moved_back_with_bar_time_end(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    require_histdata()
-    """A real month of EURUSD (stamped at the start of each minute), written again with each stamp moved to
-    the minute's end as futures platforms export: prepare warns and names the option; --bar-time end gives
-    the original bars back."""
-    rows, _ = read_source(SourceFile(EURUSD_2019, "EURUSD", InputFormat.HISTDATA), OnBadRows.ERROR)
-    month = rows.start < rows.start[0] + 31 * 86_400
-    lines = ["timestamp,open,high,low,close"]
-    lines += [
-        f"{t + 60},{o},{h},{lo},{c}"
-        for t, (o, h, lo, c) in zip(rows.start[month], rows.ohlc[month], strict=True)
-    ]
-    path = _write(tmp_path / "EURUSD.csv", lines)
-    options = PrepareOptions(window_bars=8, split_fractions=(1.0, 0.0, 0.0))
-    with caplog.at_level(logging.WARNING):
-        as_start = prepare_files([path], tmp_path / "start", InputFormat.CSV, options=options)
-    assert "look stamped with their END" in caplog.text and "--bar-time end" in caplog.text
-    assert as_start["bar_time"] == "start"
-    caplog.clear()
-    options = PrepareOptions(window_bars=8, split_fractions=(1.0, 0.0, 0.0), bar_time=BarTime.END)
-    with caplog.at_level(logging.WARNING):
-        as_end = prepare_files([path], tmp_path / "end", InputFormat.CSV, options=options)
-    assert "look stamped" not in caplog.text and as_end["bar_time"] == "end"
-    assert "bars stamped at their end" in summary_table(as_end)
-    m1 = load_prepared(tmp_path / "end").bars[Timeframe.M1]
-    np.testing.assert_array_equal(np.asarray(m1.start), np.unique(rows.start[month]))

@@ -130,8 +130,8 @@ def test_binance_kline_dumps_with_and_without_header_in_ms_and_us(tmp_path: Path
         ("bars.parquet", b"PAR1 nonsense", r"bars\.parquet: not a readable Parquet file"),
         (
             "bars.csv",
-            gzip.compress(b"timestamp,open\n1,2\n", mtime=0),
-            r"bars\.csv: not UTF-8 text .* needs its suffix",
+            "timestamp,open\n1,\u20ac2\n".encode("cp1252"),
+            r"bars\.csv: not UTF-8 text .*save it as UTF-8",
         ),
         ("bars.csv.xz", b"\xfd7zXZ broken", r"bars\.csv\.xz: not readable as \.xz compressed data"),
     ],
@@ -338,7 +338,7 @@ def test_more_unreadable_inputs_are_named(tmp_path: Path, monkeypatch: pytest.Mo
         _read(short, InputFormat.BINANCE)
     frame = _rows(10)
     frame.to_parquet(tmp_path / "bars.parquet")
-    (tmp_path / "bars.csv.zst").write_bytes(b"whatever")
+    (tmp_path / "bars.csv.zst").write_bytes(b"\x28\xb5\x2f\xfd whatever")
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if the optional packages were not installed
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     monkeypatch.setitem(sys.modules, "zstandard", None)
@@ -347,7 +347,9 @@ def test_more_unreadable_inputs_are_named(tmp_path: Path, monkeypatch: pytest.Mo
         match=r"bars\.parquet: reading Parquet needs the pyarrow package: pip install 'stage1_ds\[formats\]'",
     ):
         _read(tmp_path / "bars.parquet")
-    with pytest.raises(DataError, match=r"bars\.csv\.zst: reading \.zst files needs the zstandard package"):
+    with pytest.raises(
+        DataError, match=r"bars\.csv\.zst: reading zstd-compressed files needs the zstandard package"
+    ):
         _read(tmp_path / "bars.csv.zst")
 
 

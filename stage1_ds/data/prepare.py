@@ -22,6 +22,7 @@ from stage1_ds.data.features import FEATURE_NAMES, power_of_two_scale
 from stage1_ds.data.ingest import (
     AS_GIVEN,
     HISTDATA_CLOCK,
+    MAX_INPUT_MB,
     BarTime,
     CsvColumns,
     FileReport,
@@ -32,10 +33,11 @@ from stage1_ds.data.ingest import (
     check_clocks,
     clean_m1,
     discover_inputs,
-    overlapping_pair,
+    overlaps,
     read_source,
     stamp_evidence,
 )
+from stage1_ds.data.ingest.stamps import HALVES, StampEvidence
 from stage1_ds.data.splits import (
     fit_stats,
     longest_window_span,
@@ -88,6 +90,8 @@ class PrepareOptions:
         bar_time: what a row's timestamp marks: the ``start`` of its minute (HistData, most FX sources) or
             its ``end`` (many futures platforms and brokers; such rows are moved back a minute, so that every
             derived bar holds the right minutes).
+        max_input_mb: the cap on one compressed table's expanded size, in MB (memory stays bounded by it
+            whatever a file expands to).
         workers: processes preparing instruments in parallel (None: the cores available); the output is
             the same for any number.
         force: replace an existing prepared folder.
@@ -100,6 +104,7 @@ class PrepareOptions:
     timezone: str | None = None
     bucket_origin_minutes: int = 0
     bar_time: BarTime = BarTime.START
+    max_input_mb: int = MAX_INPUT_MB
     workers: int | None = None
     force: bool = False
 
@@ -114,6 +119,8 @@ class PrepareOptions:
             raise DataError(
                 f"split fractions {list(fractions)}: expected three numbers >= 0 (train val test) that sum to 1"
             )
+        if self.max_input_mb < 1:
+            raise DataError(f"--max-input-mb {self.max_input_mb}: expected a size of at least 1 MB")
         if self.window_bars < 2:
             raise DataError(f"window bars {self.window_bars}: expected at least 2")
         if not 0 <= self.bucket_origin_minutes < 24 * 60:
@@ -193,25 +200,18 @@ class FilesJob:
         parts: list[M1Rows] = []
         reports: list[FileReport] = []
         for source in self.files:
-            rows, report = read_source(source, options.on_bad_rows, options.csv_columns, options.timezone)
+            rows, report = read_source(
+                source, options.on_bad_rows, options.csv_columns, options.timezone, options.max_input_mb
+            )
             parts.append(rows)
             reports.append(report)
         check_clocks(self.name, reports)
         _check_overlaps(self.name, parts, reports)
         bars, cleaning = clean_m1(parts)
-        evidence = stamp_evidence(bars.start)
+        evidence = _check_bar_time(self.name, bars, options.bar_time)
         if options.bar_time == BarTime.END:
             # The minute an end stamp closes began a minute earlier.
             bars = replace(bars, start=bars.start - 60)
-        elif evidence.looks_end_stamped:
-            log.warning(
-                "%s: its bars look stamped with their END: %d of %d session starts and ends fall on :01 and "
-                ":00 (bars stamped with their start give :00 and :59); if the source stamps bars at their "
-                "close, prepare again with --bar-time end (every derived bar would be a minute off)",
-                self.name,
-                evidence.end_like,
-                2 * evidence.sessions,
-            )
         if len(bars) == 0:
             files = [str(f.path) for f in self.files]
             raise DataError(f"instrument {self.name}: no valid 1-minute rows in {files}")
@@ -223,7 +223,7 @@ class FilesJob:
             "has_volume": bool(np.any(bars.volume != 0)),
             "volume_unit": cleaning.volume_unit,
             "bar_time": options.bar_time.value,
-            "stamp_evidence": asdict(evidence),
+            "stamp_evidence": {**asdict(evidence), "z": round(evidence.z, 2), "verdict": evidence.verdict},
         }
         if cleaning.duplicates_dropped:
             log.warning(
@@ -236,23 +236,83 @@ class FilesJob:
         return bars, record
 
 
+def _check_bar_time(name: str, bars: Bars, bar_time: BarTime) -> StampEvidence:
+    """The evidence of how the bars are stamped; warn when ``--bar-time`` contradicts strong evidence of how the bars are stamped
+    (`stage1_ds.data.ingest.stamps`), and when the two halves of the bars strongly disagree (a file joined
+    from sources that stamp differently); the warning says which way and how strongly."""
+    evidence = stamp_evidence(bars.start, bars.ohlc[:, 1], bars.ohlc[:, 2])
+    if bar_time == BarTime.START and evidence.verdict == "end":
+        log.warning(
+            "%s: its bars look stamped with their END (%s); if the source stamps bars at their close, prepare "
+            "again with --bar-time end (every derived bar would be a minute off)",
+            name,
+            evidence.said(),
+        )
+    elif bar_time == BarTime.END and evidence.verdict == "start":
+        log.warning(
+            "%s: --bar-time end, but its bars look stamped with their START (%s); if the source stamps bars "
+            "at the start of their minute, prepare again without --bar-time end (every derived bar would be "
+            "a minute off)",
+            name,
+            evidence.said(),
+        )
+    middle = len(bars) // 2
+    halves = [
+        stamp_evidence(bars.start[part], bars.ohlc[part, 1], bars.ohlc[part, 2])
+        for part in (slice(0, middle), slice(middle, None))
+    ]
+    if min(abs(h.z) for h in halves) >= HALVES and halves[0].z * halves[1].z < 0:
+        way = ["START" if h.z > 0 else "END" for h in halves]
+        log.warning(
+            "%s: the halves of its bars disagree on how they are stamped: up to %s they look stamped with "
+            "their %s (%s), after it with their %s (%s); files joined from two sources? Prepare each part "
+            "with its own --bar-time",
+            name,
+            datetime.fromtimestamp(int(bars.start[middle]), UTC).strftime("%Y-%m-%d %H:%M"),
+            way[0],
+            halves[0].said(),
+            way[1],
+            halves[1].said(),
+        )
+    return evidence
+
+
 def _check_overlaps(name: str, parts: list[M1Rows], reports: list[FileReport]) -> None:
-    """Files of one instrument cover different times (a few shared minutes where files meet, or a
-    source's doubled hour, are duplicates); files that share many timestamps are bid and ask quotes, or
-    two instruments under one name, which no de-duplication makes one series.
+    """Files of one instrument are parts of one series: they cover different times (a few shared minutes
+    where files meet, or a source's doubled hour, are duplicates), or overlap with the same bars (weekly
+    parts sharing a day: read once, said in one line). Files that share many minutes with other prices,
+    whose names say different quote sides, or whose symbol columns name different instruments are two
+    series, which no de-duplication makes one.
 
     Raises:
-        DataError: naming the two files, the share of timestamps they share, and the fix.
+        DataError: naming the two files, what they share, the first minute their bars differ, and the fix.
     """
-    overlap = overlapping_pair([part.start for part in parts])
-    if overlap is not None:
-        i, j, shared, smaller = overlap
-        pair = sorted({r.side for r in (reports[i], reports[j]) if r.side is not None})
-        what = " and ".join(pair) + " quotes" if len(pair) > 1 else "bid and ask quotes"
+    symbols = {r.path: r.symbol for r in reports if r.symbol is not None}
+    if len(set(symbols.values())) > 1:
+        listed = ", ".join(f"{path} ({symbol})" for path, symbol in symbols.items())
         raise DataError(
-            f"instrument {name}: {reports[i].path} and {reports[j].path} share {shared:,} of their "
-            f"timestamps ({shared / smaller:.0%} of the smaller): {what}, or two instruments under one "
-            "name? One instrument's files must not overlap: prepare each under its own --instrument"
+            f"instrument {name}: its files' symbol columns name different instruments ({listed}); prepare "
+            "each under its own --instrument"
+        )
+    for overlap in overlaps(parts):
+        first, second = reports[overlap.first], reports[overlap.second]
+        pair = sorted({r.side for r in (first, second) if r.side is not None})
+        if overlap.disagree_at is None and len(pair) < 2:
+            log.info(
+                "%s: %s and %s share %d minutes with the same bars: read once",
+                name,
+                first.path,
+                second.path,
+                overlap.shared,
+            )
+            continue
+        what = " and ".join(pair) + " quotes" if len(pair) > 1 else "bid and ask quotes"
+        differ = "" if overlap.disagree_at is None else f", their bars differing first at {overlap.where()}"
+        raise DataError(
+            f"instrument {name}: {first.path} and {second.path} share {overlap.shared:,} of their "
+            f"timestamps ({overlap.share:.0%} of the smaller){differ}: {what}, or two instruments under one "
+            "name? One instrument's files must not overlap with other bars: prepare each under its own "
+            "--instrument"
         )
     sides = sorted({r.side for r in reports if r.side is not None})
     if len(sides) > 1:

@@ -1,7 +1,9 @@
 """Read raw 1-minute bars: HistData ASCII, generic CSV with a header, and exchange kline dumps (Binance).
 
-Files are read plain or compressed (``.gz``, ``.bz2``, ``.xz``, ``.zst``), from a ``.zip`` holding one or
-more CSV files, or from Parquet (``.parquet``, columns named as for CSV). Every reader returns `M1Rows` in
+Files are read plain or compressed (gzip, bz2, xz, zstd), from a zip holding one or more CSV files, or from
+Parquet (columns named as for CSV): which, the file's first bytes say, whatever its suffix (a note when the
+suffix says otherwise). Compressed text expands through a cap (``max_input_mb``), so memory stays bounded.
+A zip whose members name different instruments is one source per member. Every reader returns `M1Rows` in
 file order with a `FileReport`; sorting, de-duplication and merging of several files of one instrument
 happen in `clean_m1`. Bad rows either stop the run with the file, line number and row text
 (``on_bad_rows="error"``) or are dropped and counted (``"drop"``). A file that cannot be read at all is a
@@ -15,13 +17,16 @@ per value by magnitude within 1990-2100 (`EARLIEST_UTC`, `LATEST_UTC`): a column
 units is an error; a value that is a date in none of them is a bad row.
 
 Instrument names come from file names by one rule (`name_from_file`). Text is read as UTF-8, a byte-order
-mark dropped.
+mark dropped; UTF-16 (with a byte-order mark or without) is re-encoded.
 
 One module per format (`histdata`, `generic`, `binance`, `parquet`), one that opens containers
-(`containers`), one that sniffs which layout a file has (`sniff`), and the checks every reader shares
-(`timestamps`, `validate`); `read.read_source` reads one file.
+(`containers`), one that sniffs which layout a file has (`sniff`), one that finds the files and names
+their instruments (`discover`), one that weighs how bars are stamped (`stamps`), and the checks every
+reader shares (`timestamps`, `validate`); `read.read_source` reads one file.
 """
 
+from stage1_ds.data.ingest.containers import MAX_INPUT_MB
+from stage1_ds.data.ingest.discover import discover_inputs
 from stage1_ds.data.ingest.read import read_source
 from stage1_ds.data.ingest.sources import (
     AS_GIVEN,
@@ -33,17 +38,18 @@ from stage1_ds.data.ingest.sources import (
     M1Rows,
     OnBadRows,
     SourceFile,
-    discover_inputs,
     name_from_file,
 )
+from stage1_ds.data.ingest.stamps import StampEvidence, stamp_evidence
 from stage1_ds.data.ingest.timestamps import EARLIEST_UTC, LATEST_UTC, check_clocks
-from stage1_ds.data.ingest.validate import bad_row_reasons, clean_m1, overlapping_pair, stamp_evidence
+from stage1_ds.data.ingest.validate import bad_row_reasons, clean_m1, overlaps
 
 __all__ = [
     "AS_GIVEN",
     "EARLIEST_UTC",
     "HISTDATA_CLOCK",
     "LATEST_UTC",
+    "MAX_INPUT_MB",
     "BarTime",
     "CsvColumns",
     "FileReport",
@@ -51,12 +57,13 @@ __all__ = [
     "M1Rows",
     "OnBadRows",
     "SourceFile",
+    "StampEvidence",
     "bad_row_reasons",
     "check_clocks",
     "clean_m1",
     "discover_inputs",
     "name_from_file",
-    "overlapping_pair",
+    "overlaps",
     "read_source",
     "stamp_evidence",
 ]

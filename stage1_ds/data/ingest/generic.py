@@ -24,8 +24,8 @@ def read_text(raw: bytes, display: str, **options: object) -> pd.DataFrame:
         raise DataError(f"{display}: {error}") from None
     except UnicodeDecodeError as error:
         raise DataError(
-            f"{display}: not UTF-8 text ({error}); a compressed file needs its suffix "
-            f"(.gz, .bz2, .xz, .zst, .zip)"
+            f"{display}: not UTF-8 text ({error}): a text encoding other than UTF-8 or UTF-16 (save it as "
+            "UTF-8), or a compressed format other than zip, gzip, bz2, xz and zstd"
         ) from None
 
 
@@ -71,9 +71,10 @@ def header_key(column: Any) -> str:
 
 def choose_symbol(
     table: pd.DataFrame, by_key: dict[str, Any], display: str, symbol: str | None
-) -> pd.DataFrame:
-    """The rows of one instrument of a long file: a symbol column of several values needs ``symbol``
-    (``--symbol``); one value, or none asked, passes.
+) -> tuple[pd.DataFrame, str | None]:
+    """The rows of one instrument of a long file, and the instrument its symbol column names (None without
+    one): a symbol column of several values needs ``symbol`` (``--symbol``); one value, or none asked,
+    passes.
 
     Raises:
         DataError: several instruments and no ``symbol`` (naming them and the flag), or a ``symbol`` the
@@ -85,7 +86,7 @@ def choose_symbol(
             raise DataError(
                 f"{display}: --symbol {symbol}: the file has no symbol column ({', '.join(SYMBOL_COLUMNS)})"
             )
-        return table
+        return table, None
     values = table[column].astype(str).str.strip()
     names = list(pd.unique(values))
     if symbol is None:
@@ -96,10 +97,10 @@ def choose_symbol(
                 "instrument: prepare each with --symbol NAME (and --instrument NAME), or write one file per "
                 "instrument"
             )
-        return table
+        return table, (names[0] if names else None)
     if symbol not in names:
         raise DataError(f"{display}: --symbol {symbol}: column {column!r} holds {names[:8]}")
-    return table[values == symbol]
+    return table[values == symbol], symbol
 
 
 def choose_side(
@@ -163,7 +164,8 @@ def joined_date_and_time(table: pd.DataFrame, by_key: dict[str, Any], timestamp:
 def select_columns(table: pd.DataFrame, display: str, columns: CsvColumns) -> pd.DataFrame:
     """The file's rows of one instrument and side (`choose_symbol`, `choose_side`) with the columns read,
     named ``timestamp``, ``open``, ``high``, ``low``, ``close`` (and ``volume``), the row labels kept (they
-    are the data rows of the file, for its line numbers).
+    are the data rows of the file, for its line numbers); ``attrs["symbol"]`` is the instrument its symbol
+    column names (None without one).
 
     Raises:
         DataError: a column is missing (naming the header and the flags), or the symbol or side choice
@@ -179,7 +181,7 @@ def select_columns(table: pd.DataFrame, display: str, columns: CsvColumns) -> pd
     # A header's case is the exporter's choice (Volume, CLOSE, MetaTrader's <CLOSE>): a name matches without
     # case or brackets when the header has no column of exactly that name.
     by_key = {header_key(column): column for column in table.columns}
-    table = choose_symbol(table, by_key, display, columns.symbol)
+    table, symbol = choose_symbol(table, by_key, display, columns.symbol)
     table = joined_date_and_time(table, by_key, columns.timestamp)
     by_key = {header_key(column): column for column in table.columns}
 
@@ -209,7 +211,9 @@ def select_columns(table: pd.DataFrame, display: str, columns: CsvColumns) -> pd
     chosen = choose_side(
         chosen, by_key, display, columns.side, [wanted[k] for k in ("open", "high", "low", "close")]
     )
-    return chosen[list(wanted.values())].set_axis(list(wanted), axis=1)
+    selected = chosen[list(wanted.values())].set_axis(list(wanted), axis=1)
+    selected.attrs["symbol"] = symbol  # which instrument the rows are, for files and members to agree on
+    return selected
 
 
 def unread_columns(header: list[Any], columns: CsvColumns) -> list[str]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 
 from stage1_ds.data.ingest.binance import check_kline_interval, read_binance_table
-from stage1_ds.data.ingest.containers import BOM, as_utf8, open_tables
+from stage1_ds.data.ingest.containers import BOM, MAX_INPUT_MB, as_utf8, open_tables
 from stage1_ds.data.ingest.generic import read_csv_table, read_text, select_columns, unread_columns
 from stage1_ds.data.ingest.histdata import read_histdata_table
 from stage1_ds.data.ingest.sniff import FORMAT_NAMES, sniff_format
@@ -40,10 +42,12 @@ from stage1_ds.data.ingest.validate import (
     bad_row_reasons,
     check_bar_interval,
     cut_last_row,
-    overlapping_pair,
+    overlaps,
     source_line,
 )
 from stage1_ds.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def read_source(
@@ -51,49 +55,84 @@ def read_source(
     on_bad_rows: OnBadRows,
     columns: CsvColumns | None = None,
     timezone: str | None = None,
+    max_input_mb: int = MAX_INPUT_MB,
 ) -> tuple[M1Rows, FileReport]:
-    """Read one file (every table in it) into `M1Rows`, checking every row.
+    """Read one file (every table in it, or its one member `SourceFile.member`) into `M1Rows`, checking
+    every row. Tables of one archive that overlap in time are read once where their bars agree.
 
     Args:
         timezone: IANA name of the clock of naive timestamps, converted to UTC; None keeps them as given.
+        max_input_mb: the cap on a compressed table's expanded size (`read_capped`).
 
     Raises:
         DataError: the file cannot be read, is empty, lacks a column, is of another format than asked for,
-            mixes clocks across its tables, or (with ``on_bad_rows="error"``) has a bad row; the message
-            names the file, the line and the row.
+            mixes clocks or instruments across its tables, holds tables that overlap with other bars, or
+            (with ``on_bad_rows="error"``) has a bad row; the message names the file, the line and the row.
     """
     interval = name_from_file(source.path).interval
     if source.format == InputFormat.BINANCE and interval not in (None, "1m"):
         raise DataError(
             f"{source.path}: the file name says {interval} klines; only 1-minute klines (1m) are read"
         )
-    report = FileReport(path=str(source.path), sha256=sha256_of(source.path), side=source.side)
-    parts, clocks, members = [], set(), []
-    for table, display in open_tables(source.path, source.format):
+    columns = columns or CsvColumns()
+    report = FileReport(path=source.display, sha256=sha256_of(source.path), side=source.side)
+    parts, clocks, members, symbols = [], set(), [], {}
+    for table, display in open_tables(
+        source.path, source.format, source.member, max_input_mb << 20, columns.timestamp
+    ):
         members.append(display.rsplit("!", 1)[-1])
-        rows, clock = _read_table(
-            table, display, source.format, columns or CsvColumns(), timezone, on_bad_rows, report
+        rows, clock, symbol = _read_table(
+            table, display, source.format, columns, timezone, on_bad_rows, report
         )
         parts.append(rows)
         clocks.add(clock)
+        if symbol is not None:
+            symbols[members[-1]] = symbol
     if len({clock_kind(c) for c in clocks}) > 1:
         raise DataError(f"{source.path}: its tables use different clocks ({sorted(clocks)}); {CLOCK_FIX}")
-    report.clock = " + ".join(sorted(clocks))
-    overlap = overlapping_pair([part.start for part in parts])
-    if overlap is not None:
-        i, j, shared, smaller = overlap
+    if len(set(symbols.values())) > 1:
+        listed = ", ".join(f"{m} ({s})" for m, s in symbols.items())
         raise DataError(
-            f"{source.path}: its tables {members[i]} and {members[j]} share {shared:,} timestamps ({shared / smaller:.0%} "
-            "of the smaller): two instruments (or bid and ask quotes) in one archive would be merged into one "
-            "series; unzip it and give the files to --input, each under its own name"
+            f"{source.path}: its tables' symbol columns name different instruments ({listed}); one series is "
+            "one instrument: unzip it and prepare each file under its own --instrument"
         )
+    report.clock = " + ".join(sorted(clocks))
+    report.symbol = next(iter(symbols.values()), None)
+    _check_members(source, parts, members)
     rows = M1Rows(
         start=np.concatenate([p.start for p in parts]),
         ohlc=np.concatenate([p.ohlc for p in parts]),
         volume=np.concatenate([p.volume for p in parts]),
     )
-    check_bar_interval(rows.start, str(source.path))
+    check_bar_interval(rows.start, source.display)
     return rows, report
+
+
+def _check_members(source: SourceFile, parts: list[M1Rows], members: list[str]) -> None:
+    """Tables of one archive are parts of one series: where they overlap (weekly parts sharing a day) their
+    bars must agree, and are then read once (`clean_m1` keeps the first); tables that share many minutes
+    with other prices are two instruments or two quote sides.
+
+    Raises:
+        DataError: naming both members, how many minutes they share and the first minute they disagree at.
+    """
+    for overlap in overlaps(parts):
+        a, b = members[overlap.first], members[overlap.second]
+        if overlap.disagree_at is None:
+            log.info(
+                "%s: its tables %s and %s share %d minutes with the same bars: read once",
+                source.path,
+                a,
+                b,
+                overlap.shared,
+            )
+            continue
+        raise DataError(
+            f"{source.path}: its tables {a} and {b} share {overlap.shared:,} timestamps ({overlap.share:.0%} of "
+            f"the smaller) and their bars differ, first at {overlap.where()}: two instruments (or bid and ask "
+            "quotes) in one archive would be merged into one series; unzip it and give the files to --input, "
+            "each under its own name"
+        )
 
 
 def _read_table(
@@ -104,14 +143,15 @@ def _read_table(
     timezone: str | None,
     on_bad_rows: OnBadRows,
     report: FileReport,
-) -> tuple[M1Rows, str]:
-    """Parse and check one table; returns its good rows and a description of its clock."""
+) -> tuple[M1Rows, str, str | None]:
+    """Parse and check one table; returns its good rows, a description of its clock and the instrument its
+    symbol column names (None without one)."""
     if isinstance(raw, pd.DataFrame):
         # Parquet: every cell as text, nulls as empty text (a missing value, never a crash)
         table = select_columns(raw.astype(object).where(raw.notna(), "").astype(str), display, columns)
         header_lines, text = 1, b""
     else:
-        raw = as_utf8(raw).removeprefix(BOM)
+        raw = as_utf8(raw, display).removeprefix(BOM)
         if not raw.strip():
             raise DataError(f"{display}: file is empty (expected 1-minute OHLC rows)")
         text = raw
@@ -157,8 +197,14 @@ def _read_table(
     else:
         volume = np.zeros(len(table), dtype=np.float64)
 
+    # A last line that may be cut is dropped with a line saying so (it is one minute, and whole lines
+    # written without trailing zeros can look cut), never a stop: the other reasons decide that.
+    delimiter = {InputFormat.HISTDATA: ";", InputFormat.BINANCE: ","}.get(fmt, columns.delimiter)
+    cut = cut_last_row(text, table, delimiter, header_lines)
+    if cut.any():
+        log.warning("%s: dropped", at(len(table) - 1, CUT_SHORT))
     reasons = {  # a cut row first: it explains whatever else is wrong with it
-        CUT_SHORT: cut_last_row(text, table),
+        CUT_SHORT: cut,
         **bad_row_reasons(
             stamps, prices, volume, timezone if not aware else None, outside, times.fraction, times.mixed
         ),
@@ -169,14 +215,15 @@ def _read_table(
         if mask.any():
             report.bad_rows_dropped[reason] = report.bad_rows_dropped.get(reason, 0) + int(mask.sum())
             bad |= mask
-    if bad.any() and (on_bad_rows == OnBadRows.ERROR or bad.all()):
+    refused = bad & ~cut
+    if refused.any() and (on_bad_rows == OnBadRows.ERROR or bad.all()):
         looks = sniff_format(text) if text else None
         hint = (
             f"; the file looks like {FORMAT_NAMES[looks]}: --format {looks.value}"
             if looks not in (None, fmt)
             else ""
         )
-        row = int(np.flatnonzero(bad)[0])  # the first bad line of the file, whatever its reason
+        row = int(np.flatnonzero(refused)[0])  # the first bad line of the file, whatever its reason
         reason = next(r for r, mask in reasons.items() if mask[row])
         if on_bad_rows == OnBadRows.ERROR or hint:
             raise DataError(at(row, reason) + (hint or " (use --on-bad-rows drop to drop such rows)"))
@@ -193,7 +240,8 @@ def _read_table(
         )
     keep = ~bad
     report.rows_kept += int(keep.sum())
-    return M1Rows(start=stamps[keep], ohlc=prices[keep], volume=volume[keep]), clock
+    rows = M1Rows(start=stamps[keep], ohlc=prices[keep], volume=volume[keep])
+    return rows, clock, table.attrs.get("symbol")
 
 
 def clashing_rows(stamps: np.ndarray, values: np.ndarray, usable: np.ndarray) -> tuple[int, int] | None:

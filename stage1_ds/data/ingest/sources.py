@@ -4,18 +4,12 @@ rule), how its columns are laid out, and what reading each one reports."""
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
-
-from stage1_ds.errors import DataError
-
-log = logging.getLogger(__name__)
 
 
 class InputFormat(StrEnum):
@@ -67,6 +61,11 @@ class SourceFile:
     instrument: str
     format: InputFormat
     side: str | None = None
+    member: str | None = None  # one member of a zip of several instruments (the rest are other sources)
+
+    @property
+    def display(self) -> str:
+        return f"{self.path}!{self.member}" if self.member else str(self.path)
 
 
 @dataclass
@@ -75,6 +74,7 @@ class FileReport:
     sha256: str
     clock: str = ""
     side: str | None = None
+    symbol: str | None = None  # the one value of the file's symbol column, when it has one
     volume_column: str | None = None
     rows_read: int = 0
     rows_kept: int = 0
@@ -133,54 +133,6 @@ def name_from_file(path: Path) -> FileName:
         elif instrument is None:
             instrument = token.upper()
     return FileName(instrument, side, interval)
-
-
-def discover_inputs(paths: Iterable[Path], fmt: InputFormat, instrument: str | None) -> list[SourceFile]:
-    """Expand files and folders into `SourceFile`s, each with its instrument name (``instrument``, or from
-    the file name by `name_from_file`) and quote side.
-
-    Raises:
-        DataError: a path does not exist, a folder holds no data file, or a file name leaves no instrument
-            name without ``--instrument``.
-    """
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in DATA_SUFFIXES and p.is_file())
-            if not found:
-                raise DataError(
-                    f"{path}: folder holds no data file (expected {', '.join('*' + s for s in DATA_SUFFIXES)})"
-                )
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise DataError(f"{path}: no such file or folder")
-    sources = []
-    for path in files:
-        named = name_from_file(path)
-        name = instrument or named.instrument
-        if name is None:
-            raise DataError(
-                f"{path}: the file name holds no instrument name (only numbers, dates, intervals or source "
-                "words); pass --instrument"
-            )
-        sources.append(SourceFile(path=path, instrument=name, format=fmt, side=named.side))
-    _note_year_suffixes(sources, instrument)
-    return sources
-
-
-def _note_year_suffixes(sources: list[SourceFile], instrument: str | None) -> None:
-    """Files that differ only by numbers (``BTC_2023.csv``, ``BTC_2024.csv``) are one instrument by the
-    naming rule: say so, since a user may have meant otherwise."""
-    if instrument is not None:
-        return
-    by_name: dict[str, list[str]] = {}
-    for source in sources:
-        by_name.setdefault(source.instrument, []).append(source.path.name)
-    for name, files in by_name.items():
-        if len(files) > 1:
-            log.info("%s are one instrument, %s (numbers in file names are dates, not names)", files, name)
 
 
 def sha256_of(path: Path) -> str:

@@ -1,9 +1,10 @@
 """Checks of rows and files: bad rows by reason, a cut last line, stray dates, the bar interval, overlapping
-files of one instrument, how bars are stamped, and the merge of one instrument's rows (`clean_m1`)."""
+parts of one instrument, and the merge of one instrument's rows (`clean_m1`)."""
 
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,21 +15,47 @@ from stage1_ds.data.ingest.timestamps import NAT_SECONDS, duration
 from stage1_ds.data.timeframes import Bars, volume_unit, volume_units
 from stage1_ds.errors import DataError
 
-#: Files (or an archive's members) of one instrument may share at most this share of the timestamps of the
-#: smaller one: more is bid and ask quotes, or two instruments under one name.
+#: Files (or an archive's members) of one instrument may share this share of the timestamps of the smaller
+#: one with other bars at the shared minutes (a few shared minutes where files meet, or a source's doubled
+#: hour); more is bid and ask quotes, or two instruments under one name.
 MAX_OVERLAP = 0.1
 
 
-def overlapping_pair(starts: list[np.ndarray]) -> tuple[int, int, int, int] | None:
-    """The first pair (i, j) of stamp arrays sharing more than `MAX_OVERLAP` of the smaller one's stamps,
-    with the count shared and the smaller size; None when no pair does (a few shared minutes where files
-    meet, or a source's doubled hour, are duplicates, not another series)."""
-    for i, j in itertools.combinations(range(len(starts)), 2):
-        shared = len(np.intersect1d(starts[i], starts[j]))
-        smaller = min(len(starts[i]), len(starts[j]))
-        if smaller and shared > MAX_OVERLAP * smaller:
-            return i, j, shared, smaller
-    return None
+@dataclass(frozen=True)
+class Overlap:
+    """Two parts (files, or an archive's members) of one instrument sharing more than `MAX_OVERLAP` of the
+    smaller one's timestamps: how many, and the first shared minute whose OHLC differs (None when every
+    shared minute holds the same bar: overlapping parts of one series, read once)."""
+
+    first: int
+    second: int
+    shared: int
+    smaller: int
+    disagree_at: int | None
+
+    @property
+    def share(self) -> float:
+        return self.shared / self.smaller
+
+    def where(self) -> str:
+        """The first disagreeing minute, as a date and time of the data clock."""
+        assert self.disagree_at is not None
+        return f"{pd.Timestamp(self.disagree_at, unit='s'):%Y-%m-%d %H:%M}"
+
+
+def overlaps(parts: list[M1Rows]) -> list[Overlap]:
+    """Every pair of parts sharing more than `MAX_OVERLAP` of the smaller one's timestamps, each with the
+    first shared minute whose prices differ (to 1e-9 relative)."""
+    found = []
+    for i, j in itertools.combinations(range(len(parts)), 2):
+        shared, at_i, at_j = np.intersect1d(parts[i].start, parts[j].start, return_indices=True)
+        smaller = min(len(parts[i].start), len(parts[j].start))
+        if not smaller or len(shared) <= MAX_OVERLAP * smaller:
+            continue
+        same = np.isclose(parts[i].ohlc[at_i], parts[j].ohlc[at_j], rtol=1e-9, atol=0.0).all(axis=1)
+        differ = shared[~same]
+        found.append(Overlap(i, j, len(shared), smaller, int(differ[0]) if len(differ) else None))
+    return found
 
 
 #: Fewer consecutive stamps than this and the bar interval is not measured (too few to tell).
@@ -59,19 +86,56 @@ def check_bar_interval(start: np.ndarray, display: str) -> None:
 
 
 CUT_SHORT = (
-    "last line cut short (no newline at the end of the file, its last field shorter than in any other row)"
+    "last line perhaps cut short (no newline at the end of the file, and the line lacks a field, a digit or a "
+    "decimal the lines before it have)"
 )
+#: Lines before the last that a possibly cut last line is compared with.
+CUT_SAMPLE = 200
+_NUMBER = re.compile(rb"[+-]?(\d+)(?:\.(\d*))?(?:[eE][+-]?\d+)?")
 
 
-def cut_last_row(text: bytes, table: pd.DataFrame) -> np.ndarray:
-    """(N,) bool, true for the last row when the file does not end with a newline and the row's last field
-    has fewer characters than the same field of every other row: a download or copy that stopped inside a
-    number (``1.1052`` cut to ``1.10``) would otherwise pass as a whole row."""
+def _decimals(field: bytes) -> int | None:
+    """Digits after the decimal point of a plain number (0 for an integer); None for anything else."""
+    match = _NUMBER.fullmatch(field)
+    return None if match is None else len(match.group(2) or b"")
+
+
+def _looks_whole(field: bytes, before: list[bytes]) -> bool:
+    """A field of the last line is whole when it is written to the precision of the same field in the lines
+    before it (as many decimals as the most precise of them; ``1.1459`` of ``1.14599`` is cut however the
+    file writes its zeros) or, for integers and text, when it is no shorter than the shortest of them."""
+    own, decimals = _decimals(field), [_decimals(f) for f in before]
+    numbers = [d for d in decimals if d is not None]
+    if own is not None and len(numbers) == len(decimals) and max(numbers, default=0) > 0:
+        return own >= max(numbers)
+    return len(field) >= min((len(f) for f in before), default=0)
+
+
+def cut_last_row(text: bytes, table: pd.DataFrame, delimiter: str, header_lines: int) -> np.ndarray:
+    """(N,) bool, true for the table's last row when it is the file's last line, the file does not end with
+    a newline, and the line is not provably whole: it has fewer fields than the line before it, or a field
+    written to less precision than in the `CUT_SAMPLE` lines before it (`_looks_whole`). A download or copy
+    that stopped inside a number (``1.10520`` cut to ``1.105``), or inside any column, would otherwise pass
+    as a whole row."""
     cut = np.zeros(len(table), dtype=bool)
     if not text or text.endswith((b"\n", b"\r")) or len(table) < 3:
         return cut
-    lengths = table.iloc[:, -1].astype(str).str.len().to_numpy()
-    cut[-1] = lengths[-1] < lengths[:-1].min()
+    lines = [line.strip() for line in text.split(b"\n") if line.strip()]
+    if int(table.index[-1]) != len(lines) - header_lines - 1:
+        return cut  # the last line is not one of the table's rows (another symbol's, or side's)
+    sep = delimiter.encode()
+    last = lines[-1].split(sep)
+    before = [line.split(sep) for line in lines[max(header_lines, len(lines) - 1 - CUT_SAMPLE) : -1]]
+    if not before:
+        return cut
+    if len(last) < len(before[-1]):
+        cut[-1] = True
+        return cut
+    for k, field in enumerate(last):
+        column = [fields[k].strip() for fields in before if len(fields) > k]
+        if column and not _looks_whole(field.strip(), column):
+            cut[-1] = True
+            break
     return cut
 
 
@@ -154,43 +218,6 @@ class CleanReport:
     duplicates_dropped: int
     out_of_order_rows: int
     volume_unit: float
-
-
-#: A gap longer than this ends a trading session (`stamp_evidence`).
-SESSION_GAP_SECONDS = 30 * 60
-
-
-@dataclass(frozen=True)
-class StampEvidence:
-    """How a file's trading sessions begin and end on the minute of the hour: boundaries that fit bars
-    stamped with their start (the first bar at :00, the last at :59) and with their end (:01, :00)."""
-
-    sessions: int
-    start_like: int
-    end_like: int
-
-    @property
-    def looks_end_stamped(self) -> bool:
-        """At least four session boundaries fit end stamps, more than twice as many as fit start stamps."""
-        return self.end_like >= 4 and self.end_like > 2 * self.start_like
-
-
-def stamp_evidence(start: np.ndarray) -> StampEvidence:
-    """Sessions (runs of bars without a gap over 30 minutes, at least 30 bars) and where they begin and end
-    on the hour. Markets open and close on the hour (FX weekly at 17:00 New York, futures' daily breaks), so
-    start-stamped bars begin a session at :00 and end it at :59, end-stamped ones at :01 and :00."""
-    if len(start) < 2:
-        return StampEvidence(0, 0, 0)
-    cuts = np.flatnonzero(np.diff(start) > SESSION_GAP_SECONDS) + 1
-    begins, ends = np.r_[0, cuts], np.r_[cuts - 1, len(start) - 1]
-    long = ends - begins + 1 >= 30
-    first = (start[begins[long]] // 60) % 60
-    last = (start[ends[long]] // 60) % 60
-    return StampEvidence(
-        int(long.sum()),
-        int((first == 0).sum() + (last == 59).sum()),
-        int((first == 1).sum() + (last == 0).sum()),
-    )
 
 
 def clean_m1(parts: list[M1Rows]) -> tuple[Bars, CleanReport]:
