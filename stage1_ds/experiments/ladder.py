@@ -61,12 +61,14 @@ LADDER_CONFIG = "configs/pretrain_fx_cpu.yaml"
 LADDER_OVERRIDES = ["data.window_bars=32"]
 LADDER_STEPS = (2000, 8000, 32000)
 _FUTURE = ["data.future_minutes=[60, 240]", "model.loss.future_weight=1.0"]
+_NO_FUTURE = ["data.future_minutes=[]", "model.loss.future_weight=0.0"]
 #: The pretraining signals: the reconstruction objective alone, with the masked bars' log-range term, with
 #: the future-size term (a head predicting the log range of the bars after the anchor at the probe's two
-#: horizons), and with both terms. Each names its range weight, whatever `LADDER_CONFIG` has.
+#: horizons), and with both terms. Each names every key of both terms, whatever `LADDER_CONFIG` has (its
+#: default is the chosen signal, future, since 2026-12-06).
 SIGNALS = {
-    "reconstruction": ["model.loss.range_weight=0.0"],
-    "range": ["model.loss.range_weight=1.0"],
+    "reconstruction": ["model.loss.range_weight=0.0", *_NO_FUTURE],
+    "range": ["model.loss.range_weight=1.0", *_NO_FUTURE],
     "future": ["model.loss.range_weight=0.0", *_FUTURE],
     "future_range": ["model.loss.range_weight=1.0", *_FUTURE],
 }
