@@ -3,7 +3,7 @@ probe, the demo, and the node check before a launch (doctor).
 
 Each subcommand parses its arguments here and calls one library function; heavy imports (torch,
 DeepSpeed) happen inside the subcommands that need them, so ``stage1 prepare`` starts fast. Why one module
-of about 600 lines: it is the parsers of nine subcommands, each option with its help text, and the one
+of about 700 lines: it is the parsers of nine subcommands, each option with its help text, and the one
 place a user's flags become a library call and an exit code; no domain logic lives here.
 """
 

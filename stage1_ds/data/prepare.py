@@ -30,14 +30,13 @@ from stage1_ds.data.ingest import (
     M1Rows,
     OnBadRows,
     SourceFile,
+    check_bar_time,
     check_clocks,
+    check_parts,
     clean_m1,
     discover_inputs,
-    overlaps,
     read_source,
-    stamp_evidence,
 )
-from stage1_ds.data.ingest.stamps import HALVES, StampEvidence
 from stage1_ds.data.splits import (
     fit_stats,
     longest_window_span,
@@ -206,9 +205,9 @@ class FilesJob:
             parts.append(rows)
             reports.append(report)
         check_clocks(self.name, reports)
-        _check_overlaps(self.name, parts, reports)
+        check_parts(self.name, parts, reports)
         bars, cleaning = clean_m1(parts)
-        evidence = _check_bar_time(self.name, bars, options.bar_time)
+        evidence = check_bar_time(self.name, bars, options.bar_time)
         if options.bar_time == BarTime.END:
             # The minute an end stamp closes began a minute earlier.
             bars = replace(bars, start=bars.start - 60)
@@ -234,91 +233,6 @@ class FilesJob:
         if record["bad_rows_dropped"]:
             log.warning("%s: dropped bad rows: %s", self.name, record["bad_rows_dropped"])
         return bars, record
-
-
-def _check_bar_time(name: str, bars: Bars, bar_time: BarTime) -> StampEvidence:
-    """The evidence of how the bars are stamped; warn when ``--bar-time`` contradicts strong evidence of how the bars are stamped
-    (`stage1_ds.data.ingest.stamps`), and when the two halves of the bars strongly disagree (a file joined
-    from sources that stamp differently); the warning says which way and how strongly."""
-    evidence = stamp_evidence(bars.start, bars.ohlc[:, 1], bars.ohlc[:, 2])
-    if bar_time == BarTime.START and evidence.verdict == "end":
-        log.warning(
-            "%s: its bars look stamped with their END (%s); if the source stamps bars at their close, prepare "
-            "again with --bar-time end (every derived bar would be a minute off)",
-            name,
-            evidence.said(),
-        )
-    elif bar_time == BarTime.END and evidence.verdict == "start":
-        log.warning(
-            "%s: --bar-time end, but its bars look stamped with their START (%s); if the source stamps bars "
-            "at the start of their minute, prepare again without --bar-time end (every derived bar would be "
-            "a minute off)",
-            name,
-            evidence.said(),
-        )
-    middle = len(bars) // 2
-    halves = [
-        stamp_evidence(bars.start[part], bars.ohlc[part, 1], bars.ohlc[part, 2])
-        for part in (slice(0, middle), slice(middle, None))
-    ]
-    if min(abs(h.z) for h in halves) >= HALVES and halves[0].z * halves[1].z < 0:
-        way = ["START" if h.z > 0 else "END" for h in halves]
-        log.warning(
-            "%s: the halves of its bars disagree on how they are stamped: up to %s they look stamped with "
-            "their %s (%s), after it with their %s (%s); files joined from two sources? Prepare each part "
-            "with its own --bar-time",
-            name,
-            datetime.fromtimestamp(int(bars.start[middle]), UTC).strftime("%Y-%m-%d %H:%M"),
-            way[0],
-            halves[0].said(),
-            way[1],
-            halves[1].said(),
-        )
-    return evidence
-
-
-def _check_overlaps(name: str, parts: list[M1Rows], reports: list[FileReport]) -> None:
-    """Files of one instrument are parts of one series: they cover different times (a few shared minutes
-    where files meet, or a source's doubled hour, are duplicates), or overlap with the same bars (weekly
-    parts sharing a day: read once, said in one line). Files that share many minutes with other prices,
-    whose names say different quote sides, or whose symbol columns name different instruments are two
-    series, which no de-duplication makes one.
-
-    Raises:
-        DataError: naming the two files, what they share, the first minute their bars differ, and the fix.
-    """
-    symbols = {r.path: r.symbol for r in reports if r.symbol is not None}
-    if len(set(symbols.values())) > 1:
-        listed = ", ".join(f"{path} ({symbol})" for path, symbol in symbols.items())
-        raise DataError(
-            f"instrument {name}: its files' symbol columns name different instruments ({listed}); prepare "
-            "each under its own --instrument"
-        )
-    for overlap in overlaps(parts):
-        first, second = reports[overlap.first], reports[overlap.second]
-        pair = sorted({r.side for r in (first, second) if r.side is not None})
-        if overlap.disagree_at is None and len(pair) < 2:
-            log.info(
-                "%s: %s and %s share %d minutes with the same bars: read once",
-                name,
-                first.path,
-                second.path,
-                overlap.shared,
-            )
-            continue
-        what = " and ".join(pair) + " quotes" if len(pair) > 1 else "bid and ask quotes"
-        differ = "" if overlap.disagree_at is None else f", their bars differing first at {overlap.where()}"
-        raise DataError(
-            f"instrument {name}: {first.path} and {second.path} share {overlap.shared:,} of their "
-            f"timestamps ({overlap.share:.0%} of the smaller){differ}: {what}, or two instruments under one "
-            "name? One instrument's files must not overlap with other bars: prepare each under its own "
-            "--instrument"
-        )
-    sides = sorted({r.side for r in reports if r.side is not None})
-    if len(sides) > 1:
-        log.warning(
-            "%s: files of different quote sides (%s) are joined into one series", name, ", ".join(sides)
-        )
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,9 @@ from stage1_ds.data.ingest.sources import (
     SourceFile,
     name_from_file,
 )
-from stage1_ds.data.ingest.stamps import StampEvidence, stamp_evidence
+from stage1_ds.data.ingest.stamps import StampEvidence, check_bar_time, stamp_evidence
 from stage1_ds.data.ingest.timestamps import EARLIEST_UTC, LATEST_UTC, check_clocks
-from stage1_ds.data.ingest.validate import bad_row_reasons, clean_m1, overlaps
+from stage1_ds.data.ingest.validate import bad_row_reasons, check_parts, clean_m1, overlaps
 
 __all__ = [
     "AS_GIVEN",
@@ -59,7 +59,9 @@ __all__ = [
     "SourceFile",
     "StampEvidence",
     "bad_row_reasons",
+    "check_bar_time",
     "check_clocks",
+    "check_parts",
     "clean_m1",
     "discover_inputs",
     "name_from_file",

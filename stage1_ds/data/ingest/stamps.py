@@ -17,10 +17,17 @@ month; the same month shifted to end stamps gives -5.3.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
+
+from stage1_ds.data.ingest.sources import BarTime
+from stage1_ds.data.timeframes import Bars
+
+log = logging.getLogger(__name__)
 
 #: A gap longer than this ends a trading session.
 SESSION_GAP_SECONDS = 30 * 60
@@ -98,3 +105,44 @@ def stamp_evidence(start: np.ndarray, high: np.ndarray, low: np.ndarray) -> Stam
         int(decided.sum()),
         int((a > b)[decided].sum()),
     )
+
+
+def check_bar_time(name: str, bars: Bars, bar_time: BarTime) -> StampEvidence:
+    """The evidence of how the bars are stamped; warn when ``--bar-time`` contradicts strong evidence of how the bars are stamped
+    (`stage1_ds.data.ingest.stamps`), and when the two halves of the bars strongly disagree (a file joined
+    from sources that stamp differently); the warning says which way and how strongly."""
+    evidence = stamp_evidence(bars.start, bars.ohlc[:, 1], bars.ohlc[:, 2])
+    if bar_time == BarTime.START and evidence.verdict == "end":
+        log.warning(
+            "%s: its bars look stamped with their END (%s); if the source stamps bars at their close, prepare "
+            "again with --bar-time end (every derived bar would be a minute off)",
+            name,
+            evidence.said(),
+        )
+    elif bar_time == BarTime.END and evidence.verdict == "start":
+        log.warning(
+            "%s: --bar-time end, but its bars look stamped with their START (%s); if the source stamps bars "
+            "at the start of their minute, prepare again without --bar-time end (every derived bar would be "
+            "a minute off)",
+            name,
+            evidence.said(),
+        )
+    middle = len(bars) // 2
+    halves = [
+        stamp_evidence(bars.start[part], bars.ohlc[part, 1], bars.ohlc[part, 2])
+        for part in (slice(0, middle), slice(middle, None))
+    ]
+    if min(abs(h.z) for h in halves) >= HALVES and halves[0].z * halves[1].z < 0:
+        way = ["START" if h.z > 0 else "END" for h in halves]
+        log.warning(
+            "%s: the halves of its bars disagree on how they are stamped: up to %s they look stamped with "
+            "their %s (%s), after it with their %s (%s); files joined from two sources? Prepare each part "
+            "with its own --bar-time",
+            name,
+            datetime.fromtimestamp(int(bars.start[middle]), UTC).strftime("%Y-%m-%d %H:%M"),
+            way[0],
+            halves[0].said(),
+            way[1],
+            halves[1].said(),
+        )
+    return evidence

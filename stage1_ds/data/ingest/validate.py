@@ -4,16 +4,19 @@ parts of one instrument, and the merge of one instrument's rows (`clean_m1`)."""
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from stage1_ds.data.ingest.sources import M1Rows
+from stage1_ds.data.ingest.sources import FileReport, M1Rows
 from stage1_ds.data.ingest.timestamps import NAT_SECONDS, duration
 from stage1_ds.data.timeframes import Bars, volume_unit, volume_units
 from stage1_ds.errors import DataError
+
+log = logging.getLogger(__name__)
 
 #: Files (or an archive's members) of one instrument may share this share of the timestamps of the smaller
 #: one with other bars at the shared minutes (a few shared minutes where files meet, or a source's doubled
@@ -56,6 +59,50 @@ def overlaps(parts: list[M1Rows]) -> list[Overlap]:
         differ = shared[~same]
         found.append(Overlap(i, j, len(shared), smaller, int(differ[0]) if len(differ) else None))
     return found
+
+
+def check_parts(name: str, parts: list[M1Rows], reports: list[FileReport]) -> None:
+    """Files of one instrument are parts of one series: they cover different times (a few shared minutes
+    where files meet, or a source's doubled hour, are duplicates), or overlap with the same bars (weekly
+    parts sharing a day: read once, said in one line). Files that share many minutes with other prices,
+    whose names say different quote sides, or whose symbol columns name different instruments are two
+    series, which no de-duplication makes one.
+
+    Raises:
+        DataError: naming the two files, what they share, the first minute their bars differ, and the fix.
+    """
+    symbols = {r.path: r.symbol for r in reports if r.symbol is not None}
+    if len(set(symbols.values())) > 1:
+        listed = ", ".join(f"{path} ({symbol})" for path, symbol in symbols.items())
+        raise DataError(
+            f"instrument {name}: its files' symbol columns name different instruments ({listed}); prepare "
+            "each under its own --instrument"
+        )
+    for overlap in overlaps(parts):
+        first, second = reports[overlap.first], reports[overlap.second]
+        pair = sorted({r.side for r in (first, second) if r.side is not None})
+        if overlap.disagree_at is None and len(pair) < 2:
+            log.info(
+                "%s: %s and %s share %d minutes with the same bars: read once",
+                name,
+                first.path,
+                second.path,
+                overlap.shared,
+            )
+            continue
+        what = " and ".join(pair) + " quotes" if len(pair) > 1 else "bid and ask quotes"
+        differ = "" if overlap.disagree_at is None else f", their bars differing first at {overlap.where()}"
+        raise DataError(
+            f"instrument {name}: {first.path} and {second.path} share {overlap.shared:,} of their "
+            f"timestamps ({overlap.share:.0%} of the smaller){differ}: {what}, or two instruments under one "
+            "name? One instrument's files must not overlap with other bars: prepare each under its own "
+            "--instrument"
+        )
+    sides = sorted({r.side for r in reports if r.side is not None})
+    if len(sides) > 1:
+        log.warning(
+            "%s: files of different quote sides (%s) are joined into one series", name, ", ".join(sides)
+        )
 
 
 #: Fewer consecutive stamps than this and the bar interval is not measured (too few to tell).
