@@ -134,26 +134,28 @@ def last_line(text: str) -> str:
 Case = Callable[[Path], tuple[bool, str]]
 
 
-def metatrader(tmp: Path) -> tuple[bool, str]:
+def _dated(tmp: Path, name: str, header: str, row: str, *flags: str) -> tuple[bool, str]:
+    """Three days of bars written with a date and a time column (``row`` formats ``stamp`` and the
+    prices), prepared with ``flags``: every minute must come back."""
     bars = walk(DAYS * 1440, 1.14, 0)
-    lines = ["<DATE>\t<TIME>\t<OPEN>\t<HIGH>\t<LOW>\t<CLOSE>\t<TICKVOL>\t<VOL>\t<SPREAD>"]
+    lines = [header]
     for t, o, h, lo, c in bars:
         stamp = np.datetime64(int(t), "s").astype(object)
-        lines.append(f"{stamp:%Y.%m.%d}\t{stamp:%H:%M:%S}\t{o:.5f}\t{h:.5f}\t{lo:.5f}\t{c:.5f}\t7\t0\t2")
-    path = tmp / "EURUSD_M1.csv"
+        lines.append(row.format(stamp=stamp, o=o, h=h, lo=lo, c=c))
+    path = tmp / name
     path.write_text("\n".join(lines) + "\n")
-    return expect_bars(*prepare(tmp, [path], "--delimiter", "tab"), bars)
+    return expect_bars(*prepare(tmp, [path], *flags), bars)
+
+
+def metatrader(tmp: Path) -> tuple[bool, str]:
+    header = "<DATE>\t<TIME>\t<OPEN>\t<HIGH>\t<LOW>\t<CLOSE>\t<TICKVOL>\t<VOL>\t<SPREAD>"
+    row = "{stamp:%Y.%m.%d}\t{stamp:%H:%M:%S}\t{o:.5f}\t{h:.5f}\t{lo:.5f}\t{c:.5f}\t7\t0\t2"
+    return _dated(tmp, "EURUSD_M1.csv", header, row, "--delimiter", "tab")
 
 
 def day_hour(tmp: Path) -> tuple[bool, str]:
-    bars = walk(DAYS * 1440, 1.14, 0)
-    lines = ["Day,Hour,Open,High,Low,Close"]
-    for t, o, h, lo, c in bars:
-        stamp = np.datetime64(int(t), "s").astype(object)
-        lines.append(f"{stamp:%Y-%m-%d},{stamp:%H:%M},{o:.5f},{h:.5f},{lo:.5f},{c:.5f}")
-    path = tmp / "EURUSD.csv"
-    path.write_text("\n".join(lines) + "\n")
-    return expect_bars(*prepare(tmp, [path]), bars)
+    row = "{stamp:%Y-%m-%d},{stamp:%H:%M},{o:.5f},{h:.5f},{lo:.5f},{c:.5f}"
+    return _dated(tmp, "EURUSD.csv", "Day,Hour,Open,High,Low,Close", row)
 
 
 def _long_file(tmp: Path, column: str) -> tuple[Path, np.ndarray]:

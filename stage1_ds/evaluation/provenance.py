@@ -17,6 +17,25 @@ from stage1_ds.model.stage1 import EXPORT_DATA, export_identity, load_export_fin
 log = logging.getLogger(__name__)
 
 
+#: What each kind of overlap `check_overlap` finds means, and its fix (in the order checked: a clock first,
+#: since every other comparison is made on it).
+REFUSALS = {
+    "clock": (
+        "the data are on another clock than the model's",
+        "prepare them again with the model's --timezone (its data.json says which)",
+    ),
+    "overlap": (
+        "the figures would be scored on data the model was trained or validated on",
+        "score a folder prepared with the model's splits (or later data)",
+    ),
+    "content": (
+        "the figures would be scored on bars the model was trained or validated on (the same returns, day by "
+        "day, whatever their name or folder)",
+        "score data the model never saw",
+    ),
+}
+
+
 def check_overlap(model_dir: Path, data: DataSource, split: str, allow_overlap: bool) -> dict[str, Any]:
     """The scored split against the model's own data (`scored_overlaps`): another split overlapping the
     model's train or val period, or a folder on another clock, is an error unless ``allow_overlap``; the
@@ -30,27 +49,12 @@ def check_overlap(model_dir: Path, data: DataSource, split: str, allow_overlap: 
     record = json.loads(record_file.read_text()) if record_file.is_file() else None
     found = scored_overlaps(record, data, split)
     found["content"] = content_overlaps(model_dir, data, split)
-    if found["clock"] and not allow_overlap:
-        raise DataError(
-            "the data are on another clock than the model's:\n  "
-            + "\n  ".join(found["clock"])
-            + "\nprepare them again with the model's --timezone (its data.json says which), or pass "
-            "--allow-overlap to run anyway (the report then records it)"
-        )
-    if found["overlap"] and not allow_overlap:
-        raise DataError(
-            "the figures would be scored on data the model was trained or validated on:\n  "
-            + "\n  ".join(found["overlap"])
-            + "\nscore a folder prepared with the model's splits (or later data), or pass --allow-overlap "
-            "to run anyway (the report then records the overlap)"
-        )
-    if found["content"] and not allow_overlap:
-        raise DataError(
-            "the figures would be scored on bars the model was trained or validated on (the same returns, day "
-            "by day, whatever their name or folder):\n  "
-            + "\n  ".join(found["content"])
-            + "\nscore data the model never saw, or pass --allow-overlap to run anyway (the report records it)"
-        )
+    for key, (what, fix) in REFUSALS.items():
+        if found[key] and not allow_overlap:
+            raise DataError(
+                f"{what}:\n  " + "\n  ".join(found[key]) + f"\n{fix}, or pass --allow-overlap to "
+                "run anyway (the report then records it)"
+            )
     allowed = found["overlap"] + found["clock"] + found["content"]
     if allowed:
         log.warning("scored despite: %s (--allow-overlap)", "; ".join(allowed))
