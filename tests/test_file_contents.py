@@ -224,12 +224,12 @@ def test_a_zip_of_two_instruments_is_two_instruments(
     eur = _text(1500, price=1.14)
     gbp = _text(1500, price=1.27, seed=1, first=START + 86_400)
     path = _zip(
-        tmp_path / "fx.zip", {"DAT_ASCII_EURUSD_M1_2019.csv": eur, "DAT_ASCII_GBPUSD_M1_2019.csv": gbp}
+        tmp_path / "2019.zip", {"DAT_ASCII_EURUSD_M1_2019.csv": eur, "DAT_ASCII_GBPUSD_M1_2019.csv": gbp}
     )
     with caplog.at_level(logging.INFO):
         manifest = prepare_files([path], tmp_path / "out", InputFormat.CSV, options=_options())
     assert sorted(manifest["instruments"]) == ["EURUSD", "GBPUSD"]
-    assert "fx.zip holds 2 instruments" in caplog.text
+    assert "2019.zip holds 2 instruments" in caplog.text
     data = load_prepared(tmp_path / "out")
     for name, text in (("EURUSD", eur), ("GBPUSD", gbp)):
         expected = pd.read_csv(pd.io.common.BytesIO(text))
@@ -237,7 +237,7 @@ def test_a_zip_of_two_instruments_is_two_instruments(
         starts = np.asarray(data.bars[Timeframe.M1].start[begin:end])
         np.testing.assert_array_equal(starts, expected["timestamp"].to_numpy())
     with pytest.raises(
-        DataError, match=r"fx\.zip: its members name 2 instruments .*EURUSD.*GBPUSD.*drop --instrument"
+        DataError, match=r"2019\.zip: its members name 2 instruments .*EURUSD.*GBPUSD.*drop --instrument"
     ):
         prepare_files([path], tmp_path / "one", InputFormat.CSV, "FX", _options())
 

@@ -41,6 +41,10 @@ def discover_inputs(paths: Iterable[Path], fmt: InputFormat, instrument: str | N
             raise DataError(f"{path}: no such file or folder")
     sources = []
     for path in files:
+        members = _members_of_instruments(path, fmt, instrument)
+        if members:  # the members' names name the instruments, whatever the archive's name says
+            sources.extend(members)
+            continue
         named = name_from_file(path)
         name = instrument or named.instrument
         if name is None:
@@ -48,10 +52,7 @@ def discover_inputs(paths: Iterable[Path], fmt: InputFormat, instrument: str | N
                 f"{path}: the file name holds no instrument name (only numbers, dates, intervals or source "
                 "words); pass --instrument"
             )
-        sources.extend(
-            _members_of_instruments(path, fmt, instrument)
-            or [SourceFile(path=path, instrument=name, format=fmt, side=named.side)]
-        )
+        sources.append(SourceFile(path=path, instrument=name, format=fmt, side=named.side))
     _note_year_suffixes(sources, instrument)
     return sources
 
