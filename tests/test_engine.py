@@ -179,12 +179,13 @@ def test_ds_config_refuses_keys_the_project_owns(tmp_path: Path) -> None:
     config = tiny_train_config(ds_config=str(path))
     with pytest.raises(ConfigError, match=r"sets \['train_batch_size', 'optimizer.params.lr'\]"):
         build_ds_config(config)
-    merged = build_ds_config(tiny_train_config(gradient_accumulation_steps=3), tmp_path / "tb")
+    merged = build_ds_config(tiny_train_config(gradient_accumulation_steps=3))
     assert merged["gradient_accumulation_steps"] == 3 and merged["train_micro_batch_size_per_gpu"] == 4
-    assert merged["bf16"] == {"enabled": False} and merged["tensorboard"]["output_path"] == str(
-        tmp_path / "tb"
-    )
-    assert merged["zero_optimization"]["stage"] == 2
+    assert merged["bf16"] == {"enabled": False} and merged["zero_optimization"]["stage"] == 2
+    assert not merged.get("tensorboard", {}).get("enabled", False), "DeepSpeed's own monitor stays off"
+    path.write_text('{"zero_optimization": {"stage": 2}, "tensorboard": {"enabled": true}}')
+    with pytest.raises(ConfigError, match=r"sets \['tensorboard'\]"):
+        build_ds_config(config)
 
 
 def test_phase_list_rewarmup_in_schedule() -> None:

@@ -84,8 +84,16 @@ def test_ctrl_c_while_a_command_starts_ends_with_one_line(
 ) -> None:
     command = [sys.executable, "-c", INTERRUPT_AT, module, "train", "--config", "configs/demo_cpu.yaml"]
     command += ["--data", str(synthetic_small), "--out", str(tmp_path / "run")]
+    # A terminal's Ctrl-C finds SIGINT at its default; a test run from a background job would pass it on
+    # ignored, and the interrupt would never come.
     result = subprocess.run(
-        command, cwd=REPO, env=fresh_process_env(), capture_output=True, text=True, timeout=300
+        command,
+        cwd=REPO,
+        env=fresh_process_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert result.returncode == 128 + signal.SIGINT, result.stderr[-2000:]
     assert says in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
