@@ -24,7 +24,9 @@ def test_every_experiment_owns_files_of_its_own_name() -> None:
     owned = [path for e in EXPERIMENTS.values() for path in e.paths().values()]
     assert len(owned) == len(set(owned)), "two experiments would write one file"
     assert all(e.name == name for name, e in EXPERIMENTS.items())
-    assert {"context", "market_rule", "stage2"} <= set(STORED), "the current reports keep their results"
+    assert {"context", "ladder", "market_rule", "stage2"} <= set(STORED), (
+        "the current reports keep their results"
+    )
 
 
 @pytest.mark.parametrize("name", STORED)

@@ -75,12 +75,13 @@ def data_summary(data_dir: Path) -> dict[str, Any]:
 
 def versions() -> dict[str, str]:
     """The versions a report was measured with."""
+    threads = torch.get_num_threads()
     return {
         "stage1_ds": code_version(),
         "torch": torch.__version__,
         "deepspeed": deepspeed.__version__,
         "transformers": transformers.__version__,
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "machine": f"{platform.processor() or platform.machine()}, {threads} torch thread{'s' * (threads != 1)}",
     }
 
 
