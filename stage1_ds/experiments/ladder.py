@@ -64,17 +64,23 @@ _FUTURE = ["data.future_minutes=[60, 240]", "model.loss.future_weight=1.0"]
 _NO_FUTURE = ["data.future_minutes=[]", "model.loss.future_weight=0.0"]
 #: The pretraining signals: the reconstruction objective alone, with the masked bars' log-range term, with
 #: the future-size term (a head predicting the log range of the bars after the anchor at the probe's two
-#: horizons), and with both terms. Each names every key of both terms, whatever `LADDER_CONFIG` has (its
-#: default is the chosen signal, future, since 2026-12-06).
+#: horizons), the same head at four horizons (a quarter hour to a day: the probe's two among them), and
+#: with both terms. Each names every key of both terms, whatever `LADDER_CONFIG` has (its default is the
+#: chosen signal, future, since 2026-12-06).
 SIGNALS = {
     "reconstruction": ["model.loss.range_weight=0.0", *_NO_FUTURE],
     "range": ["model.loss.range_weight=1.0", *_NO_FUTURE],
     "future": ["model.loss.range_weight=0.0", *_FUTURE],
+    "future_horizons": [
+        "model.loss.range_weight=0.0",
+        "data.future_minutes=[15, 60, 240, 1440]",
+        "model.loss.future_weight=1.0",
+    ],
     "future_range": ["model.loss.range_weight=1.0", *_FUTURE],
 }
-#: What a signal costs beside the reconstruction objective (more terms, more heads): of two signals within
-#: two standard errors on val, the cheaper is preferred.
-COST = {"reconstruction": 0, "range": 1, "future": 2, "future_range": 3}
+#: What a signal costs beside the reconstruction objective (more terms, more heads, more targets): of two
+#: signals within two standard errors on val, the cheaper is preferred.
+COST = {"reconstruction": 0, "range": 1, "future": 2, "future_horizons": 3, "future_range": 4}
 #: The rung at which the signal is chosen (on val).
 CHOICE_STEPS = 8000
 #: Readouts of the probe read per rung: (key in the rung's JSON, probe method); absent ones are skipped
