@@ -7,36 +7,38 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import REPO, fresh_process_env
 
 
+def run_script(name: str, *args: str, out: Path, timeout: int = 300) -> tuple[str, Any]:
+    """Run ``scripts/NAME`` with ``args`` and ``--json OUT`` in a fresh process; its stdout and the JSON it
+    wrote (it must exit 0)."""
+    command = [sys.executable, str(REPO / "scripts" / name), *args, "--json", str(out)]
+    result = subprocess.run(
+        command,
+        cwd=REPO,
+        env=fresh_process_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout, json.loads(out.read_text())
+
+
 @pytest.mark.slow
 def test_bench_gpu_runs_on_cpu_with_the_tiny_preset(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    command = [
-        sys.executable,
-        str(REPO / "scripts" / "bench_gpu.py"),
-        "--preset",
-        "tiny",
-        "--batch-size",
-        "2",
-        "--warmup",
-        "1",
-        "--windows",
-        "1",
-        "--steps",
-        "1",
-        "--json",
-        str(out),
-    ]
-    result = subprocess.run(
-        command, cwd=REPO, env=fresh_process_env(), capture_output=True, text=True, timeout=600, check=False
+    stdout, report = run_script(
+        "bench_gpu.py",
+        *("--preset", "tiny", "--batch-size", "2", "--warmup", "1", "--windows", "1", "--steps", "1"),
+        out=tmp_path / "bench.json",
+        timeout=600,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(out.read_text())
     assert report["tokens_per_sample"] == 6 * 128 // 8, "six timeframes of 128 bars in patches of 8"
     assert {(r["phase"], r["offload"]) for r in report["runs"]} == {
         (p, o) for p in ("frozen", "lora", "full") for o in (False, True)
@@ -54,21 +56,18 @@ def test_bench_gpu_runs_on_cpu_with_the_tiny_preset(tmp_path: Path) -> None:
         "offload_over_no_offload_step_full",
         "time_bias_over_index_bias_plain_full",
     }
-    assert "frozen" in result.stdout and "engine_over_plain_full" in result.stdout
+    assert "frozen" in stdout and "engine_over_plain_full" in stdout
     assert (
         report["encoder"]["decision_ms"] > 0 and report["encoder"]["forward_only_ms"] > 0
     )  # figures, not timed
 
 
 def test_bench_data_scale_measures_every_size_and_worker_count(tmp_path: Path) -> None:
-    out = tmp_path / "scale.json"
-    command = [sys.executable, str(REPO / "scripts" / "bench_data.py"), "--scale", "--scale-sizes", "1", "2"]
-    command += ["--scale-dir", str(tmp_path / "scale"), "--batches", "2", "--json", str(out)]
-    result = subprocess.run(
-        command, cwd=REPO, env=fresh_process_env(), capture_output=True, text=True, timeout=300, check=False
+    _, report = run_script(
+        "bench_data.py",
+        *("--scale", "--scale-sizes", "1", "2", "--scale-dir", str(tmp_path / "scale"), "--batches", "2"),
+        out=tmp_path / "scale.json",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(out.read_text())
     for size in (1, 2):
         for workers in (1, 2):
             measured = report[f"prepare_{size}x1y_{workers}w"]
@@ -82,14 +81,12 @@ def test_bench_data_scale_measures_every_size_and_worker_count(tmp_path: Path) -
 
 
 def test_bench_data_serve_scale_measures_one_and_four_serving_processes(tmp_path: Path) -> None:
-    out = tmp_path / "serve.json"
-    command = [sys.executable, str(REPO / "scripts" / "bench_data.py"), "--serve-scale", "--serve-sizes", "1"]
-    command += ["--scale-dir", str(tmp_path / "scale"), "--batches", "2", "--json", str(out)]
-    result = subprocess.run(
-        command, cwd=REPO, env=fresh_process_env(), capture_output=True, text=True, timeout=300, check=False
+    _, report = run_script(
+        "bench_data.py",
+        *("--serve-scale", "--serve-sizes", "1", "--scale-dir", str(tmp_path / "scale"), "--batches", "2"),
+        out=tmp_path / "serve.json",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    measured = json.loads(out.read_text())["1_instrument_years"]
+    measured = report["1_instrument_years"]
     assert len(measured["together"]) == 4
     for process in [measured["alone"], *measured["together"]]:
         assert 50 < process["uss_mb"] <= process["rss_mb"] and process["windows_per_s"] > 0
@@ -99,14 +96,11 @@ def test_bench_data_serve_scale_measures_one_and_four_serving_processes(tmp_path
 
 
 def test_bench_data_context_measures_serving_with_and_without_other_instruments(tmp_path: Path) -> None:
-    out = tmp_path / "context.json"
-    command = [sys.executable, str(REPO / "scripts" / "bench_data.py"), "--context", "--batches", "2"]
-    command += ["--context-days", "250", "--json", str(out)]
-    result = subprocess.run(
-        command, cwd=REPO, env=fresh_process_env(), capture_output=True, text=True, timeout=300, check=False
+    stdout, measured = run_script(
+        "bench_data.py",
+        *("--context", "--batches", "2", "--context-days", "250"),
+        out=tmp_path / "context.json",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    measured = json.loads(out.read_text())
     assert measured["instruments"] == 8
     assert 5.0 < measured["context_instruments_per_sample"] <= 7.0, "the synthetic markets trade together"
     per_sample = 1 + measured["context_instruments_per_sample"]
@@ -116,37 +110,25 @@ def test_bench_data_context_measures_serving_with_and_without_other_instruments(
     assert measured["ratio"] == pytest.approx(
         measured["samples_per_s_context"] / measured["samples_per_s_plain"]
     )
-    assert "with context" in result.stdout
+    assert "with context" in stdout
 
 
 def test_bench_model_context_measures_the_step_with_and_without_other_instruments(tmp_path: Path) -> None:
-    out = tmp_path / "model_context.json"
-    command = [sys.executable, str(REPO / "scripts" / "bench_model.py"), "--context", "--preset", "tiny"]
-    command += ["--batch-size", "4", "--window-bars", "32", "--repeats", "1", "--json", str(out)]
-    result = subprocess.run(
-        command, cwd=REPO, env=fresh_process_env(), capture_output=True, text=True, timeout=300, check=False
+    stdout, measured = run_script(
+        "bench_model.py",
+        *("--context", "--preset", "tiny", "--batch-size", "4", "--window-bars", "32", "--repeats", "1"),
+        out=tmp_path / "model_context.json",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    measured = json.loads(out.read_text())
     assert measured["context_instruments_per_sample"] == 7.0, "the synthetic markets trade together"
     assert measured["context_over_plain"] == pytest.approx(measured["context_s"] / measured["plain_s"])
     assert measured["context_activation_mb"] > measured["plain_activation_mb"] > 0, "context is read"
-    assert "target <= 1.5x" in result.stdout
+    assert "target <= 1.5x" in stdout
 
 
 def test_bench_encode_measures_a_decision_the_derivation_and_many_decisions(tmp_path: Path) -> None:
-    out = tmp_path / "encode.json"
-    command = [
-        sys.executable,
-        str(REPO / "scripts" / "bench_encode.py"),
-        "--repeats",
-        "3",
-        "--decisions",
-        "300",
-    ]
-    result = subprocess.run([*command, "--json", str(out)], capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr[-2000:]
-    figures = json.loads(out.read_text())
+    _, figures = run_script(
+        "bench_encode.py", "--repeats", "3", "--decisions", "300", out=tmp_path / "encode.json"
+    )
     # Figures, not a timed test: the order of two timings is noise when another test shares the cores.
     assert figures["decision_ms"] > 0 and figures["forward_only_ms"] > 0 and figures["derive_week_ms"] > 0
     assert figures["derive_week_bars"] == 7 * 1440 and figures["decisions"] >= 256
@@ -155,33 +137,21 @@ def test_bench_encode_measures_a_decision_the_derivation_and_many_decisions(tmp_
 
 
 def test_bench_memory_sets_the_plan_beside_a_measured_cost_per_sample(tmp_path: Path) -> None:
-    out = tmp_path / "memory.json"
-    command = [sys.executable, str(REPO / "scripts" / "bench_memory.py"), "--presets", "tiny"]
-    command += ["--sizes", "8", "64", "--days", "10", "--json", str(out)]
-    result = subprocess.run(
-        command, cwd=REPO, env=fresh_process_env(), capture_output=True, text=True, timeout=600, check=False
+    _, rows = run_script(
+        "bench_memory.py",
+        *("--presets", "tiny", "--sizes", "8", "64", "--days", "10"),
+        out=tmp_path / "memory.json",
+        timeout=600,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    (row,) = json.loads(out.read_text())
+    (row,) = rows
     assert row["preset"] == "tiny" and row["planned"] > 0 and row["rise"]["64"] > 0
 
 
 def test_the_hostile_input_benchmark_runs_its_cases_and_says_each_outcome(tmp_path: Path) -> None:
     """Three of its cases (the script runs each through the real command): bars, a flag error, a refused
     checkpoint; the full list runs in about 35 s (docs/data.md)."""
-    out = tmp_path / "hostile.json"
-    command = [
-        sys.executable,
-        str(REPO / "scripts" / "hostile_inputs.py"),
-        "--cases",
-        "MetaTrader|--delimiter ''|checkpoint",
-        "--json",
-        str(out),
-    ]
-    result = subprocess.run(
-        command, cwd=REPO, env=fresh_process_env(), capture_output=True, text=True, timeout=300, check=False
+    stdout, outcomes = run_script(
+        "hostile_inputs.py", "--cases", "MetaTrader|--delimiter ''|checkpoint", out=tmp_path / "hostile.json"
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    outcomes = json.loads(out.read_text())
     assert [o["kind"] for o in outcomes] == ["one file", "flags", "code execution"]
-    assert all(o["ok"] for o in outcomes) and "3 of 3 cases as expected" in result.stdout
+    assert all(o["ok"] for o in outcomes) and "3 of 3 cases as expected" in stdout
