@@ -6,6 +6,10 @@ and none is left waiting in a collective; they agree on the signal too (the high
 received), so every rank reports the same one and exits with the same code. A second signal to the same process while the first is being
 honoured is not swallowed: it goes to the previous handler (by default, the process ends), so a run that
 cannot finish its checkpoint can still be stopped.
+
+A rank spends much of a step waiting inside that all-reduce, and Python runs a signal's handler when the
+call returns: the signal this process received is kept apart from the agreed one, so a notice that lands
+during the collective is agreed at the next step instead of being overwritten by the result.
 """
 
 from __future__ import annotations
@@ -27,22 +31,23 @@ class StopFlag:
         self.raised = False
         #: The signal that stopped the run, agreed over ranks (0: none yet).
         self.signum = 0
-        self._signalled = False  # this process itself received a signal (raised may come from another rank)
+        self._received = 0  # the signal this process itself received (raised may come from another rank)
         self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self._signalled:  # asked again: let the previous handler act (by default, the process ends)
+        if self._received:  # asked again: let the previous handler act (by default, the process ends)
             signal.signal(signum, self._previous[signal.Signals(signum)])
             os.kill(os.getpid(), signum)
             return
-        self._signalled = self.raised = True
-        self.signum = max(self.signum, int(signum))
+        self._received = int(signum)
 
     def agreed(self, device: torch.device) -> bool:
         """Whether any rank has been asked to stop (then `signum` is the same on every rank). Collective:
         every rank calls it after every step."""
-        flag = torch.tensor([float(self.signum)], device=device)
+        flag = torch.tensor([float(max(self.signum, self._received))], device=device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        # Only the reduced value: a signal received during the call is in the next step's tensor, and no
+        # rank stops a step before another.
         self.signum = int(flag.item())
         self.raised = self.signum > 0
         return self.raised
