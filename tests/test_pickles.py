@@ -4,10 +4,13 @@ pass."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -17,7 +20,7 @@ from stage1_ds.cli import main
 from stage1_ds.errors import CheckpointError
 from stage1_ds.train import loop
 from stage1_ds.train.checkpoint import checkpoint_dir, latest_tag
-from stage1_ds.train.pickles import ALLOWED, check_folder, file_globals, safe_load
+from stage1_ds.train.pickles import ALLOWED, check_folder, file_globals, pickle_globals, safe_load
 
 
 class Payload:
@@ -70,3 +73,43 @@ def test_a_payload_in_a_checkpoint_is_refused_by_convert_and_resume_without_runn
 def _data(run: Path) -> Path:
     """The data folder the run trained on (its data.json names it)."""
     return Path(json.loads((run / "data.json").read_text())["folders"][0])
+
+
+def _memo_trick() -> bytes:
+    """A protocol-4 pickle that calls ``posix.system``, its two names fetched back from the memo after two
+    harmless strings were pushed and popped (a reader that takes the last two strings sees OrderedDict)."""
+
+    def text(value: str) -> bytes:
+        return b"\x8c" + bytes([len(value)]) + value.encode()  # SHORT_BINUNICODE
+
+    memoize, pop = b"\x94", b"0"
+    return (
+        b"\x80\x04"  # PROTO 4
+        + text("posix") + memoize + pop + text("system") + memoize + pop
+        + text("collections") + text("OrderedDict") + pop + pop
+        + b"h\x00h\x01\x93"  # BINGET 0, BINGET 1, STACK_GLOBAL
+        + text("true") + b"\x85R."  # TUPLE1, REDUCE, STOP
+    )  # fmt: skip
+
+
+def test_an_import_hidden_behind_the_memo_is_read_for_what_it_is(tmp_path: Path) -> None:
+    imported = []
+
+    class Recorder(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            imported.append((module, name))
+            raise pickle.UnpicklingError("recorded, not loaded")
+
+    data = _memo_trick()
+    with pytest.raises(pickle.UnpicklingError):
+        Recorder(io.BytesIO(data)).load()
+    assert imported == [("posix", "system")], "the payload really imports posix.system"
+    (tmp_path / "step").mkdir()
+    (tmp_path / "step" / "mp_rank_00_model_states.pt").write_bytes(data)
+    assert file_globals(tmp_path / "step" / "mp_rank_00_model_states.pt") == {("posix", "system")}
+    with pytest.raises(CheckpointError, match=r"posix\.system"):
+        check_folder(tmp_path / "step")
+    # Names that are not the two strings pushed just before the import (here a string pushed and popped
+    # between) are never guessed: the import is unknown, and no unknown is allowed.
+    popped = data.replace(b"h\x00h\x01\x93", b"h\x00h\x01\x8c\x01x0\x93")
+    assert pickle_globals(popped) == {("?", "a global whose name is not a string pushed just before it")}

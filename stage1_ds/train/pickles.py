@@ -74,22 +74,42 @@ _STRINGS = (
 )
 
 
+_MEMO_PUTS = ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT")
+_MEMO_GETS = ("GET", "BINGET", "LONG_BINGET")
+_UNKNOWN = ("?", "a global whose name is not a string pushed just before it")
+
+
 def pickle_globals(data: bytes) -> set[tuple[str, str]]:
-    """The (module, name) pairs a pickle imports, read without unpickling it (``STACK_GLOBAL`` takes the two
-    strings pushed before it, as every pickler since protocol 4 writes them)."""
+    """The (module, name) pairs a pickle imports, read without unpickling it.
+
+    ``STACK_GLOBAL`` takes the top two items of the stack, which every pickler since protocol 4 pushes just
+    before it: each a string, or a string fetched back from the memo. Anything else there (a pop, a call, a
+    memo entry that holds no string) is reported as `_UNKNOWN`, never guessed, so an import cannot hide
+    behind earlier strings. Extension codes (``EXT1`` ...) import by a registry number and are unknown too.
+    """
     found: set[tuple[str, str]] = set()
-    strings: list[str] = []
+    pushed: list[str | None] = []  # what each operation left on top: a string, or None (anything else)
+    memo: dict[int, str | None] = {}
     for opcode, arg, _ in pickletools.genops(io.BytesIO(data)):
-        if opcode.name in _STRINGS:
-            strings.append(str(arg))
-        elif opcode.name in ("GLOBAL", "INST"):
-            module, name = str(arg).split(" ", 1)
-            found.add((module, name))
-        elif opcode.name == "STACK_GLOBAL":
-            if len(strings) < 2:
-                found.add(("?", "a global whose name is not a literal string"))
+        name = opcode.name
+        if name in _MEMO_PUTS:  # stores the top of the stack, pushes nothing
+            memo[len(memo) if arg is None else int(arg)] = pushed[-1] if pushed else None  # MEMOIZE: no arg
+            continue
+        if name in ("GLOBAL", "INST"):
+            module, attribute = str(arg).split(" ", 1)
+            found.add((module, attribute))
+        elif name == "STACK_GLOBAL":
+            module_name = pushed[-2:]
+            if len(module_name) == 2 and None not in module_name:
+                found.add((str(module_name[0]), str(module_name[1])))
             else:
-                found.add((strings[-2], strings[-1]))
+                found.add(_UNKNOWN)
+        elif name.startswith("EXT"):
+            found.add(_UNKNOWN)
+        if name in _STRINGS:
+            pushed.append(str(arg))
+        else:
+            pushed.append(memo.get(int(arg)) if name in _MEMO_GETS and arg is not None else None)
     return found
 
 
