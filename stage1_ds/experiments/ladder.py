@@ -147,15 +147,14 @@ def measure_rung(
     untrained = Stage1Model.untrained_like(run.export)
     exported = load_export_stats(run.export)
     instruments: dict[str, Any] = {}
+    stats = {name: model_stats(exported, load_prepared(folders[name]), allow_other=False) for name in scored}
     for name in scored:
-        stats = model_stats(exported, load_prepared(folders[name]), allow_other=False)
-        report = probe(model, untrained, folders[name], max_anchors, stats=stats)
+        report = probe(model, untrained, folders[name], max_anchors, stats=stats[name])
         instruments[name] = {"anchors": report["anchors"], **gain_cells(report, READOUTS, keep_losses=True)}
     first = scored[0]
-    stats = model_stats(exported, load_prepared(folders[first]), allow_other=False)
     config = load_export_config(run.export)
     evaluation = evaluate(
-        model, folders[first], config, "test", batches, modes=(MaskingMode.TIME,), stats=stats
+        model, folders[first], config, "test", batches, modes=(MaskingMode.TIME,), stats=stats[first]
     )
     time_mode = {
         tf: entry["ratio_to_best_baseline"]

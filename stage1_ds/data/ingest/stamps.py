@@ -108,9 +108,9 @@ def stamp_evidence(start: np.ndarray, high: np.ndarray, low: np.ndarray) -> Stam
 
 
 def check_bar_time(name: str, bars: Bars, bar_time: BarTime) -> StampEvidence:
-    """The evidence of how the bars are stamped; warn when ``--bar-time`` contradicts strong evidence of how the bars are stamped
-    (`stage1_ds.data.ingest.stamps`), and when the two halves of the bars strongly disagree (a file joined
-    from sources that stamp differently); the warning says which way and how strongly."""
+    """The evidence of how the bars are stamped (`stamp_evidence`). Warns when ``bar_time`` contradicts
+    strong evidence, and when the two halves of the bars strongly disagree (a file joined from sources that
+    stamp differently); each warning says which way and how strongly."""
     evidence = stamp_evidence(bars.start, bars.ohlc[:, 1], bars.ohlc[:, 2])
     if bar_time == BarTime.START and evidence.verdict == "end":
         log.warning(
